@@ -1,0 +1,41 @@
+# make build | test | demo — each installs what is missing first (Debian,
+# as root), then configures with CMake + Ninja into build/.
+BUILD ?= build
+JOBS ?= $(shell nproc)
+APT_PACKAGES = cmake ninja-build ccache clang-22 lld-22 liblld-22-dev \
+  llvm-22-dev llvm-22-tools libmlir-22-dev mlir-22-tools libclang-rt-22-dev \
+  flatbuffers-compiler libflatbuffers-dev nlohmann-json3-dev libgtest-dev \
+  python3-numpy
+PYTHON ?= python3
+PY_PACKAGES = numpy safetensors tokenizers lit
+MODEL ?= models/tiny-bitnet-docs
+
+.PHONY: deps build test demo clean
+
+deps:
+	@missing=""; for p in $(APT_PACKAGES); do \
+	  dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
+	if [ -n "$$missing" ]; then \
+	  echo "installing:$$missing"; \
+	  apt-get update -q && apt-get install -y -q $$missing; fi
+	@$(PYTHON) -c "import numpy, safetensors, tokenizers, lit" 2>/dev/null || \
+	  $(PYTHON) -m pip install -q $(PY_PACKAGES)
+
+$(BUILD)/build.ninja:
+	cmake -S . -B $(BUILD) -G Ninja -DCMAKE_BUILD_TYPE=Release \
+	  -DCMAKE_C_COMPILER_LAUNCHER=ccache -DCMAKE_CXX_COMPILER_LAUNCHER=ccache \
+	  -DPython3_EXECUTABLE=$$(command -v $(PYTHON))
+
+build: deps $(BUILD)/build.ninja
+	ninja -C $(BUILD) -j $(JOBS)
+
+test: build
+	ninja -C $(BUILD) check
+
+demo: build
+	$(BUILD)/bin/tlc compile $(MODEL) -o $(BUILD)/demo.tlm
+	$(BUILD)/bin/tlc-run info $(BUILD)/demo.tlm
+	$(BUILD)/bin/tlc-run generate $(BUILD)/demo.tlm --prompt "The" --max-new-tokens 48
+
+clean:
+	rm -rf $(BUILD)

@@ -1,0 +1,268 @@
+// The compiler driver. Phases (docs/architecture.md):
+//   import   HF folder -> tlora ops on tensors           (compiler/hf)
+//   tlora    canonicalize, tlora-decompose-linear, cse
+//   lowered  tlc-llvmcpu-form-dispatches, tlora-plan-memory
+//   llvm     tlc-llvmcpu-lower-kernels (kernels in the LLVM dialect)
+//   then LLVM IR -> object -> shared object (lld) -> .tlm (ModuleWriter).
+#include "compiler/driver/Compiler.h"
+
+#include "compiler/driver/ModuleWriter.h"
+#include "compiler/hf/HFImporter.h"
+#include "compiler/hf/TokenizerJson.h"
+#include "dialects/tlora/Transforms/Passes.h"
+#include "targets/llvm-cpu/Passes.h"
+
+#include "mlir/Dialect/Arith/IR/Arith.h"
+#include "mlir/Dialect/ControlFlow/IR/ControlFlow.h"
+#include "mlir/Dialect/Func/Extensions/InlinerExtension.h"
+#include "mlir/Dialect/Func/IR/FuncOps.h"
+#include "mlir/Dialect/LLVMIR/LLVMDialect.h"
+#include "mlir/Dialect/Math/IR/Math.h"
+#include "mlir/Dialect/MemRef/IR/MemRef.h"
+#include "mlir/Dialect/SCF/IR/SCF.h"
+#include "mlir/Dialect/Vector/IR/VectorOps.h"
+#include "mlir/IR/MLIRContext.h"
+#include "mlir/Pass/PassInstrumentation.h"
+#include "mlir/Pass/PassManager.h"
+#include "mlir/Support/Timing.h"
+#include "mlir/Transforms/Passes.h"
+#include "mlir/Conversion/Passes.h"
+#include "mlir/Target/LLVMIR/Dialect/Builtin/BuiltinToLLVMIRTranslation.h"
+#include "mlir/Target/LLVMIR/Dialect/LLVMIR/LLVMToLLVMIRTranslation.h"
+
+#include "llvm/Support/FileSystem.h"
+#include "llvm/Support/Path.h"
+#include "llvm/Support/raw_ostream.h"
+
+#include <sys/stat.h>
+
+using namespace mlir;
+
+namespace tlc {
+
+void registerCompilerDialects(DialectRegistry &registry) {
+  registry.insert<tlora::TloraDialect, func::FuncDialect, arith::ArithDialect,
+                  scf::SCFDialect, memref::MemRefDialect, vector::VectorDialect,
+                  math::MathDialect, cf::ControlFlowDialect,
+                  LLVM::LLVMDialect>();
+  func::registerInlinerExtension(registry);
+  registerBuiltinDialectTranslation(registry);
+  registerLLVMDialectTranslation(registry);
+}
+
+void registerCompilerPasses() {
+  tlora::registerTloraPasses();
+  llvmcpu::registerLLVMCPUPasses();
+  registerCanonicalizerPass();
+  registerCSEPass();
+}
+
+namespace {
+/// Writes the IR after every pass to DIR/NN-<pass>.mlir.
+class DumpIRInstrumentation : public PassInstrumentation {
+public:
+  DumpIRInstrumentation(std::string dir, int *counter)
+      : dir(std::move(dir)), counter(counter) {}
+  void runAfterPass(Pass *pass, Operation *op) override {
+    if (!isa<ModuleOp>(op) || op->getParentOp())
+      return; // only whole-module snapshots
+    dump(dir, counter, pass->getArgument().str(), op);
+  }
+  static void dump(const std::string &dir, int *counter, std::string name,
+                   Operation *op) {
+    char prefix[16];
+    snprintf(prefix, sizeof prefix, "%02d-", (*counter)++);
+    std::string path = dir + "/" + prefix + name + ".mlir";
+    std::error_code ec;
+    llvm::raw_fd_ostream os(path, ec);
+    if (!ec)
+      op->print(os);
+  }
+
+private:
+  std::string dir;
+  int *counter;
+};
+
+struct Driver {
+  const CompileOptions &opts;
+  MLIRContext ctx;
+  DefaultTimingManager timing;
+  TimingScope root;
+  int dumpCounter = 0;
+
+  explicit Driver(const CompileOptions &o) : opts(o) {
+    DialectRegistry registry;
+    registerCompilerDialects(registry);
+    ctx.appendDialectRegistry(registry);
+    ctx.loadAllAvailableDialects();
+    timing.setEnabled(o.timing);
+    root = timing.getRootScope();
+  }
+
+  int fail(const std::string &msg) {
+    llvm::errs() << "tlc: error: " << msg << "\n";
+    return 1;
+  }
+
+  void configure(PassManager &pm) {
+    if (opts.timing)
+      pm.enableTiming(root);
+    if (opts.printIRAfterAll || !opts.printIRAfter.empty()) {
+      std::string only = opts.printIRAfter;
+      ctx.disableMultithreading();
+      pm.enableIRPrinting(
+          [](Pass *, Operation *) { return false; },
+          [only](Pass *p, Operation *) {
+            return only.empty() || p->getArgument() == only;
+          },
+          /*printModuleScope=*/true, /*printAfterOnlyOnChange=*/false);
+    }
+    if (!opts.dumpIRDir.empty())
+      pm.addInstrumentation(
+          std::make_unique<DumpIRInstrumentation>(opts.dumpIRDir, &dumpCounter));
+  }
+
+  bool runPhase(ModuleOp module, const char *name,
+                void (*build)(PassManager &)) {
+    PassManager pm(&ctx);
+    configure(pm);
+    build(pm);
+    if (succeeded(pm.run(module)))
+      return true;
+    llvm::errs() << "tlc: error: phase '" << name
+                 << "' failed; reproduce with: tlc compile " << opts.modelDir
+                 << " --compile-to=<previous phase> | tlc-opt <passes>\n";
+    return false;
+  }
+
+  int run() {
+    ctx.disableMultithreading(); // 2-core build machines; deterministic dumps
+    if (!opts.dumpIRDir.empty()) {
+      if (auto ec = llvm::sys::fs::create_directories(opts.dumpIRDir))
+        return fail(opts.dumpIRDir + ": cannot create: " + ec.message());
+    }
+
+    // Import.
+    ModelConfig config;
+    std::string error;
+    std::unique_ptr<Checkpoint> checkpoint;
+    OwningOpRef<ModuleOp> module;
+    {
+      TimingScope t = root.nest("import");
+      if (!loadModelConfig(opts.modelDir, &config, &error))
+        return fail(error);
+      checkpoint = Checkpoint::open(opts.modelDir, &error);
+      if (!checkpoint)
+        return fail(error);
+      ImportOptions io;
+      io.maxTokens = opts.maxTokens;
+      io.maxSeq = opts.maxSeq;
+      module = importBitNet(&ctx, config, *checkpoint, io, opts.modelDir, &error);
+      if (!module)
+        return fail(error);
+    }
+    TokenizerData tokenizer;
+    bool hasTokenizer = false;
+    {
+      std::string path = opts.modelDir + "/tokenizer.json";
+      struct stat st;
+      if (stat(path.c_str(), &st) == 0) {
+        TimingScope t = root.nest("tokenizer");
+        if (!loadTokenizerJson(path, &tokenizer, &error))
+          return fail(error);
+        hasTokenizer = true;
+      }
+    }
+    if (!opts.dumpIRDir.empty())
+      DumpIRInstrumentation::dump(opts.dumpIRDir, &dumpCounter, "import",
+                                  *module);
+    if (opts.printIRAfterAll)
+      llvm::errs() << "// -----// IR after import //----- //\n" << *module
+                   << "\n";
+    if (opts.stopAfter == Phase::Import)
+      return module->print(llvm::outs()), 0;
+
+    if (!runPhase(*module, "tlora", [](PassManager &pm) {
+          pm.addPass(createCanonicalizerPass());
+          pm.addPass(tlora::createDecomposeLinearPass());
+          pm.addPass(createCSEPass());
+        }))
+      return 1;
+    if (opts.stopAfter == Phase::Tlora)
+      return module->print(llvm::outs()), 0;
+
+    if (!runPhase(*module, "lowered", [](PassManager &pm) {
+          pm.addPass(llvmcpu::createFormDispatchesPass());
+          pm.addPass(tlora::createPlanMemoryPass());
+        }))
+      return 1;
+    if (opts.stopAfter == Phase::Lowered)
+      return module->print(llvm::outs()), 0;
+
+    auto target = llvmcpu::parseCpuTarget(opts.target, &error);
+    if (failed(target))
+      return fail(error);
+    if (!runPhase(*module, "llvm", [](PassManager &pm) {
+          pm.addPass(llvmcpu::createLowerKernelsToLLVMPass());
+        }))
+      return 1;
+    if (opts.stopAfter == Phase::LLVM)
+      return module->print(llvm::outs()), 0;
+
+    ModuleOp kernels;
+    for (auto m : module->getOps<ModuleOp>())
+      if (m.getSymName() == "kernels")
+        kernels = m;
+    if (!kernels)
+      return fail("internal error: no kernels module");
+    ExecutableImage exe;
+    {
+      TimingScope t = root.nest("codegen (LLVM -O3, object, lld)");
+      std::string llvmIR;
+      bool wantIR = !opts.dumpIRDir.empty();
+      auto so = llvmcpu::buildSharedObject(kernels, *target, &exe.kernels,
+                                           wantIR ? &llvmIR : nullptr, &error);
+      if (failed(so))
+        return fail(error);
+      exe.image = std::move(*so);
+      if (wantIR) {
+        char name[64];
+        snprintf(name, sizeof name, "/%02d-llvm-ir.ll", dumpCounter++);
+        std::error_code ec;
+        llvm::raw_fd_ostream os(opts.dumpIRDir + name, ec);
+        if (!ec)
+          os << llvmIR;
+      }
+    }
+    exe.target = "x86_64";
+    exe.cpu = target->cpu;
+    exe.needs = target->needs;
+    exe.format = "elf-shared-object";
+
+    {
+      TimingScope t = root.nest("write module");
+      ModuleContents contents;
+      contents.program = *module;
+      contents.executable = std::move(exe);
+      contents.config = &config;
+      contents.checkpoint = checkpoint.get();
+      contents.tokenizer = hasTokenizer ? &tokenizer : nullptr;
+      contents.modelName =
+          llvm::sys::path::filename(
+              llvm::StringRef(opts.modelDir).rtrim('/'))
+              .str();
+      if (!writeModule(contents, opts.output, &error))
+        return fail(error);
+    }
+    return 0;
+  }
+};
+} // namespace
+
+int compile(const CompileOptions &options) {
+  Driver driver(options);
+  return driver.run();
+}
+
+} // namespace tlc

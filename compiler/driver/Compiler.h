@@ -1,0 +1,37 @@
+// The compiler driver: model folder -> phases of IR -> .tlm module file.
+#ifndef TLC_COMPILER_DRIVER_COMPILER_H
+#define TLC_COMPILER_DRIVER_COMPILER_H
+
+#include <string>
+
+namespace mlir {
+class DialectRegistry;
+}
+
+namespace tlc {
+
+/// Phases at which compilation can stop (--compile-to).
+enum class Phase { Import, Tlora, Lowered, LLVM, End };
+
+struct CompileOptions {
+  std::string modelDir, output;
+  std::string target = "host";
+  Phase stopAfter = Phase::End;
+  bool printIRAfterAll = false;
+  std::string printIRAfter; // a pass argument, e.g. tlora-plan-memory
+  std::string dumpIRDir;    // one numbered file per pass
+  bool timing = false;
+  int64_t maxTokens = 128, maxSeq = 0;
+};
+
+/// Every dialect the compiler's IR uses.
+void registerCompilerDialects(mlir::DialectRegistry &registry);
+/// Every pass of ours (for tlc-opt and pipelines).
+void registerCompilerPasses();
+
+/// Runs a compilation; returns 0 on success, 1 after printing one error.
+int compile(const CompileOptions &options);
+
+} // namespace tlc
+
+#endif // TLC_COMPILER_DRIVER_COMPILER_H

@@ -1,0 +1,315 @@
+// .tlm writer: the FlatBuffers header (entry points, memory plan, executables,
+// tokenizer, metadata) followed by a 4096-aligned data section into which the
+// parameters are streamed from the checkpoint, converted to the layouts the
+// kernels read (bf16/f32 floats; gamma header + packed ternary codes).
+#include "compiler/driver/ModuleWriter.h"
+
+#include "compiler/hf/HFImporter.h"
+#include "dialects/tlora/IR/TloraDialect.h"
+#include "runtime/drivers/local/SharedObject.h"
+#include "runtime/src/module_generated.h"
+#include "targets/llvm-cpu/Passes.h"
+#include "targets/llvm-cpu/kernels/ternary.h"
+
+#include "mlir/Dialect/Func/IR/FuncOps.h"
+#include "llvm/ADT/StringMap.h"
+
+#include <cerrno>
+#include <cstdio>
+#include <cstring>
+#include <unistd.h>
+
+using namespace mlir;
+using namespace mlir::tlora;
+
+namespace tlc {
+
+constexpr uint32_t kModuleVersion = 1;
+constexpr uint64_t kParamAlign = 64, kDataAlign = 4096;
+
+static uint64_t alignUp(uint64_t v, uint64_t a) { return (v + a - 1) / a * a; }
+
+namespace {
+struct ParamEntry {
+  std::string name;
+  bool ternary;
+  std::string dtype;
+  std::vector<int64_t> shape;
+  uint64_t offset, size;
+};
+
+/// A temporary output file that disappears unless committed.
+class PendingFile {
+public:
+  explicit PendingFile(const std::string &path) : path_(path) {
+    tmp_ = path + ".tmp-XXXXXX";
+    int fd = mkstemp(tmp_.data());
+    if (fd >= 0)
+      file_ = fdopen(fd, "wb");
+  }
+  ~PendingFile() {
+    if (file_)
+      fclose(file_);
+    if (!committed_)
+      unlink(tmp_.c_str());
+  }
+  bool ok() const { return file_ != nullptr; }
+  bool write(const void *data, size_t n) {
+    return fwrite(data, 1, n, file_) == n;
+  }
+  bool pad(uint64_t to) {
+    static const char zeros[4096] = {};
+    while (pos() < to)
+      if (!write(zeros, std::min<uint64_t>(to - pos(), sizeof zeros)))
+        return false;
+    return true;
+  }
+  uint64_t pos() { return (uint64_t)ftell(file_); }
+  bool commit() {
+    bool ok = fflush(file_) == 0 && fsync(fileno(file_)) == 0;
+    ok = fclose(file_) == 0 && ok;
+    file_ = nullptr;
+    if (ok && rename(tmp_.c_str(), path_.c_str()) == 0)
+      committed_ = true;
+    return committed_;
+  }
+
+private:
+  std::string path_, tmp_;
+  FILE *file_ = nullptr;
+  bool committed_ = false;
+};
+} // namespace
+
+bool writeModule(const ModuleContents &c, const std::string &path,
+                 std::string *error) {
+  const ModelConfig &cfg = *c.config;
+  ModuleOp program = c.program;
+  // Parameters and KV caches, in order of first use.
+  std::vector<ParamEntry> params;
+  llvm::StringMap<int> paramIndex;
+  llvm::StringMap<uint64_t> kvOffset;
+  uint64_t dataSize = 0, kvSize = 0;
+  int64_t parameterCount = 0;
+  program.walk([&](Operation *op) {
+    ParamEntry e;
+    if (auto w = dyn_cast<WeightOp>(op)) {
+      auto t = w.getType();
+      e = {w.getName().str(), false, t.getElementType().isBF16() ? "bf16" : "f32",
+           std::vector<int64_t>(t.getShape().begin(), t.getShape().end()), 0,
+           (uint64_t)(t.getNumElements() * t.getElementTypeBitWidth() / 8)};
+    } else if (auto w = dyn_cast<TernaryWeightOp>(op)) {
+      auto t = w.getType();
+      e = {w.getName().str(), true, "t2", {t.getOutFeatures(), t.getInFeatures()},
+           0, (uint64_t)llvmcpu::ternaryParamBytes(t.getOutFeatures(),
+                                                   t.getInFeatures())};
+    } else if (auto kv = dyn_cast<KVCacheOp>(op)) {
+      if (!kvOffset.count(kv.getName())) {
+        auto t = kv.getType();
+        kvOffset[kv.getName()] = kvSize;
+        kvSize += alignUp(t.getMaxSeq() * t.getKvHeads() * t.getHeadDim() * 4,
+                          kParamAlign);
+      }
+      return;
+    } else {
+      return;
+    }
+    if (paramIndex.count(e.name))
+      return;
+    e.offset = dataSize;
+    dataSize = alignUp(dataSize + e.size, kParamAlign);
+    paramIndex[e.name] = (int)params.size();
+    params.push_back(std::move(e));
+  });
+  int64_t maxSeq = 0;
+  program.walk([&](KVCacheOp kv) { maxSeq = kv.getType().getMaxSeq(); });
+  for (auto &p : params) {
+    int64_t n = 1;
+    for (int64_t d : p.shape)
+      n *= d;
+    parameterCount += n;
+  }
+
+  llvm::StringMap<uint32_t> kernelIndex;
+  for (size_t i = 0; i < c.executable.kernels.size(); ++i)
+    kernelIndex[c.executable.kernels[i]] = (uint32_t)i;
+
+  auto build = [&](uint64_t dataOffset,
+                   flatbuffers::FlatBufferBuilder &fbb) -> bool {
+    using namespace tlc::fb;
+    std::vector<flatbuffers::Offset<EntryPoint>> entries;
+    for (auto func : program.getOps<func::FuncOp>()) {
+      auto maxTokens = func->getAttrOfType<IntegerAttr>("tlora.max_tokens");
+      auto arena = func->getAttrOfType<IntegerAttr>("tlora.arena_size");
+      if (!maxTokens)
+        continue;
+      if (!arena) {
+        *error = "internal error: entry point without a memory plan";
+        return false;
+      }
+      std::vector<flatbuffers::Offset<Dispatch>> dispatches;
+      for (auto d : func.getOps<DispatchOp>()) {
+        auto it = kernelIndex.find(d.getKernel().getLeafReference().getValue());
+        if (it == kernelIndex.end() || !d.getBindings()) {
+          *error = "internal error: dispatch of an unknown kernel";
+          return false;
+        }
+        std::vector<flatbuffers::Offset<Binding>> bindings;
+        for (Attribute a : d.getBindingsAttr()) {
+          auto s = cast<SlotAttr>(a);
+          Space space = Space_Arena;
+          uint64_t offset = s.getOffset();
+          int index = -1;
+          StringRef sp = s.getSpace();
+          if (sp == "param") {
+            space = Space_Param;
+            index = paramIndex.lookup(s.getName().getValue());
+          } else if (sp == "kv") {
+            space = Space_KV;
+            offset = kvOffset.lookup(s.getName().getValue());
+          } else if (sp == "input") {
+            space = Space_Input;
+          } else if (sp == "output") {
+            space = Space_Output;
+          }
+          uint64_t size = s.getSize();
+          if (space == Space_Param)
+            size = params[index].size;
+          bindings.push_back(CreateBinding(fbb, space, offset, size, index));
+        }
+        dispatches.push_back(CreateDispatch(
+            fbb, it->second, fbb.CreateVector(bindings), d.getTokensFactor(),
+            d.getConstant()));
+      }
+      entries.push_back(CreateEntryPoint(
+          fbb, fbb.CreateString(func.getName().str()),
+          (uint32_t)maxTokens.getInt(), (uint64_t)arena.getInt(),
+          fbb.CreateVector(dispatches)));
+    }
+    std::vector<flatbuffers::Offset<Parameter>> paramDefs;
+    for (auto &p : params)
+      paramDefs.push_back(CreateParameter(
+          fbb, fbb.CreateString(p.name),
+          p.ternary ? ParamKind_Ternary : ParamKind_Float,
+          fbb.CreateString(p.dtype), fbb.CreateVector(p.shape), p.offset,
+          p.size));
+    const ExecutableImage &x = c.executable;
+    auto exe = CreateExecutable(
+        fbb, fbb.CreateString(x.target), fbb.CreateString(x.cpu),
+        fbb.CreateVectorOfStrings(x.needs), fbb.CreateString(x.format),
+        fbb.CreateVectorOfStrings(x.kernels),
+        fbb.CreateVector((const uint8_t *)x.image.data(), x.image.size()),
+        fnv1a64((const uint8_t *)x.image.data(), x.image.size()));
+    flatbuffers::Offset<fb::Tokenizer> tok = 0;
+    if (c.tokenizer) {
+      std::vector<int32_t> merges;
+      for (auto &[l, r] : c.tokenizer->merges) {
+        merges.push_back(l);
+        merges.push_back(r);
+      }
+      std::vector<flatbuffers::Offset<AddedToken>> added;
+      for (auto &a : c.tokenizer->added)
+        added.push_back(
+            CreateAddedToken(fbb, a.id, fbb.CreateString(a.content), a.special));
+      tok = fb::CreateTokenizer(fbb, fbb.CreateVectorOfStrings(c.tokenizer->vocab),
+                            fbb.CreateVector(merges), fbb.CreateVector(added),
+                            c.tokenizer->ignore_merges);
+    }
+    auto info = CreateModelInfo(
+        fbb, fbb.CreateString(c.modelName),
+        fbb.CreateString(cfg.architecture.empty() ? "BitNetForCausalLM"
+                                                  : cfg.architecture),
+        fbb.CreateString(weightFormatName(cfg.format)), cfg.vocabSize,
+        cfg.hiddenSize, cfg.intermediateSize, cfg.numLayers, cfg.numHeads,
+        cfg.numKVHeads, cfg.headDim, maxSeq, cfg.ropeTheta, cfg.rmsNormEps,
+        cfg.tiedEmbeddings, cfg.bosTokenId, cfg.eosTokenId, parameterCount);
+    ModuleBuilder mb(fbb);
+    mb.add_version(kModuleVersion);
+    mb.add_info(info);
+    mb.add_executables(fbb.CreateVector(&exe, 1));
+    mb.add_entry_points(fbb.CreateVector(entries));
+    mb.add_parameters(fbb.CreateVector(paramDefs));
+    mb.add_kv_size(kvSize);
+    if (c.tokenizer)
+      mb.add_tokenizer(tok);
+    mb.add_data_offset(dataOffset);
+    mb.add_data_size(dataSize);
+    auto root = mb.Finish();
+    fbb.FinishSizePrefixed(root, ModuleIdentifier());
+    return true;
+  };
+
+  flatbuffers::FlatBufferBuilder probe;
+  if (!build(kDataAlign, probe))
+    return false;
+  uint64_t dataOffset = alignUp(probe.GetSize(), kDataAlign);
+  flatbuffers::FlatBufferBuilder fbb;
+  if (!build(dataOffset, fbb))
+    return false;
+  if (fbb.GetSize() != probe.GetSize()) {
+    *error = "internal error: module header size is unstable";
+    return false;
+  }
+
+  PendingFile out(path);
+  if (!out.ok()) {
+    *error = path + ": cannot create: " + std::strerror(errno);
+    return false;
+  }
+  auto writeFailed = [&] {
+    *error = path + ": write failed: " + std::strerror(errno);
+    return false;
+  };
+  if (!out.write(fbb.GetBufferPointer(), fbb.GetSize()) || !out.pad(dataOffset))
+    return writeFailed();
+
+  std::vector<uint8_t> buffer;
+  for (auto &p : params) {
+    if (!out.pad(dataOffset + p.offset))
+      return writeFailed();
+    buffer.assign(p.size, 0);
+    if (p.ternary) {
+      std::string prefix = p.name.substr(0, p.name.size() - strlen(".weight"));
+      int64_t n = p.shape[0], k = p.shape[1];
+      bool packed = cfg.format != WeightFormat::Master;
+      const TensorView *w = c.checkpoint->find(p.name);
+      const TensorView *scale =
+          packed ? c.checkpoint->find(prefix + ".weight_scale") : nullptr;
+      float gamma;
+      std::vector<int8_t> codes;
+      if (!w || (packed && !scale) ||
+          !ternarize(*w, scale, cfg.format, n, k, &gamma, &codes, error)) {
+        if (error->empty())
+          *error = "missing tensor '" + p.name + "'";
+        return false;
+      }
+      std::memcpy(buffer.data(), &gamma, sizeof gamma);
+      tlc_ternary_pack(codes.data(), n, k, buffer.data() + 64);
+    } else {
+      const TensorView *t = c.checkpoint->find(p.name);
+      if (!t) {
+        *error = "missing tensor '" + p.name + "'";
+        return false;
+      }
+      if (p.dtype == "bf16") {
+        std::memcpy(buffer.data(), t->data, p.size);
+      } else {
+        for (int64_t i = 0, n = t->numel(); i < n; ++i) {
+          float v = t->at(i);
+          std::memcpy(buffer.data() + 4 * i, &v, 4);
+        }
+      }
+    }
+    if (!out.write(buffer.data(), buffer.size()))
+      return writeFailed();
+  }
+  if (!out.pad(dataOffset + dataSize))
+    return writeFailed();
+  if (!out.commit()) {
+    *error = path + ": cannot finish writing: " + std::strerror(errno);
+    return false;
+  }
+  return true;
+}
+
+} // namespace tlc

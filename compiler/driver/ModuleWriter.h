@@ -1,0 +1,39 @@
+// Serializes a compiled model into a .tlm module file (runtime/schemas/module.fbs).
+#ifndef TLC_COMPILER_DRIVER_MODULEWRITER_H
+#define TLC_COMPILER_DRIVER_MODULEWRITER_H
+
+#include "compiler/hf/HFConfig.h"
+#include "compiler/hf/SafeTensors.h"
+#include "runtime/src/tokenizer/Tokenizer.h"
+
+#include "mlir/IR/BuiltinOps.h"
+
+#include <string>
+#include <vector>
+
+namespace tlc {
+
+/// One compiled executable for the module.
+struct ExecutableImage {
+  std::string target, cpu, format;
+  std::vector<std::string> needs, kernels;
+  std::string image;
+};
+
+struct ModuleContents {
+  mlir::ModuleOp program; // entry functions after memory planning
+  ExecutableImage executable;
+  const ModelConfig *config = nullptr;
+  const Checkpoint *checkpoint = nullptr;
+  const TokenizerData *tokenizer = nullptr; // may be null
+  std::string modelName;
+};
+
+/// Writes `path` atomically (a temporary file renamed at the end): on any
+/// error nothing is left behind and `error` says why.
+bool writeModule(const ModuleContents &contents, const std::string &path,
+                 std::string *error);
+
+} // namespace tlc
+
+#endif // TLC_COMPILER_DRIVER_MODULEWRITER_H

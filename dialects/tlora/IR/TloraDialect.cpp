@@ -1,0 +1,273 @@
+// The tlora dialect: registration, verifiers and folders.
+#include "dialects/tlora/IR/TloraDialect.h"
+
+#include "mlir/IR/Builders.h"
+#include "mlir/IR/DialectImplementation.h"
+#include "mlir/Dialect/Arith/IR/Arith.h"
+#include "mlir/IR/Matchers.h"
+#include "mlir/IR/PatternMatch.h"
+#include "llvm/ADT/TypeSwitch.h"
+
+using namespace mlir;
+using namespace mlir::tlora;
+
+#include "dialects/tlora/IR/TloraDialect.cpp.inc"
+
+#define GET_TYPEDEF_CLASSES
+#include "dialects/tlora/IR/TloraTypes.cpp.inc"
+
+#define GET_ATTRDEF_CLASSES
+#include "dialects/tlora/IR/TloraAttrs.cpp.inc"
+
+#define GET_OP_CLASSES
+#include "dialects/tlora/IR/TloraOps.cpp.inc"
+
+void TloraDialect::initialize() {
+  addTypes<
+#define GET_TYPEDEF_LIST
+#include "dialects/tlora/IR/TloraTypes.cpp.inc"
+      >();
+  addAttributes<
+#define GET_ATTRDEF_LIST
+#include "dialects/tlora/IR/TloraAttrs.cpp.inc"
+      >();
+  addOperations<
+#define GET_OP_LIST
+#include "dialects/tlora/IR/TloraOps.cpp.inc"
+      >();
+}
+
+//===----------------------------------------------------------------------===//
+// Helpers
+//===----------------------------------------------------------------------===//
+
+/// Activations are [tokens x features]: rank 2, dynamic or static rows.
+static LogicalResult verifyActivation(Operation *op, Type type,
+                                      StringRef what, int64_t *features) {
+  auto tensor = cast<RankedTensorType>(type);
+  if (tensor.getRank() != 2)
+    return op->emitOpError() << what << " must be [tokens x features], got "
+                             << type;
+  if (tensor.isDynamicDim(1))
+    return op->emitOpError() << what << " must have a static feature size";
+  *features = tensor.getDimSize(1);
+  return success();
+}
+
+static LogicalResult verifySameRows(Operation *op, Type a, Type b) {
+  int64_t ra = cast<RankedTensorType>(a).getDimSize(0);
+  int64_t rb = cast<RankedTensorType>(b).getDimSize(0);
+  if (ra != rb)
+    return op->emitOpError("token dimensions differ: ") << a << " vs " << b;
+  return success();
+}
+
+//===----------------------------------------------------------------------===//
+// Types
+//===----------------------------------------------------------------------===//
+
+LogicalResult TernaryType::verify(function_ref<InFlightDiagnostic()> emitError,
+                                  int64_t outFeatures, int64_t inFeatures) {
+  if (outFeatures <= 0 || inFeatures <= 0)
+    return emitError() << "ternary weight sizes must be positive";
+  if (outFeatures % 4 != 0)
+    return emitError() << "ternary out_features must be a multiple of 4 "
+                          "(four 2-bit codes per byte), got "
+                       << outFeatures;
+  return success();
+}
+
+//===----------------------------------------------------------------------===//
+// Ops
+//===----------------------------------------------------------------------===//
+
+LogicalResult WeightOp::verify() {
+  if (getName().empty())
+    return emitOpError("needs a parameter name");
+  if (!getType().hasStaticShape())
+    return emitOpError("parameters have static shapes");
+  return success();
+}
+
+LogicalResult TernaryWeightOp::verify() {
+  if (getName().empty())
+    return emitOpError("needs a parameter name");
+  float scale = getScale().convertToFloat();
+  if (!(scale > 0.0f) || !std::isfinite(scale))
+    return emitOpError("scale must be positive and finite, got ") << scale;
+  if (getSource() != "packed" && getSource() != "master")
+    return emitOpError("source must be \"packed\" or \"master\"");
+  return success();
+}
+
+LogicalResult EmbedOp::verify() {
+  auto table = getTable().getType();
+  int64_t d;
+  if (table.getRank() != 2)
+    return emitOpError("table must be [vocab x hidden]");
+  if (failed(verifyActivation(*this, getType(), "result", &d)))
+    return failure();
+  if (d != table.getDimSize(1))
+    return emitOpError("result width ") << d << " != table width "
+                                        << table.getDimSize(1);
+  if (getType().getDimSize(0) != getIds().getType().getDimSize(0))
+    return emitOpError("one row per id");
+  return success();
+}
+
+LogicalResult RMSNormOp::verify() {
+  int64_t d, dr;
+  if (failed(verifyActivation(*this, getInput().getType(), "input", &d)) ||
+      failed(verifyActivation(*this, getType(), "result", &dr)) ||
+      failed(verifySameRows(*this, getInput().getType(), getType())))
+    return failure();
+  auto w = getWeight().getType();
+  if (w.getRank() != 1 || w.getDimSize(0) != d || dr != d)
+    return emitOpError("weight must be [") << d << "], got " << w;
+  if (getEpsilon().convertToFloat() <= 0.0f)
+    return emitOpError("epsilon must be positive");
+  return success();
+}
+
+static LogicalResult verifyLinear(Operation *op, Type input, TernaryType w,
+                                  Type result) {
+  int64_t k, n;
+  if (failed(verifyActivation(op, result, "result", &n)))
+    return failure();
+  if (auto q = dyn_cast<QuantizedActType>(input))
+    k = q.getFeatures();
+  else if (failed(verifyActivation(op, input, "input", &k)) ||
+           failed(verifySameRows(op, input, result)))
+    return failure();
+  if (k != w.getInFeatures())
+    return op->emitOpError("input features ")
+           << k << " != weight in_features " << w.getInFeatures();
+  if (n != w.getOutFeatures())
+    return op->emitOpError("result features ")
+           << n << " != weight out_features " << w.getOutFeatures();
+  return success();
+}
+
+LogicalResult TernaryLinearOp::verify() {
+  return verifyLinear(*this, getInput().getType(), getWeight().getType(),
+                      getType());
+}
+
+LogicalResult TernaryMatmulOp::verify() {
+  return verifyLinear(*this, getInput().getType(), getWeight().getType(),
+                      getType());
+}
+
+LogicalResult QuantizeOp::verify() {
+  int64_t k;
+  if (failed(verifyActivation(*this, getInput().getType(), "input", &k)))
+    return failure();
+  if (k != getType().getFeatures())
+    return emitOpError("features differ: ")
+           << k << " vs " << getType().getFeatures();
+  return success();
+}
+
+LogicalResult LoraOp::verify() {
+  int64_t k, n;
+  if (failed(verifyActivation(*this, getInput().getType(), "input", &k)) ||
+      failed(verifyActivation(*this, getType(), "result", &n)) ||
+      failed(verifySameRows(*this, getInput().getType(), getType())))
+    return failure();
+  auto a = getLoraA().getType(), b = getLoraB().getType();
+  if (a.getRank() != 2 || b.getRank() != 2)
+    return emitOpError("lora_A and lora_B must be matrices");
+  int64_t r = a.getDimSize(0);
+  if (a.getDimSize(1) != k)
+    return emitOpError("lora_A must be [r x ") << k << "], got " << a;
+  if (b.getDimSize(0) != n || b.getDimSize(1) != r)
+    return emitOpError("lora_B must be [") << n << " x " << r << "], got "
+                                           << b;
+  return success();
+}
+
+namespace {
+/// x + lora(x', A, B, scaling = 0) -> x: an adapter scaled by zero adds nothing.
+struct DropZeroScaledLora : OpRewritePattern<arith::AddFOp> {
+  using OpRewritePattern::OpRewritePattern;
+  LogicalResult matchAndRewrite(arith::AddFOp add,
+                                PatternRewriter &rewriter) const override {
+    for (int i = 0; i < 2; ++i) {
+      auto lora = add->getOperand(i).getDefiningOp<LoraOp>();
+      if (lora && lora.getScaling().convertToFloat() == 0.0f &&
+          add->getOperand(1 - i).getType() == add.getType()) {
+        rewriter.replaceOp(add, add->getOperand(1 - i));
+        return success();
+      }
+    }
+    return failure();
+  }
+};
+} // namespace
+
+void LoraOp::getCanonicalizationPatterns(RewritePatternSet &patterns,
+                                         MLIRContext *context) {
+  patterns.add<DropZeroScaledLora>(context);
+}
+
+LogicalResult DenseOp::verify() {
+  int64_t k, n;
+  if (failed(verifyActivation(*this, getInput().getType(), "input", &k)) ||
+      failed(verifyActivation(*this, getType(), "result", &n)))
+    return failure();
+  auto w = getWeight().getType();
+  if (w.getRank() != 2 || w.getDimSize(1) != k || w.getDimSize(0) != n)
+    return emitOpError("weight must be [") << n << " x " << k << "], got "
+                                           << w;
+  return success();
+}
+
+LogicalResult RopeOp::verify() {
+  int64_t d, dr;
+  if (failed(verifyActivation(*this, getInput().getType(), "input", &d)) ||
+      failed(verifyActivation(*this, getType(), "result", &dr)) ||
+      failed(verifySameRows(*this, getInput().getType(), getType())))
+    return failure();
+  int64_t hd = getHeadDim();
+  if (hd <= 0 || hd % 2 != 0 || d % hd != 0 || d != dr)
+    return emitOpError("head_dim ") << hd << " must be even and divide " << d;
+  if (getTheta().convertToDouble() <= 0.0)
+    return emitOpError("theta must be positive");
+  return success();
+}
+
+LogicalResult KVAppendOp::verify() {
+  int64_t d;
+  if (failed(verifyActivation(*this, getInput().getType(), "input", &d)))
+    return failure();
+  auto c = getCache().getType();
+  if (d != c.getKvHeads() * c.getHeadDim())
+    return emitOpError("input width ")
+           << d << " != kv_heads*head_dim " << c.getKvHeads() * c.getHeadDim();
+  return success();
+}
+
+LogicalResult AttentionOp::verify() {
+  int64_t dq, dr;
+  if (failed(verifyActivation(*this, getQuery().getType(), "query", &dq)) ||
+      failed(verifyActivation(*this, getType(), "result", &dr)) ||
+      failed(verifySameRows(*this, getQuery().getType(), getType())))
+    return failure();
+  auto k = getKeys().getType(), v = getValues().getType();
+  if (k != v)
+    return emitOpError("key and value caches must have the same type");
+  if (dq % k.getHeadDim() != 0 || dq != dr)
+    return emitOpError("query width must be heads*head_dim");
+  int64_t heads = dq / k.getHeadDim();
+  if (heads % k.getKvHeads() != 0)
+    return emitOpError("heads ") << heads << " must be a multiple of kv_heads "
+                                 << k.getKvHeads();
+  return success();
+}
+
+LogicalResult SquaredReluMulOp::verify() {
+  if (getGate().getType() != getUp().getType() ||
+      getGate().getType() != getType())
+    return emitOpError("gate, up and result must have one type");
+  return success();
+}

@@ -1,0 +1,100 @@
+// Loading generated kernels: the image goes into an anonymous memory file
+// (memfd) and is opened with dlopen, so nothing is written to disk.
+#include "runtime/drivers/local/SharedObject.h"
+
+#include <cstring>
+#include <dlfcn.h>
+#include <sys/mman.h>
+#include <unistd.h>
+
+namespace tlc {
+
+SharedObject::~SharedObject() {
+  if (handle_)
+    dlclose(handle_);
+}
+
+bool SharedObject::load(const uint8_t *image, size_t size,
+                        const std::vector<std::string> &kernels,
+                        std::string *error) {
+  static const uint8_t kElfMagic[4] = {0x7f, 'E', 'L', 'F'};
+  if (size < 64 || std::memcmp(image, kElfMagic, 4) != 0) {
+    *error = "executable image is not an ELF shared object";
+    return false;
+  }
+  int fd = memfd_create("tlc-kernels", MFD_CLOEXEC);
+  if (fd < 0) {
+    *error = std::string("memfd_create failed: ") + std::strerror(errno);
+    return false;
+  }
+  size_t done = 0;
+  while (done < size) {
+    ssize_t n = write(fd, image + done, size - done);
+    if (n <= 0) {
+      close(fd);
+      *error = "cannot stage the executable image";
+      return false;
+    }
+    done += (size_t)n;
+  }
+  char path[64];
+  snprintf(path, sizeof path, "/proc/self/fd/%d", fd);
+  handle_ = dlopen(path, RTLD_NOW | RTLD_LOCAL);
+  close(fd);
+  if (!handle_) {
+    const char *msg = dlerror();
+    *error = std::string("cannot load the executable image: ") +
+             (msg ? msg : "unknown error");
+    return false;
+  }
+  kernels_.clear();
+  for (const std::string &name : kernels) {
+    std::string symbol = "tlc_entry_" + name;
+    void *fn = dlsym(handle_, symbol.c_str());
+    if (!fn) {
+      *error = "executable image lacks kernel entry " + symbol;
+      return false;
+    }
+    kernels_.push_back(reinterpret_cast<KernelFn>(fn));
+  }
+  return true;
+}
+
+uint64_t fnv1a64(const uint8_t *data, size_t size) {
+  uint64_t h = 1469598103934665603ull;
+  for (size_t i = 0; i < size; ++i)
+    h = (h ^ data[i]) * 1099511628211ull;
+  return h;
+}
+
+bool hostHasFeature(const std::string &f) {
+#if defined(__x86_64__)
+  __builtin_cpu_init();
+#define TLC_FEATURE(name)                                                      \
+  if (f == #name)                                                              \
+    return __builtin_cpu_supports(#name);
+  TLC_FEATURE(avx2)
+  TLC_FEATURE(fma)
+  TLC_FEATURE(f16c)
+  TLC_FEATURE(avx512f)
+  TLC_FEATURE(avx512bw)
+  TLC_FEATURE(avx512vl)
+  TLC_FEATURE(avx512vnni)
+  TLC_FEATURE(avx512bf16)
+  TLC_FEATURE(avxvnni)
+#undef TLC_FEATURE
+#endif
+  return false;
+}
+
+const char *hostTarget() {
+#if defined(__x86_64__)
+  return "x86_64";
+#elif defined(__aarch64__)
+  return "aarch64";
+#else
+  return "unknown";
+#endif
+}
+
+} // namespace tlc

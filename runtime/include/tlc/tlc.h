@@ -1,0 +1,128 @@
+/*
+ * tlc runtime C API: load a compiled .tlm module, create sessions, run
+ * prefill and decode, read logits, tokenize and detokenize.
+ *
+ * Conventions: every call that can fail returns a tlc_status_t, NULL on
+ * success; a non-NULL status owns a message and must be freed with
+ * tlc_status_free. Outputs go through out_ parameters. Objects are created
+ * by tlc_*_create/load and freed by the matching release; the comment above
+ * each call says who owns what.
+ */
+#ifndef TLC_TLC_H
+#define TLC_TLC_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#ifndef TLC_API
+#define TLC_API
+#endif
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+typedef struct tlc_status_s *tlc_status_t;
+typedef struct tlc_module_s tlc_module_t;
+typedef struct tlc_session_s tlc_session_t;
+
+/* The message of a failed call (owned by the status). */
+TLC_API const char *tlc_status_message(tlc_status_t status);
+TLC_API void tlc_status_free(tlc_status_t status);
+
+/* Frees memory the runtime returned to the caller (token ids, text). */
+TLC_API void tlc_free(void *ptr);
+
+/* Maps and verifies a module file. The caller owns *out_module. */
+TLC_API tlc_status_t tlc_module_load_file(const char *path, tlc_module_t **out_module);
+
+/* Verifies a module held in memory. The bytes are borrowed: they must stay
+ * valid and unchanged until the module is released. */
+TLC_API tlc_status_t tlc_module_load_memory(const void *data, size_t size,
+                                    tlc_module_t **out_module);
+
+TLC_API void tlc_module_release(tlc_module_t *module);
+
+typedef struct {
+  const char *name;         /* model folder name */
+  const char *architecture; /* "BitNetForCausalLM" */
+  const char *weight_format;
+  int64_t vocab_size, hidden_size, intermediate_size, num_layers, num_heads,
+      num_kv_heads, head_dim, max_seq, parameter_count;
+  int64_t bos_token_id, eos_token_id; /* -1 when unknown */
+  double rope_theta;
+  float rms_norm_eps;
+  bool tied_embeddings;
+  bool has_tokenizer;
+  uint64_t file_size, data_size, kv_cache_size;
+} tlc_model_info_t;
+
+/* Strings stay owned by the module. */
+TLC_API void tlc_module_model_info(const tlc_module_t *module, tlc_model_info_t *out);
+
+typedef struct {
+  const char *target, *cpu, *format;
+  uint64_t image_size;
+  size_t kernel_count;
+  bool selected; /* the one this host runs */
+} tlc_executable_info_t;
+
+typedef struct {
+  const char *name;
+  uint32_t max_tokens;
+  uint64_t arena_size;
+  size_t dispatch_count;
+} tlc_entry_info_t;
+
+TLC_API size_t tlc_module_executable_count(const tlc_module_t *module);
+TLC_API void tlc_module_executable_info(const tlc_module_t *module, size_t i,
+                                tlc_executable_info_t *out);
+TLC_API size_t tlc_module_entry_count(const tlc_module_t *module);
+TLC_API void tlc_module_entry_info(const tlc_module_t *module, size_t i,
+                           tlc_entry_info_t *out);
+
+typedef struct {
+  int32_t num_threads; /* 0: all hardware threads */
+} tlc_session_options_t;
+
+/* A session owns its arena, KV cache and threads; it keeps `module`
+ * referenced (release the session before the module). */
+TLC_API tlc_status_t tlc_session_create(tlc_module_t *module,
+                                const tlc_session_options_t *options,
+                                tlc_session_t **out_session);
+TLC_API void tlc_session_release(tlc_session_t *session);
+
+/* Forgets the KV cache: the next prefill starts at position 0. */
+TLC_API void tlc_session_reset(tlc_session_t *session);
+TLC_API size_t tlc_session_position(const tlc_session_t *session);
+
+/* Appends `count` tokens at the current position (batched, in chunks of the
+ * module's max_tokens). Logits are kept for every token when all_logits,
+ * else for the last one only. */
+TLC_API tlc_status_t tlc_session_prefill(tlc_session_t *session, const int32_t *ids,
+                                 size_t count, bool all_logits);
+
+/* Appends one token; keeps its logits. */
+TLC_API tlc_status_t tlc_session_decode(tlc_session_t *session, int32_t id);
+
+/* Logits of the last prefill/decode, [*out_rows x *out_vocab] float32,
+ * owned by the session and valid until its next call. */
+TLC_API const float *tlc_session_logits(const tlc_session_t *session, size_t *out_rows,
+                                size_t *out_vocab);
+
+/* Encodes UTF-8 text with the module's tokenizer (no BOS added).
+ * *out_ids is owned by the caller (tlc_free). */
+TLC_API tlc_status_t tlc_tokenize(const tlc_module_t *module, const char *text,
+                          size_t length, int32_t **out_ids, size_t *out_count);
+
+/* Decodes ids to UTF-8 text; *out_text (NUL-terminated) is owned by the
+ * caller (tlc_free). */
+TLC_API tlc_status_t tlc_detokenize(const tlc_module_t *module, const int32_t *ids,
+                            size_t count, char **out_text, size_t *out_length);
+
+#ifdef __cplusplus
+}
+#endif
+
+#endif /* TLC_TLC_H */

@@ -1,0 +1,573 @@
+// The tlc runtime: module loading and verification, sessions, and the
+// dispatch loop. It holds no model math: every computation is a kernel of the
+// module's executable, called over ranges of its workload.
+#include "tlc/tlc.h"
+
+#include "runtime/drivers/local/SharedObject.h"
+#include "runtime/src/ThreadPool.h"
+#include "runtime/src/module_generated.h"
+#include "runtime/src/tokenizer/Tokenizer.h"
+
+#include <cerrno>
+#include <cstdarg>
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <fcntl.h>
+#include <memory>
+#include <string>
+#include <sys/mman.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+struct tlc_status_s {
+  std::string message;
+};
+
+static tlc_status_t makeStatus(const char *fmt, ...) {
+  char buf[1024];
+  va_list ap;
+  va_start(ap, fmt);
+  vsnprintf(buf, sizeof buf, fmt, ap);
+  va_end(ap);
+  return new tlc_status_s{buf};
+}
+
+extern "C" const char *tlc_status_message(tlc_status_t s) {
+  return s ? s->message.c_str() : "ok";
+}
+extern "C" void tlc_status_free(tlc_status_t s) { delete s; }
+extern "C" void tlc_free(void *p) { free(p); }
+
+namespace {
+constexpr uint32_t kModuleVersion = 1;
+
+struct Entry {
+  const tlc::fb::EntryPoint *def;
+};
+} // namespace
+
+struct tlc_module_s {
+  std::string path; // for messages
+  const uint8_t *bytes = nullptr;
+  size_t size = 0;
+  void *map = nullptr; // when loaded from a file
+  const tlc::fb::Module *def = nullptr;
+  const tlc::fb::Executable *exe = nullptr;
+  size_t exeIndex = 0;
+  tlc::SharedObject code;
+  const tlc::fb::EntryPoint *prefill = nullptr, *decode = nullptr;
+  std::unique_ptr<tlc::Tokenizer> tokenizer;
+  std::string tokenizerError;
+
+  ~tlc_module_s() {
+    if (map)
+      munmap(map, size);
+  }
+};
+
+namespace {
+/// Checks everything the dispatch loop relies on, so a bad module gives one
+/// clear error instead of a crash.
+tlc_status_t verifyModule(tlc_module_t *m) {
+  const char *p = m->path.c_str();
+  if (m->size < 8)
+    return makeStatus("%s: truncated module (%zu bytes)", p, m->size);
+  uint32_t fbSize;
+  std::memcpy(&fbSize, m->bytes, 4);
+  if ((uint64_t)fbSize + 4 > m->size)
+    return makeStatus("%s: truncated module: header of %u bytes, file of %zu",
+                      p, fbSize, m->size);
+  if (!flatbuffers::BufferHasIdentifier(m->bytes, tlc::fb::ModuleIdentifier(),
+                                        /*size_prefixed=*/true))
+    return makeStatus("%s: not a tlc module (file identifier is not TLCM)", p);
+  flatbuffers::Verifier verifier(m->bytes, (size_t)fbSize + 4);
+  if (!tlc::fb::VerifySizePrefixedModuleBuffer(verifier))
+    return makeStatus("%s: corrupt module header (FlatBuffers verification "
+                      "failed)",
+                      p);
+  const tlc::fb::Module *def = tlc::fb::GetSizePrefixedModule(m->bytes);
+  m->def = def;
+  if (def->version() != kModuleVersion)
+    return makeStatus("%s: module version %u, this runtime reads version %u",
+                      p, def->version(), kModuleVersion);
+  if (!def->info() || !def->executables() || !def->entry_points() ||
+      !def->parameters())
+    return makeStatus("%s: module lacks info, executables, entry points or "
+                      "parameters",
+                      p);
+  uint64_t dataOffset = def->data_offset(), dataSize = def->data_size();
+  if (dataOffset < (uint64_t)fbSize + 4 || dataOffset % 64 != 0 ||
+      dataOffset > m->size || dataSize > m->size - dataOffset)
+    return makeStatus("%s: data section [%llu, +%llu) lies outside the %zu-byte "
+                      "file",
+                      p, (unsigned long long)dataOffset,
+                      (unsigned long long)dataSize, m->size);
+  const auto *info = def->info();
+  if (info->vocab_size() <= 0 || info->vocab_size() > (1 << 24))
+    return makeStatus("%s: bad vocab_size %lld", p,
+                      (long long)info->vocab_size());
+  const auto *params = def->parameters();
+  for (uint32_t i = 0; i < params->size(); ++i) {
+    const auto *prm = params->Get(i);
+    if (prm->offset() % 64 != 0 || prm->offset() > dataSize ||
+        prm->size() > dataSize - prm->offset())
+      return makeStatus("%s: parameter %u (%s) lies outside the data section",
+                        p, i, prm->name() ? prm->name()->c_str() : "?");
+  }
+
+  // Executable for this host.
+  const auto *exes = def->executables();
+  m->exe = nullptr;
+  std::string why = "none is built for " + std::string(tlc::hostTarget());
+  for (uint32_t i = 0; i < exes->size() && !m->exe; ++i) {
+    const auto *e = exes->Get(i);
+    if (!e->target() || e->target()->str() != tlc::hostTarget() ||
+        !e->image() || !e->kernels())
+      continue;
+    bool ok = true;
+    if (e->needs())
+      for (const auto *f : *e->needs())
+        if (!tlc::hostHasFeature(f->str())) {
+          ok = false;
+          why = "executable for " + e->target()->str() + " needs CPU feature '" +
+                f->str() + "' which this CPU lacks (recompile with --target)";
+        }
+    if (ok) {
+      m->exe = e;
+      m->exeIndex = i;
+    }
+  }
+  if (!m->exe)
+    return makeStatus("%s: no executable runs here: %s", p, why.c_str());
+  uint32_t kernelCount = m->exe->kernels()->size();
+
+  int64_t vocab = info->vocab_size();
+  for (const auto *ep : *def->entry_points()) {
+    if (!ep->name() || !ep->dispatches() || ep->max_tokens() == 0 ||
+        ep->max_tokens() > (1u << 20))
+      return makeStatus("%s: malformed entry point", p);
+    if (ep->name()->str() == "prefill")
+      m->prefill = ep;
+    else if (ep->name()->str() == "decode")
+      m->decode = ep;
+    const char *en = ep->name()->c_str();
+    for (uint32_t d = 0; d < ep->dispatches()->size(); ++d) {
+      const auto *ds = ep->dispatches()->Get(d);
+      if (ds->kernel() >= kernelCount || !ds->bindings())
+        return makeStatus("%s: %s dispatch %u names kernel %u of %u", p, en, d,
+                          ds->kernel(), kernelCount);
+      if (ds->tokens_factor() < 0 || ds->constant() < 0 ||
+          ds->tokens_factor() > (1 << 20) || ds->constant() > (1ll << 40))
+        return makeStatus("%s: %s dispatch %u has a bad workload", p, en, d);
+      for (const auto *b : *ds->bindings()) {
+        uint64_t off = b->offset(), sz = b->size(), limit = 0;
+        switch (b->space()) {
+        case tlc::fb::Space_Arena:
+          limit = ep->arena_size();
+          break;
+        case tlc::fb::Space_KV:
+          limit = def->kv_size();
+          break;
+        case tlc::fb::Space_Param:
+          if (b->index() < 0 || (uint32_t)b->index() >= params->size())
+            return makeStatus("%s: %s dispatch %u binds parameter %d of %u", p,
+                              en, d, b->index(), params->size());
+          off = 0;
+          limit = params->Get(b->index())->size();
+          break;
+        case tlc::fb::Space_Input:
+          limit = 4ull * ep->max_tokens();
+          break;
+        case tlc::fb::Space_Output:
+          limit = 4ull * ep->max_tokens() * (uint64_t)vocab;
+          break;
+        default:
+          return makeStatus("%s: %s dispatch %u has an unknown binding space",
+                            p, en, d);
+        }
+        if (off > limit || sz > limit - off)
+          return makeStatus("%s: %s dispatch %u binds [%llu, +%llu) outside "
+                            "its %llu-byte space",
+                            p, en, d, (unsigned long long)off,
+                            (unsigned long long)sz, (unsigned long long)limit);
+      }
+    }
+  }
+  if (!m->prefill || !m->decode || m->decode->max_tokens() != 1)
+    return makeStatus("%s: module needs entry points prefill and decode", p);
+  if (info->max_seq() <= 0)
+    return makeStatus("%s: bad max_seq", p);
+
+  // Tokenizer (optional).
+  if (const auto *tok = def->tokenizer()) {
+    tlc::TokenizerData data;
+    if (tok->vocab())
+      for (const auto *s : *tok->vocab())
+        data.vocab.push_back(s->str());
+    if (tok->merges()) {
+      if (tok->merges()->size() % 2)
+        return makeStatus("%s: tokenizer merges are not pairs", p);
+      for (uint32_t i = 0; i + 1 < tok->merges()->size(); i += 2)
+        data.merges.push_back({tok->merges()->Get(i), tok->merges()->Get(i + 1)});
+    }
+    if (tok->added())
+      for (const auto *a : *tok->added())
+        data.added.push_back(
+            {a->id(), a->content() ? a->content()->str() : "", a->special()});
+    data.ignore_merges = tok->ignore_merges();
+    auto t = std::make_unique<tlc::Tokenizer>();
+    std::string err;
+    if (!tlc::Tokenizer::create(data, t.get(), &err))
+      return makeStatus("%s: bad tokenizer: %s", p, err.c_str());
+    m->tokenizer = std::move(t);
+  }
+
+  const auto *image = m->exe->image();
+  if (tlc::fnv1a64(image->data(), image->size()) != m->exe->image_hash())
+    return makeStatus("%s: executable image is corrupt (hash mismatch)", p);
+  std::vector<std::string> names;
+  for (const auto *k : *m->exe->kernels())
+    names.push_back(k->str());
+  std::string err;
+  if (!m->code.load(m->exe->image()->data(), m->exe->image()->size(), names,
+                    &err))
+    return makeStatus("%s: %s", p, err.c_str());
+  return nullptr;
+}
+} // namespace
+
+extern "C" tlc_status_t tlc_module_load_memory(const void *data, size_t size,
+                                               tlc_module_t **out) {
+  *out = nullptr;
+  auto m = std::make_unique<tlc_module_s>();
+  m->path = "<memory>";
+  m->bytes = (const uint8_t *)data;
+  m->size = size;
+  if (((uintptr_t)data) % 64 != 0)
+    return makeStatus("<memory>: module bytes must be 64-byte aligned");
+  if (tlc_status_t s = verifyModule(m.get()))
+    return s;
+  *out = m.release();
+  return nullptr;
+}
+
+extern "C" tlc_status_t tlc_module_load_file(const char *path,
+                                             tlc_module_t **out) {
+  *out = nullptr;
+  int fd = open(path, O_RDONLY | O_CLOEXEC);
+  if (fd < 0)
+    return makeStatus("%s: cannot open: %s", path, strerror(errno));
+  struct stat st;
+  if (fstat(fd, &st) != 0 || !S_ISREG(st.st_mode)) {
+    close(fd);
+    return makeStatus("%s: not a regular file", path);
+  }
+  auto m = std::make_unique<tlc_module_s>();
+  m->path = path;
+  m->size = (size_t)st.st_size;
+  if (m->size == 0) {
+    close(fd);
+    return makeStatus("%s: empty file", path);
+  }
+  m->map = mmap(nullptr, m->size, PROT_READ, MAP_PRIVATE, fd, 0);
+  close(fd);
+  if (m->map == MAP_FAILED) {
+    m->map = nullptr;
+    return makeStatus("%s: cannot map: %s", path, strerror(errno));
+  }
+  m->bytes = (const uint8_t *)m->map;
+  if (tlc_status_t s = verifyModule(m.get()))
+    return s;
+  *out = m.release();
+  return nullptr;
+}
+
+extern "C" void tlc_module_release(tlc_module_t *m) { delete m; }
+
+extern "C" void tlc_module_model_info(const tlc_module_t *m,
+                                      tlc_model_info_t *out) {
+  const auto *i = m->def->info();
+  auto str = [](const flatbuffers::String *s) { return s ? s->c_str() : ""; };
+  *out = tlc_model_info_t{};
+  out->name = str(i->name());
+  out->architecture = str(i->architecture());
+  out->weight_format = str(i->weight_format());
+  out->vocab_size = i->vocab_size();
+  out->hidden_size = i->hidden_size();
+  out->intermediate_size = i->intermediate_size();
+  out->num_layers = i->num_layers();
+  out->num_heads = i->num_heads();
+  out->num_kv_heads = i->num_kv_heads();
+  out->head_dim = i->head_dim();
+  out->max_seq = i->max_seq();
+  out->parameter_count = i->parameter_count();
+  out->bos_token_id = i->bos_token_id();
+  out->eos_token_id = i->eos_token_id();
+  out->rope_theta = i->rope_theta();
+  out->rms_norm_eps = i->rms_norm_eps();
+  out->tied_embeddings = i->tied_embeddings();
+  out->has_tokenizer = m->tokenizer != nullptr;
+  out->file_size = m->size;
+  out->data_size = m->def->data_size();
+  out->kv_cache_size = m->def->kv_size();
+}
+
+extern "C" size_t tlc_module_executable_count(const tlc_module_t *m) {
+  return m->def->executables()->size();
+}
+
+extern "C" void tlc_module_executable_info(const tlc_module_t *m, size_t i,
+                                           tlc_executable_info_t *out) {
+  const auto *e = m->def->executables()->Get((uint32_t)i);
+  auto str = [](const flatbuffers::String *s) { return s ? s->c_str() : ""; };
+  out->target = str(e->target());
+  out->cpu = str(e->cpu());
+  out->format = str(e->format());
+  out->image_size = e->image() ? e->image()->size() : 0;
+  out->kernel_count = e->kernels() ? e->kernels()->size() : 0;
+  out->selected = i == m->exeIndex;
+}
+
+extern "C" size_t tlc_module_entry_count(const tlc_module_t *m) {
+  return m->def->entry_points()->size();
+}
+
+extern "C" void tlc_module_entry_info(const tlc_module_t *m, size_t i,
+                                      tlc_entry_info_t *out) {
+  const auto *e = m->def->entry_points()->Get((uint32_t)i);
+  out->name = e->name()->c_str();
+  out->max_tokens = e->max_tokens();
+  out->arena_size = e->arena_size();
+  out->dispatch_count = e->dispatches()->size();
+}
+
+//===----------------------------------------------------------------------===//
+// Sessions
+//===----------------------------------------------------------------------===//
+
+namespace {
+struct AlignedBuffer {
+  void *ptr = nullptr;
+  size_t size = 0;
+  bool allocate(size_t n) {
+    free(ptr);
+    size = n;
+    ptr = nullptr;
+    return posix_memalign(&ptr, 64, n ? n : 64) == 0 && (memset(ptr, 0, n), true);
+  }
+  ~AlignedBuffer() { free(ptr); }
+};
+
+/// One entry point with its parameter/arena/KV pointers resolved.
+struct BoundEntry {
+  const tlc::fb::EntryPoint *def = nullptr;
+  AlignedBuffer arena;
+  std::vector<std::vector<void *>> bindings; // per dispatch
+  std::vector<std::vector<int>> ioSlots;     // indices bound to Input/Output
+};
+
+struct DispatchJob {
+  tlc::KernelFn fn;
+  void **bindings;
+  const int64_t *scalars;
+};
+
+void runJob(void *ctx, int64_t begin, int64_t end) {
+  auto *j = (DispatchJob *)ctx;
+  j->fn(j->bindings, j->scalars, begin, end);
+}
+} // namespace
+
+struct tlc_session_s {
+  tlc_module_t *module;
+  std::unique_ptr<tlc::ThreadPool> pool;
+  AlignedBuffer kv, ids;
+  BoundEntry prefill, decode;
+  std::vector<float> logits;
+  size_t logitRows = 0, position = 0;
+};
+
+static bool bindEntry(tlc_session_t *s, const tlc::fb::EntryPoint *def,
+                      BoundEntry *out) {
+  tlc_module_t *m = s->module;
+  out->def = def;
+  if (!out->arena.allocate(def->arena_size()))
+    return false;
+  const uint8_t *data = m->bytes + m->def->data_offset();
+  for (const auto *d : *def->dispatches()) {
+    std::vector<void *> ptrs;
+    std::vector<int> io;
+    for (const auto *b : *d->bindings()) {
+      void *p = nullptr;
+      switch (b->space()) {
+      case tlc::fb::Space_Arena:
+        p = (uint8_t *)out->arena.ptr + b->offset();
+        break;
+      case tlc::fb::Space_KV:
+        p = (uint8_t *)s->kv.ptr + b->offset();
+        break;
+      case tlc::fb::Space_Param:
+        p = (void *)(data + m->def->parameters()->Get(b->index())->offset());
+        break;
+      default:
+        io.push_back((int)ptrs.size());
+        break;
+      }
+      ptrs.push_back(p);
+    }
+    out->bindings.push_back(std::move(ptrs));
+    out->ioSlots.push_back(std::move(io));
+  }
+  return true;
+}
+
+extern "C" tlc_status_t tlc_session_create(tlc_module_t *m,
+                                           const tlc_session_options_t *opts,
+                                           tlc_session_t **out) {
+  *out = nullptr;
+  auto s = std::make_unique<tlc_session_s>();
+  s->module = m;
+  int threads = opts ? opts->num_threads : 0;
+  if (threads <= 0)
+    threads = (int)std::max(1L, sysconf(_SC_NPROCESSORS_ONLN));
+  if (!s->kv.allocate(m->def->kv_size()) ||
+      !s->ids.allocate(4ull * m->prefill->max_tokens()) ||
+      !bindEntry(s.get(), m->prefill, &s->prefill) ||
+      !bindEntry(s.get(), m->decode, &s->decode))
+    return makeStatus("%s: out of memory creating a session (KV cache %llu "
+                      "bytes)",
+                      m->path.c_str(), (unsigned long long)m->def->kv_size());
+  s->pool = std::make_unique<tlc::ThreadPool>(threads);
+  *out = s.release();
+  return nullptr;
+}
+
+extern "C" void tlc_session_release(tlc_session_t *s) { delete s; }
+extern "C" void tlc_session_reset(tlc_session_t *s) {
+  s->position = 0;
+  s->logitRows = 0;
+}
+extern "C" size_t tlc_session_position(const tlc_session_t *s) {
+  return s->position;
+}
+
+/// Runs one call of an entry point on T tokens already in s->ids, writing
+/// `rows` logit rows at row `row0` of s->logits.
+static void runEntry(tlc_session_t *s, BoundEntry &e, int64_t T, int64_t rows,
+                     size_t row0) {
+  int64_t vocab = s->module->def->info()->vocab_size();
+  int64_t scalars[3] = {T, (int64_t)s->position, rows};
+  void *output = s->logits.data() + row0 * vocab;
+  const auto *dispatches = e.def->dispatches();
+  for (uint32_t i = 0; i < dispatches->size(); ++i) {
+    const auto *d = dispatches->Get(i);
+    std::vector<void *> &ptrs = e.bindings[i];
+    for (int slot : e.ioSlots[i])
+      ptrs[slot] = d->bindings()->Get(slot)->space() == tlc::fb::Space_Input
+                       ? s->ids.ptr
+                       : output;
+    int64_t work = d->tokens_factor() * T + d->constant();
+    if (work <= 0)
+      continue;
+    DispatchJob job{s->module->code.kernel(d->kernel()), ptrs.data(), scalars};
+    s->pool->run(work, runJob, &job);
+  }
+  s->position += (size_t)T;
+}
+
+static tlc_status_t checkIds(tlc_session_t *s, const int32_t *ids, size_t n) {
+  int64_t vocab = s->module->def->info()->vocab_size();
+  for (size_t i = 0; i < n; ++i)
+    if (ids[i] < 0 || ids[i] >= vocab)
+      return makeStatus("token id %d at index %zu is outside the vocabulary "
+                        "[0, %lld)",
+                        ids[i], i, (long long)vocab);
+  if (s->position + n > (size_t)s->module->def->info()->max_seq())
+    return makeStatus("sequence of %zu tokens exceeds the module's context of "
+                      "%lld (compile with --max-seq-len)",
+                      s->position + n,
+                      (long long)s->module->def->info()->max_seq());
+  return nullptr;
+}
+
+extern "C" tlc_status_t tlc_session_prefill(tlc_session_t *s,
+                                            const int32_t *ids, size_t n,
+                                            bool allLogits) {
+  if (n == 0)
+    return makeStatus("prefill needs at least one token");
+  if (tlc_status_t st = checkIds(s, ids, n))
+    return st;
+  int64_t vocab = s->module->def->info()->vocab_size();
+  size_t rows = allLogits ? n : 1;
+  s->logits.assign(rows * (size_t)vocab, 0.0f);
+  s->logitRows = rows;
+  size_t chunk = s->module->prefill->max_tokens(), row = 0;
+  for (size_t at = 0; at < n; at += chunk) {
+    size_t T = std::min(chunk, n - at);
+    bool last = at + T == n;
+    int64_t want = allLogits ? (int64_t)T : (last ? 1 : 0);
+    std::memcpy(s->ids.ptr, ids + at, 4 * T);
+    BoundEntry &e = T == 1 ? s->decode : s->prefill;
+    runEntry(s, e, (int64_t)T, want, row);
+    row += (size_t)want;
+  }
+  return nullptr;
+}
+
+extern "C" tlc_status_t tlc_session_decode(tlc_session_t *s, int32_t id) {
+  if (tlc_status_t st = checkIds(s, &id, 1))
+    return st;
+  int64_t vocab = s->module->def->info()->vocab_size();
+  s->logits.assign((size_t)vocab, 0.0f);
+  s->logitRows = 1;
+  std::memcpy(s->ids.ptr, &id, 4);
+  runEntry(s, s->decode, 1, 1, 0);
+  return nullptr;
+}
+
+extern "C" const float *tlc_session_logits(const tlc_session_t *s,
+                                           size_t *rows, size_t *vocab) {
+  *rows = s->logitRows;
+  *vocab = (size_t)s->module->def->info()->vocab_size();
+  return s->logits.data();
+}
+
+//===----------------------------------------------------------------------===//
+// Tokenizer
+//===----------------------------------------------------------------------===//
+
+extern "C" tlc_status_t tlc_tokenize(const tlc_module_t *m, const char *text,
+                                     size_t length, int32_t **outIds,
+                                     size_t *outCount) {
+  *outIds = nullptr;
+  *outCount = 0;
+  if (!m->tokenizer)
+    return makeStatus("%s: module has no tokenizer (the model folder had no "
+                      "tokenizer.json)",
+                      m->path.c_str());
+  std::vector<int32_t> ids = m->tokenizer->encode(std::string_view(text, length));
+  *outIds = (int32_t *)malloc(std::max<size_t>(1, ids.size()) * 4);
+  if (!*outIds)
+    return makeStatus("out of memory");
+  std::memcpy(*outIds, ids.data(), ids.size() * 4);
+  *outCount = ids.size();
+  return nullptr;
+}
+
+extern "C" tlc_status_t tlc_detokenize(const tlc_module_t *m,
+                                       const int32_t *ids, size_t count,
+                                       char **outText, size_t *outLength) {
+  *outText = nullptr;
+  *outLength = 0;
+  if (!m->tokenizer)
+    return makeStatus("%s: module has no tokenizer", m->path.c_str());
+  std::string text = m->tokenizer->decode(ids, count);
+  *outText = (char *)malloc(text.size() + 1);
+  if (!*outText)
+    return makeStatus("out of memory");
+  std::memcpy(*outText, text.data(), text.size());
+  (*outText)[text.size()] = 0;
+  *outLength = text.size();
+  return nullptr;
+}

@@ -1,0 +1,317 @@
+// Code generation of the llvm-cpu target: kernels in the LLVM dialect ->
+// LLVM IR linked with the microkernel bitcode -> optimized object -> shared
+// object linked in-process with lld.
+#include "targets/llvm-cpu/Passes.h"
+
+#include "mlir/Conversion/ArithToLLVM/ArithToLLVM.h"
+#include "mlir/Conversion/ControlFlowToLLVM/ControlFlowToLLVM.h"
+#include "mlir/Conversion/FuncToLLVM/ConvertFuncToLLVMPass.h"
+#include "mlir/Conversion/MathToLLVM/MathToLLVM.h"
+#include "mlir/Conversion/MemRefToLLVM/MemRefToLLVM.h"
+#include "mlir/Conversion/Passes.h"
+#include "mlir/Conversion/ReconcileUnrealizedCasts/ReconcileUnrealizedCasts.h"
+#include "mlir/Conversion/SCFToControlFlow/SCFToControlFlow.h"
+#include "mlir/Conversion/VectorToLLVM/ConvertVectorToLLVMPass.h"
+#include "mlir/Dialect/MemRef/Transforms/Passes.h"
+#include "mlir/Pass/PassManager.h"
+#include "mlir/Target/LLVMIR/Dialect/Builtin/BuiltinToLLVMIRTranslation.h"
+#include "mlir/Target/LLVMIR/Dialect/LLVMIR/LLVMToLLVMIRTranslation.h"
+#include "mlir/Target/LLVMIR/Export.h"
+
+#include "lld/Common/Driver.h"
+#include "llvm/Bitcode/BitcodeReader.h"
+#include "llvm/IR/IRBuilder.h"
+#include "llvm/IR/LegacyPassManager.h"
+#include "llvm/Support/FileUtilities.h"
+#include "llvm/IR/LLVMContext.h"
+#include "llvm/IR/Module.h"
+#include "llvm/IR/Verifier.h"
+#include "llvm/Linker/Linker.h"
+#include "llvm/MC/TargetRegistry.h"
+#include "llvm/Passes/PassBuilder.h"
+#include "llvm/Support/FileSystem.h"
+#include "llvm/Support/MemoryBuffer.h"
+#include "llvm/Support/Path.h"
+#include "llvm/Support/Program.h"
+#include "llvm/Support/TargetSelect.h"
+#include "llvm/Target/TargetMachine.h"
+#include "llvm/TargetParser/Host.h"
+
+#include "targets/llvm-cpu/MicrokernelBitcode.inc"
+
+LLD_HAS_DRIVER(elf)
+
+namespace tlc::llvmcpu {
+#define GEN_PASS_DEF_LOWERKERNELSTOLLVMPASS
+#include "targets/llvm-cpu/Passes.h.inc"
+} // namespace tlc::llvmcpu
+
+using namespace mlir;
+
+namespace {
+struct LowerKernelsToLLVMPass
+    : tlc::llvmcpu::impl::LowerKernelsToLLVMPassBase<LowerKernelsToLLVMPass> {
+  void runOnOperation() override {
+    for (auto kernels : getOperation().getOps<ModuleOp>()) {
+      if (kernels.getSymName() != "kernels")
+        continue;
+      OpPassManager pm("builtin.module");
+      pm.addPass(createSCFToControlFlowPass());
+      pm.addPass(memref::createExpandStridedMetadataPass());
+      pm.addPass(createConvertVectorToLLVMPass());
+      pm.addPass(createFinalizeMemRefToLLVMConversionPass());
+      pm.addPass(createConvertMathToLLVMPass());
+      pm.addPass(createArithToLLVMConversionPass());
+      pm.addPass(createConvertControlFlowToLLVMPass());
+      ConvertFuncToLLVMPassOptions funcOptions;
+      funcOptions.useBarePtrCallConv = true;
+      pm.addPass(createConvertFuncToLLVMPass(funcOptions));
+      pm.addPass(createReconcileUnrealizedCastsPass());
+      if (failed(runPipeline(pm, kernels)))
+        return signalPassFailure();
+    }
+  }
+};
+
+/// Known x86 features a host must have, as LLVM and __builtin_cpu_supports
+/// both spell them.
+constexpr const char *kCheckedFeatures[] = {
+    "avx2", "fma", "f16c", "avx512f", "avx512bw", "avx512vl", "avx512vnni",
+    "avx512bf16", "avxvnni"};
+
+std::string joinFeatures(const llvm::StringMap<bool> &features,
+                         std::vector<std::string> *needs) {
+  std::string out;
+  for (auto &f : features) {
+    if (!out.empty())
+      out += ",";
+    out += (f.second ? "+" : "-") + f.first().str();
+    for (const char *c : kCheckedFeatures)
+      if (f.second && f.first() == c)
+        needs->push_back(c);
+  }
+  return out;
+}
+} // namespace
+
+FailureOr<tlc::llvmcpu::CpuTarget>
+tlc::llvmcpu::parseCpuTarget(llvm::StringRef spec, std::string *error) {
+  CpuTarget t;
+  if (spec == "host") {
+    t.cpu = llvm::sys::getHostCPUName().str();
+    t.features = joinFeatures(llvm::sys::getHostCPUFeatures(), &t.needs);
+    return t;
+  }
+  auto [arch, feats] = spec.split(':');
+  if (arch != "x86-64" && arch != "x86_64") {
+    *error = "unknown target '" + spec.str() +
+             "' (expected host or x86-64[:FEATURES])";
+    return failure();
+  }
+  // The baseline is x86-64-v3 (AVX2 + FMA), which the kernels need.
+  t.cpu = "x86-64-v3";
+  llvm::StringMap<bool> features;
+  for (const char *f : {"avx2", "fma", "f16c"})
+    features[f] = true;
+  llvm::SmallVector<llvm::StringRef> list;
+  feats.split(list, ',', -1, false);
+  for (llvm::StringRef f : list) {
+    f = f.trim();
+    bool on = !f.consume_front("-");
+    f.consume_front("+");
+    if (f.empty()) {
+      *error = "empty feature in target '" + spec.str() + "'";
+      return failure();
+    }
+    features[f] = on;
+  }
+  t.features = joinFeatures(features, &t.needs);
+  return t;
+}
+
+static std::unique_ptr<llvm::Module>
+loadMicrokernels(llvm::LLVMContext &ctx, const tlc::llvmcpu::CpuTarget &t) {
+  bool vnni = llvm::StringRef(t.features).contains("+avx512vnni") &&
+              llvm::StringRef(t.features).contains("+avx512bw");
+  llvm::StringRef bytes =
+      vnni ? llvm::StringRef((const char *)kMicrokernelsAvx512,
+                             sizeof kMicrokernelsAvx512)
+           : llvm::StringRef((const char *)kMicrokernelsAvx2,
+                             sizeof kMicrokernelsAvx2);
+  auto buffer = llvm::MemoryBuffer::getMemBuffer(bytes, "microkernels", false);
+  auto mod = llvm::parseBitcodeFile(buffer->getMemBufferRef(), ctx);
+  if (!mod) {
+    llvm::consumeError(mod.takeError());
+    return nullptr;
+  }
+  return std::move(*mod);
+}
+
+/// Adds `tlc_entry_<kernel>(void **b, const int64_t *s, int64_t begin,
+/// int64_t end)` calling the kernel with b[0..n), s[0..3), begin, end.
+static void addEntry(llvm::Module &m, llvm::Function *kernel) {
+  llvm::LLVMContext &ctx = m.getContext();
+  auto *ptr = llvm::PointerType::getUnqual(ctx);
+  auto *i64 = llvm::Type::getInt64Ty(ctx);
+  auto *type = llvm::FunctionType::get(llvm::Type::getVoidTy(ctx),
+                                       {ptr, ptr, i64, i64}, false);
+  auto *entry = llvm::Function::Create(type, llvm::GlobalValue::ExternalLinkage,
+                                       "tlc_entry_" + kernel->getName(), m);
+  entry->setVisibility(llvm::GlobalValue::DefaultVisibility);
+  llvm::IRBuilder<> b(llvm::BasicBlock::Create(ctx, "entry", entry));
+  llvm::SmallVector<llvm::Value *> args;
+  unsigned nBuffers = kernel->arg_size() - 5;
+  for (unsigned i = 0; i < nBuffers; ++i)
+    args.push_back(b.CreateLoad(
+        ptr, b.CreateConstGEP1_64(ptr, entry->getArg(0), i), "binding"));
+  for (unsigned i = 0; i < 3; ++i)
+    args.push_back(b.CreateLoad(
+        i64, b.CreateConstGEP1_64(i64, entry->getArg(1), i), "scalar"));
+  args.push_back(entry->getArg(2));
+  args.push_back(entry->getArg(3));
+  b.CreateCall(kernel, args);
+  b.CreateRetVoid();
+}
+
+FailureOr<std::string> tlc::llvmcpu::buildSharedObject(
+    ModuleOp kernels, const CpuTarget &target,
+    std::vector<std::string> *kernelNames, std::string *llvmIR,
+    std::string *error) {
+  llvm::InitializeNativeTarget();
+  llvm::InitializeNativeTargetAsmPrinter();
+  registerBuiltinDialectTranslation(*kernels.getContext());
+  registerLLVMDialectTranslation(*kernels.getContext());
+
+  // Kernel names before translation (the tlora.kernel marker is dropped).
+  kernelNames->clear();
+  for (auto fn : kernels.getOps<LLVM::LLVMFuncOp>())
+    if (fn->hasAttr("tlora.kernel"))
+      kernelNames->push_back(fn.getName().str());
+
+  llvm::LLVMContext ctx;
+  std::unique_ptr<llvm::Module> mod = translateModuleToLLVMIR(kernels, ctx);
+  if (!mod) {
+    *error = "translation of the kernels to LLVM IR failed";
+    return failure();
+  }
+  std::unique_ptr<llvm::Module> micro = loadMicrokernels(ctx, target);
+  if (!micro) {
+    *error = "internal error: the embedded microkernel bitcode is unreadable";
+    return failure();
+  }
+  micro->setDataLayout(mod->getDataLayout());
+  micro->setTargetTriple(mod->getTargetTriple());
+  if (llvm::Linker::linkModules(*mod, std::move(micro))) {
+    *error = "linking the microkernels failed";
+    return failure();
+  }
+
+  std::string lookupError;
+  llvm::Triple triple(target.triple);
+  const llvm::Target *llvmTarget =
+      llvm::TargetRegistry::lookupTarget(triple, lookupError);
+  if (!llvmTarget) {
+    *error = lookupError;
+    return failure();
+  }
+  llvm::TargetOptions options;
+  std::unique_ptr<llvm::TargetMachine> tm(llvmTarget->createTargetMachine(
+      triple, target.cpu, target.features, options, llvm::Reloc::PIC_,
+      std::nullopt, llvm::CodeGenOptLevel::Aggressive));
+  mod->setDataLayout(tm->createDataLayout());
+  mod->setTargetTriple(triple);
+
+  // Everything but the entries is internal, so it can be inlined and dropped.
+  for (llvm::Function &f : *mod) {
+    if (f.isDeclaration())
+      continue;
+    f.setLinkage(llvm::GlobalValue::InternalLinkage);
+    f.addFnAttr("target-cpu", target.cpu);
+    f.addFnAttr("target-features", target.features);
+  }
+  for (llvm::GlobalVariable &g : mod->globals())
+    if (!g.isDeclaration())
+      g.setLinkage(llvm::GlobalValue::InternalLinkage);
+  for (const std::string &name : *kernelNames) {
+    llvm::Function *k = mod->getFunction(name);
+    if (!k) {
+      *error = "internal error: kernel " + name + " vanished in translation";
+      return failure();
+    }
+    addEntry(*mod, k);
+  }
+  if (llvm::verifyModule(*mod, &llvm::errs())) {
+    *error = "internal error: generated LLVM IR does not verify";
+    return failure();
+  }
+
+  // -O3.
+  {
+    llvm::LoopAnalysisManager lam;
+    llvm::FunctionAnalysisManager fam;
+    llvm::CGSCCAnalysisManager cgam;
+    llvm::ModuleAnalysisManager mam;
+    llvm::PassBuilder pb(tm.get());
+    pb.registerModuleAnalyses(mam);
+    pb.registerCGSCCAnalyses(cgam);
+    pb.registerFunctionAnalyses(fam);
+    pb.registerLoopAnalyses(lam);
+    pb.crossRegisterProxies(lam, fam, cgam, mam);
+    llvm::ModulePassManager mpm =
+        pb.buildPerModuleDefaultPipeline(llvm::OptimizationLevel::O3);
+    mpm.run(*mod, mam);
+  }
+  if (llvmIR) {
+    llvm::raw_string_ostream os(*llvmIR);
+    mod->print(os, nullptr);
+  }
+
+  // Object file in memory.
+  llvm::SmallVector<char, 0> object;
+  {
+    llvm::raw_svector_ostream os(object);
+    llvm::legacy::PassManager pm;
+    if (tm->addPassesToEmitFile(pm, os, nullptr,
+                                llvm::CodeGenFileType::ObjectFile)) {
+      *error = "the target cannot emit object files";
+      return failure();
+    }
+    pm.run(*mod);
+  }
+
+  // Link with lld (in-process) through two temporary files.
+  llvm::SmallString<128> objPath, soPath;
+  if (llvm::sys::fs::createTemporaryFile("tlc-kernels", "o", objPath) ||
+      llvm::sys::fs::createTemporaryFile("tlc-kernels", "so", soPath)) {
+    *error = "cannot create temporary files for linking";
+    return failure();
+  }
+  llvm::FileRemover removeObj(objPath), removeSo(soPath);
+  {
+    std::error_code ec;
+    llvm::raw_fd_ostream os(objPath, ec);
+    if (ec) {
+      *error = "cannot write " + objPath.str().str() + ": " + ec.message();
+      return failure();
+    }
+    os.write(object.data(), object.size());
+  }
+  std::string linkLog;
+  llvm::raw_string_ostream linkOut(linkLog);
+  std::vector<const char *> args = {"ld.lld", "-shared", "--gc-sections",
+                                    "-O2",    "-z",      "now",
+                                    "--hash-style=gnu", "-o",
+                                    soPath.c_str(), objPath.c_str()};
+  lld::Result result =
+      lld::lldMain(args, linkOut, linkOut, {{lld::Gnu, &lld::elf::link}});
+  if (result.retCode != 0) {
+    *error = "lld failed: " + linkLog;
+    return failure();
+  }
+  auto so = llvm::MemoryBuffer::getFile(soPath);
+  if (!so) {
+    *error = "cannot read the linked kernels: " + so.getError().message();
+    return failure();
+  }
+  return (*so)->getBuffer().str();
+}

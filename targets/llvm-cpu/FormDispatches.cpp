@@ -1,0 +1,222 @@
+// tlc-llvmcpu-form-dispatches: tlora compute ops -> dispatches of per-shape
+// kernels instantiated from the MLIR templates of KernelTemplates.h.
+#include "targets/llvm-cpu/KernelTemplates.h"
+#include "targets/llvm-cpu/Passes.h"
+#include "targets/llvm-cpu/kernels/ternary.h"
+
+#include "dialects/tlora/Transforms/Passes.h"
+#include "mlir/IR/Builders.h"
+#include "mlir/IR/SymbolTable.h"
+#include "mlir/Parser/Parser.h"
+#include "llvm/ADT/StringExtras.h"
+#include "llvm/Support/FormatVariadic.h"
+
+#include <cmath>
+
+namespace tlc::llvmcpu {
+#define GEN_PASS_DEF_FORMDISPATCHESPASS
+#include "targets/llvm-cpu/Passes.h.inc"
+} // namespace tlc::llvmcpu
+
+using namespace mlir;
+using namespace mlir::tlora;
+using namespace tlc::llvmcpu;
+
+int64_t tlc::llvmcpu::ternaryParamBytes(int64_t outFeatures,
+                                        int64_t inFeatures) {
+  return 64 + (int64_t)tlc_ternary_packed_size(outFeatures, inFeatures);
+}
+
+namespace {
+using Vars = llvm::SmallVector<std::pair<std::string, std::string>>;
+
+std::string fillTemplate(llvm::StringRef tmpl, const Vars &vars) {
+  std::string out = tmpl.str();
+  for (auto &[key, value] : vars) {
+    std::string hole = "{{" + key + "}}";
+    for (size_t at = out.find(hole); at != std::string::npos;
+         at = out.find(hole, at + value.size()))
+      out.replace(at, hole.size(), value);
+  }
+  return out;
+}
+
+std::string floatLiteral(double v) { return llvm::formatv("{0:e9}", v).str(); }
+
+std::string elementName(Type t) {
+  if (t.isBF16())
+    return "bf16";
+  return "f32";
+}
+
+/// A kernel to instantiate: its template, holes and workload.
+struct KernelSpec {
+  const char *tmpl;
+  std::string name;
+  Vars vars;
+  int64_t tokensFactor = 1, constant = 0;
+};
+
+int64_t dim(Value v, unsigned i) {
+  return cast<ShapedType>(v.getType()).getDimSize(i);
+}
+
+FailureOr<KernelSpec> specFor(Operation *op, int64_t tm) {
+  std::string TM = std::to_string(tm);
+  auto s = [](int64_t v) { return std::to_string(v); };
+  KernelSpec k;
+  if (auto e = dyn_cast<EmbedOp>(op)) {
+    auto w = elementName(e.getTable().getType().getElementType());
+    k = {kEmbed, llvm::formatv("embed_v{0}_d{1}_{2}", dim(e.getTable(), 0),
+                               dim(e.getTable(), 1), w),
+         {{"V", s(dim(e.getTable(), 0))}, {"D", s(dim(e.getTable(), 1))},
+          {"W", w}}};
+  } else if (auto n = dyn_cast<RMSNormOp>(op)) {
+    auto w = elementName(n.getWeight().getType().getElementType());
+    float eps = n.getEpsilon().convertToFloat();
+    k = {kRMSNorm,
+         llvm::formatv("rms_norm_d{0}_{1}_eps{2}", dim(n.getInput(), 1), w,
+                       llvm::utohexstr(llvm::bit_cast<uint32_t>(eps))),
+         {{"D", s(dim(n.getInput(), 1))}, {"W", w}, {"EPS", floatLiteral(eps)}}};
+  } else if (auto q = dyn_cast<QuantizeOp>(op)) {
+    int64_t K = q.getType().getFeatures();
+    k = {kQuantize, llvm::formatv("quantize_k{0}", K),
+         {{"K", s(K)}, {"TMK", s(tm * K)}, {"QB", s(bufferBytes(q.getType(), tm))}}};
+  } else if (auto m = dyn_cast<TernaryMatmulOp>(op)) {
+    auto w = m.getWeight().getType();
+    int64_t N = w.getOutFeatures(), K = w.getInFeatures();
+    if (K % TLC_TERNARY_BLOCK_K != 0)
+      return op->emitOpError("the CPU ternary kernel needs in_features % ")
+             << TLC_TERNARY_BLOCK_K << " == 0, got " << K;
+    k = {kTernaryMatmul, llvm::formatv("ternary_matmul_n{0}_k{1}", N, K),
+         {{"N", s(N)}, {"K", s(K)}, {"TMN", s(tm * N)},
+          {"QB", s(bufferBytes(m.getInput().getType(), tm))},
+          {"WB", s(tlc::llvmcpu::ternaryParamBytes(N, K))}},
+         0, (N + TLC_TERNARY_TILE_N - 1) / TLC_TERNARY_TILE_N};
+  } else if (auto d = dyn_cast<DenseOp>(op)) {
+    auto w = elementName(d.getWeight().getType().getElementType());
+    int64_t N = dim(d.getWeight(), 0), K = dim(d.getWeight(), 1);
+    k = {kDense, llvm::formatv("dense_n{0}_k{1}_{2}", N, K, w),
+         {{"N", s(N)}, {"K", s(K)}, {"W", w}, {"TMK", s(tm * K)},
+          {"NK", s(N * K)}, {"TMN", s(tm * N)}},
+         0, (N + 15) / 16};
+  } else if (auto r = dyn_cast<RopeOp>(op)) {
+    int64_t D = dim(r.getInput(), 1), hd = r.getHeadDim();
+    double theta = r.getTheta().convertToDouble();
+    // inv_freq exactly as transformers computes it, in float32.
+    std::string inv;
+    for (int64_t i = 0; i < hd / 2; ++i) {
+      float e = (float)(2 * i) / (float)hd;
+      float f = 1.0f / std::pow((float)theta, e);
+      inv += (i ? ", " : "") + floatLiteral(f);
+    }
+    k = {kRope,
+         llvm::formatv("rope_d{0}_hd{1}_theta{2}", D, hd, (int64_t)theta),
+         {{"D", s(D)}, {"HD", s(hd)}, {"HALF", s(hd / 2)}, {"INV_FREQ", inv}}};
+  } else if (auto a = dyn_cast<KVAppendOp>(op)) {
+    auto c = a.getCache().getType();
+    int64_t D = c.getKvHeads() * c.getHeadDim();
+    k = {kKVAppend, llvm::formatv("kv_append_s{0}_d{1}", c.getMaxSeq(), D),
+         {{"S", s(c.getMaxSeq())}, {"D", s(D)}}};
+  } else if (auto a = dyn_cast<AttentionOp>(op)) {
+    auto c = a.getKeys().getType();
+    int64_t DQ = dim(a.getQuery(), 1), hd = c.getHeadDim(), H = DQ / hd;
+    k = {kAttention,
+         llvm::formatv("attention_s{0}_h{1}_kv{2}_hd{3}", c.getMaxSeq(), H,
+                       c.getKvHeads(), hd),
+         {{"S", s(c.getMaxSeq())}, {"DQ", s(DQ)}, {"DKV", s(c.getKvHeads() * hd)},
+          {"H", s(H)}, {"GROUP", s(H / c.getKvHeads())}, {"HD", s(hd)},
+          {"SCALE", floatLiteral(a.getScale().convertToFloat())}},
+         H, 0};
+  } else if (auto m = dyn_cast<SquaredReluMulOp>(op)) {
+    k = {kSquaredReluMul, llvm::formatv("squared_relu_mul_d{0}", dim(m.getResult(), 1)),
+         {{"D", s(dim(m.getResult(), 1))}}};
+  } else if (auto add = dyn_cast<arith::AddFOp>(op)) {
+    if (!isa<RankedTensorType>(add.getType()))
+      return op->emitOpError("only tensor additions are dispatched");
+    k = {kAdd, llvm::formatv("add_d{0}", dim(add.getResult(), 1)),
+         {{"D", s(dim(add.getResult(), 1))}}};
+  } else {
+    return op->emitOpError("has no llvm-cpu kernel");
+  }
+  k.name += "_t" + TM;
+  k.vars.push_back({"NAME", k.name});
+  k.vars.push_back({"TM", TM});
+  return k;
+}
+
+struct FormDispatchesPass
+    : tlc::llvmcpu::impl::FormDispatchesPassBase<FormDispatchesPass> {
+  void runOnOperation() override {
+    ModuleOp top = getOperation();
+    MLIRContext *ctx = &getContext();
+    ModuleOp kernels = getOrCreateKernels(top);
+    if (!kernels)
+      return signalPassFailure();
+    SymbolTable symbols(kernels);
+    for (auto func : top.getOps<func::FuncOp>()) {
+      auto maxTokens = func->getAttrOfType<IntegerAttr>("tlora.max_tokens");
+      if (!maxTokens)
+        continue;
+      for (Operation &op :
+           llvm::make_early_inc_range(func.getBody().front())) {
+        if (isa<WeightOp, TernaryWeightOp, KVCacheOp, func::ReturnOp>(op))
+          continue;
+        FailureOr<KernelSpec> spec = specFor(&op, maxTokens.getInt());
+        if (failed(spec) ||
+            failed(instantiate(kernels, symbols, *spec, op.getLoc())))
+          return signalPassFailure();
+        // Scalars (positions, row counts) reach kernels as runtime scalars.
+        SmallVector<Value> buffers;
+        for (Value v : op.getOperands())
+          if (!isa<IndexType>(v.getType()))
+            buffers.push_back(v);
+        OpBuilder b(&op);
+        auto dispatch = DispatchOp::create(
+            b, op.getLoc(), op.getResultTypes(),
+            SymbolRefAttr::get(ctx, "kernels",
+                               {FlatSymbolRefAttr::get(ctx, spec->name)}),
+            buffers, spec->tokensFactor, spec->constant, ArrayAttr());
+        op.replaceAllUsesWith(dispatch.getResults());
+        op.erase();
+      }
+    }
+  }
+
+  ModuleOp getOrCreateKernels(ModuleOp top) {
+    for (auto m : top.getOps<ModuleOp>())
+      if (m.getSymName() == "kernels")
+        return m;
+    OpBuilder b = OpBuilder::atBlockEnd(top.getBody());
+    auto kernels = ModuleOp::create(b, top.getLoc(), StringRef("kernels"));
+    OwningOpRef<ModuleOp> prelude =
+        parseSourceString<ModuleOp>(tlc::llvmcpu::kPrelude, &getContext());
+    if (!prelude)
+      return nullptr;
+    for (Operation &op : llvm::make_early_inc_range(*prelude->getBody()))
+      op.moveBefore(kernels.getBody(), kernels.getBody()->end());
+    return kernels;
+  }
+
+  LogicalResult instantiate(ModuleOp kernels, SymbolTable &symbols,
+                            const KernelSpec &spec, Location loc) {
+    if (symbols.lookup(spec.name))
+      return success();
+    std::string source =
+        std::string(tlc::llvmcpu::kPrelude) + fillTemplate(spec.tmpl, spec.vars);
+    ParserConfig config(&getContext());
+    OwningOpRef<ModuleOp> parsed = parseSourceString<ModuleOp>(source, config);
+    if (!parsed)
+      return emitError(loc) << "internal error: kernel template '" << spec.name
+                            << "' does not parse";
+    for (Operation &op : llvm::make_early_inc_range(*parsed->getBody())) {
+      auto name = op.getAttrOfType<StringAttr>(SymbolTable::getSymbolAttrName());
+      if (name && symbols.lookup(name))
+        continue; // from the prelude
+      op.remove();
+      symbols.insert(&op);
+    }
+    return success();
+  }
+};
+} // namespace

@@ -1,0 +1,287 @@
+// MLIR source of the llvm-cpu kernels, one template per op kind.
+//
+// Templates are MLIR (scf/memref/vector/math) with {{NAME}}-style holes that
+// FormDispatches fills per shape. Every kernel takes its buffers (operands,
+// then results) as static memrefs, then five index scalars: T (tokens in this
+// call), pos (position of the first token), rows (logit rows wanted), and the
+// [begin, end) range of the workload this thread runs. Heavy products call C
+// microkernels (kernels/*.c) that are compiled to bitcode and linked in.
+#ifndef TLC_TARGETS_LLVMCPU_KERNELTEMPLATES_H
+#define TLC_TARGETS_LLVMCPU_KERNELTEMPLATES_H
+
+namespace tlc::llvmcpu {
+
+/// Declarations every kernel module holds once: the C microkernels and the
+/// widening helpers for float parameters.
+inline constexpr const char *kPrelude = R"mlir(
+func.func private @tlc_k_quantize(!llvm.ptr, !llvm.ptr, index, index, index, index)
+func.func private @tlc_k_ternary_matmul(!llvm.ptr, !llvm.ptr, !llvm.ptr, index, index, index, index, index, index)
+func.func private @tlc_k_dense_bf16(!llvm.ptr, !llvm.ptr, !llvm.ptr, index, index, index, index, index, index, index)
+func.func private @tlc_k_dense_f32(!llvm.ptr, !llvm.ptr, !llvm.ptr, index, index, index, index, index, index, index)
+func.func private @ptr(%i: index) -> !llvm.ptr attributes {llvm.linkage = #llvm.linkage<internal>} {
+  %a = arith.index_cast %i : index to i64
+  %p = llvm.inttoptr %a : i64 to !llvm.ptr
+  return %p : !llvm.ptr
+}
+func.func private @to_f32_bf16(%v: bf16) -> f32 attributes {llvm.linkage = #llvm.linkage<internal>} {
+  %f = arith.extf %v : bf16 to f32
+  return %f : f32
+}
+func.func private @to_f32_f32(%v: f32) -> f32 attributes {llvm.linkage = #llvm.linkage<internal>} {
+  return %v : f32
+}
+)mlir";
+
+#define TLC_KERNEL_SCALARS                                                     \
+  "%T: index, %pos: index, %rows: index, %begin: index, %end: index"
+
+inline constexpr const char *kEmbed = R"mlir(
+func.func @{{NAME}}(%table: memref<{{V}}x{{D}}x{{W}}>, %ids: memref<{{TM}}xi32>,
+    %out: memref<{{TM}}x{{D}}xf32>, )mlir" TLC_KERNEL_SCALARS R"mlir() attributes {tlora.kernel} {
+  %c0 = arith.constant 0 : index
+  %c1 = arith.constant 1 : index
+  %cD = arith.constant {{D}} : index
+  scf.for %t = %begin to %end step %c1 {
+    %id32 = memref.load %ids[%t] : memref<{{TM}}xi32>
+    %id = arith.index_cast %id32 : i32 to index
+    scf.for %d = %c0 to %cD step %c1 {
+      %w = memref.load %table[%id, %d] : memref<{{V}}x{{D}}x{{W}}>
+      %f = func.call @to_f32_{{W}}(%w) : ({{W}}) -> f32
+      memref.store %f, %out[%t, %d] : memref<{{TM}}x{{D}}xf32>
+    }
+  }
+  return
+}
+)mlir";
+
+inline constexpr const char *kRMSNorm = R"mlir(
+func.func @{{NAME}}(%x: memref<{{TM}}x{{D}}xf32>, %w: memref<{{D}}x{{W}}>,
+    %out: memref<{{TM}}x{{D}}xf32>, )mlir" TLC_KERNEL_SCALARS R"mlir() attributes {tlora.kernel} {
+  %c0 = arith.constant 0 : index
+  %c1 = arith.constant 1 : index
+  %cD = arith.constant {{D}} : index
+  %zero = arith.constant 0.0 : f32
+  %n = arith.constant {{D}}.0 : f32
+  %eps = arith.constant {{EPS}} : f32
+  scf.for %t = %begin to %end step %c1 {
+    %ss = scf.for %d = %c0 to %cD step %c1 iter_args(%acc = %zero) -> (f32) {
+      %v = memref.load %x[%t, %d] : memref<{{TM}}x{{D}}xf32>
+      %sq = arith.mulf %v, %v : f32
+      %a = arith.addf %acc, %sq fastmath<reassoc> : f32
+      scf.yield %a : f32
+    }
+    %mean = arith.divf %ss, %n : f32
+    %ve = arith.addf %mean, %eps : f32
+    %r = math.rsqrt %ve : f32
+    scf.for %d = %c0 to %cD step %c1 {
+      %v = memref.load %x[%t, %d] : memref<{{TM}}x{{D}}xf32>
+      %wv = memref.load %w[%d] : memref<{{D}}x{{W}}>
+      %wf = func.call @to_f32_{{W}}(%wv) : ({{W}}) -> f32
+      %h = arith.mulf %v, %r : f32
+      %o = arith.mulf %wf, %h : f32
+      memref.store %o, %out[%t, %d] : memref<{{TM}}x{{D}}xf32>
+    }
+  }
+  return
+}
+)mlir";
+
+inline constexpr const char *kQuantize = R"mlir(
+func.func @{{NAME}}(%x: memref<{{TM}}x{{K}}xf32>, %q: memref<{{QB}}xi8>,
+    )mlir" TLC_KERNEL_SCALARS R"mlir() attributes {tlora.kernel} {
+  %tm = arith.constant {{TM}} : index
+  %k = arith.constant {{K}} : index
+  %xi = memref.extract_aligned_pointer_as_index %x : memref<{{TM}}x{{K}}xf32> -> index
+  %xp = func.call @ptr(%xi) : (index) -> !llvm.ptr
+  %qi = memref.extract_aligned_pointer_as_index %q : memref<{{QB}}xi8> -> index
+  %qp = func.call @ptr(%qi) : (index) -> !llvm.ptr
+  func.call @tlc_k_quantize(%xp, %qp, %tm, %k, %begin, %end) : (!llvm.ptr, !llvm.ptr, index, index, index, index) -> ()
+  return
+}
+)mlir";
+
+inline constexpr const char *kTernaryMatmul = R"mlir(
+func.func @{{NAME}}(%q: memref<{{QB}}xi8>, %w: memref<{{WB}}xi8>, %out: memref<{{TM}}x{{N}}xf32>,
+    )mlir" TLC_KERNEL_SCALARS R"mlir() attributes {tlora.kernel} {
+  %tm = arith.constant {{TM}} : index
+  %k = arith.constant {{K}} : index
+  %n = arith.constant {{N}} : index
+  %qi = memref.extract_aligned_pointer_as_index %q : memref<{{QB}}xi8> -> index
+  %qp = func.call @ptr(%qi) : (index) -> !llvm.ptr
+  %wi = memref.extract_aligned_pointer_as_index %w : memref<{{WB}}xi8> -> index
+  %wp = func.call @ptr(%wi) : (index) -> !llvm.ptr
+  %oi = memref.extract_aligned_pointer_as_index %out : memref<{{TM}}x{{N}}xf32> -> index
+  %op = func.call @ptr(%oi) : (index) -> !llvm.ptr
+  func.call @tlc_k_ternary_matmul(%qp, %wp, %op, %tm, %k, %n, %T, %begin, %end) : (!llvm.ptr, !llvm.ptr, !llvm.ptr, index, index, index, index, index, index) -> ()
+  return
+}
+)mlir";
+
+inline constexpr const char *kDense = R"mlir(
+func.func @{{NAME}}(%x: memref<{{TM}}x{{K}}xf32>, %w: memref<{{N}}x{{K}}x{{W}}>, %out: memref<{{TM}}x{{N}}xf32>,
+    )mlir" TLC_KERNEL_SCALARS R"mlir() attributes {tlora.kernel} {
+  %tm = arith.constant {{TM}} : index
+  %k = arith.constant {{K}} : index
+  %n = arith.constant {{N}} : index
+  %xi = memref.extract_aligned_pointer_as_index %x : memref<{{TM}}x{{K}}xf32> -> index
+  %xp = func.call @ptr(%xi) : (index) -> !llvm.ptr
+  %wi = memref.extract_aligned_pointer_as_index %w : memref<{{N}}x{{K}}x{{W}}> -> index
+  %wp = func.call @ptr(%wi) : (index) -> !llvm.ptr
+  %oi = memref.extract_aligned_pointer_as_index %out : memref<{{TM}}x{{N}}xf32> -> index
+  %op = func.call @ptr(%oi) : (index) -> !llvm.ptr
+  func.call @tlc_k_dense_{{W}}(%xp, %wp, %op, %tm, %k, %n, %T, %rows, %begin, %end) : (!llvm.ptr, !llvm.ptr, !llvm.ptr, index, index, index, index, index, index, index) -> ()
+  return
+}
+)mlir";
+
+inline constexpr const char *kRope = R"mlir(
+memref.global "private" constant @{{NAME}}_inv_freq : memref<{{HALF}}xf32> = dense<[{{INV_FREQ}}]>
+func.func @{{NAME}}(%x: memref<{{TM}}x{{D}}xf32>, %out: memref<{{TM}}x{{D}}xf32>,
+    )mlir" TLC_KERNEL_SCALARS R"mlir() attributes {tlora.kernel} {
+  %c0 = arith.constant 0 : index
+  %c1 = arith.constant 1 : index
+  %chalf = arith.constant {{HALF}} : index
+  %chd = arith.constant {{HD}} : index
+  %cD = arith.constant {{D}} : index
+  %inv = memref.get_global @{{NAME}}_inv_freq : memref<{{HALF}}xf32>
+  scf.for %t = %begin to %end step %c1 {
+    %p = arith.addi %pos, %t : index
+    %pi = arith.index_cast %p : index to i64
+    %pf = arith.sitofp %pi : i64 to f32
+    scf.for %i = %c0 to %chalf step %c1 {
+      %f = memref.load %inv[%i] : memref<{{HALF}}xf32>
+      %ang = arith.mulf %pf, %f : f32
+      %cos = math.cos %ang : f32
+      %sin = math.sin %ang : f32
+      scf.for %h0 = %c0 to %cD step %chd {
+        %i1 = arith.addi %h0, %i : index
+        %i2 = arith.addi %i1, %chalf : index
+        %x1 = memref.load %x[%t, %i1] : memref<{{TM}}x{{D}}xf32>
+        %x2 = memref.load %x[%t, %i2] : memref<{{TM}}x{{D}}xf32>
+        %a1 = arith.mulf %x1, %cos : f32
+        %b1 = arith.mulf %x2, %sin : f32
+        %o1 = arith.subf %a1, %b1 : f32
+        %a2 = arith.mulf %x2, %cos : f32
+        %b2 = arith.mulf %x1, %sin : f32
+        %o2 = arith.addf %a2, %b2 : f32
+        memref.store %o1, %out[%t, %i1] : memref<{{TM}}x{{D}}xf32>
+        memref.store %o2, %out[%t, %i2] : memref<{{TM}}x{{D}}xf32>
+      }
+    }
+  }
+  return
+}
+)mlir";
+
+inline constexpr const char *kKVAppend = R"mlir(
+func.func @{{NAME}}(%cache: memref<{{S}}x{{D}}xf32>, %x: memref<{{TM}}x{{D}}xf32>,
+    )mlir" TLC_KERNEL_SCALARS R"mlir() attributes {tlora.kernel} {
+  %c0 = arith.constant 0 : index
+  %c1 = arith.constant 1 : index
+  %cD = arith.constant {{D}} : index
+  scf.for %t = %begin to %end step %c1 {
+    %p = arith.addi %pos, %t : index
+    scf.for %d = %c0 to %cD step %c1 {
+      %v = memref.load %x[%t, %d] : memref<{{TM}}x{{D}}xf32>
+      memref.store %v, %cache[%p, %d] : memref<{{S}}x{{D}}xf32>
+    }
+  }
+  return
+}
+)mlir";
+
+// One work item per (token, head): online softmax over keys 0 .. pos+t.
+inline constexpr const char *kAttention = R"mlir(
+func.func @{{NAME}}(%q: memref<{{TM}}x{{DQ}}xf32>, %kc: memref<{{S}}x{{DKV}}xf32>,
+    %vc: memref<{{S}}x{{DKV}}xf32>, %out: memref<{{TM}}x{{DQ}}xf32>,
+    )mlir" TLC_KERNEL_SCALARS R"mlir() attributes {tlora.kernel} {
+  %c0 = arith.constant 0 : index
+  %c1 = arith.constant 1 : index
+  %cH = arith.constant {{H}} : index
+  %cG = arith.constant {{GROUP}} : index
+  %cHD = arith.constant {{HD}} : index
+  %scale = arith.constant {{SCALE}} : f32
+  %zero = arith.constant 0.0 : f32
+  %ninf = arith.constant 0xFF800000 : f32
+  %zv = arith.constant dense<0.0> : vector<{{HD}}xf32>
+  scf.for %w = %begin to %end step %c1 {
+    %t = arith.divui %w, %cH : index
+    %h = arith.remui %w, %cH : index
+    %kvh = arith.divui %h, %cG : index
+    %qo = arith.muli %h, %cHD : index
+    %ko = arith.muli %kvh, %cHD : index
+    %p = arith.addi %pos, %t : index
+    %len = arith.addi %p, %c1 : index
+    %qv = vector.load %q[%t, %qo] : memref<{{TM}}x{{DQ}}xf32>, vector<{{HD}}xf32>
+    %r:3 = scf.for %j = %c0 to %len step %c1 iter_args(%m = %ninf, %l = %zero, %acc = %zv) -> (f32, f32, vector<{{HD}}xf32>) {
+      %kv = vector.load %kc[%j, %ko] : memref<{{S}}x{{DKV}}xf32>, vector<{{HD}}xf32>
+      %prod = arith.mulf %qv, %kv : vector<{{HD}}xf32>
+      %dot = vector.reduction <add>, %prod fastmath<reassoc> : vector<{{HD}}xf32> into f32
+      %s = arith.mulf %dot, %scale : f32
+      %mn = arith.maximumf %m, %s : f32
+      %da = arith.subf %m, %mn : f32
+      %ea = math.exp %da : f32
+      %db = arith.subf %s, %mn : f32
+      %eb = math.exp %db : f32
+      %la = arith.mulf %l, %ea : f32
+      %ln = arith.addf %la, %eb : f32
+      %vv = vector.load %vc[%j, %ko] : memref<{{S}}x{{DKV}}xf32>, vector<{{HD}}xf32>
+      %eav = vector.broadcast %ea : f32 to vector<{{HD}}xf32>
+      %ebv = vector.broadcast %eb : f32 to vector<{{HD}}xf32>
+      %aa = arith.mulf %acc, %eav : vector<{{HD}}xf32>
+      %vb = arith.mulf %vv, %ebv : vector<{{HD}}xf32>
+      %an = arith.addf %aa, %vb : vector<{{HD}}xf32>
+      scf.yield %mn, %ln, %an : f32, f32, vector<{{HD}}xf32>
+    }
+    %lv = vector.broadcast %r#1 : f32 to vector<{{HD}}xf32>
+    %o = arith.divf %r#2, %lv : vector<{{HD}}xf32>
+    vector.store %o, %out[%t, %qo] : memref<{{TM}}x{{DQ}}xf32>, vector<{{HD}}xf32>
+  }
+  return
+}
+)mlir";
+
+inline constexpr const char *kSquaredReluMul = R"mlir(
+func.func @{{NAME}}(%g: memref<{{TM}}x{{D}}xf32>, %u: memref<{{TM}}x{{D}}xf32>,
+    %out: memref<{{TM}}x{{D}}xf32>, )mlir" TLC_KERNEL_SCALARS R"mlir() attributes {tlora.kernel} {
+  %c0 = arith.constant 0 : index
+  %c1 = arith.constant 1 : index
+  %cD = arith.constant {{D}} : index
+  %zero = arith.constant 0.0 : f32
+  scf.for %t = %begin to %end step %c1 {
+    scf.for %d = %c0 to %cD step %c1 {
+      %gv = memref.load %g[%t, %d] : memref<{{TM}}x{{D}}xf32>
+      %uv = memref.load %u[%t, %d] : memref<{{TM}}x{{D}}xf32>
+      %r = arith.maximumf %gv, %zero : f32
+      %r2 = arith.mulf %r, %r : f32
+      %o = arith.mulf %r2, %uv : f32
+      memref.store %o, %out[%t, %d] : memref<{{TM}}x{{D}}xf32>
+    }
+  }
+  return
+}
+)mlir";
+
+inline constexpr const char *kAdd = R"mlir(
+func.func @{{NAME}}(%a: memref<{{TM}}x{{D}}xf32>, %b: memref<{{TM}}x{{D}}xf32>,
+    %out: memref<{{TM}}x{{D}}xf32>, )mlir" TLC_KERNEL_SCALARS R"mlir() attributes {tlora.kernel} {
+  %c0 = arith.constant 0 : index
+  %c1 = arith.constant 1 : index
+  %cD = arith.constant {{D}} : index
+  scf.for %t = %begin to %end step %c1 {
+    scf.for %d = %c0 to %cD step %c1 {
+      %av = memref.load %a[%t, %d] : memref<{{TM}}x{{D}}xf32>
+      %bv = memref.load %b[%t, %d] : memref<{{TM}}x{{D}}xf32>
+      %o = arith.addf %av, %bv : f32
+      memref.store %o, %out[%t, %d] : memref<{{TM}}x{{D}}xf32>
+    }
+  }
+  return
+}
+)mlir";
+
+#undef TLC_KERNEL_SCALARS
+
+} // namespace tlc::llvmcpu
+
+#endif // TLC_TARGETS_LLVMCPU_KERNELTEMPLATES_H

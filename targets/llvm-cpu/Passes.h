@@ -1,0 +1,55 @@
+// Passes and code generation of the llvm-cpu target (x86-64 today).
+#ifndef TLC_TARGETS_LLVMCPU_PASSES_H
+#define TLC_TARGETS_LLVMCPU_PASSES_H
+
+#include "dialects/tlora/IR/TloraDialect.h"
+#include "mlir/Dialect/Arith/IR/Arith.h"
+#include "mlir/Dialect/Func/IR/FuncOps.h"
+#include "mlir/Dialect/LLVMIR/LLVMDialect.h"
+#include "mlir/Dialect/Math/IR/Math.h"
+#include "mlir/Dialect/MemRef/IR/MemRef.h"
+#include "mlir/Dialect/SCF/IR/SCF.h"
+#include "mlir/Dialect/Vector/IR/VectorOps.h"
+#include "mlir/IR/BuiltinOps.h"
+#include "mlir/Pass/Pass.h"
+
+#include <string>
+#include <vector>
+
+namespace tlc::llvmcpu {
+
+#define GEN_PASS_DECL
+#include "targets/llvm-cpu/Passes.h.inc"
+
+#define GEN_PASS_REGISTRATION
+#include "targets/llvm-cpu/Passes.h.inc"
+
+/// Bytes of one ternary parameter in the module: a 64-byte header holding
+/// gamma (f32), then the packed codes of the kernel's layout.
+int64_t ternaryParamBytes(int64_t outFeatures, int64_t inFeatures);
+
+/// A CPU to compile for: an LLVM CPU name and feature string.
+struct CpuTarget {
+  std::string triple = "x86_64-unknown-linux-gnu";
+  std::string cpu;
+  std::string features;           // LLVM form: "+avx2,+fma,..."
+  std::vector<std::string> needs; // features the host must have to run it
+};
+
+/// Parses `host` or `x86-64[:feat,feat,...]` (features with or without +).
+mlir::FailureOr<CpuTarget> parseCpuTarget(llvm::StringRef spec,
+                                          std::string *error);
+
+/// Compiles the LLVM-dialect `kernels` module into a shared object: links
+/// the microkernel bitcode for the target, adds one uniform entry per
+/// kernel (`tlc_entry_<name>(void **bindings, const int64_t *scalars,
+/// int64_t begin, int64_t end)`), optimizes, emits an object and links it
+/// with lld. `llvmIR`, when set, receives the optimized LLVM IR.
+mlir::FailureOr<std::string>
+buildSharedObject(mlir::ModuleOp kernels, const CpuTarget &target,
+                  std::vector<std::string> *kernelNames, std::string *llvmIR,
+                  std::string *error);
+
+} // namespace tlc::llvmcpu
+
+#endif // TLC_TARGETS_LLVMCPU_PASSES_H

@@ -1,0 +1,22 @@
+# lit configuration: one suite over the whole source tree (tests live beside
+# the code they test), run from build/test.
+import os
+
+import lit.formats
+
+config.name = "tlc"
+config.test_format = lit.formats.ShTest(execute_external=True)
+config.suffixes = [".mlir", ".test"]
+config.test_source_root = config.src_root
+config.test_exec_root = os.path.join(config.build_root, "test")
+config.excludes = ["build", "models", "goldens", "bench", "docs", "data",
+                   "Inputs", ".git", ".ci", "runtime", "compiler"]
+config.environment["PATH"] = os.pathsep.join(
+    [config.tlc_bin, config.llvm_tools, config.environment.get("PATH", "")])
+for var in ["HOME", "TMPDIR"]:
+    if var in os.environ:
+        config.environment[var] = os.environ[var]
+config.substitutions.append(("%python", config.python))
+config.substitutions.append(("%src", config.src_root))
+config.substitutions.append(("%goldens", os.path.join(config.src_root, "test", "e2e", "goldens")))
+config.substitutions.append(("%bin", config.tlc_bin))
