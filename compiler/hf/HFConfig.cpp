@@ -62,7 +62,12 @@ bool loadModelConfig(const std::string &dir, ModelConfig *cfg,
   }
   std::stringstream ss;
   ss << in.rdbuf();
-  auto j = nlohmann::json::parse(ss.str(), nullptr, false);
+  return parseModelConfig(ss.str(), path, cfg, error);
+}
+
+bool parseModelConfig(const std::string &text, const std::string &path,
+                      ModelConfig *cfg, std::string *error) {
+  auto j = nlohmann::json::parse(text, nullptr, false);
   if (j.is_discarded() || !j.is_object()) {
     *error = path + ": not a valid JSON object";
     return false;

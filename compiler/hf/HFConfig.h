@@ -30,6 +30,10 @@ struct ModelConfig {
 bool loadModelConfig(const std::string &dir, ModelConfig *out,
                      std::string *error);
 
+/// Validates config.json text; `path` names it in errors.
+bool parseModelConfig(const std::string &text, const std::string &path,
+                      ModelConfig *out, std::string *error);
+
 const char *weightFormatName(WeightFormat f);
 
 } // namespace tlc

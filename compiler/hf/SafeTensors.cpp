@@ -138,20 +138,37 @@ std::unique_ptr<SafeTensorsFile> SafeTensorsFile::open(const std::string &path,
     ::close(fd);
     return fail("not a regular file");
   }
-  auto file = std::unique_ptr<SafeTensorsFile>(new SafeTensorsFile);
-  file->path_ = path;
-  file->size_ = (size_t)st.st_size;
-  if (file->size_ < 8) {
+  size_t size = (size_t)st.st_size;
+  if (size == 0) {
     ::close(fd);
-    return fail("truncated: " + std::to_string(file->size_) +
-                " bytes, shorter than the 8-byte header size");
+    return fail("empty file");
   }
-  void *map = mmap(nullptr, file->size_, PROT_READ, MAP_PRIVATE, fd, 0);
+  void *map = mmap(nullptr, size, PROT_READ, MAP_PRIVATE, fd, 0);
   ::close(fd);
   if (map == MAP_FAILED)
     return fail(std::string("cannot map: ") + std::strerror(errno));
-  file->map_ = map;
-  const uint8_t *bytes = (const uint8_t *)map;
+  auto parsed = parse((const uint8_t *)map, size, path, error);
+  if (!parsed) {
+    munmap(map, size);
+    return nullptr;
+  }
+  parsed->map_ = map;
+  return parsed;
+}
+
+std::unique_ptr<SafeTensorsFile>
+SafeTensorsFile::parse(const uint8_t *bytes, size_t size,
+                       const std::string &path, std::string *error) {
+  auto fail = [&](const std::string &msg) {
+    *error = path + ": " + msg;
+    return nullptr;
+  };
+  auto file = std::unique_ptr<SafeTensorsFile>(new SafeTensorsFile);
+  file->path_ = path;
+  file->size_ = size;
+  if (size < 8)
+    return fail("truncated: " + std::to_string(size) +
+                " bytes, shorter than the 8-byte header size");
   uint64_t headerSize = 0;
   for (int i = 7; i >= 0; --i)
     headerSize = (headerSize << 8) | bytes[i];

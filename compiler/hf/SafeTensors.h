@@ -38,6 +38,12 @@ public:
   /// (inside the data, matching the shape, not overlapping).
   static std::unique_ptr<SafeTensorsFile> open(const std::string &path,
                                                std::string *error);
+  /// Validates a safetensors image held in memory (borrowed: `bytes` must
+  /// outlive the result). `name` is used in error messages.
+  static std::unique_ptr<SafeTensorsFile> parse(const uint8_t *bytes,
+                                                size_t size,
+                                                const std::string &name,
+                                                std::string *error);
   const std::map<std::string, TensorView> &tensors() const { return tensors_; }
 
 private:

@@ -75,7 +75,7 @@ tlc_status_t verifyModule(tlc_module_t *m) {
     return makeStatus("%s: truncated module (%zu bytes)", p, m->size);
   uint32_t fbSize;
   std::memcpy(&fbSize, m->bytes, 4);
-  if ((uint64_t)fbSize + 4 > m->size)
+  if (fbSize < 16 || (uint64_t)fbSize + 4 > m->size)
     return makeStatus("%s: truncated module: header of %u bytes, file of %zu",
                       p, fbSize, m->size);
   if (!flatbuffers::BufferHasIdentifier(m->bytes, tlc::fb::ModuleIdentifier(),
