@@ -18,6 +18,7 @@
 #include <string>
 #include <sys/mman.h>
 #include <sys/stat.h>
+#include <time.h>
 #include <unistd.h>
 
 struct tlc_status_s {
@@ -380,7 +381,12 @@ void runJob(void *ctx, int64_t begin, int64_t end) {
 } // namespace
 
 struct tlc_session_s {
+  ~tlc_session_s();
   tlc_module_t *module;
+  // TLC_PROFILE=1: seconds and calls per kernel, printed at release.
+  bool profile = false;
+  std::vector<double> kernelSeconds;
+  std::vector<uint64_t> kernelCalls;
   std::unique_ptr<tlc::ThreadPool> pool;
   AlignedBuffer kv, ids;
   BoundEntry prefill, decode;
@@ -439,8 +445,28 @@ extern "C" tlc_status_t tlc_session_create(tlc_module_t *m,
                       "bytes)",
                       m->path.c_str(), (unsigned long long)m->def->kv_size());
   s->pool = std::make_unique<tlc::ThreadPool>(threads);
+  const char *profile = getenv("TLC_PROFILE");
+  s->profile = profile && *profile && *profile != '0';
+  size_t kernels = m->exe->kernels()->size();
+  s->kernelSeconds.assign(kernels, 0.0);
+  s->kernelCalls.assign(kernels, 0);
   *out = s.release();
   return nullptr;
+}
+
+tlc_session_s::~tlc_session_s() {
+  if (!profile)
+    return;
+  double total = 0;
+  for (double t : kernelSeconds)
+    total += t;
+  fprintf(stderr, "tlc profile: %.3f s in kernels\n", total);
+  for (size_t i = 0; i < kernelSeconds.size(); ++i)
+    if (kernelCalls[i])
+      fprintf(stderr, "  %8.3f s %5.1f%% %8llu calls  %s\n", kernelSeconds[i],
+              100 * kernelSeconds[i] / (total > 0 ? total : 1),
+              (unsigned long long)kernelCalls[i],
+              module->exe->kernels()->Get((uint32_t)i)->c_str());
 }
 
 extern "C" void tlc_session_release(tlc_session_t *s) { delete s; }
@@ -471,7 +497,17 @@ static void runEntry(tlc_session_t *s, BoundEntry &e, int64_t T, int64_t rows,
     if (work <= 0)
       continue;
     DispatchJob job{s->module->code.kernel(d->kernel()), ptrs.data(), scalars};
+    if (!s->profile) {
+      s->pool->run(work, runJob, &job);
+      continue;
+    }
+    timespec t0, t1;
+    clock_gettime(CLOCK_MONOTONIC, &t0);
     s->pool->run(work, runJob, &job);
+    clock_gettime(CLOCK_MONOTONIC, &t1);
+    s->kernelSeconds[d->kernel()] +=
+        (t1.tv_sec - t0.tv_sec) + 1e-9 * (t1.tv_nsec - t0.tv_nsec);
+    s->kernelCalls[d->kernel()]++;
   }
   s->position += (size_t)T;
 }

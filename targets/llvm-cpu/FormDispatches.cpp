@@ -125,9 +125,9 @@ FailureOr<KernelSpec> specFor(Operation *op, int64_t tm) {
          llvm::formatv("attention_s{0}_h{1}_kv{2}_hd{3}", c.getMaxSeq(), H,
                        c.getKvHeads(), hd),
          {{"S", s(c.getMaxSeq())}, {"DQ", s(DQ)}, {"DKV", s(c.getKvHeads() * hd)},
-          {"H", s(H)}, {"GROUP", s(H / c.getKvHeads())}, {"HD", s(hd)},
+          {"H", s(H)}, {"KVH", s(c.getKvHeads())}, {"HD", s(hd)},
           {"SCALE", floatLiteral(a.getScale().convertToFloat())}},
-         H, 0};
+         c.getKvHeads(), 0};
   } else if (auto m = dyn_cast<SquaredReluMulOp>(op)) {
     k = {kSquaredReluMul, llvm::formatv("squared_relu_mul_d{0}", dim(m.getResult(), 1)),
          {{"D", s(dim(m.getResult(), 1))}}};

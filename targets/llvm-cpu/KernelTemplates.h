@@ -17,6 +17,7 @@ inline constexpr const char *kPrelude = R"mlir(
 func.func private @tlc_k_quantize(!llvm.ptr, !llvm.ptr, index, index, index, index)
 func.func private @tlc_k_ternary_matmul(!llvm.ptr, !llvm.ptr, !llvm.ptr, index, index, index, index, index, index)
 func.func private @tlc_k_dense_bf16(!llvm.ptr, !llvm.ptr, !llvm.ptr, index, index, index, index, index, index, index)
+func.func private @tlc_k_attention(!llvm.ptr, !llvm.ptr, !llvm.ptr, !llvm.ptr, index, index, index, f32, index, index, index)
 func.func private @tlc_k_dense_f32(!llvm.ptr, !llvm.ptr, !llvm.ptr, index, index, index, index, index, index, index)
 func.func private @ptr(%i: index) -> !llvm.ptr attributes {llvm.linkage = #llvm.linkage<internal>} {
   %a = arith.index_cast %i : index to i64
@@ -190,53 +191,24 @@ func.func @{{NAME}}(%cache: memref<{{S}}x{{D}}xf32>, %x: memref<{{TM}}x{{D}}xf32
 }
 )mlir";
 
-// One work item per (token, head): online softmax over keys 0 .. pos+t.
+// Attention is a C microkernel (tlc_k_attention); work item = (token, kv head).
 inline constexpr const char *kAttention = R"mlir(
 func.func @{{NAME}}(%q: memref<{{TM}}x{{DQ}}xf32>, %kc: memref<{{S}}x{{DKV}}xf32>,
     %vc: memref<{{S}}x{{DKV}}xf32>, %out: memref<{{TM}}x{{DQ}}xf32>,
     )mlir" TLC_KERNEL_SCALARS R"mlir() attributes {tlora.kernel} {
-  %c0 = arith.constant 0 : index
-  %c1 = arith.constant 1 : index
-  %cH = arith.constant {{H}} : index
-  %cG = arith.constant {{GROUP}} : index
-  %cHD = arith.constant {{HD}} : index
+  %h = arith.constant {{H}} : index
+  %kvh = arith.constant {{KVH}} : index
+  %hd = arith.constant {{HD}} : index
   %scale = arith.constant {{SCALE}} : f32
-  %zero = arith.constant 0.0 : f32
-  %ninf = arith.constant 0xFF800000 : f32
-  %zv = arith.constant dense<0.0> : vector<{{HD}}xf32>
-  scf.for %w = %begin to %end step %c1 {
-    %t = arith.divui %w, %cH : index
-    %h = arith.remui %w, %cH : index
-    %kvh = arith.divui %h, %cG : index
-    %qo = arith.muli %h, %cHD : index
-    %ko = arith.muli %kvh, %cHD : index
-    %p = arith.addi %pos, %t : index
-    %len = arith.addi %p, %c1 : index
-    %qv = vector.load %q[%t, %qo] : memref<{{TM}}x{{DQ}}xf32>, vector<{{HD}}xf32>
-    %r:3 = scf.for %j = %c0 to %len step %c1 iter_args(%m = %ninf, %l = %zero, %acc = %zv) -> (f32, f32, vector<{{HD}}xf32>) {
-      %kv = vector.load %kc[%j, %ko] : memref<{{S}}x{{DKV}}xf32>, vector<{{HD}}xf32>
-      %prod = arith.mulf %qv, %kv : vector<{{HD}}xf32>
-      %dot = vector.reduction <add>, %prod fastmath<reassoc> : vector<{{HD}}xf32> into f32
-      %s = arith.mulf %dot, %scale : f32
-      %mn = arith.maximumf %m, %s : f32
-      %da = arith.subf %m, %mn : f32
-      %ea = math.exp %da : f32
-      %db = arith.subf %s, %mn : f32
-      %eb = math.exp %db : f32
-      %la = arith.mulf %l, %ea : f32
-      %ln = arith.addf %la, %eb : f32
-      %vv = vector.load %vc[%j, %ko] : memref<{{S}}x{{DKV}}xf32>, vector<{{HD}}xf32>
-      %eav = vector.broadcast %ea : f32 to vector<{{HD}}xf32>
-      %ebv = vector.broadcast %eb : f32 to vector<{{HD}}xf32>
-      %aa = arith.mulf %acc, %eav : vector<{{HD}}xf32>
-      %vb = arith.mulf %vv, %ebv : vector<{{HD}}xf32>
-      %an = arith.addf %aa, %vb : vector<{{HD}}xf32>
-      scf.yield %mn, %ln, %an : f32, f32, vector<{{HD}}xf32>
-    }
-    %lv = vector.broadcast %r#1 : f32 to vector<{{HD}}xf32>
-    %o = arith.divf %r#2, %lv : vector<{{HD}}xf32>
-    vector.store %o, %out[%t, %qo] : memref<{{TM}}x{{DQ}}xf32>, vector<{{HD}}xf32>
-  }
+  %qi = memref.extract_aligned_pointer_as_index %q : memref<{{TM}}x{{DQ}}xf32> -> index
+  %qp = func.call @ptr(%qi) : (index) -> !llvm.ptr
+  %ki = memref.extract_aligned_pointer_as_index %kc : memref<{{S}}x{{DKV}}xf32> -> index
+  %kp = func.call @ptr(%ki) : (index) -> !llvm.ptr
+  %vi = memref.extract_aligned_pointer_as_index %vc : memref<{{S}}x{{DKV}}xf32> -> index
+  %vp = func.call @ptr(%vi) : (index) -> !llvm.ptr
+  %oi = memref.extract_aligned_pointer_as_index %out : memref<{{TM}}x{{DQ}}xf32> -> index
+  %op = func.call @ptr(%oi) : (index) -> !llvm.ptr
+  func.call @tlc_k_attention(%qp, %kp, %vp, %op, %h, %kvh, %hd, %scale, %pos, %begin, %end) : (!llvm.ptr, !llvm.ptr, !llvm.ptr, !llvm.ptr, index, index, index, f32, index, index, index) -> ()
   return
 }
 )mlir";

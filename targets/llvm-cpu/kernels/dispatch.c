@@ -50,38 +50,162 @@ static inline float bf16_to_f32(uint16_t v) {
   return f;
 }
 
+#if defined(__AVX512F__)
+#include <immintrin.h>
+#define TLC_DENSE_LANES 16
+typedef __m512 vf;
+static inline vf vzero(void) { return _mm512_setzero_ps(); }
+static inline vf vload(const float *p) { return _mm512_loadu_ps(p); }
+static inline vf vload_bf16(const uint16_t *p) {
+  __m256i h = _mm256_loadu_si256((const __m256i *)p);
+  return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(h), 16));
+}
+static inline vf vfma(vf a, vf b, vf c) { return _mm512_fmadd_ps(a, b, c); }
+static inline float vsum(vf v) { return _mm512_reduce_add_ps(v); }
+#elif defined(__AVX2__)
+#include <immintrin.h>
+#define TLC_DENSE_LANES 8
+typedef __m256 vf;
+static inline vf vzero(void) { return _mm256_setzero_ps(); }
+static inline vf vload(const float *p) { return _mm256_loadu_ps(p); }
+static inline vf vload_bf16(const uint16_t *p) {
+  __m128i h = _mm_loadu_si128((const __m128i *)p);
+  return _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(h), 16));
+}
+static inline vf vfma(vf a, vf b, vf c) { return _mm256_fmadd_ps(a, b, c); }
+static inline float vsum(vf v) {
+  __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+  s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+  s = _mm_add_ss(s, _mm_movehdup_ps(s));
+  return _mm_cvtss_f32(s);
+}
+#endif
+
 /*
- * y[r][n] = sum_k x[T - rows + r][k] * W[n][k] for r < rows, n in the tiles
- * [begin, end) of TLC_DENSE_TILE_N. Four rows of W at a time share each load of
- * x; float32 accumulation in 16 lanes, as a vectorizing compiler sees fit.
+ * The LM head: y[r][n] = sum_k x[T - rows + r][k] * W[n][k] for r < rows and
+ * n in the tiles [begin, end) of TLC_DENSE_TILE_N, float32 accumulation.
+ * Memory bound in decode: four rows of W stream at once, each against up to
+ * four rows of x, so prefill with all logits reads W once per 4 tokens.
  */
-#define TLC_DEFINE_DENSE(NAME, WTYPE, LOAD)                                    \
+#define TLC_DEFINE_DENSE(NAME, WTYPE, VLOADW, LOAD)                            \
   void NAME(const float *x, const WTYPE *w, float *y, int64_t TM, int64_t K,  \
             int64_t N, int64_t T, int64_t rows, int64_t begin, int64_t end) {  \
     (void)TM;                                                                  \
     int64_t n0 = begin * TLC_DENSE_TILE_N, n1 = end * TLC_DENSE_TILE_N;        \
     if (n1 > N)                                                                \
       n1 = N;                                                                  \
-    for (int64_t r = 0; r < rows; ++r) {                                       \
-      const float *xr = x + (T - rows + r) * K;                                \
-      float *yr = y + r * N;                                                   \
+    const float *x0 = x + (T - rows) * K;                                      \
+    for (int64_t r0 = 0; r0 < rows; r0 += 4) {                                 \
+      int64_t nr = rows - r0 < 4 ? rows - r0 : 4;                              \
       for (int64_t n = n0; n < n1; ++n) {                                      \
         const WTYPE *wn = w + n * K;                                           \
-        float acc[16] = {0};                                                   \
+        float out[4] = {0, 0, 0, 0};                                           \
         int64_t k = 0;                                                         \
-        for (; k + 16 <= K; k += 16)                                           \
-          for (int j = 0; j < 16; ++j)                                         \
-            acc[j] += xr[k + j] * LOAD(wn[k + j]);                             \
-        float s = 0.0f;                                                        \
+        TLC_DENSE_VECTOR_BODY(VLOADW)                                          \
         for (; k < K; ++k)                                                     \
-          s += xr[k] * LOAD(wn[k]);                                            \
-        for (int j = 0; j < 16; ++j)                                           \
-          s += acc[j];                                                         \
-        yr[n] = s;                                                             \
+          for (int64_t r = 0; r < nr; ++r)                                     \
+            out[r] += x0[(r0 + r) * K + k] * LOAD(wn[k]);                      \
+        for (int64_t r = 0; r < nr; ++r)                                       \
+          y[(r0 + r) * N + n] = out[r];                                        \
       }                                                                        \
     }                                                                          \
   }
 
+#ifdef TLC_DENSE_LANES
+#define TLC_DENSE_VECTOR_BODY(VLOADW)                                          \
+  {                                                                            \
+    vf acc[4] = {vzero(), vzero(), vzero(), vzero()};                          \
+    for (; k + TLC_DENSE_LANES <= K; k += TLC_DENSE_LANES) {                   \
+      vf wv = VLOADW(wn + k);                                                  \
+      for (int64_t r = 0; r < nr; ++r)                                         \
+        acc[r] = vfma(vload(x0 + (r0 + r) * K + k), wv, acc[r]);               \
+    }                                                                          \
+    for (int64_t r = 0; r < nr; ++r)                                           \
+      out[r] = vsum(acc[r]);                                                   \
+  }
+#else
+#define TLC_DENSE_VECTOR_BODY(VLOADW)
+#endif
+
 #define TLC_LOAD_F32(v) (v)
-TLC_DEFINE_DENSE(tlc_k_dense_bf16, uint16_t, bf16_to_f32)
-TLC_DEFINE_DENSE(tlc_k_dense_f32, float, TLC_LOAD_F32)
+TLC_DEFINE_DENSE(tlc_k_dense_bf16, uint16_t, vload_bf16, bf16_to_f32)
+TLC_DEFINE_DENSE(tlc_k_dense_f32, float, vload, TLC_LOAD_F32)
+
+/* exp(x) for x <= 0 to ~2 ulp (Cephes-style: 2^n * poly(r)), written so that
+ * loops over it vectorize; exp(-inf) = 0. */
+static inline float tlc_expf(float x) {
+  x = x < -87.0f ? -87.0f : x;
+  float n = __builtin_floorf(x * 1.44269504088896341f + 0.5f);
+  float r = x - n * 0.693359375f + n * 2.12194440e-4f;
+  float p = 1.9875691500e-4f;
+  p = p * r + 1.3981999507e-3f;
+  p = p * r + 8.3334519073e-3f;
+  p = p * r + 4.1665795894e-2f;
+  p = p * r + 1.6666665459e-1f;
+  p = p * r + 5.0000001201e-1f;
+  p = p * r * r + r + 1.0f;
+  union {
+    int32_t i;
+    float f;
+  } e = {((int32_t)n + 127) << 23};
+  return p * e.f;
+}
+
+/*
+ * Causal attention over the KV cache. Work item w = t * KVH + g: token t of
+ * this call (position pos + t) and kv head g with its group of H / KVH query
+ * heads, which share every key and value load. Scores of one item live on
+ * the stack ([group x (pos + t + 1)] floats); softmax as transformers' eager
+ * attention: scores * scale, subtract the max, exp, normalize.
+ * q, out: [T][H * HD]; kc, vc: [S][KVH * HD].
+ */
+void tlc_k_attention(const float *q, const float *kc, const float *vc,
+                     float *out, int64_t H, int64_t KVH, int64_t HD,
+                     float scale, int64_t pos, int64_t begin, int64_t end) {
+#pragma clang fp reassociate(on)
+  int64_t G = H / KVH, DQ = H * HD, DKV = KVH * HD;
+  for (int64_t w = begin; w < end; ++w) {
+    int64_t t = w / KVH, g = w % KVH, len = pos + t + 1;
+    float scores[G][len];
+    float acc[G][HD];
+    const float *qg = q + t * DQ + g * G * HD;
+    for (int64_t j = 0; j < len; ++j) {
+      const float *kj = kc + j * DKV + g * HD;
+      for (int64_t h = 0; h < G; ++h) {
+        const float *qh = qg + h * HD;
+        float s = 0.0f;
+        for (int64_t d = 0; d < HD; ++d)
+          s += qh[d] * kj[d];
+        scores[h][j] = s * scale;
+      }
+    }
+    float inv[G];
+    for (int64_t h = 0; h < G; ++h) {
+      float m = scores[h][0];
+      for (int64_t j = 1; j < len; ++j)
+        m = scores[h][j] > m ? scores[h][j] : m;
+      float *row = scores[h];
+      for (int64_t j = 0; j < len; ++j)
+        row[j] = tlc_expf(row[j] - m);
+      float sum = 0.0f;
+      for (int64_t j = 0; j < len; ++j)
+        sum += row[j];
+      inv[h] = 1.0f / sum;
+      for (int64_t d = 0; d < HD; ++d)
+        acc[h][d] = 0.0f;
+    }
+    for (int64_t j = 0; j < len; ++j) {
+      const float *vj = vc + j * DKV + g * HD;
+      for (int64_t h = 0; h < G; ++h) {
+        float p = scores[h][j];
+        for (int64_t d = 0; d < HD; ++d)
+          acc[h][d] += p * vj[d];
+      }
+    }
+    for (int64_t h = 0; h < G; ++h) {
+      float *o = out + t * DQ + (g * G + h) * HD;
+      for (int64_t d = 0; d < HD; ++d)
+        o[d] = acc[h][d] * inv[h];
+    }
+  }
+}

@@ -610,12 +610,10 @@ void tlc_ternary_matmul(const int8_t *xq, const float *inv_scale, const int32_t 
 int tlc_ternary_isa(void) { return 0; }
 
 #define SC_MR 4
-#define SC_CHUNK 16 /* blocks per int16 accumulation (|.| <= 1024 per block) */
 
-/* Portable path, written for auto-vectorizers (NEON, SSE2, RVV, ...): 64 byte lanes
- * (lane i = 4*r + s of a chunk), plane j decoded with a shift+mask, multiplied by the
- * 4-periodic activation pattern x[16b + 4j + (i & 3)], int16 accumulation per lane,
- * lanes 4r..4r+3 summed into row r at the end. */
+/* Portable path: one 16-row tile x up to SC_MR activation rows; each 64-byte chunk is
+ * decoded once into codes[j][row][s] and reused for the SC_MR rows. (Variants written
+ * for auto-vectorization were measured slower on baseline x86-64.) */
 void tlc_ternary_matmul(const int8_t *xq, const float *inv_scale, const int32_t *row_sum,
                         int64_t M, int64_t K, const uint8_t *w_packed, int64_t N,
                         float gamma, float *y, int64_t ldy, int64_t n_begin,
@@ -629,39 +627,32 @@ void tlc_ternary_matmul(const int8_t *xq, const float *inv_scale, const int32_t 
     const uint8_t *w = w_packed + t * tstride;
     for (int64_t m0 = 0; m0 < M; m0 += SC_MR) {
       const int mr = (int)tlc_min64(SC_MR, M - m0);
-      int32_t acc[SC_MR][64];
+      int32_t acc[SC_MR][16];
       tlc_memset(acc, 0, sizeof acc);
-      for (int64_t b0 = 0; b0 < nblk; b0 += SC_CHUNK) {
-        const int64_t b1 = tlc_min64(b0 + SC_CHUNK, nblk);
-        int16_t a16[SC_MR][64];
-        tlc_memset(a16, 0, sizeof a16);
-        for (int64_t b = b0; b < b1; ++b) {
-          const uint8_t *chunk = w + 64 * b;
-          for (int j = 0; j < 4; ++j) {
-            int16_t c[64];
-            for (int i = 0; i < 64; ++i) c[i] = (int16_t)((chunk[i] >> (2 * j)) & 3);
-            for (int m = 0; m < mr; ++m) {
-              const int8_t *xs = xq + (m0 + m) * K + 16 * b + 4 * j;
-              const int16_t x0 = xs[0], x1 = xs[1], x2 = xs[2], x3 = xs[3];
-              for (int r = 0; r < 16; ++r) {
-                a16[m][4 * r + 0] = (int16_t)(a16[m][4 * r + 0] + c[4 * r + 0] * x0);
-                a16[m][4 * r + 1] = (int16_t)(a16[m][4 * r + 1] + c[4 * r + 1] * x1);
-                a16[m][4 * r + 2] = (int16_t)(a16[m][4 * r + 2] + c[4 * r + 2] * x2);
-                a16[m][4 * r + 3] = (int16_t)(a16[m][4 * r + 3] + c[4 * r + 3] * x3);
-              }
-            }
+      for (int64_t b = 0; b < nblk; ++b) {
+        const uint8_t *chunk = w + 64 * b;
+        uint8_t code[4][16][4]; /* [j][row][s] */
+        for (int r = 0; r < 16; ++r)
+          for (int s = 0; s < 4; ++s) {
+            const uint8_t byte = chunk[4 * r + s];
+            for (int j = 0; j < 4; ++j) code[j][r][s] = (uint8_t)((byte >> (2 * j)) & 3u);
+          }
+        for (int m = 0; m < mr; ++m) {
+          const int8_t *xb = xq + (m0 + m) * K + 16 * b;
+          for (int r = 0; r < 16; ++r) {
+            int32_t d = 0;
+            for (int j = 0; j < 4; ++j)
+              for (int s = 0; s < 4; ++s) d += (int32_t)code[j][r][s] * (int32_t)xb[4 * j + s];
+            acc[m][r] += d;
           }
         }
-        for (int m = 0; m < mr; ++m)
-          for (int i = 0; i < 64; ++i) acc[m][i] += a16[m][i];
       }
       for (int m = 0; m < mr; ++m) {
         const float sc = gamma * inv_scale[m0 + m];
         const int32_t rs = row_sum[m0 + m];
         for (int r = 0; r < 16; ++r) {
           const int64_t n = t * 16 + r;
-          const int32_t d = acc[m][4 * r] + acc[m][4 * r + 1] + acc[m][4 * r + 2] + acc[m][4 * r + 3];
-          if (n >= n_begin && n < n_end) y[(m0 + m) * ldy + n] = (float)(d - rs) * sc;
+          if (n >= n_begin && n < n_end) y[(m0 + m) * ldy + n] = (float)(acc[m][r] - rs) * sc;
         }
       }
     }

@@ -1,0 +1,89 @@
+#!/usr/bin/env python3
+"""Writes a BitNet-b1.58-2B-4T-shaped checkpoint with random weights.
+
+Same shapes and format as microsoft/bitnet-b1.58-2B-4T (bitnet.md): packed
+uint8 [out/4, in] ternary projections with a bf16 weight_scale (gamma),
+bf16 embeddings and norms, tied head, hidden 2560, intermediate 6912,
+30 layers, 20 heads / 5 kv heads, vocab 128256, plus the Llama 3
+tokenizer.json from test/data. For benchmarks only: the text is noise.
+
+  python3 bench/make_bitnet_2b4t.py OUT_DIR [--layers N]
+"""
+import argparse
+import gzip
+import json
+import os
+import shutil
+
+import numpy as np
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+
+
+def bf16(a):
+    """float32 -> bf16 bits (round to nearest even), as uint16 viewed by safetensors."""
+    u = np.ascontiguousarray(a, dtype=np.float32).view(np.uint32)
+    r = ((u + 0x7FFF + ((u >> 16) & 1)) >> 16).astype(np.uint16)
+    return r
+
+
+def packed(rng, out, inp):
+    codes = rng.integers(0, 3, size=(4, out // 4, inp), dtype=np.uint8)
+    return (codes[0] | (codes[1] << 2) | (codes[2] << 4) | (codes[3] << 6)).astype(np.uint8)
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("out")
+    ap.add_argument("--layers", type=int, default=30)
+    ap.add_argument("--seed", type=int, default=0)
+    args = ap.parse_args()
+    D, I, H, KV, V = 2560, 6912, 20, 5, 128256
+    hd = D // H
+    rng = np.random.default_rng(args.seed)
+    os.makedirs(args.out, exist_ok=True)
+    config = {
+        "architectures": ["BitNetForCausalLM"], "model_type": "bitnet",
+        "hidden_size": D, "intermediate_size": I, "num_hidden_layers": args.layers,
+        "num_attention_heads": H, "num_key_value_heads": KV, "vocab_size": V,
+        "max_position_embeddings": 4096, "rms_norm_eps": 1e-5, "hidden_act": "relu2",
+        "rope_theta": 500000.0, "tie_word_embeddings": True,
+        "bos_token_id": 128000, "eos_token_id": 128001,
+        "quantization_config": {"quant_method": "bitnet", "linear_class": "autobitlinear",
+                                "quantization_mode": "offline"},
+    }
+    json.dump(config, open(os.path.join(args.out, "config.json"), "w"), indent=2)
+    t = {}
+    t["model.embed_tokens.weight"] = bf16(rng.standard_normal((V, D), dtype=np.float32) * 0.02)
+    t["model.norm.weight"] = bf16(1 + 0.1 * rng.standard_normal(D, dtype=np.float32))
+    shapes = {"self_attn.q_proj": (D, D), "self_attn.k_proj": (KV * hd, D),
+              "self_attn.v_proj": (KV * hd, D), "self_attn.o_proj": (D, D),
+              "mlp.gate_proj": (I, D), "mlp.up_proj": (I, D), "mlp.down_proj": (D, I)}
+    for l in range(args.layers):
+        p = "model.layers.%d." % l
+        for name, (o, i) in shapes.items():
+            t[p + name + ".weight"] = packed(rng, o, i)
+            t[p + name + ".weight_scale"] = bf16(np.array([rng.uniform(0.5, 3.0)], np.float32))
+        for n, d in [("input_layernorm", D), ("post_attention_layernorm", D),
+                     ("self_attn.attn_sub_norm", D), ("mlp.ffn_sub_norm", I)]:
+            t[p + n + ".weight"] = bf16(1 + 0.1 * rng.standard_normal(d, dtype=np.float32))
+    # Written by hand: safetensors.numpy has no bf16 dtype.
+    header, offset = {}, 0
+    for k, a in t.items():
+        dtype = "BF16" if a.dtype == np.uint16 else "U8"
+        header[k] = {"dtype": dtype, "shape": list(a.shape), "data_offsets": [offset, offset + a.nbytes]}
+        offset += a.nbytes
+    raw = json.dumps(header).encode()
+    raw += b" " * (-len(raw) % 8)
+    with open(os.path.join(args.out, "model.safetensors"), "wb") as f:
+        f.write(len(raw).to_bytes(8, "little") + raw)
+        for a in t.values():
+            f.write(np.ascontiguousarray(a).tobytes())
+    with gzip.open(os.path.join(HERE, "..", "test", "data", "llama3-tokenizer", "tokenizer.json.gz")) as src, \
+            open(os.path.join(args.out, "tokenizer.json"), "wb") as dst:
+        shutil.copyfileobj(src, dst)
+    print("wrote", args.out)
+
+
+if __name__ == "__main__":
+    main()
