@@ -173,6 +173,9 @@ int main(int argc, char **argv) {
     bench(filter, "gemv", 1, 4096, 14336, 1, thp);
     bench(filter, "gemv", 1, 14336, 4096, 1, thp);
   }
+  /* bitnet-b1.58-2B-4T shapes (decode), weights streamed from DRAM */
+  bench(filter, "2b4t-up", 1, 2560, 6912, 1, 0);
+  bench(filter, "2b4t-down", 1, 6912, 2560, 1, 0);
   bench(filter, "gemm", 4, 4096, 14336, 0, 0);
   bench(filter, "gemm", 16, 4096, 14336, 0, 0);
   bench(filter, "gemm", 512, 4096, 14336, 0, 0);

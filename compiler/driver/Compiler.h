@@ -22,6 +22,7 @@ struct CompileOptions {
   std::string dumpIRDir;    // one numbered file per pass
   bool timing = false;
   int64_t maxTokens = 128, maxSeq = 0;
+  bool int8Head = false;
 };
 
 /// Every dialect the compiler's IR uses.

@@ -13,8 +13,10 @@
 
 #include "mlir/Dialect/Func/IR/FuncOps.h"
 #include "llvm/ADT/StringMap.h"
+#include "llvm/ADT/StringSet.h"
 
 #include <cerrno>
+#include <cmath>
 #include <cstdio>
 #include <cstring>
 #include <unistd.h>
@@ -95,9 +97,13 @@ bool writeModule(const ModuleContents &c, const std::string &path,
     ParamEntry e;
     if (auto w = dyn_cast<WeightOp>(op)) {
       auto t = w.getType();
-      e = {w.getName().str(), false, t.getElementType().isBF16() ? "bf16" : "f32",
+      bool int8 = t.getElementType().isInteger(8);
+      e = {w.getName().str(), false,
+           int8 ? "i8" : t.getElementType().isBF16() ? "bf16" : "f32",
            std::vector<int64_t>(t.getShape().begin(), t.getShape().end()), 0,
            (uint64_t)(t.getNumElements() * t.getElementTypeBitWidth() / 8)};
+      if (int8) // per-row float scales follow the int8 matrix
+        e.size += 4 * (uint64_t)t.getShape()[0];
     } else if (auto w = dyn_cast<TernaryWeightOp>(op)) {
       auto t = w.getType();
       e = {w.getName().str(), true, "t2", {t.getOutFeatures(), t.getInFeatures()},
@@ -114,16 +120,20 @@ bool writeModule(const ModuleContents &c, const std::string &path,
     } else {
       return;
     }
-    if (paramIndex.count(e.name))
+    std::string key = e.name + "#" + e.dtype;
+    if (paramIndex.count(key))
       return;
     e.offset = dataSize;
     dataSize = alignUp(dataSize + e.size, kParamAlign);
-    paramIndex[e.name] = (int)params.size();
+    paramIndex[key] = (int)params.size();
     params.push_back(std::move(e));
   });
   int64_t maxSeq = 0;
   program.walk([&](KVCacheOp kv) { maxSeq = kv.getType().getMaxSeq(); });
+  llvm::StringSet<> counted; // an int8 head shares its name with the bf16 one
   for (auto &p : params) {
+    if (!counted.insert(p.name).second)
+      continue;
     int64_t n = 1;
     for (int64_t d : p.shape)
       n *= d;
@@ -155,15 +165,25 @@ bool writeModule(const ModuleContents &c, const std::string &path,
           return false;
         }
         std::vector<flatbuffers::Offset<Binding>> bindings;
+        unsigned operandIndex = 0;
         for (Attribute a : d.getBindingsAttr()) {
           auto s = cast<SlotAttr>(a);
+          Operation *def = operandIndex < d.getNumOperands()
+                               ? d.getOperand(operandIndex).getDefiningOp()
+                               : nullptr;
+          ++operandIndex;
           Space space = Space_Arena;
           uint64_t offset = s.getOffset();
           int index = -1;
           StringRef sp = s.getSpace();
           if (sp == "param") {
             space = Space_Param;
-            index = paramIndex.lookup(s.getName().getValue());
+            std::string dtype = "t2";
+            if (auto w = dyn_cast_or_null<WeightOp>(def)) {
+              Type et = w.getType().getElementType();
+              dtype = et.isInteger(8) ? "i8" : et.isBF16() ? "bf16" : "f32";
+            }
+            index = paramIndex.lookup(s.getName().getValue().str() + "#" + dtype);
           } else if (sp == "kv") {
             space = Space_KV;
             offset = kvOffset.lookup(s.getName().getValue());
@@ -293,6 +313,20 @@ bool writeModule(const ModuleContents &c, const std::string &path,
       }
       if (p.dtype == "bf16") {
         std::memcpy(buffer.data(), t->data, p.size);
+      } else if (p.dtype == "i8") {
+        // Per-row symmetric int8: scale = max|row| / 127.
+        int64_t rows = p.shape[0], cols = p.shape[1];
+        float *scales = (float *)(buffer.data() + rows * cols);
+        for (int64_t r = 0; r < rows; ++r) {
+          float amax = 0.0f;
+          for (int64_t c = 0; c < cols; ++c)
+            amax = std::max(amax, std::fabs(t->at(r * cols + c)));
+          float scale = amax > 0.0f ? amax / 127.0f : 1.0f;
+          for (int64_t c = 0; c < cols; ++c)
+            buffer[r * cols + c] =
+                (uint8_t)(int8_t)std::nearbyint(t->at(r * cols + c) / scale);
+          scales[r] = scale;
+        }
       } else {
         for (int64_t i = 0, n = t->numel(); i < n; ++i) {
           float v = t->at(i);

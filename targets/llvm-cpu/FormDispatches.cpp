@@ -46,6 +46,8 @@ std::string floatLiteral(double v) { return llvm::formatv("{0:e9}", v).str(); }
 std::string elementName(Type t) {
   if (t.isBF16())
     return "bf16";
+  if (t.isInteger(8))
+    return "i8";
   return "f32";
 }
 

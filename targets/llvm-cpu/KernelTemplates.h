@@ -18,6 +18,7 @@ func.func private @tlc_k_quantize(!llvm.ptr, !llvm.ptr, index, index, index, ind
 func.func private @tlc_k_ternary_matmul(!llvm.ptr, !llvm.ptr, !llvm.ptr, index, index, index, index, index, index)
 func.func private @tlc_k_dense_bf16(!llvm.ptr, !llvm.ptr, !llvm.ptr, index, index, index, index, index, index, index)
 func.func private @tlc_k_attention(!llvm.ptr, !llvm.ptr, !llvm.ptr, !llvm.ptr, index, index, index, f32, index, index, index)
+func.func private @tlc_k_dense_i8(!llvm.ptr, !llvm.ptr, !llvm.ptr, index, index, index, index, index, index, index)
 func.func private @tlc_k_dense_f32(!llvm.ptr, !llvm.ptr, !llvm.ptr, index, index, index, index, index, index, index)
 func.func private @ptr(%i: index) -> !llvm.ptr attributes {llvm.linkage = #llvm.linkage<internal>} {
   %a = arith.index_cast %i : index to i64

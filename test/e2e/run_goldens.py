@@ -30,6 +30,7 @@ def main():
     ap.add_argument("--bin", required=True, help="folder with tlc and tlc-run")
     ap.add_argument("--goldens", default=os.path.join(HERE, "goldens"))
     ap.add_argument("--threads", default="2")
+    ap.add_argument("--target", default="host", help="tlc compile --target")
     args = ap.parse_args()
     tlc = os.path.join(args.bin, "tlc")
     tlc_run = os.path.join(args.bin, "tlc-run")
@@ -42,7 +43,7 @@ def main():
             folder = os.path.join(args.goldens, case)
             module = os.path.join(tmp, case + ".tlm")
             try:
-                run([tlc, "compile", folder, "-o", module])
+                run([tlc, "compile", folder, "-o", module, "--target", args.target])
                 ids = np.load(os.path.join(folder, "input_ids.npy")).astype(np.int64).tolist()
                 out = os.path.join(tmp, case + ".npy")
                 run([tlc_run, "logits", module, "--ids", ",".join(map(str, ids)), "-o", out,

@@ -61,6 +61,11 @@ int main(int argc, char **argv) {
   cl::opt<int64_t> chunk("prefill-chunk", cl::init(128),
                          cl::desc("tokens per prefill call (kernel batch size)"),
                          cl::cat(cat));
+  cl::opt<std::string> head(
+      "lm-head", cl::init("exact"),
+      cl::desc("LM head weights: exact (as in the checkpoint, default) or "
+               "int8 (per-row int8, lossy, half the bytes of bf16)"),
+      cl::cat(cat));
   cl::HideUnrelatedOptions(cat);
   cl::ParseCommandLineOptions(argc, argv, "tlc compile: BitNet model -> .tlm\n");
 
@@ -75,6 +80,11 @@ int main(int argc, char **argv) {
   o.timing = timing;
   o.maxSeq = maxSeq;
   o.maxTokens = chunk;
+  if (head != "exact" && head != "int8") {
+    errs() << "tlc: error: --lm-head must be exact or int8\n";
+    return 1;
+  }
+  o.int8Head = head == "int8";
   if (o.output.empty() && o.stopAfter == tlc::Phase::End) {
     errs() << "tlc: error: no output file (-o OUT.tlm)\n";
     return 1;

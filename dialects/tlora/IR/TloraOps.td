@@ -10,6 +10,8 @@ include "mlir/IR/BuiltinAttributes.td"
 
 def Tlora_Activation : RankedTensorOf<[F32]>;
 def Tlora_FloatWeight : RankedTensorOf<[BF16, F16, F32]>;
+// A float matrix or its int8 form (per-row scales ride with the parameter).
+def Tlora_HeadWeight : RankedTensorOf<[BF16, F16, F32, I8]>;
 def Tlora_Ids : 1DTensorOf<[I32]>;
 
 //===----------------------------------------------------------------------===//
@@ -17,9 +19,14 @@ def Tlora_Ids : 1DTensorOf<[I32]>;
 //===----------------------------------------------------------------------===//
 
 def Tlora_WeightOp : Tlora_Op<"weight", [Pure]> {
-  let summary = "a floating-point parameter of the model, by name";
+  let summary = "a parameter of the model, by name";
+  let description = [{
+    Float parameters keep bf16 or widen to f32. An i8 result is the
+    parameter quantized per row to int8 (symmetric, scale max|row| / 127),
+    the lossy LM head option.
+  }];
   let arguments = (ins StrAttr:$name);
-  let results = (outs Tlora_FloatWeight:$result);
+  let results = (outs Tlora_HeadWeight:$result);
   let assemblyFormat = "$name attr-dict `:` qualified(type($result))";
   let hasVerifier = 1;
 }
@@ -104,7 +111,7 @@ def Tlora_LoraOp : Tlora_Op<"lora", [Pure]> {
 
 def Tlora_DenseOp : Tlora_Op<"dense", [Pure]> {
   let summary = "x . W^T with a float weight (the LM head), for the last `rows` tokens";
-  let arguments = (ins Tlora_Activation:$input, Tlora_FloatWeight:$weight, Index:$rows);
+  let arguments = (ins Tlora_Activation:$input, Tlora_HeadWeight:$weight, Index:$rows);
   let results = (outs Tlora_Activation:$result);
   let assemblyFormat = "$input `,` $weight `rows` `(` $rows `)` attr-dict `:` qualified(type($input)) `,` qualified(type($weight)) `->` qualified(type($result))";
   let hasVerifier = 1;

@@ -131,6 +131,35 @@ static inline float vsum(vf v) {
 TLC_DEFINE_DENSE(tlc_k_dense_bf16, uint16_t, vload_bf16, bf16_to_f32)
 TLC_DEFINE_DENSE(tlc_k_dense_f32, float, vload, TLC_LOAD_F32)
 
+/*
+ * The int8 LM head (lossy option): W is [N][K] int8 followed by N float row
+ * scales; y[r][n] = scale[n] * sum_k x[r][k] * W[n][k].
+ */
+#if defined(__AVX512F__)
+static inline vf vload_i8(const int8_t *p) {
+  return _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128((const __m128i *)p)));
+}
+#elif defined(__AVX2__)
+static inline vf vload_i8(const int8_t *p) {
+  return _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_loadl_epi64((const __m128i *)p)));
+}
+#endif
+#define TLC_LOAD_I8(v) ((float)(v))
+TLC_DEFINE_DENSE(tlc_k_dense_i8_unscaled, int8_t, vload_i8, TLC_LOAD_I8)
+
+void tlc_k_dense_i8(const float *x, const int8_t *w, float *y, int64_t TM,
+                    int64_t K, int64_t N, int64_t T, int64_t rows,
+                    int64_t begin, int64_t end) {
+  tlc_k_dense_i8_unscaled(x, w, y, TM, K, N, T, rows, begin, end);
+  const float *scale = (const float *)(w + N * K);
+  int64_t n0 = begin * TLC_DENSE_TILE_N, n1 = end * TLC_DENSE_TILE_N;
+  if (n1 > N)
+    n1 = N;
+  for (int64_t r = 0; r < rows; ++r)
+    for (int64_t n = n0; n < n1; ++n)
+      y[r * N + n] *= scale[n];
+}
+
 /* exp(x) for x <= 0 to ~2 ulp (Cephes-style: 2^n * poly(r)), written so that
  * loops over it vectorize; exp(-inf) = 0. */
 static inline float tlc_expf(float x) {

@@ -6,7 +6,8 @@
  *   AVX-512: clang-22 -O3 -march=x86-64-v4 -mavx512vnni -mavx512bw -mavx512vl -mavx512bf16
  *   AVX2:    clang-22 -O3 -mavx2 -mfma -mf16c
  *   scalar:  clang-22 -O3            (any target)
- * Uses no libc besides memcpy/memset, allocates nothing, starts no threads. Every
+ * Uses no libc besides memcpy/memset (as compiler builtins; the .c includes no libc
+ * header), allocates nothing, starts no threads. Every
  * function is reentrant; tlc_ternary_matmul is ranged over output columns so a thread
  * pool can call it on disjoint [n_begin, n_end) ranges concurrently.
  *
@@ -24,6 +25,11 @@
  *                      y[m][n]   = (float)acc[m][n] * (gamma * inv_scale[m])
  *   where (gamma * inv_scale[m]) is one float32 multiply, then one float32 multiply by
  *   the (round-to-nearest) int32->float conversion of acc. No FMA, no reassociation.
+ *   FP environment: default (round-to-nearest-even, no FTZ/DAZ). Results are
+ *   bit-identical for the AVX-512, AVX2 and scalar builds, and do not change if the
+ *   bitcode is code-generated with FP contraction enabled (no multiply feeds an add).
+ *   gamma multiplies: for checkpoints whose weight_scale divides (linear_class
+ *   "bitlinear"), pass gamma = 1/weight_scale (or fold the scale elsewhere).
  *
  * ---------------------------------------------------------------------------------
  * Packed weight layout ("T16x16", 2 bits/weight, 4 weights per byte, no scales):
@@ -67,18 +73,25 @@ void tlc_ternary_unpack(const uint8_t *packed, int64_t N, int64_t K, int8_t *w);
 
 /* Per-token int8 quantization of M rows of x (row m starts at x + m*ldx, K floats).
  * Writes xq[m*K + k] (row-major, contiguous, leading dimension K), inv_scale[m] and
- * row_sum[m] as defined above. Bit-exact with the float32 reference formula.
- * Any K >= 1 works here (the matmul needs K % 16 == 0). */
+ * row_sum[m] as defined above. Bit-exact with the float32 reference formula (also in
+ * the scalar build: round-half-even is done on the float's bits, no libm).
+ * Any K >= 1 works here (the matmul needs K % 16 == 0). Rows are independent: a
+ * thread pool may split M. */
 void tlc_quantize_rows(const float *x, int64_t ldx, int64_t M, int64_t K, int8_t *xq,
                        float *inv_scale, int32_t *row_sum);
 
 /* y[m*ldy + n] = (float)(sum_k xq[m*K+k] * W[n][k]) * (gamma * inv_scale[m])
  * for m in [0, M), n in [n_begin, n_end) (0 <= n_begin <= n_end <= N).
  * xq / inv_scale / row_sum as produced by tlc_quantize_rows; w_packed in T16x16.
- * Ranges should start on multiples of 16 for efficiency (any range is correct:
- * only columns inside [n_begin, n_end) are written, so concurrent calls on disjoint
- * ranges are race-free). Needs K % 16 == 0. M = 1 uses a streaming GEMV path;
- * M >= 2 a register-blocked GEMM (each decoded weight chunk reused for up to 8 rows).
+ * Any range is correct (only columns inside [n_begin, n_end) are written, so
+ * concurrent calls on disjoint ranges are race-free), but split work on multiples of
+ * 64 columns: a range edge inside a 16-row tile makes both neighbours compute that
+ * tile, and the M == 1 path streams 4 tiles (64 rows) at a time.
+ * Needs K % 16 == 0. w_packed should be 64-byte aligned (not required).
+ * M == 1: streaming GEMV (AVX-512: 4 tile streams + software prefetch, 4 vpdpbusd per
+ * 64-byte chunk, no shifts); M >= 2: register-blocked GEMM, each decoded chunk reused
+ * for up to 8 rows (AVX-512: 8 rows x 32 columns micro tile; AVX2: 6 rows x 8 columns).
+ * No internal threading, no allocation.
  */
 void tlc_ternary_matmul(const int8_t *xq, const float *inv_scale, const int32_t *row_sum,
                         int64_t M, int64_t K, const uint8_t *w_packed, int64_t N,
