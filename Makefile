@@ -35,7 +35,7 @@ test: build
 demo: build
 	$(BUILD)/bin/tlc compile $(MODEL) -o $(BUILD)/demo.tlm
 	$(BUILD)/bin/tlc-run info $(BUILD)/demo.tlm
-	$(BUILD)/bin/tlc-run generate $(BUILD)/demo.tlm --prompt "The" --max-new-tokens 48
+	$(BUILD)/bin/tlc-run generate $(BUILD)/demo.tlm --prompt "The Python Tutorial" --max-new-tokens 48
 
 clean:
 	rm -rf $(BUILD)

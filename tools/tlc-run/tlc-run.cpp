@@ -357,6 +357,8 @@ int main(int argc, char **argv) {
         prompt.push_back((int32_t)info.bos_token_id);
       prompt.insert(prompt.end(), ids, ids + count);
       tlc_free(ids);
+      fwrite(text.data(), 1, text.size(), stdout); // the completion follows
+      fflush(stdout);
     } else {
       return usage();
     }
@@ -408,6 +410,7 @@ int main(int argc, char **argv) {
           return failStatus(s);
     }
     printf("\n");
+    fflush(stdout);
     double t2 = now();
     fprintf(stderr,
             "tlc-run: prompt %zu tokens in %.3f s (%.1f tok/s), generated %zu "
