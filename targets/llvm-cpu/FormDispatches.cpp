@@ -94,7 +94,7 @@ FailureOr<KernelSpec> specFor(Operation *op, int64_t tm) {
          {{"N", s(N)}, {"K", s(K)}, {"TMN", s(tm * N)},
           {"QB", s(bufferBytes(m.getInput().getType(), tm))},
           {"WB", s(tlc::llvmcpu::ternaryParamBytes(N, K))}},
-         0, (N + TLC_TERNARY_TILE_N - 1) / TLC_TERNARY_TILE_N};
+         0, (N + 4 * TLC_TERNARY_TILE_N - 1) / (4 * TLC_TERNARY_TILE_N)};
   } else if (auto d = dyn_cast<DenseOp>(op)) {
     auto w = elementName(d.getWeight().getType().getElementType());
     int64_t N = dim(d.getWeight(), 0), K = dim(d.getWeight(), 1);

@@ -30,13 +30,14 @@ void tlc_k_quantize(const float *x, int8_t *q, int64_t TM, int64_t K,
                     qact_row_sum(q, TM, K) + begin);
 }
 
-/* Workload unit: one tile of TLC_TERNARY_TILE_N output features. */
+/* Workload unit: four tiles (64 output features), the GEMV's streaming unit. */
+#define TLC_TERNARY_UNIT_N (4 * TLC_TERNARY_TILE_N)
 void tlc_k_ternary_matmul(int8_t *q, const uint8_t *w, float *y, int64_t TM,
                           int64_t K, int64_t N, int64_t T, int64_t begin,
                           int64_t end) {
   float gamma;
   memcpy(&gamma, w, sizeof gamma);
-  int64_t n0 = begin * TLC_TERNARY_TILE_N, n1 = end * TLC_TERNARY_TILE_N;
+  int64_t n0 = begin * TLC_TERNARY_UNIT_N, n1 = end * TLC_TERNARY_UNIT_N;
   if (n1 > N)
     n1 = N;
   tlc_ternary_matmul(q, qact_inv_scale(q, TM, K), qact_row_sum(q, TM, K), T, K,

@@ -5,7 +5,7 @@
 // CHECK-LABEL: func.func @prefill
 // CHECK: tlora.dispatch @kernels::@rms_norm_d32_f32_eps{{[0-9A-F]+}}_t8(%{{.*}}, %{{.*}}) workload(1 * T + 0)
 // CHECK: tlora.dispatch @kernels::@quantize_k32_t8(%{{.*}}) workload(1 * T + 0)
-// CHECK: tlora.dispatch @kernels::@ternary_matmul_n64_k32_t8(%{{.*}}, %{{.*}}) workload(0 * T + 4)
+// CHECK: tlora.dispatch @kernels::@ternary_matmul_n64_k32_t8(%{{.*}}, %{{.*}}) workload(0 * T + 1)
 // CHECK: tlora.dispatch @kernels::@quantize_k32_t8
 // CHECK: tlora.dispatch @kernels::@ternary_matmul_n64_k32_t8
 // CHECK: tlora.dispatch @kernels::@add_d64_t8(%{{.*}}, %{{.*}}) workload(1 * T + 0)
