@@ -19,6 +19,7 @@
 #include <cmath>
 #include <cstdio>
 #include <cstring>
+#include <sys/stat.h>
 #include <unistd.h>
 
 using namespace mlir;
@@ -46,8 +47,13 @@ public:
   explicit PendingFile(const std::string &path) : path_(path) {
     tmp_ = path + ".tmp-XXXXXX";
     int fd = mkstemp(tmp_.data());
-    if (fd >= 0)
-      file_ = fdopen(fd, "wb");
+    if (fd < 0)
+      return;
+    // mkstemp creates 0600; give the module the usual 0666 & ~umask.
+    mode_t mask = umask(0);
+    umask(mask);
+    fchmod(fd, 0666 & ~mask);
+    file_ = fdopen(fd, "wb");
   }
   ~PendingFile() {
     if (file_)

@@ -598,6 +598,11 @@ extern "C" tlc_status_t tlc_detokenize(const tlc_module_t *m,
   *outLength = 0;
   if (!m->tokenizer)
     return makeStatus("%s: module has no tokenizer", m->path.c_str());
+  for (size_t i = 0; i < count; ++i)
+    if (ids[i] < 0 || (size_t)ids[i] >= m->tokenizer->idSpaceSize())
+      return makeStatus("token id %d at index %zu is outside the tokenizer's "
+                        "%zu ids",
+                        ids[i], i, (size_t)m->tokenizer->idSpaceSize());
   std::string text = m->tokenizer->decode(ids, count);
   *outText = (char *)malloc(text.size() + 1);
   if (!*outText)
