@@ -1,26 +1,29 @@
 /*
- * Benchmark of the tlc ternary microkernels (targets/llvm-cpu/kernels/ternary.c).
- *   GEMV  M=1   : K=4096,N=14336 and K=14336,N=4096 (hot = same weights every call,
- *                 L3-resident; cold = rotating over enough copies to exceed L3)
- *   GEMM  M=512 : same shapes (prefill)
- * with 1 and 2 threads (pthreads, each thread a disjoint tile-aligned n range; this
- * harness is not the runtime's pool). Prints ms, GFLOP/s (2*M*N*K) and GB/s of packed
- * weight bytes. Build (one per ISA variant of ternary.c):
- *   clang-22 -O3 -std=c11 -march=x86-64-v4 -mavx512vnni -mavx512bw -mavx512vl -mavx512bf16 \
- *     -Itargets/llvm-cpu/kernels bench/kernels/bench_ternary.c targets/llvm-cpu/kernels/ternary.c \
- *     -lpthread -o /tmp/kern/bench_ternary_avx512
- *   clang-22 -O3 -std=c11 -mavx2 -mfma -mf16c ... -o /tmp/kern/bench_ternary_avx2
- * "-thp" cases put the weights on 2 MiB transparent huge pages (madvise(MADV_HUGEPAGE)).
- * Usage: bench_ternary [filter]   (filter: substring of the case name, e.g. gemv)
+ * Benchmark of the tlc ternary microkernels
+ * (targets/llvm-cpu/kernels/ternary.c). GEMV  M=1   : K=4096,N=14336 and
+ * K=14336,N=4096 (hot = same weights every call, L3-resident; cold = rotating
+ * over enough copies to exceed L3) GEMM  M=512 : same shapes (prefill) with 1
+ * and 2 threads (pthreads, each thread a disjoint tile-aligned n range; this
+ * harness is not the runtime's pool). Prints ms, GFLOP/s (2*M*N*K) and GB/s of
+ * packed weight bytes. Build (one per ISA variant of ternary.c):
+ *   clang-22 -O3 -std=c11 -march=x86-64-v4 -mavx512vnni -mavx512bw -mavx512vl
+ * -mavx512bf16 \
+ *     -Itargets/llvm-cpu/kernels bench/kernels/bench_ternary.c
+ * targets/llvm-cpu/kernels/ternary.c \ -lpthread -o
+ * /tmp/kern/bench_ternary_avx512 clang-22 -O3 -std=c11 -mavx2 -mfma -mf16c ...
+ * -o /tmp/kern/bench_ternary_avx2
+ * "-thp" cases put the weights on 2 MiB transparent huge pages
+ * (madvise(MADV_HUGEPAGE)). Usage: bench_ternary [filter]   (filter: substring
+ * of the case name, e.g. gemv)
  */
 #define _GNU_SOURCE
 #include <pthread.h>
-#include <sys/mman.h>
 #include <stdatomic.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
 #include <time.h>
 
 #include "ternary.h"
@@ -49,8 +52,10 @@ static void do_part(int tid) {
   const task_t *t = &g_task;
   int64_t tiles = (t->N + 15) / 16;
   int64_t a = tiles * tid / g_nthr * 16, b = tiles * (tid + 1) / g_nthr * 16;
-  if (b > t->N) b = t->N;
-  tlc_ternary_matmul(t->xq, t->inv, t->rs, t->M, t->K, t->w, t->N, 0.5f, t->y, t->N, a, b);
+  if (b > t->N)
+    b = t->N;
+  tlc_ternary_matmul(t->xq, t->inv, t->rs, t->M, t->K, t->w, t->N, 0.5f, t->y,
+                     t->N, a, b);
 }
 
 static void *worker(void *arg) {
@@ -59,7 +64,8 @@ static void *worker(void *arg) {
   for (;;) {
     int g;
     while ((g = atomic_load_explicit(&g_gen, memory_order_acquire)) == seen) {
-      if (atomic_load_explicit(&g_quit, memory_order_relaxed)) return NULL;
+      if (atomic_load_explicit(&g_quit, memory_order_relaxed))
+        return NULL;
       __builtin_ia32_pause();
     }
     seen = g;
@@ -72,7 +78,8 @@ static void run_once(void) {
   atomic_store_explicit(&g_done, 0, memory_order_relaxed);
   atomic_fetch_add_explicit(&g_gen, 1, memory_order_release);
   do_part(0);
-  while (atomic_load_explicit(&g_done, memory_order_acquire) != g_nthr - 1) __builtin_ia32_pause();
+  while (atomic_load_explicit(&g_done, memory_order_acquire) != g_nthr - 1)
+    __builtin_ia32_pause();
 }
 
 static int cmp_double(const void *a, const void *b) {
@@ -88,18 +95,23 @@ static uint64_t rng(void) {
   return rng_state;
 }
 
-static void bench(const char *filter, const char *name, int64_t M, int64_t K, int64_t N, int cold, int thp) {
+static void bench(const char *filter, const char *name, int64_t M, int64_t K,
+                  int64_t N, int cold, int thp) {
   char full[128];
-  snprintf(full, sizeof full, "%s M=%lld K=%lld N=%lld%s%s", name, (long long)M, (long long)K,
-           (long long)N, cold ? " cold" : " hot", thp ? "-thp" : "");
-  if (filter && !strstr(full, filter)) return;
+  snprintf(full, sizeof full, "%s M=%lld K=%lld N=%lld%s%s", name, (long long)M,
+           (long long)K, (long long)N, cold ? " cold" : " hot",
+           thp ? "-thp" : "");
+  if (filter && !strstr(full, filter))
+    return;
   size_t wbytes = tlc_ternary_packed_size(N, K);
   int copies = cold ? (int)(256e6 / wbytes) + 1 : 1; /* > 8x L3 for cold */
   int8_t *w = malloc(N * K);
-  for (int64_t i = 0; i < N * K; ++i) w[i] = (int8_t)((int)(rng() % 3) - 1);
+  for (int64_t i = 0; i < N * K; ++i)
+    w[i] = (int8_t)((int)(rng() % 3) - 1);
   uint8_t **wp = malloc(sizeof(uint8_t *) * copies);
   for (int c = 0; c < copies; ++c) {
-    if (thp) { /* 2 MiB transparent huge pages (what a runtime can madvise for weights) */
+    if (thp) { /* 2 MiB transparent huge pages (what a runtime can madvise for
+                  weights) */
       size_t al = (wbytes + (2u << 20) - 1) / (2u << 20) * (2u << 20);
       wp[c] = aligned_alloc(2u << 20, al);
       madvise(wp[c], al, MADV_HUGEPAGE);
@@ -108,16 +120,19 @@ static void bench(const char *filter, const char *name, int64_t M, int64_t K, in
     }
     if (c == 0) {
       tlc_ternary_pack(w, N, K, wp[0]);
-    } else { /* distinct random codes per copy (identical pages could be merged by KSM) */
+    } else { /* distinct random codes per copy (identical pages could be merged
+                by KSM) */
       for (size_t i = 0; i < wbytes; ++i) {
         uint64_t r = rng();
-        wp[c][i] = (uint8_t)((r % 3) | ((r >> 8) % 3) << 2 | ((r >> 16) % 3) << 4 | ((r >> 24) % 3) << 6);
+        wp[c][i] = (uint8_t)((r % 3) | ((r >> 8) % 3) << 2 |
+                             ((r >> 16) % 3) << 4 | ((r >> 24) % 3) << 6);
       }
     }
   }
   free(w);
   float *x = malloc(sizeof(float) * M * K);
-  for (int64_t i = 0; i < M * K; ++i) x[i] = (float)((int64_t)(rng() % 2001) - 1000) * 1e-3f;
+  for (int64_t i = 0; i < M * K; ++i)
+    x[i] = (float)((int64_t)(rng() % 2001) - 1000) * 1e-3f;
   int8_t *xq = aligned_alloc(64, (M * K + 63) / 64 * 64);
   float *inv = malloc(sizeof(float) * M);
   int32_t *rs = malloc(sizeof(int32_t) * M);
@@ -128,7 +143,8 @@ static void bench(const char *filter, const char *name, int64_t M, int64_t K, in
     double t0 = now();
     tlc_quantize_rows(x, K, M, K, xq, inv, rs);
     t0 = now() - t0;
-    if (t0 < tq) tq = t0;
+    if (t0 < tq)
+      tq = t0;
   }
 
   for (int nthr = 1; nthr <= 2; ++nthr) {
@@ -136,7 +152,8 @@ static void bench(const char *filter, const char *name, int64_t M, int64_t K, in
     pthread_t th[2];
     atomic_store(&g_quit, 0);
     atomic_store(&g_gen, 0);
-    for (int i = 1; i < nthr; ++i) pthread_create(&th[i], NULL, worker, (void *)(intptr_t)i);
+    for (int i = 1; i < nthr; ++i)
+      pthread_create(&th[i], NULL, worker, (void *)(intptr_t)i);
     g_task = (task_t){xq, inv, rs, M, K, N, wp[0], y};
     double flop = 2.0 * M * N * K;
     int iters = M == 1 ? 3000 : M <= 16 ? 300 : 7;
@@ -153,20 +170,31 @@ static void bench(const char *filter, const char *name, int64_t M, int64_t K, in
     qsort(ts, iters, sizeof(double), cmp_double);
     double best = ts[0], med = ts[iters / 2];
     free(ts);
-    printf("%-40s thr=%d  best %8.4f ms %7.1f GFLOP/s %6.1f GB/s | median %8.4f ms %7.1f GFLOP/s %6.1f GB/s\n",
-           full, nthr, best * 1e3, flop / best / 1e9, wbytes / best / 1e9, med * 1e3,
-           flop / med / 1e9, wbytes / med / 1e9);
+    printf("%-40s thr=%d  best %8.4f ms %7.1f GFLOP/s %6.1f GB/s | median "
+           "%8.4f ms %7.1f GFLOP/s %6.1f GB/s\n",
+           full, nthr, best * 1e3, flop / best / 1e9, wbytes / best / 1e9,
+           med * 1e3, flop / med / 1e9, wbytes / med / 1e9);
     atomic_store(&g_quit, 1);
-    for (int i = 1; i < nthr; ++i) pthread_join(th[i], NULL);
+    for (int i = 1; i < nthr; ++i)
+      pthread_join(th[i], NULL);
   }
-  printf("%-40s quantize_rows (1 thread, best of 5): %.4f ms\n", full, tq * 1e3);
-  for (int c2 = 0; c2 < copies; ++c2) free(wp[c2]);
-  free(wp); free(x); free(xq); free(inv); free(rs); free(y);
+  printf("%-40s quantize_rows (1 thread, best of 5): %.4f ms\n", full,
+         tq * 1e3);
+  for (int c2 = 0; c2 < copies; ++c2)
+    free(wp[c2]);
+  free(wp);
+  free(x);
+  free(xq);
+  free(inv);
+  free(rs);
+  free(y);
 }
 
 int main(int argc, char **argv) {
   const char *filter = argc > 1 ? argv[1] : NULL;
-  printf("bench_ternary: isa=%s\n", tlc_ternary_isa() == 2 ? "avx512-vnni" : tlc_ternary_isa() == 1 ? "avx2" : "scalar");
+  printf("bench_ternary: isa=%s\n", tlc_ternary_isa() == 2   ? "avx512-vnni"
+                                    : tlc_ternary_isa() == 1 ? "avx2"
+                                                             : "scalar");
   for (int thp = 0; thp <= 1; ++thp) {
     bench(filter, "gemv", 1, 4096, 14336, 0, thp);
     bench(filter, "gemv", 1, 14336, 4096, 0, thp);

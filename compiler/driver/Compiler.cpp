@@ -12,6 +12,7 @@
 #include "dialects/tlora/Transforms/Passes.h"
 #include "targets/llvm-cpu/Passes.h"
 
+#include "mlir/Conversion/Passes.h"
 #include "mlir/Dialect/Arith/IR/Arith.h"
 #include "mlir/Dialect/ControlFlow/IR/ControlFlow.h"
 #include "mlir/Dialect/Func/Extensions/InlinerExtension.h"
@@ -25,10 +26,9 @@
 #include "mlir/Pass/PassInstrumentation.h"
 #include "mlir/Pass/PassManager.h"
 #include "mlir/Support/Timing.h"
-#include "mlir/Transforms/Passes.h"
-#include "mlir/Conversion/Passes.h"
 #include "mlir/Target/LLVMIR/Dialect/Builtin/BuiltinToLLVMIRTranslation.h"
 #include "mlir/Target/LLVMIR/Dialect/LLVMIR/LLVMToLLVMIRTranslation.h"
+#include "mlir/Transforms/Passes.h"
 
 #include "llvm/Support/FileSystem.h"
 #include "llvm/Support/Path.h"
@@ -41,10 +41,10 @@ using namespace mlir;
 namespace tlc {
 
 void registerCompilerDialects(DialectRegistry &registry) {
-  registry.insert<tlora::TloraDialect, func::FuncDialect, arith::ArithDialect,
-                  scf::SCFDialect, memref::MemRefDialect, vector::VectorDialect,
-                  math::MathDialect, cf::ControlFlowDialect,
-                  LLVM::LLVMDialect>();
+  registry
+      .insert<tlora::TloraDialect, func::FuncDialect, arith::ArithDialect,
+              scf::SCFDialect, memref::MemRefDialect, vector::VectorDialect,
+              math::MathDialect, cf::ControlFlowDialect, LLVM::LLVMDialect>();
   func::registerInlinerExtension(registry);
   registerBuiltinDialectTranslation(registry);
   registerLLVMDialectTranslation(registry);
@@ -111,16 +111,16 @@ struct Driver {
     if (opts.printIRAfterAll || !opts.printIRAfter.empty()) {
       std::string only = opts.printIRAfter;
       ctx.disableMultithreading();
-      pm.enableIRPrinting(
-          [](Pass *, Operation *) { return false; },
-          [only](Pass *p, Operation *) {
-            return only.empty() || p->getArgument() == only;
-          },
-          /*printModuleScope=*/true, /*printAfterOnlyOnChange=*/false);
+      pm.enableIRPrinting([](Pass *, Operation *) { return false; },
+                          [only](Pass *p, Operation *) {
+                            return only.empty() || p->getArgument() == only;
+                          },
+                          /*printModuleScope=*/true,
+                          /*printAfterOnlyOnChange=*/false);
     }
     if (!opts.dumpIRDir.empty())
-      pm.addInstrumentation(
-          std::make_unique<DumpIRInstrumentation>(opts.dumpIRDir, &dumpCounter));
+      pm.addInstrumentation(std::make_unique<DumpIRInstrumentation>(
+          opts.dumpIRDir, &dumpCounter));
   }
 
   bool runPhase(ModuleOp module, const char *name,
@@ -159,7 +159,8 @@ struct Driver {
       io.maxTokens = opts.maxTokens;
       io.maxSeq = opts.maxSeq;
       io.int8Head = opts.int8Head;
-      module = importBitNet(&ctx, config, *checkpoint, io, opts.modelDir, &error);
+      module =
+          importBitNet(&ctx, config, *checkpoint, io, opts.modelDir, &error);
       if (!module)
         return fail(error);
     }
@@ -179,8 +180,8 @@ struct Driver {
       DumpIRInstrumentation::dump(opts.dumpIRDir, &dumpCounter, "import",
                                   *module);
     if (opts.printIRAfterAll)
-      llvm::errs() << "// -----// IR after import //----- //\n" << *module
-                   << "\n";
+      llvm::errs() << "// -----// IR after import //----- //\n"
+                   << *module << "\n";
     if (opts.stopAfter == Phase::Import)
       return module->print(llvm::outs()), 0;
 
@@ -250,8 +251,7 @@ struct Driver {
       contents.checkpoint = checkpoint.get();
       contents.tokenizer = hasTokenizer ? &tokenizer : nullptr;
       contents.modelName =
-          llvm::sys::path::filename(
-              llvm::StringRef(opts.modelDir).rtrim('/'))
+          llvm::sys::path::filename(llvm::StringRef(opts.modelDir).rtrim('/'))
               .str();
       if (!writeModule(contents, opts.output, &error))
         return fail(error);

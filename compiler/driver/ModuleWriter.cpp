@@ -104,17 +104,25 @@ bool writeModule(const ModuleContents &c, const std::string &path,
     if (auto w = dyn_cast<WeightOp>(op)) {
       auto t = w.getType();
       bool int8 = t.getElementType().isInteger(8);
-      e = {w.getName().str(), false,
-           int8 ? "i8" : t.getElementType().isBF16() ? "bf16" : "f32",
-           std::vector<int64_t>(t.getShape().begin(), t.getShape().end()), 0,
+      e = {w.getName().str(),
+           false,
+           int8                          ? "i8"
+           : t.getElementType().isBF16() ? "bf16"
+                                         : "f32",
+           std::vector<int64_t>(t.getShape().begin(), t.getShape().end()),
+           0,
            (uint64_t)(t.getNumElements() * t.getElementTypeBitWidth() / 8)};
       if (int8) // per-row float scales follow the int8 matrix
         e.size += 4 * (uint64_t)t.getShape()[0];
     } else if (auto w = dyn_cast<TernaryWeightOp>(op)) {
       auto t = w.getType();
-      e = {w.getName().str(), true, "t2", {t.getOutFeatures(), t.getInFeatures()},
-           0, (uint64_t)llvmcpu::ternaryParamBytes(t.getOutFeatures(),
-                                                   t.getInFeatures())};
+      e = {w.getName().str(),
+           true,
+           "t2",
+           {t.getOutFeatures(), t.getInFeatures()},
+           0,
+           (uint64_t)llvmcpu::ternaryParamBytes(t.getOutFeatures(),
+                                                t.getInFeatures())};
     } else if (auto kv = dyn_cast<KVCacheOp>(op)) {
       if (!kvOffset.count(kv.getName())) {
         auto t = kv.getType();
@@ -189,7 +197,8 @@ bool writeModule(const ModuleContents &c, const std::string &path,
               Type et = w.getType().getElementType();
               dtype = et.isInteger(8) ? "i8" : et.isBF16() ? "bf16" : "f32";
             }
-            index = paramIndex.lookup(s.getName().getValue().str() + "#" + dtype);
+            index =
+                paramIndex.lookup(s.getName().getValue().str() + "#" + dtype);
           } else if (sp == "kv") {
             space = Space_KV;
             offset = kvOffset.lookup(s.getName().getValue());
@@ -203,9 +212,9 @@ bool writeModule(const ModuleContents &c, const std::string &path,
             size = params[index].size;
           bindings.push_back(CreateBinding(fbb, space, offset, size, index));
         }
-        dispatches.push_back(CreateDispatch(
-            fbb, it->second, fbb.CreateVector(bindings), d.getTokensFactor(),
-            d.getConstant()));
+        dispatches.push_back(
+            CreateDispatch(fbb, it->second, fbb.CreateVector(bindings),
+                           d.getTokensFactor(), d.getConstant()));
       }
       entries.push_back(CreateEntryPoint(
           fbb, fbb.CreateString(func.getName().str()),
@@ -214,11 +223,11 @@ bool writeModule(const ModuleContents &c, const std::string &path,
     }
     std::vector<flatbuffers::Offset<Parameter>> paramDefs;
     for (auto &p : params)
-      paramDefs.push_back(CreateParameter(
-          fbb, fbb.CreateString(p.name),
-          p.ternary ? ParamKind_Ternary : ParamKind_Float,
-          fbb.CreateString(p.dtype), fbb.CreateVector(p.shape), p.offset,
-          p.size));
+      paramDefs.push_back(
+          CreateParameter(fbb, fbb.CreateString(p.name),
+                          p.ternary ? ParamKind_Ternary : ParamKind_Float,
+                          fbb.CreateString(p.dtype), fbb.CreateVector(p.shape),
+                          p.offset, p.size));
     const ExecutableImage &x = c.executable;
     auto exe = CreateExecutable(
         fbb, fbb.CreateString(x.target), fbb.CreateString(x.cpu),
@@ -235,11 +244,12 @@ bool writeModule(const ModuleContents &c, const std::string &path,
       }
       std::vector<flatbuffers::Offset<AddedToken>> added;
       for (auto &a : c.tokenizer->added)
-        added.push_back(
-            CreateAddedToken(fbb, a.id, fbb.CreateString(a.content), a.special));
-      tok = fb::CreateTokenizer(fbb, fbb.CreateVectorOfStrings(c.tokenizer->vocab),
-                            fbb.CreateVector(merges), fbb.CreateVector(added),
-                            c.tokenizer->ignore_merges);
+        added.push_back(CreateAddedToken(fbb, a.id, fbb.CreateString(a.content),
+                                         a.special));
+      tok = fb::CreateTokenizer(
+          fbb, fbb.CreateVectorOfStrings(c.tokenizer->vocab),
+          fbb.CreateVector(merges), fbb.CreateVector(added),
+          c.tokenizer->ignore_merges);
     }
     auto info = CreateModelInfo(
         fbb, fbb.CreateString(c.modelName),

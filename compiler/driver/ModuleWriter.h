@@ -1,4 +1,5 @@
-// Serializes a compiled model into a .tlm module file (runtime/schemas/module.fbs).
+// Serializes a compiled model into a .tlm module file
+// (runtime/schemas/module.fbs).
 #ifndef TLC_COMPILER_DRIVER_MODULEWRITER_H
 #define TLC_COMPILER_DRIVER_MODULEWRITER_H
 

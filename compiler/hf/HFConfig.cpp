@@ -12,9 +12,12 @@ namespace tlc {
 
 const char *weightFormatName(WeightFormat f) {
   switch (f) {
-  case WeightFormat::PackedMultiply: return "packed (autobitlinear)";
-  case WeightFormat::PackedDivide: return "packed (bitlinear)";
-  case WeightFormat::Master: return "master (ternarized at compile time)";
+  case WeightFormat::PackedMultiply:
+    return "packed (autobitlinear)";
+  case WeightFormat::PackedDivide:
+    return "packed (bitlinear)";
+  case WeightFormat::Master:
+    return "master (ternarized at compile time)";
   }
   return "?";
 }
@@ -79,8 +82,8 @@ bool parseModelConfig(const std::string &text, const std::string &path,
   if (*type != "bitnet")
     return r.fail("model_type is '" + type->get<std::string>() +
                   "', only 'bitnet' is supported");
-  if (auto a = j.find("architectures"); a != j.end() && a->is_array() &&
-                                        !a->empty() && (*a)[0].is_string()) {
+  if (auto a = j.find("architectures");
+      a != j.end() && a->is_array() && !a->empty() && (*a)[0].is_string()) {
     cfg->architecture = (*a)[0].get<std::string>();
     if (cfg->architecture != "BitNetForCausalLM")
       return r.fail("architectures[0] is '" + cfg->architecture +

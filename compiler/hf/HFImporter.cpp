@@ -1,7 +1,8 @@
 // Hugging Face BitNet -> tlora. One decoder layer (bitnet.md):
 //   h = rms_norm(x); q,k,v = bitlinear(h); rope(q,k); o = attention
 //   x += o_proj(rms_norm(o, attn_sub_norm))
-//   h = rms_norm(x); m = relu(gate(h))^2 * up(h); x += down(rms_norm(m, ffn_sub_norm))
+//   h = rms_norm(x); m = relu(gate(h))^2 * up(h); x += down(rms_norm(m,
+//   ffn_sub_norm))
 #include "compiler/hf/HFImporter.h"
 
 #include "dialects/tlora/IR/TloraDialect.h"
@@ -176,11 +177,10 @@ private:
 
   bool buildEntry(StringRef name, int64_t maxTokens) {
     int64_t D = cfg.hiddenSize, I = cfg.intermediateSize, V = cfg.vocabSize;
-    int64_t hd = cfg.headDim, DQ = cfg.numHeads * hd,
-            DKV = cfg.numKVHeads * hd;
+    int64_t hd = cfg.headDim, DQ = cfg.numHeads * hd, DKV = cfg.numKVHeads * hd;
     auto ids = RankedTensorType::get({ShapedType::kDynamic}, b.getI32Type());
-    auto fnType = b.getFunctionType({ids, b.getIndexType(), b.getIndexType()},
-                                    {act(V)});
+    auto fnType =
+        b.getFunctionType({ids, b.getIndexType(), b.getIndexType()}, {act(V)});
     auto fn = func::FuncOp::create(b, loc(), name, fnType);
     fn->setAttr("tlora.max_tokens", b.getI64IntegerAttr(maxTokens));
     OpBuilder::InsertionGuard guard(b);
@@ -216,8 +216,9 @@ private:
                                    "layers." + std::to_string(l) + ".values");
       KVAppendOp::create(b, loc(), kc, k, pos);
       KVAppendOp::create(b, loc(), vc, v, pos);
-      Value o = AttentionOp::create(b, loc(), act(DQ), q, kc, vc, pos,
-                                    b.getF32FloatAttr(1.0f / std::sqrt((float)hd)));
+      Value o =
+          AttentionOp::create(b, loc(), act(DQ), q, kc, vc, pos,
+                              b.getF32FloatAttr(1.0f / std::sqrt((float)hd)));
       o = norm(o, p + "self_attn.attn_sub_norm.weight", DQ);
       if (!o || !(o = linear(o, p + "self_attn.o_proj", D, DQ)))
         return false;
@@ -260,8 +261,7 @@ private:
 OwningOpRef<ModuleOp> importBitNet(MLIRContext *ctx, const ModelConfig &cfg,
                                    const Checkpoint &ckpt,
                                    const ImportOptions &options,
-                                   const std::string &dir,
-                                   std::string *error) {
+                                   const std::string &dir, std::string *error) {
   ImportOptions o = options;
   if (o.maxSeq <= 0)
     o.maxSeq = std::min<int64_t>(cfg.maxPositions, 2048);

@@ -38,15 +38,24 @@ int64_t dtypeSize(DType d) {
 
 const char *dtypeName(DType d) {
   switch (d) {
-  case DType::F32: return "F32";
-  case DType::F16: return "F16";
-  case DType::BF16: return "BF16";
-  case DType::U8: return "U8";
-  case DType::I8: return "I8";
-  case DType::I32: return "I32";
-  case DType::I64: return "I64";
-  case DType::F64: return "F64";
-  case DType::Bool: return "BOOL";
+  case DType::F32:
+    return "F32";
+  case DType::F16:
+    return "F16";
+  case DType::BF16:
+    return "BF16";
+  case DType::U8:
+    return "U8";
+  case DType::I8:
+    return "I8";
+  case DType::I32:
+    return "I32";
+  case DType::I64:
+    return "I64";
+  case DType::F64:
+    return "F64";
+  case DType::Bool:
+    return "BOOL";
   }
   return "?";
 }
@@ -156,9 +165,10 @@ std::unique_ptr<SafeTensorsFile> SafeTensorsFile::open(const std::string &path,
   return parsed;
 }
 
-std::unique_ptr<SafeTensorsFile>
-SafeTensorsFile::parse(const uint8_t *bytes, size_t size,
-                       const std::string &path, std::string *error) {
+std::unique_ptr<SafeTensorsFile> SafeTensorsFile::parse(const uint8_t *bytes,
+                                                        size_t size,
+                                                        const std::string &path,
+                                                        std::string *error) {
   auto fail = [&](const std::string &msg) {
     *error = path + ": " + msg;
     return nullptr;

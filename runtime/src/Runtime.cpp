@@ -90,8 +90,8 @@ tlc_status_t verifyModule(tlc_module_t *m) {
   const tlc::fb::Module *def = tlc::fb::GetSizePrefixedModule(m->bytes);
   m->def = def;
   if (def->version() != kModuleVersion)
-    return makeStatus("%s: module version %u, this runtime reads version %u",
-                      p, def->version(), kModuleVersion);
+    return makeStatus("%s: module version %u, this runtime reads version %u", p,
+                      def->version(), kModuleVersion);
   if (!def->info() || !def->executables() || !def->entry_points() ||
       !def->parameters())
     return makeStatus("%s: module lacks info, executables, entry points or "
@@ -100,10 +100,11 @@ tlc_status_t verifyModule(tlc_module_t *m) {
   uint64_t dataOffset = def->data_offset(), dataSize = def->data_size();
   if (dataOffset < (uint64_t)fbSize + 4 || dataOffset % 64 != 0 ||
       dataOffset > m->size || dataSize > m->size - dataOffset)
-    return makeStatus("%s: data section [%llu, +%llu) lies outside the %zu-byte "
-                      "file",
-                      p, (unsigned long long)dataOffset,
-                      (unsigned long long)dataSize, m->size);
+    return makeStatus(
+        "%s: data section [%llu, +%llu) lies outside the %zu-byte "
+        "file",
+        p, (unsigned long long)dataOffset, (unsigned long long)dataSize,
+        m->size);
   const auto *info = def->info();
   if (info->vocab_size() <= 0 || info->vocab_size() > (1 << 24))
     return makeStatus("%s: bad vocab_size %lld", p,
@@ -131,8 +132,9 @@ tlc_status_t verifyModule(tlc_module_t *m) {
       for (const auto *f : *e->needs())
         if (!tlc::hostHasFeature(f->str())) {
           ok = false;
-          why = "executable for " + e->target()->str() + " needs CPU feature '" +
-                f->str() + "' which this CPU lacks (recompile with --target)";
+          why = "executable for " + e->target()->str() +
+                " needs CPU feature '" + f->str() +
+                "' which this CPU lacks (recompile with --target)";
         }
     if (ok) {
       m->exe = e;
@@ -210,7 +212,8 @@ tlc_status_t verifyModule(tlc_module_t *m) {
       if (tok->merges()->size() % 2)
         return makeStatus("%s: tokenizer merges are not pairs", p);
       for (uint32_t i = 0; i + 1 < tok->merges()->size(); i += 2)
-        data.merges.push_back({tok->merges()->Get(i), tok->merges()->Get(i + 1)});
+        data.merges.push_back(
+            {tok->merges()->Get(i), tok->merges()->Get(i + 1)});
     }
     if (tok->added())
       for (const auto *a : *tok->added())
@@ -355,7 +358,8 @@ struct AlignedBuffer {
     free(ptr);
     size = n;
     ptr = nullptr;
-    return posix_memalign(&ptr, 64, n ? n : 64) == 0 && (memset(ptr, 0, n), true);
+    return posix_memalign(&ptr, 64, n ? n : 64) == 0 &&
+           (memset(ptr, 0, n), true);
   }
   ~AlignedBuffer() { free(ptr); }
 };
@@ -562,8 +566,8 @@ extern "C" tlc_status_t tlc_session_decode(tlc_session_t *s, int32_t id) {
   return nullptr;
 }
 
-extern "C" const float *tlc_session_logits(const tlc_session_t *s,
-                                           size_t *rows, size_t *vocab) {
+extern "C" const float *tlc_session_logits(const tlc_session_t *s, size_t *rows,
+                                           size_t *vocab) {
   *rows = s->logitRows;
   *vocab = (size_t)s->module->def->info()->vocab_size();
   return s->logits.data();
@@ -582,7 +586,8 @@ extern "C" tlc_status_t tlc_tokenize(const tlc_module_t *m, const char *text,
     return makeStatus("%s: module has no tokenizer (the model folder had no "
                       "tokenizer.json)",
                       m->path.c_str());
-  std::vector<int32_t> ids = m->tokenizer->encode(std::string_view(text, length));
+  std::vector<int32_t> ids =
+      m->tokenizer->encode(std::string_view(text, length));
   *outIds = (int32_t *)malloc(std::max<size_t>(1, ids.size()) * 4);
   if (!*outIds)
     return makeStatus("out of memory");

@@ -21,15 +21,15 @@
 #include "lld/Common/Driver.h"
 #include "llvm/Bitcode/BitcodeReader.h"
 #include "llvm/IR/IRBuilder.h"
-#include "llvm/IR/LegacyPassManager.h"
-#include "llvm/Support/FileUtilities.h"
 #include "llvm/IR/LLVMContext.h"
+#include "llvm/IR/LegacyPassManager.h"
 #include "llvm/IR/Module.h"
 #include "llvm/IR/Verifier.h"
 #include "llvm/Linker/Linker.h"
 #include "llvm/MC/TargetRegistry.h"
 #include "llvm/Passes/PassBuilder.h"
 #include "llvm/Support/FileSystem.h"
+#include "llvm/Support/FileUtilities.h"
 #include "llvm/Support/MemoryBuffer.h"
 #include "llvm/Support/Path.h"
 #include "llvm/Support/Program.h"
@@ -76,8 +76,8 @@ struct LowerKernelsToLLVMPass
 /// Known x86 features a host must have, as LLVM and __builtin_cpu_supports
 /// both spell them.
 constexpr const char *kCheckedFeatures[] = {
-    "avx2", "fma", "f16c", "avx512f", "avx512bw", "avx512vl", "avx512vnni",
-    "avx512bf16", "avxvnni"};
+    "avx2",     "fma",        "f16c",       "avx512f", "avx512bw",
+    "avx512vl", "avx512vnni", "avx512bf16", "avxvnni"};
 
 std::string joinFeatures(const llvm::StringMap<bool> &features,
                          std::vector<std::string> *needs) {
@@ -173,10 +173,10 @@ static void addEntry(llvm::Module &m, llvm::Function *kernel) {
   b.CreateRetVoid();
 }
 
-FailureOr<std::string> tlc::llvmcpu::buildSharedObject(
-    ModuleOp kernels, const CpuTarget &target,
-    std::vector<std::string> *kernelNames, std::string *llvmIR,
-    std::string *error) {
+FailureOr<std::string>
+tlc::llvmcpu::buildSharedObject(ModuleOp kernels, const CpuTarget &target,
+                                std::vector<std::string> *kernelNames,
+                                std::string *llvmIR, std::string *error) {
   llvm::InitializeNativeTarget();
   llvm::InitializeNativeTargetAsmPrinter();
   registerBuiltinDialectTranslation(*kernels.getContext());
@@ -298,10 +298,10 @@ FailureOr<std::string> tlc::llvmcpu::buildSharedObject(
   }
   std::string linkLog;
   llvm::raw_string_ostream linkOut(linkLog);
-  std::vector<const char *> args = {"ld.lld", "-shared", "--gc-sections",
-                                    "-O2",    "-z",      "now",
-                                    "--hash-style=gnu", "-o",
-                                    soPath.c_str(), objPath.c_str()};
+  std::vector<const char *> args = {
+      "ld.lld",       "-shared",      "--gc-sections",    "-O2",
+      "-z",           "now",          "--hash-style=gnu", "-o",
+      soPath.c_str(), objPath.c_str()};
   lld::Result result =
       lld::lldMain(args, linkOut, linkOut, {{lld::Gnu, &lld::elf::link}});
   if (result.retCode != 0) {

@@ -69,39 +69,55 @@ FailureOr<KernelSpec> specFor(Operation *op, int64_t tm) {
   KernelSpec k;
   if (auto e = dyn_cast<EmbedOp>(op)) {
     auto w = elementName(e.getTable().getType().getElementType());
-    k = {kEmbed, llvm::formatv("embed_v{0}_d{1}_{2}", dim(e.getTable(), 0),
-                               dim(e.getTable(), 1), w),
-         {{"V", s(dim(e.getTable(), 0))}, {"D", s(dim(e.getTable(), 1))},
+    k = {kEmbed,
+         llvm::formatv("embed_v{0}_d{1}_{2}", dim(e.getTable(), 0),
+                       dim(e.getTable(), 1), w),
+         {{"V", s(dim(e.getTable(), 0))},
+          {"D", s(dim(e.getTable(), 1))},
           {"W", w}}};
   } else if (auto n = dyn_cast<RMSNormOp>(op)) {
     auto w = elementName(n.getWeight().getType().getElementType());
     float eps = n.getEpsilon().convertToFloat();
-    k = {kRMSNorm,
-         llvm::formatv("rms_norm_d{0}_{1}_eps{2}", dim(n.getInput(), 1), w,
-                       llvm::utohexstr(llvm::bit_cast<uint32_t>(eps))),
-         {{"D", s(dim(n.getInput(), 1))}, {"W", w}, {"EPS", floatLiteral(eps)}}};
+    k = {
+        kRMSNorm,
+        llvm::formatv("rms_norm_d{0}_{1}_eps{2}", dim(n.getInput(), 1), w,
+                      llvm::utohexstr(llvm::bit_cast<uint32_t>(eps))),
+        {{"D", s(dim(n.getInput(), 1))}, {"W", w}, {"EPS", floatLiteral(eps)}}};
   } else if (auto q = dyn_cast<QuantizeOp>(op)) {
     int64_t K = q.getType().getFeatures();
-    k = {kQuantize, llvm::formatv("quantize_k{0}", K),
-         {{"K", s(K)}, {"TMK", s(tm * K)}, {"QB", s(bufferBytes(q.getType(), tm))}}};
+    k = {kQuantize,
+         llvm::formatv("quantize_k{0}", K),
+         {{"K", s(K)},
+          {"TMK", s(tm * K)},
+          {"QB", s(bufferBytes(q.getType(), tm))}}};
   } else if (auto m = dyn_cast<TernaryMatmulOp>(op)) {
     auto w = m.getWeight().getType();
     int64_t N = w.getOutFeatures(), K = w.getInFeatures();
     if (K % TLC_TERNARY_BLOCK_K != 0)
       return op->emitOpError("the CPU ternary kernel needs in_features % ")
              << TLC_TERNARY_BLOCK_K << " == 0, got " << K;
-    k = {kTernaryMatmul, llvm::formatv("ternary_matmul_n{0}_k{1}", N, K),
-         {{"N", s(N)}, {"K", s(K)}, {"TMN", s(tm * N)},
+    k = {kTernaryMatmul,
+         llvm::formatv("ternary_matmul_n{0}_k{1}", N, K),
+         {{"N", s(N)},
+          {"K", s(K)},
+          {"TMN", s(tm * N)},
           {"QB", s(bufferBytes(m.getInput().getType(), tm))},
           {"WB", s(tlc::llvmcpu::ternaryParamBytes(N, K))}},
-         0, (N + 4 * TLC_TERNARY_TILE_N - 1) / (4 * TLC_TERNARY_TILE_N)};
+         0,
+         (N + 4 * TLC_TERNARY_TILE_N - 1) / (4 * TLC_TERNARY_TILE_N)};
   } else if (auto d = dyn_cast<DenseOp>(op)) {
     auto w = elementName(d.getWeight().getType().getElementType());
     int64_t N = dim(d.getWeight(), 0), K = dim(d.getWeight(), 1);
-    k = {kDense, llvm::formatv("dense_n{0}_k{1}_{2}", N, K, w),
-         {{"N", s(N)}, {"K", s(K)}, {"W", w}, {"TMK", s(tm * K)},
-          {"NK", s(N * K)}, {"TMN", s(tm * N)}},
-         0, (N + 15) / 16};
+    k = {kDense,
+         llvm::formatv("dense_n{0}_k{1}_{2}", N, K, w),
+         {{"N", s(N)},
+          {"K", s(K)},
+          {"W", w},
+          {"TMK", s(tm * K)},
+          {"NK", s(N * K)},
+          {"TMN", s(tm * N)}},
+         0,
+         (N + 15) / 16};
   } else if (auto r = dyn_cast<RopeOp>(op)) {
     int64_t D = dim(r.getInput(), 1), hd = r.getHeadDim();
     double theta = r.getTheta().convertToDouble();
@@ -118,7 +134,8 @@ FailureOr<KernelSpec> specFor(Operation *op, int64_t tm) {
   } else if (auto a = dyn_cast<KVAppendOp>(op)) {
     auto c = a.getCache().getType();
     int64_t D = c.getKvHeads() * c.getHeadDim();
-    k = {kKVAppend, llvm::formatv("kv_append_s{0}_d{1}", c.getMaxSeq(), D),
+    k = {kKVAppend,
+         llvm::formatv("kv_append_s{0}_d{1}", c.getMaxSeq(), D),
          {{"S", s(c.getMaxSeq())}, {"D", s(D)}}};
   } else if (auto a = dyn_cast<AttentionOp>(op)) {
     auto c = a.getKeys().getType();
@@ -126,17 +143,24 @@ FailureOr<KernelSpec> specFor(Operation *op, int64_t tm) {
     k = {kAttention,
          llvm::formatv("attention_s{0}_h{1}_kv{2}_hd{3}", c.getMaxSeq(), H,
                        c.getKvHeads(), hd),
-         {{"S", s(c.getMaxSeq())}, {"DQ", s(DQ)}, {"DKV", s(c.getKvHeads() * hd)},
-          {"H", s(H)}, {"KVH", s(c.getKvHeads())}, {"HD", s(hd)},
+         {{"S", s(c.getMaxSeq())},
+          {"DQ", s(DQ)},
+          {"DKV", s(c.getKvHeads() * hd)},
+          {"H", s(H)},
+          {"KVH", s(c.getKvHeads())},
+          {"HD", s(hd)},
           {"SCALE", floatLiteral(a.getScale().convertToFloat())}},
-         c.getKvHeads(), 0};
+         c.getKvHeads(),
+         0};
   } else if (auto m = dyn_cast<SquaredReluMulOp>(op)) {
-    k = {kSquaredReluMul, llvm::formatv("squared_relu_mul_d{0}", dim(m.getResult(), 1)),
+    k = {kSquaredReluMul,
+         llvm::formatv("squared_relu_mul_d{0}", dim(m.getResult(), 1)),
          {{"D", s(dim(m.getResult(), 1))}}};
   } else if (auto add = dyn_cast<arith::AddFOp>(op)) {
     if (!isa<RankedTensorType>(add.getType()))
       return op->emitOpError("only tensor additions are dispatched");
-    k = {kAdd, llvm::formatv("add_d{0}", dim(add.getResult(), 1)),
+    k = {kAdd,
+         llvm::formatv("add_d{0}", dim(add.getResult(), 1)),
          {{"D", s(dim(add.getResult(), 1))}}};
   } else {
     return op->emitOpError("has no llvm-cpu kernel");
@@ -160,8 +184,7 @@ struct FormDispatchesPass
       auto maxTokens = func->getAttrOfType<IntegerAttr>("tlora.max_tokens");
       if (!maxTokens)
         continue;
-      for (Operation &op :
-           llvm::make_early_inc_range(func.getBody().front())) {
+      for (Operation &op : llvm::make_early_inc_range(func.getBody().front())) {
         if (isa<WeightOp, TernaryWeightOp, KVCacheOp, func::ReturnOp>(op))
           continue;
         FailureOr<KernelSpec> spec = specFor(&op, maxTokens.getInt());
@@ -204,15 +227,16 @@ struct FormDispatchesPass
                             const KernelSpec &spec, Location loc) {
     if (symbols.lookup(spec.name))
       return success();
-    std::string source =
-        std::string(tlc::llvmcpu::kPrelude) + fillTemplate(spec.tmpl, spec.vars);
+    std::string source = std::string(tlc::llvmcpu::kPrelude) +
+                         fillTemplate(spec.tmpl, spec.vars);
     ParserConfig config(&getContext());
     OwningOpRef<ModuleOp> parsed = parseSourceString<ModuleOp>(source, config);
     if (!parsed)
       return emitError(loc) << "internal error: kernel template '" << spec.name
                             << "' does not parse";
     for (Operation &op : llvm::make_early_inc_range(*parsed->getBody())) {
-      auto name = op.getAttrOfType<StringAttr>(SymbolTable::getSymbolAttrName());
+      auto name =
+          op.getAttrOfType<StringAttr>(SymbolTable::getSymbolAttrName());
       if (name && symbols.lookup(name))
         continue; // from the prelude
       op.remove();

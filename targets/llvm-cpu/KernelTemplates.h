@@ -39,7 +39,8 @@ func.func private @to_f32_f32(%v: f32) -> f32 attributes {llvm.linkage = #llvm.l
 
 inline constexpr const char *kEmbed = R"mlir(
 func.func @{{NAME}}(%table: memref<{{V}}x{{D}}x{{W}}>, %ids: memref<{{TM}}xi32>,
-    %out: memref<{{TM}}x{{D}}xf32>, )mlir" TLC_KERNEL_SCALARS R"mlir() attributes {tlora.kernel} {
+    %out: memref<{{TM}}x{{D}}xf32>, )mlir" TLC_KERNEL_SCALARS
+                                      R"mlir() attributes {tlora.kernel} {
   %c0 = arith.constant 0 : index
   %c1 = arith.constant 1 : index
   %cD = arith.constant {{D}} : index
@@ -58,7 +59,8 @@ func.func @{{NAME}}(%table: memref<{{V}}x{{D}}x{{W}}>, %ids: memref<{{TM}}xi32>,
 
 inline constexpr const char *kRMSNorm = R"mlir(
 func.func @{{NAME}}(%x: memref<{{TM}}x{{D}}xf32>, %w: memref<{{D}}x{{W}}>,
-    %out: memref<{{TM}}x{{D}}xf32>, )mlir" TLC_KERNEL_SCALARS R"mlir() attributes {tlora.kernel} {
+    %out: memref<{{TM}}x{{D}}xf32>, )mlir" TLC_KERNEL_SCALARS
+                                        R"mlir() attributes {tlora.kernel} {
   %c0 = arith.constant 0 : index
   %c1 = arith.constant 1 : index
   %cD = arith.constant {{D}} : index
@@ -214,9 +216,11 @@ func.func @{{NAME}}(%q: memref<{{TM}}x{{DQ}}xf32>, %kc: memref<{{S}}x{{DKV}}xf32
 }
 )mlir";
 
-inline constexpr const char *kSquaredReluMul = R"mlir(
+inline constexpr const char *kSquaredReluMul =
+    R"mlir(
 func.func @{{NAME}}(%g: memref<{{TM}}x{{D}}xf32>, %u: memref<{{TM}}x{{D}}xf32>,
-    %out: memref<{{TM}}x{{D}}xf32>, )mlir" TLC_KERNEL_SCALARS R"mlir() attributes {tlora.kernel} {
+    %out: memref<{{TM}}x{{D}}xf32>, )mlir" TLC_KERNEL_SCALARS
+    R"mlir() attributes {tlora.kernel} {
   %c0 = arith.constant 0 : index
   %c1 = arith.constant 1 : index
   %cD = arith.constant {{D}} : index
@@ -237,7 +241,8 @@ func.func @{{NAME}}(%g: memref<{{TM}}x{{D}}xf32>, %u: memref<{{TM}}x{{D}}xf32>,
 
 inline constexpr const char *kAdd = R"mlir(
 func.func @{{NAME}}(%a: memref<{{TM}}x{{D}}xf32>, %b: memref<{{TM}}x{{D}}xf32>,
-    %out: memref<{{TM}}x{{D}}xf32>, )mlir" TLC_KERNEL_SCALARS R"mlir() attributes {tlora.kernel} {
+    %out: memref<{{TM}}x{{D}}xf32>, )mlir" TLC_KERNEL_SCALARS
+                                    R"mlir() attributes {tlora.kernel} {
   %c0 = arith.constant 0 : index
   %c1 = arith.constant 1 : index
   %cD = arith.constant {{D}} : index

@@ -3,7 +3,8 @@
 
 extern "C" int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
   std::string error;
-  auto file = tlc::SafeTensorsFile::parse(data, size, "fuzz.safetensors", &error);
+  auto file =
+      tlc::SafeTensorsFile::parse(data, size, "fuzz.safetensors", &error);
   if (file)
     for (auto &[name, view] : file->tensors())
       if (view.numel() > 0 && view.dtype == tlc::DType::BF16)

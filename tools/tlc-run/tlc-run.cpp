@@ -203,11 +203,11 @@ int main(int argc, char **argv) {
   Args a;
   if (!parseArgs(argc, argv, &a))
     return usage();
-  static const char *commands[] = {"info",     "logits",  "generate",
-                                   "bench",    "tokenize", "detokenize"};
-  if (std::find_if(std::begin(commands), std::end(commands), [&](const char *c) {
-        return a.command == c;
-      }) == std::end(commands))
+  static const char *commands[] = {"info",  "logits",   "generate",
+                                   "bench", "tokenize", "detokenize"};
+  if (std::find_if(std::begin(commands), std::end(commands),
+                   [&](const char *c) { return a.command == c; }) ==
+      std::end(commands))
     return usage();
 
   tlc_module_t *module = nullptr;
@@ -245,8 +245,8 @@ int main(int argc, char **argv) {
       tlc_executable_info_t e;
       tlc_module_executable_info(module, i, &e);
       printf("target: %s (cpu %s), %s, %llu bytes, %zu kernels%s\n", e.target,
-             e.cpu, e.format, (unsigned long long)e.image_size,
-             e.kernel_count, e.selected ? " [selected]" : "");
+             e.cpu, e.format, (unsigned long long)e.image_size, e.kernel_count,
+             e.selected ? " [selected]" : "");
     }
     for (size_t i = 0; i < tlc_module_entry_count(module); ++i) {
       tlc_entry_info_t e;
@@ -285,8 +285,8 @@ int main(int argc, char **argv) {
         break;
       int32_t *ids;
       size_t count;
-      if (tlc_status_t s =
-              tlc_tokenize(module, text.data() + start, nl - start, &ids, &count))
+      if (tlc_status_t s = tlc_tokenize(module, text.data() + start, nl - start,
+                                        &ids, &count))
         return failStatus(s);
       for (size_t i = 0; i < count; ++i)
         printf(i ? " %d" : "%d", ids[i]);
@@ -304,7 +304,8 @@ int main(int argc, char **argv) {
                   a.get("--ids").c_str());
     char *text;
     size_t len;
-    if (tlc_status_t s = tlc_detokenize(module, ids.data(), ids.size(), &text, &len))
+    if (tlc_status_t s =
+            tlc_detokenize(module, ids.data(), ids.size(), &text, &len))
       return failStatus(s);
     fwrite(text, 1, len, stdout);
     printf("\n");
@@ -331,7 +332,8 @@ int main(int argc, char **argv) {
                   a.get("--ids").c_str());
     if (!a.has("-o"))
       return fail("%s", "logits needs -o LOGITS.npy");
-    if (tlc_status_t s = tlc_session_prefill(session, ids.data(), ids.size(), true))
+    if (tlc_status_t s =
+            tlc_session_prefill(session, ids.data(), ids.size(), true))
       return failStatus(s);
     size_t rows, vocab;
     const float *logits = tlc_session_logits(session, &rows, &vocab);
@@ -351,7 +353,8 @@ int main(int argc, char **argv) {
       std::string text = a.get("--prompt");
       int32_t *ids;
       size_t count;
-      if (tlc_status_t s = tlc_tokenize(module, text.data(), text.size(), &ids, &count))
+      if (tlc_status_t s =
+              tlc_tokenize(module, text.data(), text.size(), &ids, &count))
         return failStatus(s);
       if (info.bos_token_id >= 0)
         prompt.push_back((int32_t)info.bos_token_id);
@@ -375,7 +378,8 @@ int main(int argc, char **argv) {
     sampler.topP = topP;
     sampler.rng.seed((uint64_t)seed);
     double t0 = now();
-    if (tlc_status_t s = tlc_session_prefill(session, prompt.data(), prompt.size(), false))
+    if (tlc_status_t s =
+            tlc_session_prefill(session, prompt.data(), prompt.size(), false))
       return failStatus(s);
     double t1 = now();
     std::vector<int32_t> out;
@@ -393,7 +397,8 @@ int main(int argc, char **argv) {
         // Print the newly completed text (decode of all, minus what's shown).
         char *text;
         size_t len;
-        if (tlc_status_t s = tlc_detokenize(module, out.data(), out.size(), &text, &len))
+        if (tlc_status_t s =
+                tlc_detokenize(module, out.data(), out.size(), &text, &len))
           return failStatus(s);
         std::string now_text(text, len);
         tlc_free(text);
@@ -430,11 +435,13 @@ int main(int argc, char **argv) {
   for (auto &id : ids)
     id = (int32_t)(rng() % (uint32_t)info.vocab_size);
   // Warm-up: one short prefill (pages in the weights).
-  if (tlc_status_t s = tlc_session_prefill(session, ids.data(), std::min<size_t>(ids.size(), 8), false))
+  if (tlc_status_t s = tlc_session_prefill(
+          session, ids.data(), std::min<size_t>(ids.size(), 8), false))
     return failStatus(s);
   tlc_session_reset(session);
   double t0 = now();
-  if (tlc_status_t s = tlc_session_prefill(session, ids.data(), ids.size(), false))
+  if (tlc_status_t s =
+          tlc_session_prefill(session, ids.data(), ids.size(), false))
     return failStatus(s);
   double t1 = now();
   int32_t next = 0;

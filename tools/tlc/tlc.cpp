@@ -31,17 +31,18 @@ int main(int argc, char **argv) {
                               cl::value_desc("file"), cl::cat(cat));
   cl::opt<std::string> target(
       "target", cl::init("host"),
-      cl::desc("host, or x86-64[:FEATURES] (e.g. x86-64:+avx512vnni,+avx512bw)"),
+      cl::desc(
+          "host, or x86-64[:FEATURES] (e.g. x86-64:+avx512vnni,+avx512bw)"),
       cl::cat(cat));
   cl::opt<tlc::Phase> compileTo(
       "compile-to", cl::init(tlc::Phase::End),
       cl::desc("stop after a phase and print its IR"),
-      cl::values(clEnumValN(tlc::Phase::Import, "import", "tlora ops as imported"),
-                 clEnumValN(tlc::Phase::Tlora, "tlora", "after tlora transforms"),
-                 clEnumValN(tlc::Phase::Lowered, "lowered",
-                            "dispatches, kernels and memory plan"),
-                 clEnumValN(tlc::Phase::LLVM, "llvm",
-                            "kernels in the LLVM dialect")),
+      cl::values(
+          clEnumValN(tlc::Phase::Import, "import", "tlora ops as imported"),
+          clEnumValN(tlc::Phase::Tlora, "tlora", "after tlora transforms"),
+          clEnumValN(tlc::Phase::Lowered, "lowered",
+                     "dispatches, kernels and memory plan"),
+          clEnumValN(tlc::Phase::LLVM, "llvm", "kernels in the LLVM dialect")),
       cl::cat(cat));
   cl::opt<bool> printAll("print-ir-after-all",
                          cl::desc("print the IR after every pass (stderr)"),
@@ -50,24 +51,27 @@ int main(int argc, char **argv) {
       "print-ir-after", cl::desc("print the IR after the pass named PASS"),
       cl::value_desc("PASS"), cl::cat(cat));
   cl::opt<std::string> dumpDir(
-      "dump-ir-dir", cl::desc("write the IR after each pass to DIR/NN-pass.mlir"),
+      "dump-ir-dir",
+      cl::desc("write the IR after each pass to DIR/NN-pass.mlir"),
       cl::value_desc("DIR"), cl::cat(cat));
-  cl::opt<bool> timing("timing", cl::desc("print the time of each phase and pass"),
+  cl::opt<bool> timing("timing",
+                       cl::desc("print the time of each phase and pass"),
                        cl::cat(cat));
   cl::opt<int64_t> maxSeq("max-seq-len", cl::init(0),
                           cl::desc("KV cache capacity in tokens (default: "
                                    "min(max_position_embeddings, 2048))"),
                           cl::cat(cat));
-  cl::opt<int64_t> chunk("prefill-chunk", cl::init(128),
-                         cl::desc("tokens per prefill call (kernel batch size)"),
-                         cl::cat(cat));
+  cl::opt<int64_t> chunk(
+      "prefill-chunk", cl::init(128),
+      cl::desc("tokens per prefill call (kernel batch size)"), cl::cat(cat));
   cl::opt<std::string> head(
       "lm-head", cl::init("exact"),
       cl::desc("LM head weights: exact (as in the checkpoint, default) or "
                "int8 (per-row int8, lossy, half the bytes of bf16)"),
       cl::cat(cat));
   cl::HideUnrelatedOptions(cat);
-  cl::ParseCommandLineOptions(argc, argv, "tlc compile: BitNet model -> .tlm\n");
+  cl::ParseCommandLineOptions(argc, argv,
+                              "tlc compile: BitNet model -> .tlm\n");
 
   tlc::CompileOptions o;
   o.modelDir = model;

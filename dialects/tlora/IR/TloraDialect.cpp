@@ -1,9 +1,9 @@
 // The tlora dialect: registration, verifiers and folders.
 #include "dialects/tlora/IR/TloraDialect.h"
 
+#include "mlir/Dialect/Arith/IR/Arith.h"
 #include "mlir/IR/Builders.h"
 #include "mlir/IR/DialectImplementation.h"
-#include "mlir/Dialect/Arith/IR/Arith.h"
 #include "mlir/IR/Matchers.h"
 #include "mlir/IR/PatternMatch.h"
 #include "llvm/ADT/TypeSwitch.h"
@@ -42,12 +42,12 @@ void TloraDialect::initialize() {
 //===----------------------------------------------------------------------===//
 
 /// Activations are [tokens x features]: rank 2, dynamic or static rows.
-static LogicalResult verifyActivation(Operation *op, Type type,
-                                      StringRef what, int64_t *features) {
+static LogicalResult verifyActivation(Operation *op, Type type, StringRef what,
+                                      int64_t *features) {
   auto tensor = cast<RankedTensorType>(type);
   if (tensor.getRank() != 2)
-    return op->emitOpError() << what << " must be [tokens x features], got "
-                             << type;
+    return op->emitOpError()
+           << what << " must be [tokens x features], got " << type;
   if (tensor.isDynamicDim(1))
     return op->emitOpError() << what << " must have a static feature size";
   *features = tensor.getDimSize(1);
@@ -108,8 +108,8 @@ LogicalResult EmbedOp::verify() {
   if (failed(verifyActivation(*this, getType(), "result", &d)))
     return failure();
   if (d != table.getDimSize(1))
-    return emitOpError("result width ") << d << " != table width "
-                                        << table.getDimSize(1);
+    return emitOpError("result width ")
+           << d << " != table width " << table.getDimSize(1);
   if (getType().getDimSize(0) != getIds().getType().getDimSize(0))
     return emitOpError("one row per id");
   return success();
@@ -181,13 +181,13 @@ LogicalResult LoraOp::verify() {
   if (a.getDimSize(1) != k)
     return emitOpError("lora_A must be [r x ") << k << "], got " << a;
   if (b.getDimSize(0) != n || b.getDimSize(1) != r)
-    return emitOpError("lora_B must be [") << n << " x " << r << "], got "
-                                           << b;
+    return emitOpError("lora_B must be [") << n << " x " << r << "], got " << b;
   return success();
 }
 
 namespace {
-/// x + lora(x', A, B, scaling = 0) -> x: an adapter scaled by zero adds nothing.
+/// x + lora(x', A, B, scaling = 0) -> x: an adapter scaled by zero adds
+/// nothing.
 struct DropZeroScaledLora : OpRewritePattern<arith::AddFOp> {
   using OpRewritePattern::OpRewritePattern;
   LogicalResult matchAndRewrite(arith::AddFOp add,
@@ -217,8 +217,7 @@ LogicalResult DenseOp::verify() {
     return failure();
   auto w = getWeight().getType();
   if (w.getRank() != 2 || w.getDimSize(1) != k || w.getDimSize(0) != n)
-    return emitOpError("weight must be [") << n << " x " << k << "], got "
-                                           << w;
+    return emitOpError("weight must be [") << n << " x " << k << "], got " << w;
   return success();
 }
 
@@ -260,8 +259,8 @@ LogicalResult AttentionOp::verify() {
     return emitOpError("query width must be heads*head_dim");
   int64_t heads = dq / k.getHeadDim();
   if (heads % k.getKvHeads() != 0)
-    return emitOpError("heads ") << heads << " must be a multiple of kv_heads "
-                                 << k.getKvHeads();
+    return emitOpError("heads ")
+           << heads << " must be a multiple of kv_heads " << k.getKvHeads();
   return success();
 }
 

@@ -35,12 +35,13 @@ TLC_API void tlc_status_free(tlc_status_t status);
 TLC_API void tlc_free(void *ptr);
 
 /* Maps and verifies a module file. The caller owns *out_module. */
-TLC_API tlc_status_t tlc_module_load_file(const char *path, tlc_module_t **out_module);
+TLC_API tlc_status_t tlc_module_load_file(const char *path,
+                                          tlc_module_t **out_module);
 
 /* Verifies a module held in memory. The bytes are borrowed: they must stay
  * valid and unchanged until the module is released. */
 TLC_API tlc_status_t tlc_module_load_memory(const void *data, size_t size,
-                                    tlc_module_t **out_module);
+                                            tlc_module_t **out_module);
 
 TLC_API void tlc_module_release(tlc_module_t *module);
 
@@ -59,7 +60,8 @@ typedef struct {
 } tlc_model_info_t;
 
 /* Strings stay owned by the module. */
-TLC_API void tlc_module_model_info(const tlc_module_t *module, tlc_model_info_t *out);
+TLC_API void tlc_module_model_info(const tlc_module_t *module,
+                                   tlc_model_info_t *out);
 
 typedef struct {
   const char *target, *cpu, *format;
@@ -77,10 +79,10 @@ typedef struct {
 
 TLC_API size_t tlc_module_executable_count(const tlc_module_t *module);
 TLC_API void tlc_module_executable_info(const tlc_module_t *module, size_t i,
-                                tlc_executable_info_t *out);
+                                        tlc_executable_info_t *out);
 TLC_API size_t tlc_module_entry_count(const tlc_module_t *module);
 TLC_API void tlc_module_entry_info(const tlc_module_t *module, size_t i,
-                           tlc_entry_info_t *out);
+                                   tlc_entry_info_t *out);
 
 typedef struct {
   int32_t num_threads; /* 0: all hardware threads */
@@ -89,8 +91,8 @@ typedef struct {
 /* A session owns its arena, KV cache and threads; it keeps `module`
  * referenced (release the session before the module). */
 TLC_API tlc_status_t tlc_session_create(tlc_module_t *module,
-                                const tlc_session_options_t *options,
-                                tlc_session_t **out_session);
+                                        const tlc_session_options_t *options,
+                                        tlc_session_t **out_session);
 TLC_API void tlc_session_release(tlc_session_t *session);
 
 /* Forgets the KV cache: the next prefill starts at position 0. */
@@ -100,26 +102,29 @@ TLC_API size_t tlc_session_position(const tlc_session_t *session);
 /* Appends `count` tokens at the current position (batched, in chunks of the
  * module's max_tokens). Logits are kept for every token when all_logits,
  * else for the last one only. */
-TLC_API tlc_status_t tlc_session_prefill(tlc_session_t *session, const int32_t *ids,
-                                 size_t count, bool all_logits);
+TLC_API tlc_status_t tlc_session_prefill(tlc_session_t *session,
+                                         const int32_t *ids, size_t count,
+                                         bool all_logits);
 
 /* Appends one token; keeps its logits. */
 TLC_API tlc_status_t tlc_session_decode(tlc_session_t *session, int32_t id);
 
 /* Logits of the last prefill/decode, [*out_rows x *out_vocab] float32,
  * owned by the session and valid until its next call. */
-TLC_API const float *tlc_session_logits(const tlc_session_t *session, size_t *out_rows,
-                                size_t *out_vocab);
+TLC_API const float *tlc_session_logits(const tlc_session_t *session,
+                                        size_t *out_rows, size_t *out_vocab);
 
 /* Encodes UTF-8 text with the module's tokenizer (no BOS added).
  * *out_ids is owned by the caller (tlc_free). */
 TLC_API tlc_status_t tlc_tokenize(const tlc_module_t *module, const char *text,
-                          size_t length, int32_t **out_ids, size_t *out_count);
+                                  size_t length, int32_t **out_ids,
+                                  size_t *out_count);
 
 /* Decodes ids to UTF-8 text; *out_text (NUL-terminated) is owned by the
  * caller (tlc_free). */
-TLC_API tlc_status_t tlc_detokenize(const tlc_module_t *module, const int32_t *ids,
-                            size_t count, char **out_text, size_t *out_length);
+TLC_API tlc_status_t tlc_detokenize(const tlc_module_t *module,
+                                    const int32_t *ids, size_t count,
+                                    char **out_text, size_t *out_length);
 
 #ifdef __cplusplus
 }

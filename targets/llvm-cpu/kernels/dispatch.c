@@ -89,7 +89,7 @@ static inline float vsum(vf v) {
  * four rows of x, so prefill with all logits reads W once per 4 tokens.
  */
 #define TLC_DEFINE_DENSE(NAME, WTYPE, VLOADW, LOAD)                            \
-  void NAME(const float *x, const WTYPE *w, float *y, int64_t TM, int64_t K,  \
+  void NAME(const float *x, const WTYPE *w, float *y, int64_t TM, int64_t K,   \
             int64_t N, int64_t T, int64_t rows, int64_t begin, int64_t end) {  \
     (void)TM;                                                                  \
     int64_t n0 = begin * TLC_DENSE_TILE_N, n1 = end * TLC_DENSE_TILE_N;        \
@@ -138,11 +138,13 @@ TLC_DEFINE_DENSE(tlc_k_dense_f32, float, vload, TLC_LOAD_F32)
  */
 #if defined(__AVX512F__)
 static inline vf vload_i8(const int8_t *p) {
-  return _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128((const __m128i *)p)));
+  return _mm512_cvtepi32_ps(
+      _mm512_cvtepi8_epi32(_mm_loadu_si128((const __m128i *)p)));
 }
 #elif defined(__AVX2__)
 static inline vf vload_i8(const int8_t *p) {
-  return _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_loadl_epi64((const __m128i *)p)));
+  return _mm256_cvtepi32_ps(
+      _mm256_cvtepi8_epi32(_mm_loadl_epi64((const __m128i *)p)));
 }
 #endif
 #define TLC_LOAD_I8(v) ((float)(v))
