@@ -1,9 +1,9 @@
 /*
  * Streaming-read bandwidth: sums a large array with 1 and 2 threads (pthreads,
- * contiguous halves), best of several passes. Also an L3-sized working set (16
- * MiB, like a 4096x14336 ternary weight matrix at 2 bits) for the "hot" bound.
- *   clang-22 -O3 -march=native bench/kernels/bench_membw.c -lpthread -o
- * /tmp/kern/bench_membw /tmp/kern/bench_membw [MiB=1024]
+ * contiguous halves), best of several passes. Also an L3-sized working set (16 MiB,
+ * like a 4096x14336 ternary weight matrix at 2 bits) for the "hot" bound.
+ *   clang-22 -O3 -march=native bench/kernels/bench_membw.c -lpthread -o /tmp/kern/bench_membw
+ *   /tmp/kern/bench_membw [MiB=1024]
  */
 #define _GNU_SOURCE
 #include <immintrin.h>
@@ -29,8 +29,7 @@ typedef struct {
   double t;
 } job_t;
 
-static int g_mode = 0; /* 0: one stream, 1: one stream + sw prefetch, 2: 4
-                          streams + sw prefetch */
+static int g_mode = 0; /* 0: one stream, 1: one stream + sw prefetch, 2: 4 streams + sw prefetch */
 #define PF 1024
 
 static uint64_t sum_range(const uint8_t *p, size_t n) {
@@ -63,13 +62,11 @@ static uint64_t sum_range(const uint8_t *p, size_t n) {
       a3 = _mm512_add_epi64(a3, _mm512_load_si512((const void *)(p + i + 192)));
     }
   }
-  return (uint64_t)_mm512_reduce_add_epi64(
-      _mm512_add_epi64(_mm512_add_epi64(a0, a1), _mm512_add_epi64(a2, a3)));
+  return (uint64_t)_mm512_reduce_add_epi64(_mm512_add_epi64(_mm512_add_epi64(a0, a1), _mm512_add_epi64(a2, a3)));
 #else
   const uint64_t *q = (const uint64_t *)p;
   uint64_t s = 0;
-  for (size_t i = 0; i < n / 8; ++i)
-    s += q[i];
+  for (size_t i = 0; i < n / 8; ++i) s += q[i];
   return s;
 #endif
 }
@@ -79,8 +76,7 @@ static void *worker(void *arg) {
   uint64_t s = 0;
   pthread_barrier_wait(j->bar);
   double t0 = now();
-  for (int r = 0; r < j->reps; ++r)
-    s += sum_range(j->p, j->n);
+  for (int r = 0; r < j->reps; ++r) s += sum_range(j->p, j->n);
   j->t = now() - t0;
   j->out = s;
   return NULL;
@@ -100,13 +96,11 @@ static double run(const uint8_t *buf, size_t bytes, int nthr, int reps) {
   uint64_t s = 0;
   for (int i = 0; i < nthr; ++i) {
     pthread_join(th[i], NULL);
-    if (jobs[i].t > tmax)
-      tmax = jobs[i].t;
+    if (jobs[i].t > tmax) tmax = jobs[i].t;
     s += jobs[i].out;
   }
   pthread_barrier_destroy(&bar);
-  if (s == 42)
-    printf("!");
+  if (s == 42) printf("!");
   return (double)per * nthr * reps / tmax / 1e9;
 }
 
@@ -117,28 +111,22 @@ int main(int argc, char **argv) {
   /* distinct page contents (identical pages could be merged by KSM / dedup) */
   uint64_t st = 0x9E3779B97F4A7C15ull;
   for (size_t i = 0; i < bytes / 8; ++i) {
-    st ^= st << 13;
-    st ^= st >> 7;
-    st ^= st << 17;
+    st ^= st << 13; st ^= st >> 7; st ^= st << 17;
     ((uint64_t *)buf)[i] = st;
   }
   const size_t small = 16u << 20;
-  static const char *names[3] = {"1 stream", "1 stream + sw prefetch",
-                                 "4 streams + sw prefetch"};
+  static const char *names[3] = {"1 stream", "1 stream + sw prefetch", "4 streams + sw prefetch"};
   for (int mode = 0; mode < 3; ++mode) {
     g_mode = mode;
     for (int nthr = 1; nthr <= 2; ++nthr) {
       double best = 0, bests = 0;
       for (int pass = 0; pass < 5; ++pass) {
         double g = run(buf, bytes, nthr, 1);
-        if (g > best)
-          best = g;
+        if (g > best) best = g;
         double gs = run(buf, small, nthr, 20);
-        if (gs > bests)
-          bests = gs;
+        if (gs > bests) bests = gs;
       }
-      printf("stream-read [%-24s] %zu MiB, %d thread(s): %6.1f GB/s  | 16 MiB "
-             "(L3-resident): %6.1f GB/s\n",
+      printf("stream-read [%-24s] %zu MiB, %d thread(s): %6.1f GB/s  | 16 MiB (L3-resident): %6.1f GB/s\n",
              names[mode], mib, nthr, best, bests);
     }
   }

@@ -1,20 +1,17 @@
 /*
- * Benchmark of the tlc ternary microkernels
- * (targets/llvm-cpu/kernels/ternary.c). GEMV  M=1   : K=4096,N=14336 and
- * K=14336,N=4096 (hot = same weights every call, L3-resident; cold = rotating
- * over enough copies to exceed L3) GEMM  M=512 : same shapes (prefill) with 1
- * and 2 threads (pthreads, each thread a disjoint tile-aligned n range; this
- * harness is not the runtime's pool). Prints ms, GFLOP/s (2*M*N*K) and GB/s of
- * packed weight bytes. Build (one per ISA variant of ternary.c):
- *   clang-22 -O3 -std=c11 -march=x86-64-v4 -mavx512vnni -mavx512bw -mavx512vl
- * -mavx512bf16 \
- *     -Itargets/llvm-cpu/kernels bench/kernels/bench_ternary.c
- * targets/llvm-cpu/kernels/ternary.c \ -lpthread -o
- * /tmp/kern/bench_ternary_avx512 clang-22 -O3 -std=c11 -mavx2 -mfma -mf16c ...
- * -o /tmp/kern/bench_ternary_avx2
- * "-thp" cases put the weights on 2 MiB transparent huge pages
- * (madvise(MADV_HUGEPAGE)). Usage: bench_ternary [filter]   (filter: substring
- * of the case name, e.g. gemv)
+ * Benchmark of the tlc ternary microkernels (targets/llvm-cpu/kernels/ternary.c).
+ *   GEMV M=1:   K=4096,N=14336 and K=14336,N=4096 (hot = same weights every
+ *               call, L3-resident; cold = rotating over copies that exceed L3)
+ *   GEMM M=512: same shapes (prefill), 1 and 2 threads (pthreads, disjoint
+ *               tile-aligned n ranges; this harness is not the runtime's pool)
+ * Prints ms, GFLOP/s (2*M*N*K) and GB/s of packed weight bytes. "-thp" cases
+ * put the weights on 2 MiB transparent huge pages (madvise(MADV_HUGEPAGE)).
+ * Build one binary per ISA variant of ternary.c:
+ *   clang-22 -O3 -std=c11 -march=x86-64-v4 -mavx512vnni -mavx512bw -mavx512vl \
+ *     -mavx512bf16 -Itargets/llvm-cpu/kernels bench/kernels/bench_ternary.c \
+ *     targets/llvm-cpu/kernels/ternary.c -lpthread -o /tmp/bench_ternary_avx512
+ *   (AVX2: -mavx2 -mfma -mf16c instead of the -march/-mavx512* flags)
+ * Usage: bench_ternary [filter]   (filter: substring of the case name, e.g. gemv)
  */
 #define _GNU_SOURCE
 #include <pthread.h>
