@@ -85,9 +85,34 @@ static inline float vsum(vf v) {
 /*
  * The LM head: y[r][n] = sum_k x[T - rows + r][k] * W[n][k] for r < rows and
  * n in the tiles [begin, end) of TLC_DENSE_TILE_N, float32 accumulation.
- * Memory bound in decode: four rows of W stream at once, each against up to
- * four rows of x, so prefill with all logits reads W once per 4 tokens.
+ * Memory bound in decode: four rows of W stream at once against one row of x
+ * in four independent accumulators (one chain would be FMA-latency bound);
+ * further x rows reuse those W rows from L1.
  */
+#ifdef TLC_DENSE_LANES
+#define TLC_DENSE_VECTOR_ROWS(VLOADW)                                          \
+  if (K % TLC_DENSE_LANES == 0)                                                \
+    for (; n + 4 <= n1; n += 4)                                                \
+      for (int64_t r = 0; r < rows; ++r) {                                     \
+        const float *xr = x0 + r * K;                                          \
+        vf a0 = vzero(), a1 = vzero(), a2 = vzero(), a3 = vzero();             \
+        for (int64_t k = 0; k < K; k += TLC_DENSE_LANES) {                     \
+          vf xv = vload(xr + k);                                               \
+          a0 = vfma(xv, VLOADW(w + (n + 0) * K + k), a0);                      \
+          a1 = vfma(xv, VLOADW(w + (n + 1) * K + k), a1);                      \
+          a2 = vfma(xv, VLOADW(w + (n + 2) * K + k), a2);                      \
+          a3 = vfma(xv, VLOADW(w + (n + 3) * K + k), a3);                      \
+        }                                                                      \
+        float *yr = y + r * N + n;                                             \
+        yr[0] = vsum(a0);                                                      \
+        yr[1] = vsum(a1);                                                      \
+        yr[2] = vsum(a2);                                                      \
+        yr[3] = vsum(a3);                                                      \
+      }
+#else
+#define TLC_DENSE_VECTOR_ROWS(VLOADW)
+#endif
+
 #define TLC_DEFINE_DENSE(NAME, WTYPE, VLOADW, LOAD)                            \
   void NAME(const float *x, const WTYPE *w, float *y, int64_t TM, int64_t K,   \
             int64_t N, int64_t T, int64_t rows, int64_t begin, int64_t end) {  \
@@ -96,37 +121,16 @@ static inline float vsum(vf v) {
     if (n1 > N)                                                                \
       n1 = N;                                                                  \
     const float *x0 = x + (T - rows) * K;                                      \
-    for (int64_t r0 = 0; r0 < rows; r0 += 4) {                                 \
-      int64_t nr = rows - r0 < 4 ? rows - r0 : 4;                              \
-      for (int64_t n = n0; n < n1; ++n) {                                      \
-        const WTYPE *wn = w + n * K;                                           \
-        float out[4] = {0, 0, 0, 0};                                           \
-        int64_t k = 0;                                                         \
-        TLC_DENSE_VECTOR_BODY(VLOADW)                                          \
-        for (; k < K; ++k)                                                     \
-          for (int64_t r = 0; r < nr; ++r)                                     \
-            out[r] += x0[(r0 + r) * K + k] * LOAD(wn[k]);                      \
-        for (int64_t r = 0; r < nr; ++r)                                       \
-          y[(r0 + r) * N + n] = out[r];                                        \
+    int64_t n = n0;                                                            \
+    TLC_DENSE_VECTOR_ROWS(VLOADW)                                              \
+    for (; n < n1; ++n)                                                        \
+      for (int64_t r = 0; r < rows; ++r) {                                     \
+        float out = 0.0f;                                                      \
+        for (int64_t k = 0; k < K; ++k)                                        \
+          out += x0[r * K + k] * LOAD(w[n * K + k]);                           \
+        y[r * N + n] = out;                                                    \
       }                                                                        \
-    }                                                                          \
   }
-
-#ifdef TLC_DENSE_LANES
-#define TLC_DENSE_VECTOR_BODY(VLOADW)                                          \
-  {                                                                            \
-    vf acc[4] = {vzero(), vzero(), vzero(), vzero()};                          \
-    for (; k + TLC_DENSE_LANES <= K; k += TLC_DENSE_LANES) {                   \
-      vf wv = VLOADW(wn + k);                                                  \
-      for (int64_t r = 0; r < nr; ++r)                                         \
-        acc[r] = vfma(vload(x0 + (r0 + r) * K + k), wv, acc[r]);               \
-    }                                                                          \
-    for (int64_t r = 0; r < nr; ++r)                                           \
-      out[r] = vsum(acc[r]);                                                   \
-  }
-#else
-#define TLC_DENSE_VECTOR_BODY(VLOADW)
-#endif
 
 #define TLC_LOAD_F32(v) (v)
 TLC_DEFINE_DENSE(tlc_k_dense_bf16, uint16_t, vload_bf16, bf16_to_f32)
