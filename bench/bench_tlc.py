@@ -5,9 +5,10 @@ peak RSS, and the decode memory-bandwidth bound, in one run.
   python3 bench/bench_tlc.py [--bin build/bin] [--threads 2] [--runs 3]
 
 Makes the random-weight model with bench/make_bitnet_2b4t.py if missing,
-compiles it with the exact bf16 head and with --lm-head=int8, measures DRAM
+compiles it with the exact bf16 head and with --lm-head=int8 and q6, measures DRAM
 read bandwidth (bench/kernels/bench_membw.c) and runs `tlc-run bench`
-(--prompt-len 512 --gen-len 128). The bound is weight bytes read per decoded
+(--prompt-len 512 --gen-len 128: pp512 from an empty cache, tg128 from an
+empty cache, as llama-bench measures them). The bound is weight bytes read per decoded
 token / measured 2-thread read bandwidth. Prints a JSON line per result and
 a markdown table for docs/benchmarks.md.
 """
@@ -56,7 +57,7 @@ def main():
     bw = membw()
     print(json.dumps({"dram_read_GBps": bw, "load_avg": os.getloadavg()[0]}))
     rows = []
-    for head, head_bytes in [("exact", 2), ("int8", 1)]:
+    for head, head_bytes in [("exact", 2), ("int8", 1), ("q6", 0.75)]:
         module = os.path.join(HERE, ".models", "2b4t-%s.tlm" % head)
         t0 = time.time()
         sh([os.path.join(args.bin, "tlc"), "compile", MODEL, "-o", module, "--lm-head", head])
@@ -66,7 +67,7 @@ def main():
             out = sh([os.path.join(args.bin, "tlc-run"), "bench", module, "--prompt-len", "512",
                       "--gen-len", "128", "--threads", args.threads]).stdout
             results.append(json.loads(out))
-        weight_bytes = ternary // 4 + V * D * head_bytes + V * 4 * (head == "int8") + norms
+        weight_bytes = int(ternary // 4 + V * D * head_bytes + V * 4 * (head != "exact") + norms)
         bound = bw.get(int(args.threads), max(bw.values())) * 1e9 / weight_bytes
         r = {
             "head": head, "compile_s": round(compile_s, 1),

@@ -158,7 +158,7 @@ struct Driver {
       ImportOptions io;
       io.maxTokens = opts.maxTokens;
       io.maxSeq = opts.maxSeq;
-      io.int8Head = opts.int8Head;
+      io.headBits = opts.headBits;
       module =
           importBitNet(&ctx, config, *checkpoint, io, opts.modelDir, &error);
       if (!module)

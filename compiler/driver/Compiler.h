@@ -22,7 +22,7 @@ struct CompileOptions {
   std::string dumpIRDir;    // one numbered file per pass
   bool timing = false;
   int64_t maxTokens = 128, maxSeq = 0;
-  bool int8Head = false;
+  int headBits = 16; // --lm-head: exact (16), int8 (8), q6 (6)
 };
 
 /// Every dialect the compiler's IR uses.

@@ -104,9 +104,11 @@ bool writeModule(const ModuleContents &c, const std::string &path,
     if (auto w = dyn_cast<WeightOp>(op)) {
       auto t = w.getType();
       bool int8 = t.getElementType().isInteger(8);
+      bool q6 = t.getElementType().isInteger(6);
       e = {w.getName().str(),
            false,
-           int8                          ? "i8"
+           q6                            ? "q6"
+           : int8                        ? "i8"
            : t.getElementType().isBF16() ? "bf16"
                                          : "f32",
            std::vector<int64_t>(t.getShape().begin(), t.getShape().end()),
@@ -114,6 +116,8 @@ bool writeModule(const ModuleContents &c, const std::string &path,
            (uint64_t)(t.getNumElements() * t.getElementTypeBitWidth() / 8)};
       if (int8) // per-row float scales follow the int8 matrix
         e.size += 4 * (uint64_t)t.getShape()[0];
+      if (q6)
+        e.size = tlc_q6_packed_size(t.getShape()[0], t.getShape()[1]);
     } else if (auto w = dyn_cast<TernaryWeightOp>(op)) {
       auto t = w.getType();
       e = {w.getName().str(),
@@ -195,7 +199,10 @@ bool writeModule(const ModuleContents &c, const std::string &path,
             std::string dtype = "t2";
             if (auto w = dyn_cast_or_null<WeightOp>(def)) {
               Type et = w.getType().getElementType();
-              dtype = et.isInteger(8) ? "i8" : et.isBF16() ? "bf16" : "f32";
+              dtype = et.isInteger(6)   ? "q6"
+                      : et.isInteger(8) ? "i8"
+                      : et.isBF16()     ? "bf16"
+                                        : "f32";
             }
             index =
                 paramIndex.lookup(s.getName().getValue().str() + "#" + dtype);
@@ -329,6 +336,11 @@ bool writeModule(const ModuleContents &c, const std::string &path,
       }
       if (p.dtype == "bf16") {
         std::memcpy(buffer.data(), t->data, p.size);
+      } else if (p.dtype == "q6") {
+        std::vector<float> rows(t->numel());
+        for (int64_t i = 0, n = t->numel(); i < n; ++i)
+          rows[i] = t->at(i);
+        tlc_q6_pack(rows.data(), p.shape[0], p.shape[1], buffer.data());
       } else if (p.dtype == "i8") {
         // Per-row symmetric int8: scale = max|row| / 127.
         int64_t rows = p.shape[0], cols = p.shape[1];

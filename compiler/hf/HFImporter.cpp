@@ -247,9 +247,10 @@ private:
       if (!head)
         return false;
     }
-    if (opts.int8Head)
+    if (opts.headBits < 16)
       head = WeightOp::create(
-          b, loc(), RankedTensorType::get({V, D}, b.getI8Type()),
+          b, loc(),
+          RankedTensorType::get({V, D}, b.getIntegerType(opts.headBits)),
           cfg.tiedEmbeddings ? "model.embed_tokens.weight" : "lm_head.weight");
     Value logits = DenseOp::create(b, loc(), act(V), x, head, rows);
     func::ReturnOp::create(b, loc(), logits);

@@ -13,7 +13,7 @@ namespace tlc {
 struct ImportOptions {
   int64_t maxTokens = 128; // prefill chunk (tokens per prefill call)
   int64_t maxSeq = 0;      // KV cache capacity; 0 = min(max_positions, 2048)
-  bool int8Head = false;   // LM head quantized per row to int8 (lossy)
+  int headBits = 16;       // LM head: 16 = as stored; 8 or 6 = per-row int (lossy)
 };
 
 /// Builds `prefill` and `decode` entry functions computing logits exactly as

@@ -48,6 +48,8 @@ std::string elementName(Type t) {
     return "bf16";
   if (t.isInteger(8))
     return "i8";
+  if (t.isInteger(6))
+    return "q6";
   return "f32";
 }
 
@@ -106,13 +108,20 @@ FailureOr<KernelSpec> specFor(Operation *op, int64_t tm) {
          0,
          (N + 4 * TLC_TERNARY_TILE_N - 1) / (4 * TLC_TERNARY_TILE_N)};
   } else if (auto d = dyn_cast<DenseOp>(op)) {
-    auto w = elementName(d.getWeight().getType().getElementType());
+    Type et = d.getWeight().getType().getElementType();
+    auto w = elementName(et);
     int64_t N = dim(d.getWeight(), 0), K = dim(d.getWeight(), 1);
+    if (w == "q6" && K % 64 != 0)
+      return op->emitOpError("the 6-bit head needs in_features % 64 == 0, got ")
+             << K;
+    std::string wt;
+    llvm::raw_string_ostream(wt) << et;
     k = {kDense,
          llvm::formatv("dense_n{0}_k{1}_{2}", N, K, w),
          {{"N", s(N)},
           {"K", s(K)},
           {"W", w},
+          {"WT", wt},
           {"TMK", s(tm * K)},
           {"NK", s(N * K)},
           {"TMN", s(tm * N)}},

@@ -18,6 +18,7 @@ func.func private @tlc_k_quantize(!llvm.ptr, !llvm.ptr, index, index, index, ind
 func.func private @tlc_k_ternary_matmul(!llvm.ptr, !llvm.ptr, !llvm.ptr, index, index, index, index, index, index)
 func.func private @tlc_k_dense_bf16(!llvm.ptr, !llvm.ptr, !llvm.ptr, index, index, index, index, index, index, index)
 func.func private @tlc_k_attention(!llvm.ptr, !llvm.ptr, !llvm.ptr, !llvm.ptr, index, index, index, f32, index, index, index)
+func.func private @tlc_k_dense_q6(!llvm.ptr, !llvm.ptr, !llvm.ptr, index, index, index, index, index, index, index)
 func.func private @tlc_k_dense_i8(!llvm.ptr, !llvm.ptr, !llvm.ptr, index, index, index, index, index, index, index)
 func.func private @tlc_k_dense_f32(!llvm.ptr, !llvm.ptr, !llvm.ptr, index, index, index, index, index, index, index)
 func.func private @ptr(%i: index) -> !llvm.ptr attributes {llvm.linkage = #llvm.linkage<internal>} {
@@ -122,14 +123,14 @@ func.func @{{NAME}}(%q: memref<{{QB}}xi8>, %w: memref<{{WB}}xi8>, %out: memref<{
 )mlir";
 
 inline constexpr const char *kDense = R"mlir(
-func.func @{{NAME}}(%x: memref<{{TM}}x{{K}}xf32>, %w: memref<{{N}}x{{K}}x{{W}}>, %out: memref<{{TM}}x{{N}}xf32>,
+func.func @{{NAME}}(%x: memref<{{TM}}x{{K}}xf32>, %w: memref<{{N}}x{{K}}x{{WT}}>, %out: memref<{{TM}}x{{N}}xf32>,
     )mlir" TLC_KERNEL_SCALARS R"mlir() attributes {tlora.kernel} {
   %tm = arith.constant {{TM}} : index
   %k = arith.constant {{K}} : index
   %n = arith.constant {{N}} : index
   %xi = memref.extract_aligned_pointer_as_index %x : memref<{{TM}}x{{K}}xf32> -> index
   %xp = func.call @ptr(%xi) : (index) -> !llvm.ptr
-  %wi = memref.extract_aligned_pointer_as_index %w : memref<{{N}}x{{K}}x{{W}}> -> index
+  %wi = memref.extract_aligned_pointer_as_index %w : memref<{{N}}x{{K}}x{{WT}}> -> index
   %wp = func.call @ptr(%wi) : (index) -> !llvm.ptr
   %oi = memref.extract_aligned_pointer_as_index %out : memref<{{TM}}x{{N}}xf32> -> index
   %op = func.call @ptr(%oi) : (index) -> !llvm.ptr

@@ -66,8 +66,9 @@ int main(int argc, char **argv) {
       cl::desc("tokens per prefill call (kernel batch size)"), cl::cat(cat));
   cl::opt<std::string> head(
       "lm-head", cl::init("exact"),
-      cl::desc("LM head weights: exact (as in the checkpoint, default) or "
-               "int8 (per-row int8, lossy, half the bytes of bf16)"),
+      cl::desc("LM head weights: exact (as in the checkpoint, default), int8 "
+               "(per-row int8, lossy) or q6 (per-row 6-bit with int8 "
+               "activations, lossy, as peers' Q6_K heads)"),
       cl::cat(cat));
   cl::HideUnrelatedOptions(cat);
   cl::ParseCommandLineOptions(argc, argv,
@@ -84,11 +85,11 @@ int main(int argc, char **argv) {
   o.timing = timing;
   o.maxSeq = maxSeq;
   o.maxTokens = chunk;
-  if (head != "exact" && head != "int8") {
-    errs() << "tlc: error: --lm-head must be exact or int8\n";
+  if (head != "exact" && head != "int8" && head != "q6") {
+    errs() << "tlc: error: --lm-head must be exact, int8 or q6\n";
     return 1;
   }
-  o.int8Head = head == "int8";
+  o.headBits = head == "int8" ? 8 : head == "q6" ? 6 : 16;
   if (o.output.empty() && o.stopAfter == tlc::Phase::End) {
     errs() << "tlc: error: no output file (-o OUT.tlm)\n";
     return 1;

@@ -11,7 +11,7 @@ include "mlir/IR/BuiltinAttributes.td"
 def Tlora_Activation : RankedTensorOf<[F32]>;
 def Tlora_FloatWeight : RankedTensorOf<[BF16, F16, F32]>;
 // A float matrix or its int8 form (per-row scales ride with the parameter).
-def Tlora_HeadWeight : RankedTensorOf<[BF16, F16, F32, I8]>;
+def Tlora_HeadWeight : RankedTensorOf<[BF16, F16, F32, I8, I<6>]>;
 def Tlora_Ids : 1DTensorOf<[I32]>;
 
 //===----------------------------------------------------------------------===//
@@ -23,7 +23,7 @@ def Tlora_WeightOp : Tlora_Op<"weight", [Pure]> {
   let description = [{
     Float parameters keep bf16 or widen to f32. An i8 result is the
     parameter quantized per row to int8 (symmetric, scale max|row| / 127),
-    the lossy LM head option.
+    an i6 result to 6 bits (scale max|row| / 31): the lossy LM head options.
   }];
   let arguments = (ins StrAttr:$name);
   let results = (outs Tlora_HeadWeight:$result);

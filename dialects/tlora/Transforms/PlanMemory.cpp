@@ -26,7 +26,7 @@ int64_t mlir::tlora::bufferBytes(Type type, int64_t maxTokens) {
   auto tensor = dyn_cast<RankedTensorType>(type);
   if (!tensor)
     return 0;
-  int64_t n = tensor.getElementTypeBitWidth() / 8;
+  int64_t n = (tensor.getElementTypeBitWidth() + 7) / 8;
   for (int64_t d : tensor.getShape())
     n *= ShapedType::isDynamic(d) ? maxTokens : d;
   return n;

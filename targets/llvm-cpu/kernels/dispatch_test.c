@@ -22,6 +22,9 @@ void tlc_k_dense_f32(const float *x, const float *w, float *y, int64_t TM,
 void tlc_k_dense_i8(const float *x, const int8_t *w, float *y, int64_t TM,
                     int64_t K, int64_t N, int64_t T, int64_t rows,
                     int64_t begin, int64_t end);
+void tlc_k_dense_q6(const float *x, const uint8_t *w, float *y, int64_t TM,
+                    int64_t K, int64_t N, int64_t T, int64_t rows,
+                    int64_t begin, int64_t end);
 void tlc_k_attention(const float *q, const float *kc, const float *vc,
                      float *out, int64_t H, int64_t KVH, int64_t HD,
                      float scale, int64_t pos, int64_t begin, int64_t end);
@@ -197,11 +200,58 @@ static void test_ternary(int64_t TM, int64_t T, int64_t K, int64_t N) {
   free(x), free(y), free(w), free(q), free(packed), free(want);
 }
 
+/* 6-bit head: codes unpacked from the documented layout, activations
+ * quantized as the ternary layers do; the kernel's int32 math is exact. */
+static void test_q6(int64_t T, int64_t rows, int64_t K, int64_t N) {
+  float *x = malloc(sizeof(float) * T * K), *w = malloc(sizeof(float) * N * K);
+  float *y = malloc(sizeof(float) * rows * N);
+  uint8_t *packed = malloc(tlc_q6_packed_size(N, K));
+  double *want = malloc(sizeof(double) * rows * N);
+  for (int64_t i = 0; i < T * K; ++i)
+    x[i] = (float)uniform();
+  for (int64_t i = 0; i < N * K; ++i)
+    w[i] = (float)uniform() * 0.05f;
+  tlc_q6_pack(w, N, K, packed);
+  const float *scale = (const float *)(packed + N * (K / 4 * 3));
+  for (int64_t r = 0; r < rows; ++r) {
+    const float *xr = x + (T - rows + r) * K;
+    float amax = 0;
+    for (int64_t k = 0; k < K; ++k)
+      amax = fabsf(xr[k]) > amax ? fabsf(xr[k]) : amax;
+    float s = 127.0f / (amax > 1e-5f ? amax : 1e-5f);
+    for (int64_t n = 0; n < N; ++n) {
+      const uint8_t *row = packed + n * (K / 4 * 3);
+      double acc = 0;
+      for (int64_t k = 0; k < K; ++k) {
+        const uint8_t *blk = row + (k / 64) * 48;
+        int i = (int)(k % 64);
+        int lo = i < 32 ? blk[i] & 15 : blk[i - 32] >> 4;
+        int hi = (blk[32 + i % 16] >> (2 * (i / 16))) & 3;
+        int code = (lo | hi << 4) - 32;
+        float q = nearbyintf(xr[k] * s);
+        q = q < -128 ? -128 : q > 127 ? 127 : q;
+        acc += (double)code * q;
+        if (fabs(code * (double)scale[n] - w[n * K + k]) > 0.5 * scale[n] + 1e-7)
+          acc = NAN; /* the packer lost a weight */
+      }
+      want[r * N + n] = acc * scale[n] / s;
+    }
+  }
+  SPLIT((N + 15) / 16, 3, tlc_k_dense_q6(x, packed, y, T, K, N, T, rows, begin, end))
+  char name[96];
+  snprintf(name, sizeof name, "dense q6 T=%lld rows=%lld K=%lld N=%lld",
+           (long long)T, (long long)rows, (long long)K, (long long)N);
+  check(name, y, want, rows * N, 1e-6);
+  free(x), free(w), free(y), free(packed), free(want);
+}
+
 int main(void) {
   printf("dispatch kernels, ternary isa %d\n", tlc_ternary_isa());
   test_dense(1, 1, 2560, 1000);  /* decode-like, N % 4 != 0 tail */
   test_dense(5, 5, 64, 37);      /* all logits, odd N */
   test_dense(3, 1, 50, 21);      /* K not a multiple of the vector width */
+  test_q6(1, 1, 2560, 1001);
+  test_q6(4, 3, 64, 37);
   test_attention(1, 0, 4, 2, 16);
   test_attention(1, 300, 20, 5, 128);
   test_attention(7, 5, 8, 8, 32);  /* MHA, prefill chunk after a prefix */

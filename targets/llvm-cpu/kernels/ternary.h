@@ -104,6 +104,11 @@ void tlc_ternary_matmul_ref(const int8_t *xq, const float *inv_scale,
                             const uint8_t *w_packed, int64_t N, float gamma, float *y,
                             int64_t ldy, int64_t n_begin, int64_t n_end);
 
+/* The 6-bit LM head of head.c: packed bytes for N x K (K % 64 == 0) and the
+ * packer (from row-major float weights). */
+size_t tlc_q6_packed_size(int64_t N, int64_t K);
+void tlc_q6_pack(const float *w, int64_t N, int64_t K, uint8_t *out);
+
 /* Which code path this build compiled: 2 = AVX-512 VNNI, 1 = AVX2, 0 = scalar. */
 int tlc_ternary_isa(void);
 
