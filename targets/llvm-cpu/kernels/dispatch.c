@@ -90,6 +90,11 @@ static inline float vsum(vf v) {
  * further x rows reuse those W rows from L1.
  */
 #ifdef TLC_DENSE_LANES
+/* The next four rows (contiguous) one iteration ahead: 4 x the row bytes
+ * consumed per step, spread over the steps of this iteration. */
+#define TLC_DENSE_PREFETCH(p)                                                  \
+  _mm_prefetch((const char *)(p), _MM_HINT_T0);                                \
+  _mm_prefetch((const char *)(p) + 64, _MM_HINT_T0);
 #define TLC_DENSE_VECTOR_ROWS(VLOADW)                                          \
   if (K % TLC_DENSE_LANES == 0)                                                \
     for (; n + 4 <= n1; n += 4)                                                \
@@ -97,6 +102,7 @@ static inline float vsum(vf v) {
         const float *xr = x0 + r * K;                                          \
         vf a0 = vzero(), a1 = vzero(), a2 = vzero(), a3 = vzero();             \
         for (int64_t k = 0; k < K; k += TLC_DENSE_LANES) {                     \
+          TLC_DENSE_PREFETCH(w + (n + 4) * K + 4 * k)                          \
           vf xv = vload(xr + k);                                               \
           a0 = vfma(xv, VLOADW(w + (n + 0) * K + k), a0);                      \
           a1 = vfma(xv, VLOADW(w + (n + 1) * K + k), a1);                      \
