@@ -8,6 +8,7 @@
 #include "mlir/IR/Builders.h"
 #include "mlir/IR/SymbolTable.h"
 #include "mlir/Parser/Parser.h"
+#include "llvm/ADT/MapVector.h"
 #include "llvm/ADT/StringExtras.h"
 #include "llvm/Support/FormatVariadic.h"
 
@@ -180,8 +181,112 @@ FailureOr<KernelSpec> specFor(Operation *op, int64_t tm) {
   return k;
 }
 
+/// MLIR of a kernel running 2 or 3 ternary products of one quantized input
+/// (tlc_k_ternary_matmul_group{2,3}).
+std::string groupedTernaryKernel(const std::string &name, int64_t tm,
+                                 int64_t qBytes, int64_t K,
+                                 ArrayRef<int64_t> Ns) {
+  std::string s, args, ptrs, call = "%qp", types = "!llvm.ptr";
+  llvm::raw_string_ostream os(s);
+  size_t G = Ns.size();
+  for (size_t g = 0; g < G; ++g)
+    args += llvm::formatv("%w{0}: memref<{1}xi8>, ", g,
+                          ternaryParamBytes(Ns[g], K));
+  for (size_t g = 0; g < G; ++g)
+    args += llvm::formatv("%y{0}: memref<{1}x{2}xf32>, ", g, tm, Ns[g]);
+  auto ptr = [&](const std::string &v, const std::string &type) {
+    ptrs += llvm::formatv("  %{0}i = memref.extract_aligned_pointer_as_index "
+                          "%{0} : {1} -> index\n  %{0}p = func.call @ptr(%{0}i)"
+                          " : (index) -> !llvm.ptr\n",
+                          v, type);
+  };
+  ptr("q", llvm::formatv("memref<{0}xi8>", qBytes).str());
+  for (size_t g = 0; g < G; ++g) {
+    ptr("w" + std::to_string(g),
+        llvm::formatv("memref<{0}xi8>", ternaryParamBytes(Ns[g], K)).str());
+    call += llvm::formatv(", %w{0}p", g);
+    types += ", !llvm.ptr";
+  }
+  for (size_t g = 0; g < G; ++g) {
+    ptr("y" + std::to_string(g),
+        llvm::formatv("memref<{0}x{1}xf32>", tm, Ns[g]).str());
+    call += llvm::formatv(", %y{0}p", g);
+    types += ", !llvm.ptr";
+  }
+  std::string consts;
+  for (size_t g = 0; g < G; ++g) {
+    consts += llvm::formatv("  %n{0} = arith.constant {1} : index\n", g, Ns[g]);
+    call += llvm::formatv(", %n{0}", g);
+    types += ", index";
+  }
+  os << "func.func @" << name << "(%q: memref<" << qBytes << "xi8>, " << args
+     << kKernelScalars << ") attributes {tlora.kernel} {\n"
+     << consts << "  %tm = arith.constant " << tm
+     << " : index\n  %k = arith.constant " << K << " : index\n"
+     << ptrs << "  func.call @tlc_k_ternary_matmul_group" << G << "(" << call
+     << ", %tm, %k, %T, %begin, %end) : (" << types
+     << ", index, index, index, index, index) -> ()\n  return\n}\n";
+  return s;
+}
+
 struct FormDispatchesPass
     : tlc::llvmcpu::impl::FormDispatchesPassBase<FormDispatchesPass> {
+  /// Turns groups of 2 or 3 ternary products of one quantized input into
+  /// one dispatch, placed at the last product (all weights dominate it)
+  /// when no result is used before that point.
+  LogicalResult groupTernaryProducts(func::FuncOp func, ModuleOp kernels,
+                                     SymbolTable &symbols, int64_t tm) {
+    MLIRContext *ctx = &getContext();
+    llvm::MapVector<Value, SmallVector<TernaryMatmulOp>> byInput;
+    func.walk([&](TernaryMatmulOp op) { byInput[op.getInput()].push_back(op); });
+    for (auto &[input, group] : byInput) {
+      if (group.size() < 2 || group.size() > 3)
+        continue;
+      Operation *last = group.back();
+      bool ok = true;
+      for (TernaryMatmulOp m : group)
+        for (Operation *user : m->getUsers())
+          ok &= last->isBeforeInBlock(user);
+      if (!ok)
+        continue;
+      int64_t K = group[0].getWeight().getType().getInFeatures();
+      if (K % TLC_TERNARY_BLOCK_K != 0)
+        continue; // specFor reports it for the single product
+      SmallVector<int64_t> Ns;
+      SmallVector<Value> operands{input};
+      SmallVector<Type> results;
+      std::string name = "ternary_matmul_n";
+      int64_t units = 0;
+      for (TernaryMatmulOp m : group) {
+        int64_t N = m.getWeight().getType().getOutFeatures();
+        name += (Ns.empty() ? "" : "x") + std::to_string(N);
+        Ns.push_back(N);
+        units += (N + 4 * TLC_TERNARY_TILE_N - 1) / (4 * TLC_TERNARY_TILE_N);
+        operands.push_back(m.getWeight());
+        results.push_back(m.getType());
+      }
+      name += "_k" + std::to_string(K) + "_t" + std::to_string(tm);
+      if (!symbols.lookup(name)) {
+        std::string source =
+            std::string(kPrelude) +
+            groupedTernaryKernel(name, tm, bufferBytes(input.getType(), tm), K,
+                                 Ns);
+        if (failed(parseInto(kernels, symbols, source, name, last->getLoc())))
+          return failure();
+      }
+      OpBuilder b(last);
+      auto dispatch = DispatchOp::create(
+          b, last->getLoc(), results,
+          SymbolRefAttr::get(ctx, "kernels", {FlatSymbolRefAttr::get(ctx, name)}),
+          operands, 0, units, ArrayAttr());
+      for (auto [i, m] : llvm::enumerate(group)) {
+        m.getResult().replaceAllUsesWith(dispatch.getResult(i));
+        m->erase();
+      }
+    }
+    return success();
+  }
+
   void runOnOperation() override {
     ModuleOp top = getOperation();
     MLIRContext *ctx = &getContext();
@@ -193,8 +298,12 @@ struct FormDispatchesPass
       auto maxTokens = func->getAttrOfType<IntegerAttr>("tlora.max_tokens");
       if (!maxTokens)
         continue;
+      if (failed(groupTernaryProducts(func, kernels, symbols,
+                                      maxTokens.getInt())))
+        return signalPassFailure();
       for (Operation &op : llvm::make_early_inc_range(func.getBody().front())) {
-        if (isa<WeightOp, TernaryWeightOp, KVCacheOp, func::ReturnOp>(op))
+        if (isa<WeightOp, TernaryWeightOp, KVCacheOp, func::ReturnOp,
+                DispatchOp>(op))
           continue;
         FailureOr<KernelSpec> spec = specFor(&op, maxTokens.getInt());
         if (failed(spec) ||
@@ -236,17 +345,25 @@ struct FormDispatchesPass
                             const KernelSpec &spec, Location loc) {
     if (symbols.lookup(spec.name))
       return success();
-    std::string source = std::string(tlc::llvmcpu::kPrelude) +
-                         fillTemplate(spec.tmpl, spec.vars);
+    return parseInto(kernels, symbols,
+                     std::string(kPrelude) + fillTemplate(spec.tmpl, spec.vars),
+                     spec.name, loc);
+  }
+
+  /// Parses kernel source (with the prelude) and moves its new symbols into
+  /// `kernels`.
+  LogicalResult parseInto(ModuleOp kernels, SymbolTable &symbols,
+                          const std::string &source, const std::string &name,
+                          Location loc) {
     ParserConfig config(&getContext());
     OwningOpRef<ModuleOp> parsed = parseSourceString<ModuleOp>(source, config);
     if (!parsed)
-      return emitError(loc) << "internal error: kernel template '" << spec.name
+      return emitError(loc) << "internal error: kernel template '" << name
                             << "' does not parse";
     for (Operation &op : llvm::make_early_inc_range(*parsed->getBody())) {
-      auto name =
+      auto sym =
           op.getAttrOfType<StringAttr>(SymbolTable::getSymbolAttrName());
-      if (name && symbols.lookup(name))
+      if (sym && symbols.lookup(sym))
         continue; // from the prelude
       op.remove();
       symbols.insert(&op);

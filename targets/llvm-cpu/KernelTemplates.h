@@ -17,6 +17,8 @@ inline constexpr const char *kPrelude = R"mlir(
 func.func private @tlc_k_quantize(!llvm.ptr, !llvm.ptr, index, index, index, index)
 func.func private @tlc_k_ternary_matmul(!llvm.ptr, !llvm.ptr, !llvm.ptr, index, index, index, index, index, index)
 func.func private @tlc_k_dense_bf16(!llvm.ptr, !llvm.ptr, !llvm.ptr, index, index, index, index, index, index, index)
+func.func private @tlc_k_ternary_matmul_group2(!llvm.ptr, !llvm.ptr, !llvm.ptr, !llvm.ptr, !llvm.ptr, index, index, index, index, index, index, index)
+func.func private @tlc_k_ternary_matmul_group3(!llvm.ptr, !llvm.ptr, !llvm.ptr, !llvm.ptr, !llvm.ptr, !llvm.ptr, !llvm.ptr, index, index, index, index, index, index, index, index)
 func.func private @tlc_k_attention(!llvm.ptr, !llvm.ptr, !llvm.ptr, !llvm.ptr, index, index, index, f32, index, index, index)
 func.func private @tlc_k_dense_q6(!llvm.ptr, !llvm.ptr, !llvm.ptr, index, index, index, index, index, index, index)
 func.func private @tlc_k_dense_i8(!llvm.ptr, !llvm.ptr, !llvm.ptr, index, index, index, index, index, index, index)
@@ -37,6 +39,7 @@ func.func private @to_f32_f32(%v: f32) -> f32 attributes {llvm.linkage = #llvm.l
 
 #define TLC_KERNEL_SCALARS                                                     \
   "%T: index, %pos: index, %rows: index, %begin: index, %end: index"
+inline constexpr const char *kKernelScalars = TLC_KERNEL_SCALARS;
 
 inline constexpr const char *kEmbed = R"mlir(
 func.func @{{NAME}}(%table: memref<{{V}}x{{D}}x{{W}}>, %ids: memref<{{TM}}xi32>,

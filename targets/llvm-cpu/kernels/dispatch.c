@@ -251,3 +251,44 @@ void tlc_k_attention(const float *q, const float *kc, const float *vc,
     }
   }
 }
+
+/*
+ * Several ternary products of one quantized input (q/k/v, gate/up) in one
+ * dispatch: the workload is the concatenation of each product's 64-column
+ * units, so one barrier serves them all and each thread streams one long
+ * range of weights.
+ */
+static void ternary_group(int G, int8_t *q, const uint8_t *const *w,
+                          float *const *y, const int64_t *N, int64_t TM,
+                          int64_t K, int64_t T, int64_t begin, int64_t end) {
+  int64_t base = 0;
+  for (int g = 0; g < G; ++g) {
+    int64_t units = (N[g] + TLC_TERNARY_UNIT_N - 1) / TLC_TERNARY_UNIT_N;
+    int64_t lo = begin > base ? begin : base;
+    int64_t hi = end < base + units ? end : base + units;
+    if (lo < hi)
+      tlc_k_ternary_matmul(q, w[g], y[g], TM, K, N[g], T, lo - base, hi - base);
+    base += units;
+  }
+}
+
+void tlc_k_ternary_matmul_group2(int8_t *q, const uint8_t *w0,
+                                 const uint8_t *w1, float *y0, float *y1,
+                                 int64_t N0, int64_t N1, int64_t TM, int64_t K,
+                                 int64_t T, int64_t begin, int64_t end) {
+  const uint8_t *w[2] = {w0, w1};
+  float *y[2] = {y0, y1};
+  int64_t N[2] = {N0, N1};
+  ternary_group(2, q, w, y, N, TM, K, T, begin, end);
+}
+
+void tlc_k_ternary_matmul_group3(int8_t *q, const uint8_t *w0,
+                                 const uint8_t *w1, const uint8_t *w2,
+                                 float *y0, float *y1, float *y2, int64_t N0,
+                                 int64_t N1, int64_t N2, int64_t TM, int64_t K,
+                                 int64_t T, int64_t begin, int64_t end) {
+  const uint8_t *w[3] = {w0, w1, w2};
+  float *y[3] = {y0, y1, y2};
+  int64_t N[3] = {N0, N1, N2};
+  ternary_group(3, q, w, y, N, TM, K, T, begin, end);
+}

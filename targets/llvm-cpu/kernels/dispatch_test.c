@@ -28,6 +28,11 @@ void tlc_k_dense_q6(const float *x, const uint8_t *w, float *y, int64_t TM,
 void tlc_k_attention(const float *q, const float *kc, const float *vc,
                      float *out, int64_t H, int64_t KVH, int64_t HD,
                      float scale, int64_t pos, int64_t begin, int64_t end);
+void tlc_k_ternary_matmul_group3(int8_t *q, const uint8_t *w0,
+                                 const uint8_t *w1, const uint8_t *w2,
+                                 float *y0, float *y1, float *y2, int64_t N0,
+                                 int64_t N1, int64_t N2, int64_t TM, int64_t K,
+                                 int64_t T, int64_t begin, int64_t end);
 void tlc_k_quantize(const float *x, int8_t *q, int64_t TM, int64_t K,
                     int64_t begin, int64_t end);
 void tlc_k_ternary_matmul(int8_t *q, const uint8_t *w, float *y, int64_t TM,
@@ -193,6 +198,19 @@ static void test_ternary(int64_t TM, int64_t T, int64_t K, int64_t N) {
   }
   SPLIT(T, 2, tlc_k_quantize(x, q, TM, K, begin, end))
   SPLIT((N + 63) / 64, 3, tlc_k_ternary_matmul(q, packed, y, TM, K, N, T, begin, end))
+  /* The grouped form over three copies, split across ranges that straddle
+   * the products, equals three single products. */
+  float *g = malloc(sizeof(float) * 3 * TM * N);
+  int64_t units = 3 * ((N + 63) / 64);
+  SPLIT(units, 4, tlc_k_ternary_matmul_group3(q, packed, packed, packed, g,
+                                              g + TM * N, g + 2 * TM * N, N, N,
+                                              N, TM, K, T, begin, end))
+  for (int64_t c = 0; c < 3; ++c)
+    for (int64_t i = 0; i < T * N; ++i)
+      if (g[c * TM * N + i] != y[i])
+        failures += 1, printf("grouped ternary product %lld differs at %lld\n",
+                              (long long)c, (long long)i), i = T * N;
+  free(g);
   char name[96];
   snprintf(name, sizeof name, "quantize+ternary TM=%lld T=%lld K=%lld N=%lld",
            (long long)TM, (long long)T, (long long)K, (long long)N);

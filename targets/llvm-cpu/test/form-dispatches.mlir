@@ -1,4 +1,4 @@
-// RUN: tlc-opt %s -tlc-llvmcpu-form-dispatches | FileCheck %s
+// RUN: tlc-opt %s -split-input-file -tlc-llvmcpu-form-dispatches | FileCheck %s
 
 // Each compute op becomes a dispatch; two layers of one shape share kernels,
 // and the kernels module holds one instance per shape and token capacity.
@@ -23,4 +23,26 @@ func.func @prefill(%x: tensor<?x32xf32>) -> tensor<?x64xf32> attributes {tlora.m
   %y2 = tlora.ternary_matmul %q2, %w2 : !tlora.qact<features = 32>, !tlora.ternary<outFeatures = 64, inFeatures = 32> -> tensor<?x64xf32>
   %s = arith.addf %y1, %y2 : tensor<?x64xf32>
   return %s : tensor<?x64xf32>
+}
+
+// -----
+
+// Products of one quantized input (q/k/v) become one grouped dispatch whose
+// workload is the sum of their 64-column units, placed after the last
+// weight; a product whose input differs stays alone.
+// CHECK-LABEL: func.func @decode
+// CHECK: %[[Q:.*]] = tlora.dispatch @kernels::@quantize_k64_t1
+// CHECK: %{{.*}}:3 = tlora.dispatch @kernels::@ternary_matmul_n64x128x16_k64_t1(%[[Q]], %{{.*}}, %{{.*}}, %{{.*}}) workload(0 * T + 4)
+// CHECK: module @kernels
+// CHECK: func.func @ternary_matmul_n64x128x16_k64_t1
+// CHECK: call @tlc_k_ternary_matmul_group3
+func.func @decode(%x: tensor<?x64xf32>) -> (tensor<?x64xf32>, tensor<?x128xf32>, tensor<?x16xf32>) attributes {tlora.max_tokens = 1 : i64} {
+  %q = tlora.quantize %x : tensor<?x64xf32> -> !tlora.qact<features = 64>
+  %wq = tlora.ternary_weight "q" scale(1.0) source("packed") : !tlora.ternary<outFeatures = 64, inFeatures = 64>
+  %a = tlora.ternary_matmul %q, %wq : !tlora.qact<features = 64>, !tlora.ternary<outFeatures = 64, inFeatures = 64> -> tensor<?x64xf32>
+  %wk = tlora.ternary_weight "k" scale(1.0) source("packed") : !tlora.ternary<outFeatures = 128, inFeatures = 64>
+  %b = tlora.ternary_matmul %q, %wk : !tlora.qact<features = 64>, !tlora.ternary<outFeatures = 128, inFeatures = 64> -> tensor<?x128xf32>
+  %wv = tlora.ternary_weight "v" scale(1.0) source("packed") : !tlora.ternary<outFeatures = 16, inFeatures = 64>
+  %c = tlora.ternary_matmul %q, %wv : !tlora.qact<features = 64>, !tlora.ternary<outFeatures = 16, inFeatures = 64> -> tensor<?x16xf32>
+  return %a, %b, %c : tensor<?x64xf32>, tensor<?x128xf32>, tensor<?x16xf32>
 }
