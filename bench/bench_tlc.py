@@ -56,7 +56,9 @@ def main():
     norms = L * (3 * D + I) * 2 + D * 2
     bw = membw()
     print(json.dumps({"dram_read_GBps": bw, "load_avg": os.getloadavg()[0]}))
-    rows = []
+    # The host's bandwidth moves with its other tenants: measure again after
+    # the runs and use the best figure (the stricter bound).
+    rows, runs = [], []
     for head, head_bytes in [("exact", 2), ("int8", 1), ("q6", 0.75)]:
         module = os.path.join(HERE, ".models", "2b4t-%s.tlm" % head)
         t0 = time.time()
@@ -68,6 +70,12 @@ def main():
                       "--gen-len", "128", "--threads", args.threads]).stdout
             results.append(json.loads(out))
         weight_bytes = int(ternary // 4 + V * D * head_bytes + V * 4 * (head != "exact") + norms)
+        runs.append((head, compile_s, results, weight_bytes))
+    after = membw()
+    print(json.dumps({"dram_read_GBps_after": after}))
+    for t, v in after.items():
+        bw[t] = max(bw.get(t, 0), v)
+    for head, compile_s, results, weight_bytes in runs:
         bound = bw.get(int(args.threads), max(bw.values())) * 1e9 / weight_bytes
         r = {
             "head": head, "compile_s": round(compile_s, 1),
