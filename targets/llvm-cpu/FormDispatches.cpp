@@ -150,6 +150,9 @@ FailureOr<KernelSpec> specFor(Operation *op, int64_t tm) {
   } else if (auto a = dyn_cast<AttentionOp>(op)) {
     auto c = a.getKeys().getType();
     int64_t DQ = dim(a.getQuery(), 1), hd = c.getHeadDim(), H = DQ / hd;
+    // One token (decode): one item per query head balances the threads;
+    // several tokens: one per kv head shares key/value loads in the group.
+    int64_t parts = tm == 1 ? H : c.getKvHeads();
     k = {kAttention,
          llvm::formatv("attention_s{0}_h{1}_kv{2}_hd{3}", c.getMaxSeq(), H,
                        c.getKvHeads(), hd),
@@ -159,8 +162,9 @@ FailureOr<KernelSpec> specFor(Operation *op, int64_t tm) {
           {"H", s(H)},
           {"KVH", s(c.getKvHeads())},
           {"HD", s(hd)},
+          {"PARTS", s(parts)},
           {"SCALE", floatLiteral(a.getScale().convertToFloat())}},
-         c.getKvHeads(),
+         parts,
          0};
   } else if (auto m = dyn_cast<SquaredReluMulOp>(op)) {
     k = {kSquaredReluMul,

@@ -19,7 +19,7 @@ func.func private @tlc_k_ternary_matmul(!llvm.ptr, !llvm.ptr, !llvm.ptr, index, 
 func.func private @tlc_k_dense_bf16(!llvm.ptr, !llvm.ptr, !llvm.ptr, index, index, index, index, index, index, index)
 func.func private @tlc_k_ternary_matmul_group2(!llvm.ptr, !llvm.ptr, !llvm.ptr, !llvm.ptr, !llvm.ptr, index, index, index, index, index, index, index)
 func.func private @tlc_k_ternary_matmul_group3(!llvm.ptr, !llvm.ptr, !llvm.ptr, !llvm.ptr, !llvm.ptr, !llvm.ptr, !llvm.ptr, index, index, index, index, index, index, index, index)
-func.func private @tlc_k_attention(!llvm.ptr, !llvm.ptr, !llvm.ptr, !llvm.ptr, index, index, index, f32, index, index, index)
+func.func private @tlc_k_attention(!llvm.ptr, !llvm.ptr, !llvm.ptr, !llvm.ptr, index, index, index, index, f32, index, index, index)
 func.func private @tlc_k_dense_q6(!llvm.ptr, !llvm.ptr, !llvm.ptr, index, index, index, index, index, index, index)
 func.func private @tlc_k_dense_i8(!llvm.ptr, !llvm.ptr, !llvm.ptr, index, index, index, index, index, index, index)
 func.func private @tlc_k_dense_f32(!llvm.ptr, !llvm.ptr, !llvm.ptr, index, index, index, index, index, index, index)
@@ -198,7 +198,7 @@ func.func @{{NAME}}(%cache: memref<{{S}}x{{D}}xf32>, %x: memref<{{TM}}x{{D}}xf32
 }
 )mlir";
 
-// Attention is a C microkernel (tlc_k_attention); work item = (token, kv head).
+// Attention is a C microkernel (tlc_k_attention); work items = PARTS per token.
 inline constexpr const char *kAttention = R"mlir(
 func.func @{{NAME}}(%q: memref<{{TM}}x{{DQ}}xf32>, %kc: memref<{{S}}x{{DKV}}xf32>,
     %vc: memref<{{S}}x{{DKV}}xf32>, %out: memref<{{TM}}x{{DQ}}xf32>,
@@ -215,7 +215,8 @@ func.func @{{NAME}}(%q: memref<{{TM}}x{{DQ}}xf32>, %kc: memref<{{S}}x{{DKV}}xf32
   %vp = func.call @ptr(%vi) : (index) -> !llvm.ptr
   %oi = memref.extract_aligned_pointer_as_index %out : memref<{{TM}}x{{DQ}}xf32> -> index
   %op = func.call @ptr(%oi) : (index) -> !llvm.ptr
-  func.call @tlc_k_attention(%qp, %kp, %vp, %op, %h, %kvh, %hd, %scale, %pos, %begin, %end) : (!llvm.ptr, !llvm.ptr, !llvm.ptr, !llvm.ptr, index, index, index, f32, index, index, index) -> ()
+  %parts = arith.constant {{PARTS}} : index
+  func.call @tlc_k_attention(%qp, %kp, %vp, %op, %h, %kvh, %parts, %hd, %scale, %pos, %begin, %end) : (!llvm.ptr, !llvm.ptr, !llvm.ptr, !llvm.ptr, index, index, index, index, f32, index, index, index) -> ()
   return
 }
 )mlir";

@@ -194,23 +194,27 @@ static inline float tlc_expf(float x) {
 }
 
 /*
- * Causal attention over the KV cache. Work item w = t * KVH + g: token t of
- * this call (position pos + t) and kv head g with its group of H / KVH query
- * heads, which share every key and value load. Scores of one item live on
+ * Causal attention over the KV cache. Work item w = t * P + i: token t of
+ * this call (position pos + t) and query heads [i * H/P, (i + 1) * H/P), all
+ * of one kv head (P is a multiple of KVH dividing H), which share every key
+ * and value load: P = KVH shares most (prefill), P = H balances best when
+ * T = 1 (decode: 5 kv heads split badly over threads). Scores of one item live on
  * the stack ([group x (pos + t + 1)] floats); softmax as transformers' eager
  * attention: scores * scale, subtract the max, exp, normalize.
  * q, out: [T][H * HD]; kc, vc: [S][KVH * HD].
  */
 void tlc_k_attention(const float *q, const float *kc, const float *vc,
-                     float *out, int64_t H, int64_t KVH, int64_t HD,
-                     float scale, int64_t pos, int64_t begin, int64_t end) {
+                     float *out, int64_t H, int64_t KVH, int64_t P,
+                     int64_t HD, float scale, int64_t pos, int64_t begin,
+                     int64_t end) {
 #pragma clang fp reassociate(on)
-  int64_t G = H / KVH, DQ = H * HD, DKV = KVH * HD;
+  int64_t G = H / P, DQ = H * HD, DKV = KVH * HD;
   for (int64_t w = begin; w < end; ++w) {
-    int64_t t = w / KVH, g = w % KVH, len = pos + t + 1;
+    int64_t t = w / P, h0 = (w % P) * G, g = h0 / (H / KVH),
+            len = pos + t + 1;
     float scores[G][len];
     float acc[G][HD];
-    const float *qg = q + t * DQ + g * G * HD;
+    const float *qg = q + t * DQ + h0 * HD;
     for (int64_t j = 0; j < len; ++j) {
       const float *kj = kc + j * DKV + g * HD;
       for (int64_t h = 0; h < G; ++h) {
@@ -245,7 +249,7 @@ void tlc_k_attention(const float *q, const float *kc, const float *vc,
       }
     }
     for (int64_t h = 0; h < G; ++h) {
-      float *o = out + t * DQ + (g * G + h) * HD;
+      float *o = out + t * DQ + (h0 + h) * HD;
       for (int64_t d = 0; d < HD; ++d)
         o[d] = acc[h][d] * inv[h];
     }

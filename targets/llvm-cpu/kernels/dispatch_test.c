@@ -26,8 +26,9 @@ void tlc_k_dense_q6(const float *x, const uint8_t *w, float *y, int64_t TM,
                     int64_t K, int64_t N, int64_t T, int64_t rows,
                     int64_t begin, int64_t end);
 void tlc_k_attention(const float *q, const float *kc, const float *vc,
-                     float *out, int64_t H, int64_t KVH, int64_t HD,
-                     float scale, int64_t pos, int64_t begin, int64_t end);
+                     float *out, int64_t H, int64_t KVH, int64_t P,
+                     int64_t HD, float scale, int64_t pos, int64_t begin,
+                     int64_t end);
 void tlc_k_ternary_matmul_group3(int8_t *q, const uint8_t *w0,
                                  const uint8_t *w1, const uint8_t *w2,
                                  float *y0, float *y1, float *y2, int64_t N0,
@@ -159,12 +160,17 @@ static void test_attention(int64_t T, int64_t pos, int64_t H, int64_t KVH,
         want[t * DQ + h * HD + d] = o / sum;
       }
     }
-  SPLIT(T * KVH, 2,
-        tlc_k_attention(q, kc, vc, out, H, KVH, HD, scale, pos, begin, end))
   char name[96];
-  snprintf(name, sizeof name, "attention T=%lld pos=%lld H=%lld KVH=%lld HD=%lld",
-           (long long)T, (long long)pos, (long long)H, (long long)KVH, (long long)HD);
-  check(name, out, want, T * DQ, 1e-5);
+  for (int64_t P = KVH; P <= H; P += H - KVH > 0 ? H - KVH : 1) { /* KVH, H */
+    memset(out, 0, sizeof(float) * T * DQ);
+    SPLIT(T * P, 2,
+          tlc_k_attention(q, kc, vc, out, H, KVH, P, HD, scale, pos, begin, end))
+    snprintf(name, sizeof name,
+             "attention T=%lld pos=%lld H=%lld KVH=%lld HD=%lld P=%lld",
+             (long long)T, (long long)pos, (long long)H, (long long)KVH,
+             (long long)HD, (long long)P);
+    check(name, out, want, T * DQ, 1e-5);
+  }
   free(q), free(out), free(kc), free(vc), free(want), free(p);
 }
 
