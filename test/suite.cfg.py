@@ -9,7 +9,7 @@ config.test_format = lit.formats.ShTest(execute_external=True)
 config.suffixes = [".mlir", ".test"]
 config.test_source_root = config.src_root
 config.test_exec_root = os.path.join(config.build_root, "test")
-config.excludes = ["build", "models", "goldens", "bench", "docs", "data",
+config.excludes = ["build", "models", "goldens", "bench", "docs", "data", "lora-goldens",
                    "Inputs", ".git", ".ci", "runtime", "compiler"]
 config.environment["PATH"] = os.pathsep.join(
     [config.tlc_bin, config.llvm_tools, config.environment.get("PATH", "")])
