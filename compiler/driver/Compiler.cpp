@@ -147,6 +147,7 @@ struct Driver {
     ModelConfig config;
     std::string error;
     std::unique_ptr<Checkpoint> checkpoint;
+    LoraAdapter adapter; // outlives the checkpoint's view of its tensors
     OwningOpRef<ModuleOp> module;
     {
       TimingScope t = root.nest("import");
@@ -159,6 +160,15 @@ struct Driver {
       io.maxTokens = opts.maxTokens;
       io.maxSeq = opts.maxSeq;
       io.headBits = opts.headBits;
+      if (!opts.adapterDir.empty()) {
+        if (!loadPeftAdapter(opts.adapterDir, &adapter, &error))
+          return fail(error);
+        std::string dup;
+        if (!checkpoint->add(*adapter.tensors, &dup))
+          return fail(opts.adapterDir + "/adapter_model.safetensors: tensor '" +
+                      dup + "' is also in the model");
+        io.adapter = &adapter;
+      }
       module =
           importBitNet(&ctx, config, *checkpoint, io, opts.modelDir, &error);
       if (!module)

@@ -23,6 +23,7 @@ struct CompileOptions {
   bool timing = false;
   int64_t maxTokens = 128, maxSeq = 0;
   int headBits = 16; // --lm-head: exact (16), int8 (8), q6 (6)
+  std::string adapterDir; // --adapter: a PEFT LoRA adapter to bake in
 };
 
 /// Every dialect the compiler's IR uses.

@@ -164,7 +164,27 @@ private:
     Value w = ternaryWeight(prefix, out, in);
     if (!w)
       return nullptr;
-    return TernaryLinearOp::create(b, loc(), act(out), x, w);
+    Value y = TernaryLinearOp::create(b, loc(), act(out), x, w);
+    const LoraAdapter *a = opts.adapter;
+    std::string module = prefix.substr(prefix.rfind('.') + 1);
+    if (!a || !a->targets.count(module))
+      return y;
+    // PEFT: y + scaling * (x A^T) B^T on the unquantized input.
+    std::string ka = LoraAdapter::key(prefix, "lora_A"),
+                kb = LoraAdapter::key(prefix, "lora_B");
+    for (const std::string &k : {ka, kb})
+      if (!ckpt.find(k)) {
+        *error = a->dir + "/adapter_model.safetensors: missing tensor '" + k +
+                 "' (target_modules names " + module + ")";
+        return nullptr;
+      }
+    Value A = floatWeight(ka, {a->rank, in});
+    Value B = A ? floatWeight(kb, {out, a->rank}) : nullptr;
+    if (!B)
+      return nullptr;
+    Value d = LoraOp::create(b, loc(), act(out), x, A, B,
+                             b.getF32FloatAttr(a->scaling));
+    return arith::AddFOp::create(b, loc(), y, d);
   }
 
   Value norm(Value x, const std::string &name, int64_t d) {

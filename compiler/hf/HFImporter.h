@@ -3,6 +3,7 @@
 #define TLC_COMPILER_HF_HFIMPORTER_H
 
 #include "compiler/hf/HFConfig.h"
+#include "compiler/hf/PeftAdapter.h"
 #include "compiler/hf/SafeTensors.h"
 
 #include "mlir/IR/BuiltinOps.h"
@@ -14,6 +15,7 @@ struct ImportOptions {
   int64_t maxTokens = 128; // prefill chunk (tokens per prefill call)
   int64_t maxSeq = 0;      // KV cache capacity; 0 = min(max_positions, 2048)
   int headBits = 16;       // LM head: 16 = as stored; 8 or 6 = per-row int (lossy)
+  const LoraAdapter *adapter = nullptr; // baked into the targeted layers
 };
 
 /// Builds `prefill` and `decode` entry functions computing logits exactly as

@@ -322,6 +322,17 @@ std::unique_ptr<Checkpoint> Checkpoint::open(const std::string &dir,
   return ckpt;
 }
 
+bool Checkpoint::add(const SafeTensorsFile &file, std::string *duplicate) {
+  for (auto &[name, view] : file.tensors()) {
+    if (index_.count(name)) {
+      *duplicate = name;
+      return false;
+    }
+    index_[name] = &view;
+  }
+  return true;
+}
+
 const TensorView *Checkpoint::find(const std::string &name) const {
   auto it = index_.find(name);
   return it == index_.end() ? nullptr : it->second;

@@ -61,6 +61,9 @@ public:
   static std::unique_ptr<Checkpoint> open(const std::string &dir,
                                           std::string *error);
   const TensorView *find(const std::string &name) const;
+  /// Makes the tensors of `file` findable too (e.g. a LoRA adapter's); the
+  /// file must outlive the checkpoint. False if a name is taken already.
+  bool add(const SafeTensorsFile &file, std::string *duplicate);
   /// The tensor `name`, checked to have `shape`; sets `error` otherwise.
   const TensorView *get(const std::string &name,
                         const std::vector<int64_t> &shape,

@@ -166,6 +166,24 @@ FailureOr<KernelSpec> specFor(Operation *op, int64_t tm) {
           {"SCALE", floatLiteral(a.getScale().convertToFloat())}},
          parts,
          0};
+  } else if (auto l = dyn_cast<LoraOp>(op)) {
+    Type et = l.getLoraA().getType().getElementType();
+    if (et != l.getLoraB().getType().getElementType())
+      return op->emitOpError("lora_A and lora_B must have one element type");
+    std::string wt;
+    llvm::raw_string_ostream(wt) << et;
+    int64_t R = dim(l.getLoraA(), 0), K = dim(l.getLoraA(), 1),
+            N = dim(l.getLoraB(), 0);
+    float scale = l.getScaling().convertToFloat();
+    k = {kLora,
+         llvm::formatv("lora_r{0}_k{1}_n{2}_{3}_s{4}", R, K, N, elementName(et),
+                       llvm::utohexstr(llvm::bit_cast<uint32_t>(scale))),
+         {{"R", s(R)},
+          {"K", s(K)},
+          {"N", s(N)},
+          {"W", elementName(et)},
+          {"WT", wt},
+          {"SCALE", floatLiteral(scale)}}};
   } else if (auto m = dyn_cast<SquaredReluMulOp>(op)) {
     k = {kSquaredReluMul,
          llvm::formatv("squared_relu_mul_d{0}", dim(m.getResult(), 1)),
@@ -242,7 +260,8 @@ struct FormDispatchesPass
                                      SymbolTable &symbols, int64_t tm) {
     MLIRContext *ctx = &getContext();
     llvm::MapVector<Value, SmallVector<TernaryMatmulOp>> byInput;
-    func.walk([&](TernaryMatmulOp op) { byInput[op.getInput()].push_back(op); });
+    func.walk(
+        [&](TernaryMatmulOp op) { byInput[op.getInput()].push_back(op); });
     for (auto &[input, group] : byInput) {
       if (group.size() < 2 || group.size() > 3)
         continue;
@@ -281,7 +300,8 @@ struct FormDispatchesPass
       OpBuilder b(last);
       auto dispatch = DispatchOp::create(
           b, last->getLoc(), results,
-          SymbolRefAttr::get(ctx, "kernels", {FlatSymbolRefAttr::get(ctx, name)}),
+          SymbolRefAttr::get(ctx, "kernels",
+                             {FlatSymbolRefAttr::get(ctx, name)}),
           operands, 0, units, ArrayAttr());
       for (auto [i, m] : llvm::enumerate(group)) {
         m.getResult().replaceAllUsesWith(dispatch.getResult(i));
@@ -302,8 +322,8 @@ struct FormDispatchesPass
       auto maxTokens = func->getAttrOfType<IntegerAttr>("tlora.max_tokens");
       if (!maxTokens)
         continue;
-      if (failed(groupTernaryProducts(func, kernels, symbols,
-                                      maxTokens.getInt())))
+      if (failed(
+              groupTernaryProducts(func, kernels, symbols, maxTokens.getInt())))
         return signalPassFailure();
       for (Operation &op : llvm::make_early_inc_range(func.getBody().front())) {
         if (isa<WeightOp, TernaryWeightOp, KVCacheOp, func::ReturnOp,
@@ -365,8 +385,7 @@ struct FormDispatchesPass
       return emitError(loc) << "internal error: kernel template '" << name
                             << "' does not parse";
     for (Operation &op : llvm::make_early_inc_range(*parsed->getBody())) {
-      auto sym =
-          op.getAttrOfType<StringAttr>(SymbolTable::getSymbolAttrName());
+      auto sym = op.getAttrOfType<StringAttr>(SymbolTable::getSymbolAttrName());
       if (sym && symbols.lookup(sym))
         continue; // from the prelude
       op.remove();

@@ -19,6 +19,8 @@ func.func private @tlc_k_ternary_matmul(!llvm.ptr, !llvm.ptr, !llvm.ptr, index, 
 func.func private @tlc_k_dense_bf16(!llvm.ptr, !llvm.ptr, !llvm.ptr, index, index, index, index, index, index, index)
 func.func private @tlc_k_ternary_matmul_group2(!llvm.ptr, !llvm.ptr, !llvm.ptr, !llvm.ptr, !llvm.ptr, index, index, index, index, index, index, index)
 func.func private @tlc_k_ternary_matmul_group3(!llvm.ptr, !llvm.ptr, !llvm.ptr, !llvm.ptr, !llvm.ptr, !llvm.ptr, !llvm.ptr, index, index, index, index, index, index, index, index)
+func.func private @tlc_k_lora_f32(!llvm.ptr, !llvm.ptr, !llvm.ptr, !llvm.ptr, index, index, index, index, f32, index, index)
+func.func private @tlc_k_lora_bf16(!llvm.ptr, !llvm.ptr, !llvm.ptr, !llvm.ptr, index, index, index, index, f32, index, index)
 func.func private @tlc_k_attention(!llvm.ptr, !llvm.ptr, !llvm.ptr, !llvm.ptr, index, index, index, index, f32, index, index, index)
 func.func private @tlc_k_dense_q6(!llvm.ptr, !llvm.ptr, !llvm.ptr, index, index, index, index, index, index, index)
 func.func private @tlc_k_dense_i8(!llvm.ptr, !llvm.ptr, !llvm.ptr, index, index, index, index, index, index, index)
@@ -217,6 +219,29 @@ func.func @{{NAME}}(%q: memref<{{TM}}x{{DQ}}xf32>, %kc: memref<{{S}}x{{DKV}}xf32
   %op = func.call @ptr(%oi) : (index) -> !llvm.ptr
   %parts = arith.constant {{PARTS}} : index
   func.call @tlc_k_attention(%qp, %kp, %vp, %op, %h, %kvh, %parts, %hd, %scale, %pos, %begin, %end) : (!llvm.ptr, !llvm.ptr, !llvm.ptr, !llvm.ptr, index, index, index, index, f32, index, index, index) -> ()
+  return
+}
+)mlir";
+
+// A LoRA adapter's contribution, per token row (C microkernel tlc_k_lora_*).
+inline constexpr const char *kLora = R"mlir(
+func.func @{{NAME}}(%x: memref<{{TM}}x{{K}}xf32>, %a: memref<{{R}}x{{K}}x{{WT}}>,
+    %b: memref<{{N}}x{{R}}x{{WT}}>, %out: memref<{{TM}}x{{N}}xf32>,
+    )mlir" TLC_KERNEL_SCALARS R"mlir() attributes {tlora.kernel} {
+  %tm = arith.constant {{TM}} : index
+  %k = arith.constant {{K}} : index
+  %n = arith.constant {{N}} : index
+  %r = arith.constant {{R}} : index
+  %scale = arith.constant {{SCALE}} : f32
+  %xi = memref.extract_aligned_pointer_as_index %x : memref<{{TM}}x{{K}}xf32> -> index
+  %xp = func.call @ptr(%xi) : (index) -> !llvm.ptr
+  %ai = memref.extract_aligned_pointer_as_index %a : memref<{{R}}x{{K}}x{{WT}}> -> index
+  %ap = func.call @ptr(%ai) : (index) -> !llvm.ptr
+  %bi = memref.extract_aligned_pointer_as_index %b : memref<{{N}}x{{R}}x{{WT}}> -> index
+  %bp = func.call @ptr(%bi) : (index) -> !llvm.ptr
+  %oi = memref.extract_aligned_pointer_as_index %out : memref<{{TM}}x{{N}}xf32> -> index
+  %op = func.call @ptr(%oi) : (index) -> !llvm.ptr
+  func.call @tlc_k_lora_{{W}}(%xp, %ap, %bp, %op, %k, %n, %r, %tm, %scale, %begin, %end) : (!llvm.ptr, !llvm.ptr, !llvm.ptr, !llvm.ptr, index, index, index, index, f32, index, index) -> ()
   return
 }
 )mlir";

@@ -70,6 +70,9 @@ int main(int argc, char **argv) {
                "(per-row int8, lossy) or q6 (per-row 6-bit with int8 "
                "activations, lossy, as peers' Q6_K heads)"),
       cl::cat(cat));
+  cl::opt<std::string> adapter(
+      "adapter", cl::desc("bake a PEFT LoRA adapter folder into the module"),
+      cl::value_desc("DIR"), cl::cat(cat));
   cl::HideUnrelatedOptions(cat);
   cl::ParseCommandLineOptions(argc, argv,
                               "tlc compile: BitNet model -> .tlm\n");
@@ -90,6 +93,7 @@ int main(int argc, char **argv) {
     return 1;
   }
   o.headBits = head == "int8" ? 8 : head == "q6" ? 6 : 16;
+  o.adapterDir = adapter;
   if (o.output.empty() && o.stopAfter == tlc::Phase::End) {
     errs() << "tlc: error: no output file (-o OUT.tlm)\n";
     return 1;

@@ -296,3 +296,33 @@ void tlc_k_ternary_matmul_group3(int8_t *q, const uint8_t *w0,
   int64_t N[3] = {N0, N1, N2};
   ternary_group(3, q, w, y, N, TM, K, T, begin, end);
 }
+
+/*
+ * A LoRA adapter's contribution (PEFT): y[t] = scale * (x[t] A^T) B^T for
+ * token rows t in [begin, end); A [R][K], B [N][R]; float32 accumulation.
+ */
+#define TLC_DEFINE_LORA(NAME, WTYPE, LOAD)                                     \
+  void NAME(const float *x, const WTYPE *A, const WTYPE *B, float *y,          \
+            int64_t K, int64_t N, int64_t R, int64_t TM, float scale,          \
+            int64_t begin, int64_t end) {                                      \
+    (void)TM;                                                                  \
+    float tmp[R];                                                              \
+    for (int64_t t = begin; t < end; ++t) {                                    \
+      const float *xt = x + t * K;                                             \
+      for (int64_t r = 0; r < R; ++r) {                                        \
+        float s = 0.0f;                                                        \
+        for (int64_t k = 0; k < K; ++k)                                        \
+          s += xt[k] * LOAD(A[r * K + k]);                                     \
+        tmp[r] = s;                                                            \
+      }                                                                        \
+      for (int64_t n = 0; n < N; ++n) {                                        \
+        float s = 0.0f;                                                        \
+        for (int64_t r = 0; r < R; ++r)                                        \
+          s += tmp[r] * LOAD(B[n * R + r]);                                    \
+        y[t * N + n] = s * scale;                                              \
+      }                                                                        \
+    }                                                                          \
+  }
+
+TLC_DEFINE_LORA(tlc_k_lora_f32, float, TLC_LOAD_F32)
+TLC_DEFINE_LORA(tlc_k_lora_bf16, uint16_t, bf16_to_f32)

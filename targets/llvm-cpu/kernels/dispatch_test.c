@@ -34,6 +34,9 @@ void tlc_k_ternary_matmul_group3(int8_t *q, const uint8_t *w0,
                                  float *y0, float *y1, float *y2, int64_t N0,
                                  int64_t N1, int64_t N2, int64_t TM, int64_t K,
                                  int64_t T, int64_t begin, int64_t end);
+void tlc_k_lora_f32(const float *x, const float *A, const float *B, float *y,
+                    int64_t K, int64_t N, int64_t R, int64_t TM, float scale,
+                    int64_t begin, int64_t end);
 void tlc_k_quantize(const float *x, int8_t *q, int64_t TM, int64_t K,
                     int64_t begin, int64_t end);
 void tlc_k_ternary_matmul(int8_t *q, const uint8_t *w, float *y, int64_t TM,
@@ -269,11 +272,35 @@ static void test_q6(int64_t T, int64_t rows, int64_t K, int64_t N) {
   free(x), free(w), free(y), free(packed), free(want);
 }
 
+static void test_lora(int64_t T, int64_t K, int64_t N, int64_t R) {
+  float *x = malloc(sizeof(float) * T * K), *A = malloc(sizeof(float) * R * K);
+  float *B = malloc(sizeof(float) * N * R), *y = malloc(sizeof(float) * T * N);
+  double *want = malloc(sizeof(double) * T * N);
+  for (int64_t i = 0; i < T * K; ++i) x[i] = (float)uniform();
+  for (int64_t i = 0; i < R * K; ++i) A[i] = (float)uniform();
+  for (int64_t i = 0; i < N * R; ++i) B[i] = (float)uniform();
+  for (int64_t t = 0; t < T; ++t)
+    for (int64_t n = 0; n < N; ++n) {
+      double s = 0;
+      for (int64_t r = 0; r < R; ++r) {
+        double xa = 0;
+        for (int64_t k = 0; k < K; ++k)
+          xa += (double)x[t * K + k] * A[r * K + k];
+        s += xa * B[n * R + r];
+      }
+      want[t * N + n] = 2.5 * s;
+    }
+  SPLIT(T, 2, tlc_k_lora_f32(x, A, B, y, K, N, R, T, 2.5f, begin, end))
+  check("lora f32", y, want, T * N, 1e-5);
+  free(x), free(A), free(B), free(y), free(want);
+}
+
 int main(void) {
   printf("dispatch kernels, ternary isa %d\n", tlc_ternary_isa());
   test_dense(1, 1, 2560, 1000);  /* decode-like, N % 4 != 0 tail */
   test_dense(5, 5, 64, 37);      /* all logits, odd N */
   test_dense(3, 1, 50, 21);      /* K not a multiple of the vector width */
+  test_lora(5, 96, 40, 4);
   test_q6(1, 1, 2560, 1001);
   test_q6(4, 3, 64, 37);
   test_attention(1, 0, 4, 2, 16);

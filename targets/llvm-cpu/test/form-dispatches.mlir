@@ -46,3 +46,16 @@ func.func @decode(%x: tensor<?x64xf32>) -> (tensor<?x64xf32>, tensor<?x128xf32>,
   %c = tlora.ternary_matmul %q, %wv : !tlora.qact<features = 64>, !tlora.ternary<outFeatures = 16, inFeatures = 64> -> tensor<?x16xf32>
   return %a, %b, %c : tensor<?x64xf32>, tensor<?x128xf32>, tensor<?x16xf32>
 }
+
+// -----
+
+// A LoRA adapter's contribution is one row-parallel kernel per shape.
+// CHECK-LABEL: func.func @adapter
+// CHECK: tlora.dispatch @kernels::@lora_r4_k64_n32_f32_s{{[0-9A-F]+}}_t2(%{{.*}}, %{{.*}}, %{{.*}}) workload(1 * T + 0)
+// CHECK: call @tlc_k_lora_f32
+func.func @adapter(%x: tensor<?x64xf32>) -> tensor<?x32xf32> attributes {tlora.max_tokens = 2 : i64} {
+  %a = tlora.weight "a" : tensor<4x64xf32>
+  %b = tlora.weight "b" : tensor<32x4xf32>
+  %d = tlora.lora %x, %a, %b scaling(2.0) : tensor<?x64xf32>, tensor<4x64xf32>, tensor<32x4xf32> -> tensor<?x32xf32>
+  return %d : tensor<?x32xf32>
+}
