@@ -110,7 +110,6 @@ struct Driver {
       pm.enableTiming(root);
     if (opts.printIRAfterAll || !opts.printIRAfter.empty()) {
       std::string only = opts.printIRAfter;
-      ctx.disableMultithreading();
       pm.enableIRPrinting([](Pass *, Operation *) { return false; },
                           [only](Pass *p, Operation *) {
                             return only.empty() || p->getArgument() == only;
@@ -169,8 +168,7 @@ struct Driver {
                       dup + "' is also in the model");
         io.adapter = &adapter;
       }
-      module =
-          importBitNet(&ctx, config, *checkpoint, io, opts.modelDir, &error);
+      module = importBitNet(&ctx, config, *checkpoint, io, &error);
       if (!module)
         return fail(error);
     }

@@ -282,18 +282,14 @@ private:
 OwningOpRef<ModuleOp> importBitNet(MLIRContext *ctx, const ModelConfig &cfg,
                                    const Checkpoint &ckpt,
                                    const ImportOptions &options,
-                                   const std::string &dir, std::string *error) {
+                                   std::string *error) {
   ImportOptions o = options;
   if (o.maxSeq <= 0)
     o.maxSeq = std::min<int64_t>(cfg.maxPositions, 2048);
   o.maxTokens = std::max<int64_t>(1, std::min(o.maxTokens, o.maxSeq));
   ctx->loadDialect<TloraDialect, func::FuncDialect, arith::ArithDialect>();
   Importer importer(ctx, cfg, ckpt, o, error);
-  OwningOpRef<ModuleOp> module = importer.run();
-  if (!module && error->find(dir) == std::string::npos &&
-      error->find(".safetensors") == std::string::npos)
-    *error = dir + ": " + *error;
-  return module;
+  return importer.run();
 }
 
 } // namespace tlc

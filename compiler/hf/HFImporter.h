@@ -14,17 +14,18 @@ namespace tlc {
 struct ImportOptions {
   int64_t maxTokens = 128; // prefill chunk (tokens per prefill call)
   int64_t maxSeq = 0;      // KV cache capacity; 0 = min(max_positions, 2048)
-  int headBits = 16;       // LM head: 16 = as stored; 8 or 6 = per-row int (lossy)
+  int headBits = 16; // LM head: 16 = as stored; 8 or 6 = per-row int (lossy)
   const LoraAdapter *adapter = nullptr; // baked into the targeted layers
 };
 
 /// Builds `prefill` and `decode` entry functions computing logits exactly as
 /// transformers' BitNetForCausalLM. Reads the checkpoint only to check
 /// shapes and dtypes and to compute gamma of master weights.
-mlir::OwningOpRef<mlir::ModuleOp>
-importBitNet(mlir::MLIRContext *ctx, const ModelConfig &config,
-             const Checkpoint &checkpoint, const ImportOptions &options,
-             const std::string &dir, std::string *error);
+mlir::OwningOpRef<mlir::ModuleOp> importBitNet(mlir::MLIRContext *ctx,
+                                               const ModelConfig &config,
+                                               const Checkpoint &checkpoint,
+                                               const ImportOptions &options,
+                                               std::string *error);
 
 /// gamma (per-tensor scale) and ternary codes of a projection, exactly as
 /// transformers derives them for each weight format. `codes` gets W_t as

@@ -269,6 +269,7 @@ static bool readFile(const std::string &path, std::string *out) {
 std::unique_ptr<Checkpoint> Checkpoint::open(const std::string &dir,
                                              std::string *error) {
   auto ckpt = std::unique_ptr<Checkpoint>(new Checkpoint);
+  ckpt->dir_ = dir;
   std::vector<std::string> shards;
   std::string indexPath = dir + "/model.safetensors.index.json", text;
   std::map<std::string, std::string> weightMap;
@@ -350,7 +351,7 @@ const TensorView *Checkpoint::get(const std::string &name,
                                   std::string *error) const {
   const TensorView *t = find(name);
   if (!t) {
-    *error = "missing tensor '" + name + "' in the checkpoint";
+    *error = dir_ + ": missing tensor '" + name + "' in the checkpoint";
     return nullptr;
   }
   if (t->shape != shape) {

@@ -70,6 +70,7 @@ public:
                         std::string *error) const;
 
 private:
+  std::string dir_;
   std::vector<std::unique_ptr<SafeTensorsFile>> files_;
   std::map<std::string, const TensorView *> index_;
 };

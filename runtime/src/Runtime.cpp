@@ -43,9 +43,6 @@ extern "C" void tlc_free(void *p) { free(p); }
 namespace {
 constexpr uint32_t kModuleVersion = 1;
 
-struct Entry {
-  const tlc::fb::EntryPoint *def;
-};
 } // namespace
 
 struct tlc_module_s {
@@ -59,7 +56,6 @@ struct tlc_module_s {
   tlc::SharedObject code;
   const tlc::fb::EntryPoint *prefill = nullptr, *decode = nullptr;
   std::unique_ptr<tlc::Tokenizer> tokenizer;
-  std::string tokenizerError;
 
   ~tlc_module_s() {
     if (map)

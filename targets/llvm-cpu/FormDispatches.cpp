@@ -127,7 +127,7 @@ FailureOr<KernelSpec> specFor(Operation *op, int64_t tm) {
           {"NK", s(N * K)},
           {"TMN", s(tm * N)}},
          0,
-         (N + 15) / 16};
+         (N + TLC_DENSE_TILE_N - 1) / TLC_DENSE_TILE_N};
   } else if (auto r = dyn_cast<RopeOp>(op)) {
     int64_t D = dim(r.getInput(), 1), hd = r.getHeadDim();
     double theta = r.getTheta().convertToDouble();

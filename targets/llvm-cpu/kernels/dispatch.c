@@ -14,7 +14,6 @@
 #include <stdint.h>
 #include <string.h>
 
-#define TLC_DENSE_TILE_N 16
 
 static inline float *qact_inv_scale(int8_t *q, int64_t TM, int64_t K) {
   return (float *)(q + TM * K);

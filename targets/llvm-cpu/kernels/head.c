@@ -89,7 +89,7 @@ void tlc_k_dense_q6(const float *x, const uint8_t *w, float *y, int64_t TM,
                     int64_t K, int64_t N, int64_t T, int64_t rows,
                     int64_t begin, int64_t end) {
   (void)TM;
-  int64_t n0 = begin * 16, n1 = end * 16;
+  int64_t n0 = begin * TLC_DENSE_TILE_N, n1 = end * TLC_DENSE_TILE_N;
   if (n1 > N)
     n1 = N;
   const float *scales = (const float *)(w + N * (K / 4 * 3));

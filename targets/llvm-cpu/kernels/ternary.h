@@ -104,6 +104,9 @@ void tlc_ternary_matmul_ref(const int8_t *xq, const float *inv_scale,
                             const uint8_t *w_packed, int64_t N, float gamma, float *y,
                             int64_t ldy, int64_t n_begin, int64_t n_end);
 
+/* Output rows per workload unit of the LM head kernels (dispatch.c, head.c). */
+#define TLC_DENSE_TILE_N 16
+
 /* The 6-bit LM head of head.c: packed bytes for N x K (K % 64 == 0) and the
  * packer (from row-major float weights). */
 size_t tlc_q6_packed_size(int64_t N, int64_t K);
