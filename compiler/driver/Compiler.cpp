@@ -46,6 +46,7 @@ void registerCompilerDialects(DialectRegistry &registry) {
               scf::SCFDialect, memref::MemRefDialect, vector::VectorDialect,
               math::MathDialect, cf::ControlFlowDialect, LLVM::LLVMDialect>();
   func::registerInlinerExtension(registry);
+  tlora::registerExternalModels(registry);
   registerBuiltinDialectTranslation(registry);
   registerLLVMDialectTranslation(registry);
 }
@@ -159,6 +160,8 @@ struct Driver {
       io.maxTokens = opts.maxTokens;
       io.maxSeq = opts.maxSeq;
       io.headBits = opts.headBits;
+      if (opts.train)
+        io.train = &*opts.train;
       if (!opts.adapterDir.empty()) {
         if (!loadPeftAdapter(opts.adapterDir, &adapter, &error))
           return fail(error);
@@ -194,6 +197,7 @@ struct Driver {
       return module->print(llvm::outs()), 0;
 
     if (!runPhase(*module, "tlora", [](PassManager &pm) {
+          pm.addPass(tlora::createDifferentiatePass());
           pm.addPass(createCanonicalizerPass());
           pm.addPass(tlora::createDecomposeLinearPass());
           pm.addPass(createCSEPass());
@@ -258,6 +262,7 @@ struct Driver {
       contents.config = &config;
       contents.checkpoint = checkpoint.get();
       contents.tokenizer = hasTokenizer ? &tokenizer : nullptr;
+      contents.train = opts.train ? &*opts.train : nullptr;
       contents.modelName =
           llvm::sys::path::filename(llvm::StringRef(opts.modelDir).rtrim('/'))
               .str();

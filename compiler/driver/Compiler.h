@@ -2,6 +2,9 @@
 #ifndef TLC_COMPILER_DRIVER_COMPILER_H
 #define TLC_COMPILER_DRIVER_COMPILER_H
 
+#include "compiler/hf/HFImporter.h"
+
+#include <optional>
 #include <string>
 
 namespace mlir {
@@ -24,6 +27,7 @@ struct CompileOptions {
   int64_t maxTokens = 128, maxSeq = 0;
   int headBits = 16; // --lm-head: exact (16), int8 (8), q6 (6)
   std::string adapterDir; // --adapter: a PEFT LoRA adapter to bake in
+  std::optional<TrainOptions> train; // --train: a fine-tuning module
 };
 
 /// Every dialect the compiler's IR uses.

@@ -6,6 +6,7 @@
 
 #include "compiler/hf/HFImporter.h"
 #include "dialects/tlora/IR/TloraDialect.h"
+#include "dialects/tlora/Transforms/Passes.h"
 #include "runtime/drivers/local/SharedObject.h"
 #include "runtime/src/module_generated.h"
 #include "targets/llvm-cpu/Passes.h"
@@ -148,6 +149,8 @@ bool writeModule(const ModuleContents &c, const std::string &path,
   });
   int64_t maxSeq = 0;
   program.walk([&](KVCacheOp kv) { maxSeq = kv.getType().getMaxSeq(); });
+  if (c.train)
+    maxSeq = c.train->seqLen;
   llvm::StringSet<> counted; // an int8 head shares its name with the bf16 one
   for (auto &p : params) {
     if (!counted.insert(p.name).second)
@@ -213,6 +216,12 @@ bool writeModule(const ModuleContents &c, const std::string &path,
             space = Space_Input;
           } else if (sp == "output") {
             space = Space_Output;
+          } else if (sp == "state") {
+            space = Space_State;
+          } else if (sp == "hyper") {
+            space = Space_Hyper;
+          } else if (sp == "labels") {
+            space = Space_Labels;
           }
           uint64_t size = s.getSize();
           if (space == Space_Param)
@@ -266,6 +275,32 @@ bool writeModule(const ModuleContents &c, const std::string &path,
         cfg.hiddenSize, cfg.intermediateSize, cfg.numLayers, cfg.numHeads,
         cfg.numKVHeads, cfg.headDim, maxSeq, cfg.ropeTheta, cfg.rmsNormEps,
         cfg.tiedEmbeddings, cfg.bosTokenId, cfg.eosTokenId, parameterCount);
+    flatbuffers::Offset<TrainInfo> train = 0;
+    if (c.train) {
+      func::FuncOp step;
+      for (auto f : program.getOps<func::FuncOp>())
+        if (f.getName() == "train_step")
+          step = f;
+      if (!step) {
+        *error = "internal error: training module without train_step";
+        return false;
+      }
+      int64_t total;
+      std::vector<flatbuffers::Offset<TrainTensor>> tensors;
+      for (const tlora::StateTensor &t : tlora::trainStateLayout(step, &total))
+        tensors.push_back(CreateTrainTensor(
+            fbb, fbb.CreateString(t.name),
+            fbb.CreateVector(std::vector<int64_t>(t.shape.begin(), t.shape.end())),
+            (uint64_t)t.offset));
+      std::vector<std::string> targets(c.train->targets.begin(),
+                                       c.train->targets.end());
+      train = CreateTrainInfo(
+          fbb, (uint32_t)c.train->seqLen, (uint32_t)c.train->batch,
+          fbb.CreateString(c.train->optimizer), (int32_t)c.train->rank,
+          c.train->alpha, fbb.CreateVectorOfStrings(targets),
+          fbb.CreateVector(tensors), (uint64_t)total,
+          4 * (uint64_t)tlora::trainStateElements(total, c.train->optimizer));
+    }
     ModuleBuilder mb(fbb);
     mb.add_version(kModuleVersion);
     mb.add_info(info);
@@ -277,6 +312,8 @@ bool writeModule(const ModuleContents &c, const std::string &path,
       mb.add_tokenizer(tok);
     mb.add_data_offset(dataOffset);
     mb.add_data_size(dataSize);
+    if (c.train)
+      mb.add_train(train);
     auto root = mb.Finish();
     fbb.FinishSizePrefixed(root, ModuleIdentifier());
     return true;

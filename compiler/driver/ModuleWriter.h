@@ -4,6 +4,7 @@
 #define TLC_COMPILER_DRIVER_MODULEWRITER_H
 
 #include "compiler/hf/HFConfig.h"
+#include "compiler/hf/HFImporter.h"
 #include "compiler/hf/SafeTensors.h"
 #include "runtime/src/tokenizer/Tokenizer.h"
 
@@ -28,6 +29,7 @@ struct ModuleContents {
   const Checkpoint *checkpoint = nullptr;
   const TokenizerData *tokenizer = nullptr; // may be null
   std::string modelName;
+  const TrainOptions *train = nullptr; // training modules
 };
 
 /// Writes `path` atomically (a temporary file renamed at the end): on any

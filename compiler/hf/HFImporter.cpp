@@ -75,8 +75,13 @@ public:
   OwningOpRef<ModuleOp> run() {
     OwningOpRef<ModuleOp> module = ModuleOp::create(b.getUnknownLoc());
     b.setInsertionPointToEnd(module->getBody());
-    if (!buildEntry("prefill", opts.maxTokens) || !buildEntry("decode", 1))
+    if (opts.train) {
+      if (!buildEntry("train_step", opts.train->batch * opts.train->seqLen))
+        return nullptr;
+    } else if (!buildEntry("prefill", opts.maxTokens) ||
+               !buildEntry("decode", 1)) {
       return nullptr;
+    }
     if (failed(verify(*module))) {
       *error = "internal error: imported IR does not verify";
       return nullptr;
@@ -165,8 +170,22 @@ private:
     if (!w)
       return nullptr;
     Value y = TernaryLinearOp::create(b, loc(), act(out), x, w);
-    const LoraAdapter *a = opts.adapter;
     std::string module = prefix.substr(prefix.rfind('.') + 1);
+    if (const TrainOptions *t = opts.train) {
+      if (!t->targets.count(module))
+        return y;
+      auto f32 = b.getF32Type();
+      Value A = TrainableOp::create(
+          b, loc(), RankedTensorType::get({t->rank, in}, f32),
+          LoraAdapter::key(prefix, "lora_A"), false);
+      Value B = TrainableOp::create(
+          b, loc(), RankedTensorType::get({out, t->rank}, f32),
+          LoraAdapter::key(prefix, "lora_B"), false);
+      Value d = LoraOp::create(b, loc(), act(out), x, A, B,
+                               b.getF32FloatAttr(t->alpha / (float)t->rank));
+      return arith::AddFOp::create(b, loc(), y, d);
+    }
+    const LoraAdapter *a = opts.adapter;
     if (!a || !a->targets.count(module))
       return y;
     // PEFT: y + scaling * (x A^T) B^T on the unquantized input.
@@ -199,14 +218,28 @@ private:
     int64_t D = cfg.hiddenSize, I = cfg.intermediateSize, V = cfg.vocabSize;
     int64_t hd = cfg.headDim, DQ = cfg.numHeads * hd, DKV = cfg.numKVHeads * hd;
     auto ids = RankedTensorType::get({ShapedType::kDynamic}, b.getI32Type());
+    const TrainOptions *train = opts.train;
     auto fnType =
-        b.getFunctionType({ids, b.getIndexType(), b.getIndexType()}, {act(V)});
+        train ? b.getFunctionType({ids, ids}, {RankedTensorType::get(
+                                                  {1}, b.getF32Type())})
+              : b.getFunctionType({ids, b.getIndexType(), b.getIndexType()},
+                                  {act(V)});
     auto fn = func::FuncOp::create(b, loc(), name, fnType);
     fn->setAttr("tlora.max_tokens", b.getI64IntegerAttr(maxTokens));
+    if (train) {
+      fn->setAttr("tlora.optimizer", b.getStringAttr(train->optimizer));
+      fn->setAttr("tlora.seq_len", b.getI64IntegerAttr(train->seqLen));
+    }
     OpBuilder::InsertionGuard guard(b);
     b.setInsertionPointToStart(fn.addEntryBlock());
-    Value idsArg = fn.getArgument(0), pos = fn.getArgument(1),
-          rows = fn.getArgument(2);
+    Value idsArg = fn.getArgument(0), pos, rows, labels;
+    if (train) {
+      labels = fn.getArgument(1);
+      pos = arith::ConstantIndexOp::create(b, loc(), 0);
+    } else {
+      pos = fn.getArgument(1);
+      rows = fn.getArgument(2);
+    }
 
     Value table = floatWeight("model.embed_tokens.weight", {V, D});
     if (!table)
@@ -224,21 +257,32 @@ private:
       if (!v)
         return false;
       auto rope = [&](Value t, int64_t d) {
-        return RopeOp::create(b, loc(), act(d), t, pos, b.getI64IntegerAttr(hd),
-                              b.getF64FloatAttr(cfg.ropeTheta));
+        return RopeOp::create(
+            b, loc(), act(d), t, pos, b.getI64IntegerAttr(hd),
+            b.getF64FloatAttr(cfg.ropeTheta),
+            train ? b.getI64IntegerAttr(train->seqLen) : IntegerAttr(),
+            UnitAttr());
       };
       q = rope(q, DQ);
       k = rope(k, DKV);
-      auto cacheType = KVCacheType::get(ctx, maxSeq, cfg.numKVHeads, hd);
-      Value kc = KVCacheOp::create(b, loc(), cacheType,
-                                   "layers." + std::to_string(l) + ".keys");
-      Value vc = KVCacheOp::create(b, loc(), cacheType,
-                                   "layers." + std::to_string(l) + ".values");
-      KVAppendOp::create(b, loc(), kc, k, pos);
-      KVAppendOp::create(b, loc(), vc, v, pos);
-      Value o =
-          AttentionOp::create(b, loc(), act(DQ), q, kc, vc, pos,
-                              b.getF32FloatAttr(1.0f / std::sqrt((float)hd)));
+      auto scale = b.getF32FloatAttr(1.0f / std::sqrt((float)hd));
+      Value o;
+      if (train) {
+        o = CausalAttentionOp::create(
+                b, loc(), act(DQ), act(cfg.numHeads), q, k, v,
+                b.getI64IntegerAttr(hd), b.getI64IntegerAttr(train->seqLen),
+                scale)
+                .getResult();
+      } else {
+        auto cacheType = KVCacheType::get(ctx, maxSeq, cfg.numKVHeads, hd);
+        Value kc = KVCacheOp::create(b, loc(), cacheType,
+                                     "layers." + std::to_string(l) + ".keys");
+        Value vc = KVCacheOp::create(
+            b, loc(), cacheType, "layers." + std::to_string(l) + ".values");
+        KVAppendOp::create(b, loc(), kc, k, pos);
+        KVAppendOp::create(b, loc(), vc, v, pos);
+        o = AttentionOp::create(b, loc(), act(DQ), q, kc, vc, pos, scale);
+      }
       o = norm(o, p + "self_attn.attn_sub_norm.weight", DQ);
       if (!o || !(o = linear(o, p + "self_attn.o_proj", D, DQ)))
         return false;
@@ -267,6 +311,17 @@ private:
       if (!head)
         return false;
     }
+    if (train) {
+      auto perToken =
+          RankedTensorType::get({ShapedType::kDynamic}, b.getF32Type());
+      auto ce = CrossEntropyOp::create(b, loc(), TypeRange{perToken, perToken},
+                                       x, head, labels);
+      Value loss =
+          MeanLossOp::create(b, loc(), RankedTensorType::get({1}, b.getF32Type()),
+                             ce.getLoss(), labels);
+      func::ReturnOp::create(b, loc(), loss);
+      return true;
+    }
     if (opts.headBits < 16)
       head = WeightOp::create(
           b, loc(),
@@ -287,6 +342,12 @@ OwningOpRef<ModuleOp> importBitNet(MLIRContext *ctx, const ModelConfig &cfg,
   if (o.maxSeq <= 0)
     o.maxSeq = std::min<int64_t>(cfg.maxPositions, 2048);
   o.maxTokens = std::max<int64_t>(1, std::min(o.maxTokens, o.maxSeq));
+  if (o.train && o.train->seqLen > cfg.maxPositions) {
+    *error = "--seq-len " + std::to_string(o.train->seqLen) +
+             " exceeds the model's max_position_embeddings (" +
+             std::to_string(cfg.maxPositions) + ")";
+    return nullptr;
+  }
   ctx->loadDialect<TloraDialect, func::FuncDialect, arith::ArithDialect>();
   Importer importer(ctx, cfg, ckpt, o, error);
   return importer.run();

@@ -11,15 +11,27 @@
 
 namespace tlc {
 
+/// A LoRA fine-tuning step (tlc compile --train).
+struct TrainOptions {
+  int64_t rank = 8;
+  float alpha = 16.0f;
+  std::set<std::string> targets; // module names, e.g. "q_proj"
+  int64_t seqLen = 0, batch = 1;
+  std::string optimizer = "adamw"; // or "sgd"
+  int64_t memoryBudget = 0;        // bytes; 0 = no limit
+};
+
 struct ImportOptions {
   int64_t maxTokens = 128; // prefill chunk (tokens per prefill call)
   int64_t maxSeq = 0;      // KV cache capacity; 0 = min(max_positions, 2048)
   int headBits = 16; // LM head: 16 = as stored; 8 or 6 = per-row int (lossy)
   const LoraAdapter *adapter = nullptr; // baked into the targeted layers
+  const TrainOptions *train = nullptr;  // build train_step instead
 };
 
 /// Builds `prefill` and `decode` entry functions computing logits exactly as
-/// transformers' BitNetForCausalLM. Reads the checkpoint only to check
+/// transformers' BitNetForCausalLM, or with `train` the forward and loss of
+/// `train_step` (tlora-differentiate adds its backward and update). Reads the checkpoint only to check
 /// shapes and dtypes and to compute gamma of master weights.
 mlir::OwningOpRef<mlir::ModuleOp> importBitNet(mlir::MLIRContext *ctx,
                                                const ModelConfig &config,

@@ -2,6 +2,7 @@
 // dispatch loop. It holds no model math: every computation is a kernel of the
 // module's executable, called over ranges of its workload.
 #include "tlc/tlc.h"
+#include "tlc/train_abi.h"
 
 #include "runtime/drivers/local/SharedObject.h"
 #include "runtime/src/ThreadPool.h"
@@ -42,6 +43,7 @@ extern "C" void tlc_free(void *p) { free(p); }
 
 namespace {
 constexpr uint32_t kModuleVersion = 1;
+static_assert(sizeof(tlc_train_hyper_t) == 64, "the hyper block is 64 bytes");
 
 } // namespace
 
@@ -54,7 +56,8 @@ struct tlc_module_s {
   const tlc::fb::Executable *exe = nullptr;
   size_t exeIndex = 0;
   tlc::SharedObject code;
-  const tlc::fb::EntryPoint *prefill = nullptr, *decode = nullptr;
+  const tlc::fb::EntryPoint *prefill = nullptr, *decode = nullptr,
+                           *trainStep = nullptr;
   std::unique_ptr<tlc::Tokenizer> tokenizer;
 
   ~tlc_module_s() {
@@ -150,6 +153,8 @@ tlc_status_t verifyModule(tlc_module_t *m) {
       m->prefill = ep;
     else if (ep->name()->str() == "decode")
       m->decode = ep;
+    else if (ep->name()->str() == "train_step")
+      m->trainStep = ep;
     const char *en = ep->name()->c_str();
     for (uint32_t d = 0; d < ep->dispatches()->size(); ++d) {
       const auto *ds = ep->dispatches()->Get(d);
@@ -181,6 +186,15 @@ tlc_status_t verifyModule(tlc_module_t *m) {
         case tlc::fb::Space_Output:
           limit = 4ull * ep->max_tokens() * (uint64_t)vocab;
           break;
+        case tlc::fb::Space_State:
+          limit = def->train() ? def->train()->state_size() : 0;
+          break;
+        case tlc::fb::Space_Hyper:
+          limit = sizeof(tlc_train_hyper_t);
+          break;
+        case tlc::fb::Space_Labels:
+          limit = 4ull * ep->max_tokens();
+          break;
         default:
           return makeStatus("%s: %s dispatch %u has an unknown binding space",
                             p, en, d);
@@ -193,8 +207,31 @@ tlc_status_t verifyModule(tlc_module_t *m) {
       }
     }
   }
-  if (!m->prefill || !m->decode || m->decode->max_tokens() != 1)
+  if (const auto *train = def->train()) {
+    if (!m->trainStep || !train->optimizer() || !train->tensors() ||
+        (uint64_t)train->seq_len() * train->batch() != m->trainStep->max_tokens())
+      return makeStatus("%s: training module needs a train_step entry for "
+                        "batch x seq_len tokens",
+                        p);
+    uint64_t P = train->adapter_elements();
+    for (const auto *t : *train->tensors()) {
+      uint64_t n = 1;
+      if (!t->name() || !t->shape() || t->shape()->size() != 2)
+        return makeStatus("%s: malformed training tensor", p);
+      for (int64_t d : *t->shape())
+        n = d > 0 && d < (1 << 24) ? n * (uint64_t)d : ~0ull >> 8;
+      if (t->offset() > P || n > P - t->offset())
+        return makeStatus("%s: training tensor %s lies outside the state", p,
+                          t->name()->c_str());
+    }
+    uint64_t parts = train->optimizer()->str() == "adamw" ? 4 : 2;
+    if (train->state_size() != 4 * parts * P)
+      return makeStatus("%s: training state of %llu bytes, expected %llu", p,
+                        (unsigned long long)train->state_size(),
+                        (unsigned long long)(4 * parts * P));
+  } else if (!m->prefill || !m->decode || m->decode->max_tokens() != 1) {
     return makeStatus("%s: module needs entry points prefill and decode", p);
+  }
   if (info->max_seq() <= 0)
     return makeStatus("%s: bad max_seq", p);
 
@@ -380,13 +417,82 @@ void runJob(void *ctx, int64_t begin, int64_t end) {
 }
 } // namespace
 
+namespace {
+/// Per-call buffers of an entry point (spaces Input, Labels, Output).
+struct CallBuffers {
+  void *input = nullptr, *labels = nullptr, *output = nullptr;
+};
+
+/// Kernel time per kernel index (TLC_PROFILE=1).
+struct Profile {
+  bool enabled = false;
+  std::vector<double> seconds;
+  std::vector<uint64_t> calls;
+  void init(const tlc_module_t *m) {
+    const char *env = getenv("TLC_PROFILE");
+    enabled = env && *env && *env != '0';
+    seconds.assign(m->exe->kernels()->size(), 0.0);
+    calls.assign(m->exe->kernels()->size(), 0);
+  }
+  void print(const tlc_module_t *m) const {
+    if (!enabled)
+      return;
+    double total = 0;
+    for (double t : seconds)
+      total += t;
+    fprintf(stderr, "tlc profile: %.3f s in kernels\n", total);
+    for (size_t i = 0; i < seconds.size(); ++i)
+      if (calls[i])
+        fprintf(stderr, "  %8.3f s %5.1f%% %8llu calls  %s\n", seconds[i],
+                100 * seconds[i] / (total > 0 ? total : 1),
+                (unsigned long long)calls[i],
+                m->exe->kernels()->Get((uint32_t)i)->c_str());
+  }
+};
+
+/// Runs every dispatch of an entry point for T tokens at position `pos`.
+void runDispatches(const tlc_module_t *m, tlc::ThreadPool *pool, Profile *prof,
+                   BoundEntry &e, const CallBuffers &io, int64_t T,
+                   int64_t pos, int64_t rows) {
+  int64_t scalars[3] = {T, pos, rows};
+  const auto *dispatches = e.def->dispatches();
+  for (uint32_t i = 0; i < dispatches->size(); ++i) {
+    const auto *d = dispatches->Get(i);
+    std::vector<void *> &ptrs = e.bindings[i];
+    for (int slot : e.ioSlots[i])
+      switch (d->bindings()->Get(slot)->space()) {
+      case tlc::fb::Space_Input:
+        ptrs[slot] = io.input;
+        break;
+      case tlc::fb::Space_Labels:
+        ptrs[slot] = io.labels;
+        break;
+      default:
+        ptrs[slot] = io.output;
+      }
+    int64_t work = d->tokens_factor() * T + d->constant();
+    if (work <= 0)
+      continue;
+    DispatchJob job{m->code.kernel(d->kernel()), ptrs.data(), scalars};
+    if (!prof->enabled) {
+      pool->run(work, runJob, &job);
+      continue;
+    }
+    timespec t0, t1;
+    clock_gettime(CLOCK_MONOTONIC, &t0);
+    pool->run(work, runJob, &job);
+    clock_gettime(CLOCK_MONOTONIC, &t1);
+    prof->seconds[d->kernel()] +=
+        (t1.tv_sec - t0.tv_sec) + 1e-9 * (t1.tv_nsec - t0.tv_nsec);
+    prof->calls[d->kernel()]++;
+  }
+}
+} // namespace
+
 struct tlc_session_s {
   ~tlc_session_s();
   tlc_module_t *module;
-  // TLC_PROFILE=1: seconds and calls per kernel, printed at release.
-  bool profile = false;
-  std::vector<double> kernelSeconds;
-  std::vector<uint64_t> kernelCalls;
+  Profile prof; // TLC_PROFILE=1: printed at release
   std::unique_ptr<tlc::ThreadPool> pool;
   AlignedBuffer kv, ids;
   BoundEntry prefill, decode;
@@ -394,9 +500,13 @@ struct tlc_session_s {
   size_t logitRows = 0, position = 0;
 };
 
-static bool bindEntry(tlc_session_t *s, const tlc::fb::EntryPoint *def,
-                      BoundEntry *out) {
-  tlc_module_t *m = s->module;
+/// Base addresses of the session-owned spaces an entry point binds.
+struct SpaceBases {
+  void *kv = nullptr, *state = nullptr, *hyper = nullptr;
+};
+
+static bool bindEntry(tlc_module_t *m, const SpaceBases &spaces,
+                      const tlc::fb::EntryPoint *def, BoundEntry *out) {
   out->def = def;
   if (!out->arena.allocate(def->arena_size()))
     return false;
@@ -411,7 +521,13 @@ static bool bindEntry(tlc_session_t *s, const tlc::fb::EntryPoint *def,
         p = (uint8_t *)out->arena.ptr + b->offset();
         break;
       case tlc::fb::Space_KV:
-        p = (uint8_t *)s->kv.ptr + b->offset();
+        p = (uint8_t *)spaces.kv + b->offset();
+        break;
+      case tlc::fb::Space_State:
+        p = (uint8_t *)spaces.state + b->offset();
+        break;
+      case tlc::fb::Space_Hyper:
+        p = (uint8_t *)spaces.hyper + b->offset();
         break;
       case tlc::fb::Space_Param:
         p = (void *)(data + m->def->parameters()->Get(b->index())->offset());
@@ -437,37 +553,26 @@ extern "C" tlc_status_t tlc_session_create(tlc_module_t *m,
   int threads = opts ? opts->num_threads : 0;
   if (threads <= 0)
     threads = (int)std::max(1L, sysconf(_SC_NPROCESSORS_ONLN));
-  if (!s->kv.allocate(m->def->kv_size()) ||
-      !s->ids.allocate(4ull * m->prefill->max_tokens()) ||
-      !bindEntry(s.get(), m->prefill, &s->prefill) ||
-      !bindEntry(s.get(), m->decode, &s->decode))
+  if (!m->prefill || !m->decode)
+    return makeStatus("%s: a training module runs in a trainer "
+                      "(tlc_trainer_create), not a session",
+                      m->path.c_str());
+  SpaceBases spaces;
+  if (s->kv.allocate(m->def->kv_size()))
+    spaces.kv = s->kv.ptr;
+  if (!spaces.kv || !s->ids.allocate(4ull * m->prefill->max_tokens()) ||
+      !bindEntry(m, spaces, m->prefill, &s->prefill) ||
+      !bindEntry(m, spaces, m->decode, &s->decode))
     return makeStatus("%s: out of memory creating a session (KV cache %llu "
                       "bytes)",
                       m->path.c_str(), (unsigned long long)m->def->kv_size());
   s->pool = std::make_unique<tlc::ThreadPool>(threads);
-  const char *profile = getenv("TLC_PROFILE");
-  s->profile = profile && *profile && *profile != '0';
-  size_t kernels = m->exe->kernels()->size();
-  s->kernelSeconds.assign(kernels, 0.0);
-  s->kernelCalls.assign(kernels, 0);
+  s->prof.init(m);
   *out = s.release();
   return nullptr;
 }
 
-tlc_session_s::~tlc_session_s() {
-  if (!profile)
-    return;
-  double total = 0;
-  for (double t : kernelSeconds)
-    total += t;
-  fprintf(stderr, "tlc profile: %.3f s in kernels\n", total);
-  for (size_t i = 0; i < kernelSeconds.size(); ++i)
-    if (kernelCalls[i])
-      fprintf(stderr, "  %8.3f s %5.1f%% %8llu calls  %s\n", kernelSeconds[i],
-              100 * kernelSeconds[i] / (total > 0 ? total : 1),
-              (unsigned long long)kernelCalls[i],
-              module->exe->kernels()->Get((uint32_t)i)->c_str());
-}
+tlc_session_s::~tlc_session_s() { prof.print(module); }
 
 extern "C" void tlc_session_release(tlc_session_t *s) { delete s; }
 extern "C" void tlc_session_reset(tlc_session_t *s) {
@@ -478,37 +583,17 @@ extern "C" size_t tlc_session_position(const tlc_session_t *s) {
   return s->position;
 }
 
+
 /// Runs one call of an entry point on T tokens already in s->ids, writing
 /// `rows` logit rows at row `row0` of s->logits.
 static void runEntry(tlc_session_t *s, BoundEntry &e, int64_t T, int64_t rows,
                      size_t row0) {
   int64_t vocab = s->module->def->info()->vocab_size();
-  int64_t scalars[3] = {T, (int64_t)s->position, rows};
-  void *output = s->logits.data() + row0 * vocab;
-  const auto *dispatches = e.def->dispatches();
-  for (uint32_t i = 0; i < dispatches->size(); ++i) {
-    const auto *d = dispatches->Get(i);
-    std::vector<void *> &ptrs = e.bindings[i];
-    for (int slot : e.ioSlots[i])
-      ptrs[slot] = d->bindings()->Get(slot)->space() == tlc::fb::Space_Input
-                       ? s->ids.ptr
-                       : output;
-    int64_t work = d->tokens_factor() * T + d->constant();
-    if (work <= 0)
-      continue;
-    DispatchJob job{s->module->code.kernel(d->kernel()), ptrs.data(), scalars};
-    if (!s->profile) {
-      s->pool->run(work, runJob, &job);
-      continue;
-    }
-    timespec t0, t1;
-    clock_gettime(CLOCK_MONOTONIC, &t0);
-    s->pool->run(work, runJob, &job);
-    clock_gettime(CLOCK_MONOTONIC, &t1);
-    s->kernelSeconds[d->kernel()] +=
-        (t1.tv_sec - t0.tv_sec) + 1e-9 * (t1.tv_nsec - t0.tv_nsec);
-    s->kernelCalls[d->kernel()]++;
-  }
+  CallBuffers io;
+  io.input = s->ids.ptr;
+  io.output = s->logits.data() + row0 * vocab;
+  runDispatches(s->module, s->pool.get(), &s->prof, e, io, T,
+                (int64_t)s->position, rows);
   s->position += (size_t)T;
 }
 
@@ -567,6 +652,124 @@ extern "C" const float *tlc_session_logits(const tlc_session_t *s, size_t *rows,
   *rows = s->logitRows;
   *vocab = (size_t)s->module->def->info()->vocab_size();
   return s->logits.data();
+}
+
+//===----------------------------------------------------------------------===//
+// Training
+//===----------------------------------------------------------------------===//
+
+struct tlc_trainer_s {
+  ~tlc_trainer_s() { prof.print(module); }
+  tlc_module_t *module;
+  Profile prof;
+  std::unique_ptr<tlc::ThreadPool> pool;
+  AlignedBuffer state, hyper, ids, labels, loss;
+  BoundEntry step;
+};
+
+extern "C" tlc_status_t tlc_module_train_info(const tlc_module_t *m,
+                                              tlc_train_info_t *out) {
+  *out = tlc_train_info_t{};
+  const auto *t = m->def->train();
+  if (!t)
+    return makeStatus("%s: not a training module (compile it with tlc "
+                      "compile --train)",
+                      m->path.c_str());
+  out->seq_len = t->seq_len();
+  out->batch = t->batch();
+  out->optimizer = t->optimizer()->c_str();
+  out->lora_rank = t->lora_rank();
+  out->lora_alpha = t->lora_alpha();
+  out->target_count = t->targets() ? t->targets()->size() : 0;
+  out->tensor_count = t->tensors()->size();
+  out->adapter_elements = t->adapter_elements();
+  out->state_size = t->state_size();
+  out->arena_size = m->trainStep->arena_size();
+  return nullptr;
+}
+
+extern "C" const char *tlc_module_train_target(const tlc_module_t *m,
+                                               size_t i) {
+  return m->def->train()->targets()->Get((uint32_t)i)->c_str();
+}
+
+extern "C" void tlc_module_train_tensor(const tlc_module_t *m, size_t i,
+                                        tlc_train_tensor_info_t *out) {
+  const auto *t = m->def->train()->tensors()->Get((uint32_t)i);
+  out->name = t->name()->c_str();
+  out->rows = t->shape()->Get(0);
+  out->cols = t->shape()->Get(1);
+  out->offset = t->offset();
+}
+
+extern "C" tlc_status_t tlc_trainer_create(tlc_module_t *m,
+                                           const tlc_session_options_t *opts,
+                                           tlc_trainer_t **out) {
+  *out = nullptr;
+  if (!m->def->train())
+    return makeStatus("%s: not a training module (compile it with tlc "
+                      "compile --train)",
+                      m->path.c_str());
+  auto t = std::make_unique<tlc_trainer_s>();
+  t->module = m;
+  size_t tokens = m->trainStep->max_tokens();
+  SpaceBases spaces;
+  if (!t->state.allocate(m->def->train()->state_size()) ||
+      !t->hyper.allocate(sizeof(tlc_train_hyper_t)) ||
+      !t->ids.allocate(4 * tokens) || !t->labels.allocate(4 * tokens) ||
+      !t->loss.allocate(64))
+    return makeStatus("%s: out of memory for the training state (%llu bytes)",
+                      m->path.c_str(),
+                      (unsigned long long)m->def->train()->state_size());
+  spaces.state = t->state.ptr;
+  spaces.hyper = t->hyper.ptr;
+  if (!bindEntry(m, spaces, m->trainStep, &t->step))
+    return makeStatus("%s: out of memory for train_step's arena (%llu bytes)",
+                      m->path.c_str(),
+                      (unsigned long long)m->trainStep->arena_size());
+  int threads = opts ? opts->num_threads : 0;
+  if (threads <= 0)
+    threads = (int)std::max(1L, sysconf(_SC_NPROCESSORS_ONLN));
+  t->pool = std::make_unique<tlc::ThreadPool>(threads);
+  t->prof.init(m);
+  *out = t.release();
+  return nullptr;
+}
+
+extern "C" void tlc_trainer_release(tlc_trainer_t *t) { delete t; }
+
+extern "C" float *tlc_trainer_state(tlc_trainer_t *t, size_t *out_floats) {
+  *out_floats = t->state.size / 4;
+  return (float *)t->state.ptr;
+}
+
+extern "C" tlc_status_t tlc_trainer_step(tlc_trainer_t *t, const int32_t *ids,
+                                         const int32_t *labels, void *hyper,
+                                         float *out_loss) {
+  int64_t vocab = t->module->def->info()->vocab_size();
+  size_t n = t->module->trainStep->max_tokens();
+  for (size_t i = 0; i < n; ++i) {
+    if (ids[i] < 0 || ids[i] >= vocab)
+      return makeStatus("token id %d at index %zu is outside the vocabulary "
+                        "[0, %lld)",
+                        ids[i], i, (long long)vocab);
+    if (labels[i] >= vocab)
+      return makeStatus("label %d at index %zu is outside the vocabulary "
+                        "[0, %lld)",
+                        labels[i], i, (long long)vocab);
+  }
+  std::memcpy(t->ids.ptr, ids, 4 * n);
+  std::memcpy(t->labels.ptr, labels, 4 * n);
+  std::memcpy(t->hyper.ptr, hyper, sizeof(tlc_train_hyper_t));
+  CallBuffers io;
+  io.input = t->ids.ptr;
+  io.labels = t->labels.ptr;
+  io.output = t->loss.ptr;
+  runDispatches(t->module, t->pool.get(), &t->prof, t->step, io, (int64_t)n, 0,
+                0);
+  std::memcpy(hyper, t->hyper.ptr, sizeof(tlc_train_hyper_t));
+  std::memcpy(out_loss, t->loss.ptr, sizeof(float));
+  return nullptr;
 }
 
 //===----------------------------------------------------------------------===//

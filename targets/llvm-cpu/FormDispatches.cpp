@@ -11,6 +11,7 @@
 #include "llvm/ADT/MapVector.h"
 #include "llvm/ADT/StringExtras.h"
 #include "llvm/Support/FormatVariadic.h"
+#include "llvm/Support/xxhash.h"
 
 #include <cmath>
 
@@ -138,9 +139,19 @@ FailureOr<KernelSpec> specFor(Operation *op, int64_t tm) {
       float f = 1.0f / std::pow((float)theta, e);
       inv += (i ? ", " : "") + floatLiteral(f);
     }
+    // Positions restart every `period` tokens (training batches); the
+    // adjoint rotates backwards.
+    int64_t period = r.getPeriod() ? (int64_t)*r.getPeriod() : (int64_t)1 << 40;
     k = {kRope,
-         llvm::formatv("rope_d{0}_hd{1}_theta{2}", D, hd, (int64_t)theta),
-         {{"D", s(D)}, {"HD", s(hd)}, {"HALF", s(hd / 2)}, {"INV_FREQ", inv}}};
+         llvm::formatv("rope_d{0}_hd{1}_theta{2}{3}{4}", D, hd, (int64_t)theta,
+                       r.getPeriod() ? "_p" + s(period) : "",
+                       r.getInverse() ? "_inv" : ""),
+         {{"D", s(D)},
+          {"HD", s(hd)},
+          {"HALF", s(hd / 2)},
+          {"INV_FREQ", inv},
+          {"PERIOD", s(period)},
+          {"SIGN", r.getInverse() ? "-1.0" : "1.0"}}};
   } else if (auto a = dyn_cast<KVAppendOp>(op)) {
     auto c = a.getCache().getType();
     int64_t D = c.getKvHeads() * c.getHeadDim();
@@ -203,6 +214,63 @@ FailureOr<KernelSpec> specFor(Operation *op, int64_t tm) {
   return k;
 }
 
+//===----------------------------------------------------------------------===//
+// Kernels that hand their buffers to one C microkernel (training ops)
+//===----------------------------------------------------------------------===//
+
+/// A scalar argument of a C microkernel: an MLIR constant, or "%T" (the
+/// call's token count).
+struct Scalar {
+  const char *type; // "index" or "f32"
+  std::string value;
+};
+Scalar idx(int64_t v) { return {"index", std::to_string(v)}; }
+Scalar f32(float v) { return {"f32", floatLiteral(v)}; }
+Scalar tokens() { return {"index", "%T"}; }
+
+/// Bytes of a buffer holding `type` for `tm` tokens (>= 1).
+int64_t bufferSize(Type type, int64_t tm) {
+  if (auto t = dyn_cast<TernaryType>(type))
+    return ternaryParamBytes(t.getOutFeatures(), t.getInFeatures());
+  return std::max<int64_t>(1, bufferBytes(type, tm));
+}
+
+/// MLIR of `name`: buffers as byte memrefs, passed as pointers to `cfn`,
+/// then the scalars, then the work range.
+std::string cCallKernel(const std::string &name, const std::string &cfn,
+                        ArrayRef<int64_t> bytes, ArrayRef<Scalar> scalars) {
+  std::string decl = "func.func private @" + cfn + "(", body, args, call,
+              types;
+  for (size_t i = 0; i < bytes.size(); ++i) {
+    std::string m = llvm::formatv("memref<{0}xi8>", bytes[i]).str();
+    args += llvm::formatv("%b{0}: {1}, ", i, m).str();
+    body += llvm::formatv("  %b{0}i = memref.extract_aligned_pointer_as_index "
+                          "%b{0} : {1} -> index\n  %b{0}p = func.call @ptr(%b{0}i)"
+                          " : (index) -> !llvm.ptr\n",
+                          i, m)
+                .str();
+    call += llvm::formatv("%b{0}p, ", i).str();
+    types += "!llvm.ptr, ";
+  }
+  for (size_t i = 0; i < scalars.size(); ++i) {
+    const Scalar &sc = scalars[i];
+    if (sc.value == "%T") {
+      call += "%T, ";
+    } else {
+      body += llvm::formatv("  %s{0} = arith.constant {1} : {2}\n", i,
+                            sc.value, sc.type)
+                  .str();
+      call += llvm::formatv("%s{0}, ", i).str();
+    }
+    types += std::string(sc.type) + ", ";
+  }
+  types += "index, index";
+  decl += types + ")\n";
+  return decl + "func.func @" + name + "(" + args + kKernelScalars +
+         ") attributes {tlora.kernel} {\n" + body + "  func.call @" + cfn +
+         "(" + call + "%begin, %end) : (" + types + ") -> ()\n  return\n}\n";
+}
+
 /// MLIR of a kernel running 2 or 3 ternary products of one quantized input
 /// (tlc_k_ternary_matmul_group{2,3}).
 std::string groupedTernaryKernel(const std::string &name, int64_t tm,
@@ -253,6 +321,195 @@ std::string groupedTernaryKernel(const std::string &name, int64_t tm,
 
 struct FormDispatchesPass
     : tlc::llvmcpu::impl::FormDispatchesPassBase<FormDispatchesPass> {
+  /// Creates a dispatch of C microkernel `cfn` on `operands`, producing
+  /// `results`; the kernel is named after `cfn` and a hash of its source.
+  FailureOr<DispatchOp> cCall(OpBuilder &b, Location loc, ModuleOp kernels,
+                              SymbolTable &symbols, int64_t tm,
+                              const std::string &cfn, ValueRange operands,
+                              TypeRange results, ArrayRef<Scalar> scalars,
+                              int64_t tokensFactor, int64_t constant) {
+    SmallVector<int64_t> bytes;
+    for (Value v : operands)
+      bytes.push_back(bufferSize(v.getType(), tm));
+    for (Type t : results)
+      bytes.push_back(bufferSize(t, tm));
+    std::string probe = cCallKernel("K", cfn, bytes, scalars);
+    std::string name =
+        llvm::formatv("{0}_{1}_t{2}", StringRef(cfn).drop_front(6),
+                      llvm::utohexstr(llvm::xxh3_64bits(probe)), tm)
+            .str();
+    if (!symbols.lookup(name) &&
+        failed(parseInto(kernels, symbols,
+                         std::string(kPrelude) +
+                             cCallKernel(name, cfn, bytes, scalars),
+                         name, loc)))
+      return failure();
+    return DispatchOp::create(
+        b, loc, results,
+        SymbolRefAttr::get(&getContext(), "kernels",
+                           {FlatSymbolRefAttr::get(&getContext(), name)}),
+        operands, tokensFactor, constant, ArrayAttr());
+  }
+
+  /// Dispatches of the training ops; `handled` is false for other ops.
+  LogicalResult lowerTrainingOp(Operation *op, ModuleOp kernels,
+                                SymbolTable &symbols, int64_t tm,
+                                int64_t seqLen, bool *handled) {
+    *handled = true;
+    OpBuilder b(op);
+    Location loc = op->getLoc();
+    auto units = [](int64_t n, int64_t per) { return (n + per - 1) / per; };
+    auto call = [&](const std::string &cfn, ValueRange operands,
+                    TypeRange results, ArrayRef<Scalar> scalars,
+                    int64_t tokensFactor, int64_t constant) {
+      return cCall(b, loc, kernels, symbols, tm, cfn, operands, results,
+                   scalars, tokensFactor, constant);
+    };
+    auto replace = [&](FailureOr<DispatchOp> d) -> LogicalResult {
+      if (failed(d))
+        return failure();
+      op->replaceAllUsesWith(d->getResults());
+      op->erase();
+      return success();
+    };
+    auto weightSuffix = [](Value w) -> FailureOr<std::string> {
+      Type et = cast<ShapedType>(w.getType()).getElementType();
+      if (et.isBF16())
+        return std::string("_bf16");
+      if (et.isF32())
+        return std::string("_f32");
+      return failure();
+    };
+    if (auto g = dyn_cast<RMSNormGradOp>(op)) {
+      auto w = weightSuffix(g.getWeight());
+      if (failed(w))
+        return op->emitOpError("needs a bf16 or f32 weight");
+      return replace(call("tlc_k_rms_norm_grad" + *w, op->getOperands(),
+                          op->getResultTypes(),
+                          {idx(dim(g.getInput(), 1)),
+                           f32(g.getEpsilon().convertToFloat())},
+                          1, 0));
+    }
+    if (auto m = dyn_cast<TernaryMatmulTransposedOp>(op)) {
+      auto w = m.getWeight().getType();
+      int64_t N = w.getOutFeatures(), K = w.getInFeatures();
+      if (K % TLC_TERNARY_BLOCK_K != 0)
+        return op->emitOpError("the CPU ternary kernel needs in_features % ")
+               << TLC_TERNARY_BLOCK_K << " == 0, got " << K;
+      return replace(call("tlc_k_ternary_matmul_t", op->getOperands(),
+                          op->getResultTypes(), {tokens(), idx(K), idx(N)}, 0,
+                          units(K, 64)));
+    }
+    if (auto l = dyn_cast<LoraGradOp>(op)) {
+      if (!l.getLoraA().getType().getElementType().isF32() ||
+          !l.getLoraB().getType().getElementType().isF32())
+        return op->emitOpError("trains float32 adapters only");
+      int64_t R = dim(l.getLoraA(), 0), K = dim(l.getLoraA(), 1),
+              N = dim(l.getLoraB(), 0);
+      float scale = l.getScaling().convertToFloat();
+      // Per token: u = x A^T and du = s dy B (kept), dx = du A; then the
+      // weight gradients over all tokens, split over columns of A and rows
+      // of B.
+      auto ud = RankedTensorType::get({ShapedType::kDynamic, 2 * R},
+                                      b.getF32Type());
+      auto rows = call("tlc_k_lora_grad_rows",
+                       {l.getInput(), l.getLoraA(), l.getLoraB(),
+                        l.getResultGrad()},
+                       {ud, l.getInputGrad().getType()},
+                       {idx(K), idx(N), idx(R), f32(scale)}, 1, 0);
+      if (failed(rows))
+        return failure();
+      auto weights = call(
+          "tlc_k_lora_grad_weights",
+          {l.getInput(), l.getResultGrad(), rows->getResult(0)},
+          {l.getLoraAGrad().getType(), l.getLoraBGrad().getType()},
+          {tokens(), idx(K), idx(N), idx(R), f32(scale)}, 0,
+          units(K, 64) + units(N, 64));
+      if (failed(weights))
+        return failure();
+      l.getInputGrad().replaceAllUsesWith(rows->getResult(1));
+      l.getLoraAGrad().replaceAllUsesWith(weights->getResult(0));
+      l.getLoraBGrad().replaceAllUsesWith(weights->getResult(1));
+      op->erase();
+      return success();
+    }
+    if (auto g = dyn_cast<SquaredReluMulGradOp>(op))
+      return replace(call("tlc_k_squared_relu_mul_grad", op->getOperands(),
+                          op->getResultTypes(), {idx(dim(g.getGate(), 1))}, 1,
+                          0));
+    if (auto a = dyn_cast<CausalAttentionOp>(op)) {
+      int64_t hd = a.getHeadDim(), H = dim(a.getQuery(), 1) / hd,
+              KVH = dim(a.getKey(), 1) / hd;
+      return replace(call("tlc_k_causal_attention", op->getOperands(),
+                          op->getResultTypes(),
+                          {idx(H), idx(KVH), idx(hd), idx(a.getSeqLen()),
+                           f32(a.getScale().convertToFloat())},
+                          KVH, 0));
+    }
+    if (auto a = dyn_cast<CausalAttentionGradOp>(op)) {
+      int64_t hd = a.getHeadDim(), H = dim(a.getQuery(), 1) / hd,
+              KVH = dim(a.getKey(), 1) / hd, S = a.getSeqLen();
+      if (tm % S != 0)
+        return op->emitOpError("tokens per step (")
+               << tm << ") must be a multiple of seq_len " << S;
+      return replace(call("tlc_k_causal_attention_grad", op->getOperands(),
+                          op->getResultTypes(),
+                          {idx(H), idx(KVH), idx(hd), idx(S),
+                           f32(a.getScale().convertToFloat())},
+                          0, tm / S * KVH));
+    }
+    if (auto c = dyn_cast<CrossEntropyOp>(op)) {
+      auto w = weightSuffix(c.getWeight());
+      if (failed(w))
+        return op->emitOpError("needs a bf16 or f32 LM head");
+      return replace(call("tlc_k_cross_entropy" + *w, op->getOperands(),
+                          op->getResultTypes(),
+                          {tokens(), idx(dim(c.getInput(), 1)),
+                           idx(dim(c.getWeight(), 0))},
+                          0, units(tm, 16)));
+    }
+    if (auto c = dyn_cast<CrossEntropyGradOp>(op)) {
+      auto w = weightSuffix(c.getWeight());
+      if (failed(w))
+        return op->emitOpError("needs a bf16 or f32 LM head");
+      return replace(call("tlc_k_cross_entropy_grad" + *w, op->getOperands(),
+                          op->getResultTypes(),
+                          {tokens(), idx(dim(c.getInput(), 1)),
+                           idx(dim(c.getWeight(), 0))},
+                          0, units(tm, 16)));
+    }
+    if (isa<MeanLossOp>(op))
+      return replace(call("tlc_k_loss_mean", op->getOperands(),
+                          op->getResultTypes(), {tokens()}, 0, 1));
+    if (isa<MeanLossGradOp>(op))
+      return replace(call("tlc_k_mean_loss_grad", op->getOperands(),
+                          op->getResultTypes(), {tokens()}, 0, 1));
+    if (auto a = dyn_cast<AccumulateGradOp>(op)) {
+      auto type = cast<RankedTensorType>(a.getGrad().getType());
+      Value acc = TrainableOp::create(b, loc, type, a.getNameAttr(),
+                                      b.getUnitAttr());
+      int64_t n = type.getNumElements();
+      return replace(call("tlc_k_accumulate", {a.getGrad(), acc}, {},
+                          {idx(n)}, 0, units(n, 1024)));
+    }
+    if (auto o = dyn_cast<OptimizerStepOp>(op)) {
+      auto func = op->getParentOfType<func::FuncOp>();
+      int64_t total;
+      trainStateLayout(func, &total);
+      int64_t n = trainStateElements(total, o.getKind());
+      Value state = TrainStateOp::create(
+          b, loc, RankedTensorType::get({n}, b.getF32Type()));
+      if (failed(call("tlc_k_grad_norm", {state, o.getHyper()}, {},
+                      {idx(total)}, 0, 1)))
+        return failure();
+      return replace(call("tlc_k_" + o.getKind().str(),
+                          {state, o.getHyper()}, {}, {idx(total)}, 0,
+                          units(total, 1024)));
+    }
+    *handled = false;
+    return success();
+  }
+
   /// Turns groups of 2 or 3 ternary products of one quantized input into
   /// one dispatch, placed at the last product (all weights dominate it)
   /// when no result is used before that point.
@@ -325,9 +582,17 @@ struct FormDispatchesPass
       if (failed(
               groupTernaryProducts(func, kernels, symbols, maxTokens.getInt())))
         return signalPassFailure();
+      auto seqLen = func->getAttrOfType<IntegerAttr>("tlora.seq_len");
       for (Operation &op : llvm::make_early_inc_range(func.getBody().front())) {
         if (isa<WeightOp, TernaryWeightOp, KVCacheOp, func::ReturnOp,
-                DispatchOp>(op))
+                DispatchOp, TrainableOp, HyperOp, TrainStateOp, LossScaleOp,
+                arith::ConstantOp>(op))
+          continue;
+        bool handled;
+        if (failed(lowerTrainingOp(&op, kernels, symbols, maxTokens.getInt(),
+                                   seqLen ? seqLen.getInt() : 0, &handled)))
+          return signalPassFailure();
+        if (handled)
           continue;
         FailureOr<KernelSpec> spec = specFor(&op, maxTokens.getInt());
         if (failed(spec) ||

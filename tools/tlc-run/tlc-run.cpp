@@ -6,8 +6,13 @@
 //   bench MODULE [--prompt-len N] [--gen-len M]
 //   tokenize MODULE (--text TEXT | --file FILE)
 //   detokenize MODULE --ids 1,2,3
+//   train TRAIN.tlm --data FILE --steps N --lr LR --out ADAPTER_DIR
+//         [--init-adapter DIR] [--save-every K] [--resume] [--seed S]
+//         [--schedule constant|linear|cosine] [--warmup W] [--grad-accum G]
+//         [--max-grad-norm X] [--weight-decay D] [--log FILE.jsonl]
 // Common: --threads N.
 #include "tlc/tlc.h"
+#include "tools/tlc-run/Train.h"
 
 #include <algorithm>
 #include <chrono>
@@ -34,6 +39,11 @@ int usage() {
           "       tlc-run bench MODULE [--prompt-len N] [--gen-len M]\n"
           "       tlc-run tokenize MODULE (--text TEXT | --file FILE)\n"
           "       tlc-run detokenize MODULE --ids 1,2,3\n"
+          "       tlc-run train TRAIN.tlm --data FILE --steps N --lr LR --out "
+          "ADAPTER_DIR [--init-adapter DIR] [--save-every K] [--resume] "
+          "[--seed S] [--schedule constant|linear|cosine] [--warmup W] "
+          "[--grad-accum G] [--max-grad-norm X] [--weight-decay D] "
+          "[--log FILE.jsonl] [--shuffle false]\n"
           "options for all: --threads N\n");
   return 1;
 }
@@ -75,6 +85,8 @@ bool parseArgs(int argc, char **argv, Args *a) {
     if (eq != std::string::npos) {
       v = k.substr(eq + 1);
       k = k.substr(0, eq);
+    } else if (k == "--resume") { // flags without a value
+      v = "";
     } else if (i + 1 < argc) {
       v = argv[++i];
     } else {
@@ -203,8 +215,9 @@ int main(int argc, char **argv) {
   Args a;
   if (!parseArgs(argc, argv, &a))
     return usage();
-  static const char *commands[] = {"info",  "logits",   "generate",
-                                   "bench", "tokenize", "detokenize"};
+  static const char *commands[] = {"info",     "logits",     "generate",
+                                   "bench",    "tokenize",   "detokenize",
+                                   "train"};
   if (std::find_if(std::begin(commands), std::end(commands),
                    [&](const char *c) { return a.command == c; }) ==
       std::end(commands))
@@ -219,6 +232,8 @@ int main(int argc, char **argv) {
   } releaseModule{module};
   tlc_model_info_t info;
   tlc_module_model_info(module, &info);
+  if (a.command == "train")
+    return tlc::run::trainCommand(module, a.module, a.opts);
 
   if (a.command == "info") {
     printf("module: %s (%llu bytes; data %llu bytes)\n", a.module.c_str(),

@@ -2,7 +2,11 @@
 //   tlc compile MODEL_DIR -o OUT.tlm [--target host|x86-64[:FEATURES]]
 //       [--compile-to=import|tlora|lowered|llvm] [--print-ir-after-all]
 //       [--print-ir-after=PASS] [--dump-ir-dir=DIR] [--timing]
-//       [--max-seq-len N] [--prefill-chunk N]
+//       [--max-seq-len N] [--prefill-chunk N] [--lm-head exact|int8|q6]
+//       [--adapter DIR]
+//   tlc compile MODEL_DIR --train -o TRAIN.tlm --lora-rank R --lora-alpha A
+//       [--lora-targets q_proj,...] --seq-len T --batch B
+//       [--optimizer adamw|sgd] [--memory-budget SIZE]
 #include "compiler/driver/Compiler.h"
 
 #include "llvm/Support/CommandLine.h"
@@ -10,6 +14,7 @@
 #include "llvm/Support/raw_ostream.h"
 
 #include <cstring>
+#include <set>
 
 using namespace llvm;
 
@@ -73,6 +78,30 @@ int main(int argc, char **argv) {
   cl::opt<std::string> adapter(
       "adapter", cl::desc("bake a PEFT LoRA adapter folder into the module"),
       cl::value_desc("DIR"), cl::cat(cat));
+  cl::opt<bool> train("train",
+                      cl::desc("compile a LoRA fine-tuning step (train_step)"),
+                      cl::cat(cat));
+  cl::opt<int64_t> loraRank("lora-rank", cl::init(8),
+                            cl::desc("--train: adapter rank r"), cl::cat(cat));
+  cl::opt<float> loraAlpha("lora-alpha", cl::init(16.0f),
+                           cl::desc("--train: lora_alpha (scaling alpha/r)"),
+                           cl::cat(cat));
+  cl::opt<std::string> loraTargets(
+      "lora-targets",
+      cl::init("q_proj,k_proj,v_proj,o_proj,gate_proj,up_proj,down_proj"),
+      cl::desc("--train: projections that get adapters"), cl::cat(cat));
+  cl::opt<int64_t> seqLen("seq-len", cl::init(0),
+                          cl::desc("--train: tokens per sequence"),
+                          cl::cat(cat));
+  cl::opt<int64_t> batch("batch", cl::init(1),
+                         cl::desc("--train: sequences per step"), cl::cat(cat));
+  cl::opt<std::string> optimizer("optimizer", cl::init("adamw"),
+                                 cl::desc("--train: adamw or sgd"),
+                                 cl::cat(cat));
+  cl::opt<std::string> memoryBudget(
+      "memory-budget",
+      cl::desc("--train: peak training memory to plan for (e.g. 1.5G)"),
+      cl::cat(cat));
   cl::HideUnrelatedOptions(cat);
   cl::ParseCommandLineOptions(argc, argv,
                               "tlc compile: BitNet model -> .tlm\n");
@@ -94,6 +123,61 @@ int main(int argc, char **argv) {
   }
   o.headBits = head == "int8" ? 8 : head == "q6" ? 6 : 16;
   o.adapterDir = adapter;
+  if (train) {
+    static const std::set<std::string> known = {
+        "q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj",
+        "down_proj"};
+    o.train.emplace();
+    o.train->rank = loraRank;
+    o.train->alpha = loraAlpha;
+    o.train->seqLen = seqLen;
+    o.train->batch = batch;
+    o.train->optimizer = optimizer;
+    for (StringRef rest = loraTargets; !rest.empty();) {
+      auto [t, tail] = rest.split(',');
+      rest = tail;
+      if (!known.count(t.trim().str())) {
+        errs() << "tlc: error: --lora-targets: unknown projection '" << t
+               << "' (known: q_proj,k_proj,v_proj,o_proj,gate_proj,up_proj,"
+                  "down_proj)\n";
+        return 1;
+      }
+      o.train->targets.insert(t.trim().str());
+    }
+    if (o.train->targets.empty() || loraRank <= 0 || !(loraAlpha > 0) ||
+        seqLen < 2 || batch <= 0) {
+      errs() << "tlc: error: --train needs --lora-rank > 0, --lora-alpha > 0, "
+                "--lora-targets, --seq-len >= 2 and --batch > 0\n";
+      return 1;
+    }
+    if (optimizer != "adamw" && optimizer != "sgd") {
+      errs() << "tlc: error: --optimizer must be adamw or sgd\n";
+      return 1;
+    }
+    if (!adapter.empty()) {
+      errs() << "tlc: error: --adapter bakes an adapter into an inference "
+                "module; to start training from one use tlc-run train "
+                "--init-adapter\n";
+      return 1;
+    }
+    if (!memoryBudget.empty()) {
+      // SIZE: bytes with an optional K, M or G suffix (powers of 1024).
+      StringRef m = StringRef(memoryBudget).trim();
+      uint64_t scale = 1;
+      char last = m.empty() ? 0 : (char)toupper(m.back());
+      if (last == 'K' || last == 'M' || last == 'G') {
+        scale = last == 'K' ? 1ull << 10 : last == 'M' ? 1ull << 20 : 1ull << 30;
+        m = m.drop_back();
+      }
+      double v;
+      if (m.getAsDouble(v) || !(v > 0)) {
+        errs() << "tlc: error: --memory-budget: expected a size like 1.5G, got '"
+               << memoryBudget << "'\n";
+        return 1;
+      }
+      o.train->memoryBudget = (int64_t)(v * (double)scale);
+    }
+  }
   if (o.output.empty() && o.stopAfter == tlc::Phase::End) {
     errs() << "tlc: error: no output file (-o OUT.tlm)\n";
     return 1;

@@ -270,3 +270,55 @@ LogicalResult SquaredReluMulOp::verify() {
     return emitOpError("gate, up and result must have one type");
   return success();
 }
+
+//===----------------------------------------------------------------------===//
+// Training ops
+//===----------------------------------------------------------------------===//
+
+LogicalResult CausalAttentionOp::verify() {
+  int64_t dq, dk, dv, dout, heads;
+  if (failed(verifyActivation(*this, getQuery().getType(), "query", &dq)) ||
+      failed(verifyActivation(*this, getKey().getType(), "key", &dk)) ||
+      failed(verifyActivation(*this, getValue().getType(), "value", &dv)) ||
+      failed(verifyActivation(*this, getType(0), "result", &dout)) ||
+      failed(verifyActivation(*this, getLse().getType(), "lse", &heads)))
+    return failure();
+  int64_t hd = getHeadDim();
+  if (hd <= 0 || dq % hd || dk % hd || dk != dv || dq != dout ||
+      dq / hd != heads || (dq / hd) % (dk / hd))
+    return emitOpError("needs query [T x H*")
+           << hd << "], key/value [T x KVH*" << hd
+           << "] with KVH dividing H, lse [T x H]";
+  if (getSeqLen() <= 0)
+    return emitOpError("seq_len must be positive");
+  return success();
+}
+
+LogicalResult TernaryMatmulTransposedOp::verify() {
+  int64_t n, k;
+  if (failed(verifyActivation(*this, getInput().getType(), "input", &n)) ||
+      failed(verifyActivation(*this, getType(), "result", &k)) ||
+      failed(verifySameRows(*this, getInput().getType(), getType())))
+    return failure();
+  auto w = getWeight().getType();
+  if (w.getOutFeatures() != n || w.getInFeatures() != k)
+    return emitOpError("weight must be ")
+           << n << " x " << k << " (out x in), got " << w;
+  return success();
+}
+
+LogicalResult CrossEntropyOp::verify() {
+  int64_t k;
+  if (failed(verifyActivation(*this, getInput().getType(), "input", &k)))
+    return failure();
+  auto w = getWeight().getType();
+  if (w.getRank() != 2 || w.getDimSize(1) != k)
+    return emitOpError("weight must be [vocab x ") << k << "], got " << w;
+  return success();
+}
+
+LogicalResult OptimizerStepOp::verify() {
+  if (getKind() != "adamw" && getKind() != "sgd")
+    return emitOpError("kind must be adamw or sgd, got ") << getKind();
+  return success();
+}

@@ -4,6 +4,7 @@
 #define TLORA_OPS_TD
 
 include "dialects/tlora/IR/TloraTypes.td"
+include "dialects/tlora/IR/TloraInterfaces.td"
 include "mlir/Interfaces/SideEffectInterfaces.td"
 include "mlir/IR/SymbolInterfaces.td"
 include "mlir/IR/BuiltinAttributes.td"
@@ -13,6 +14,9 @@ def Tlora_FloatWeight : RankedTensorOf<[BF16, F16, F32]>;
 // A float matrix or its int8 form (per-row scales ride with the parameter).
 def Tlora_HeadWeight : RankedTensorOf<[BF16, F16, F32, I8, I<6>]>;
 def Tlora_Ids : 1DTensorOf<[I32]>;
+def Tlora_PerToken : 1DTensorOf<[F32]>;
+def Tlora_Scalar : 1DTensorOf<[F32]>;
+def Tlora_Differentiable : DeclareOpInterfaceMethods<Tlora_DifferentiableOpInterface>;
 
 //===----------------------------------------------------------------------===//
 // Parameters and state
@@ -55,7 +59,7 @@ def Tlora_KVCacheOp : Tlora_Op<"kv_cache", [Pure]> {
 // Compute
 //===----------------------------------------------------------------------===//
 
-def Tlora_EmbedOp : Tlora_Op<"embed", [Pure]> {
+def Tlora_EmbedOp : Tlora_Op<"embed", [Pure, Tlora_Differentiable]> {
   let summary = "rows of an embedding table, as f32";
   let arguments = (ins Tlora_FloatWeight:$table, Tlora_Ids:$ids);
   let results = (outs Tlora_Activation:$result);
@@ -63,7 +67,7 @@ def Tlora_EmbedOp : Tlora_Op<"embed", [Pure]> {
   let hasVerifier = 1;
 }
 
-def Tlora_RMSNormOp : Tlora_Op<"rms_norm", [Pure]> {
+def Tlora_RMSNormOp : Tlora_Op<"rms_norm", [Pure, Tlora_Differentiable]> {
   let summary = "w * x / sqrt(mean(x^2) + eps) over the last dimension";
   let arguments = (ins Tlora_Activation:$input, Tlora_FloatWeight:$weight, F32Attr:$epsilon);
   let results = (outs Tlora_Activation:$result);
@@ -71,7 +75,7 @@ def Tlora_RMSNormOp : Tlora_Op<"rms_norm", [Pure]> {
   let hasVerifier = 1;
 }
 
-def Tlora_TernaryLinearOp : Tlora_Op<"ternary_linear", [Pure]> {
+def Tlora_TernaryLinearOp : Tlora_Op<"ternary_linear", [Pure, Tlora_Differentiable]> {
   let summary = "BitLinear: per-token int8 quantization of x, then x_q . W_t^T * gamma / s";
   let arguments = (ins Tlora_Activation:$input, Tlora_TernaryType:$weight);
   let results = (outs Tlora_Activation:$result);
@@ -95,7 +99,7 @@ def Tlora_TernaryMatmulOp : Tlora_Op<"ternary_matmul", [Pure]> {
   let hasVerifier = 1;
 }
 
-def Tlora_LoraOp : Tlora_Op<"lora", [Pure]> {
+def Tlora_LoraOp : Tlora_Op<"lora", [Pure, Tlora_Differentiable]> {
   let summary = "a LoRA adapter's contribution: scaling * (x . A^T) . B^T";
   let description = [{
     As PEFT defines it, on the unquantized input x. A is [r x in], B is
@@ -117,10 +121,16 @@ def Tlora_DenseOp : Tlora_Op<"dense", [Pure]> {
   let hasVerifier = 1;
 }
 
-def Tlora_RopeOp : Tlora_Op<"rope", [Pure]> {
+def Tlora_RopeOp : Tlora_Op<"rope", [Pure, Tlora_Differentiable]> {
   let summary = "rotate-half rotary embedding of each head, positions pos .. pos+T-1";
+  let description = [{
+    With `period` = S, positions restart every S tokens (a batch of
+    sequences of S tokens: token t sits at pos + t mod S). `inverse` rotates
+    by minus the angle (the adjoint: rotations are orthogonal).
+  }];
   let arguments = (ins Tlora_Activation:$input, Index:$position,
-                   I64Attr:$headDim, F64Attr:$theta);
+                   I64Attr:$headDim, F64Attr:$theta,
+                   OptionalAttr<I64Attr>:$period, UnitAttr:$inverse);
   let results = (outs Tlora_Activation:$result);
   let assemblyFormat = "$input `at` $position `head_dim` `(` $headDim `)` `theta` `(` $theta `)` attr-dict `:` qualified(type($input)) `->` qualified(type($result))";
   let hasVerifier = 1;
@@ -148,12 +158,168 @@ def Tlora_AttentionOp : Tlora_Op<"attention", [MemoryEffects<[MemRead]>,
   let hasVerifier = 1;
 }
 
-def Tlora_SquaredReluMulOp : Tlora_Op<"squared_relu_mul", [Pure,
+def Tlora_SquaredReluMulOp : Tlora_Op<"squared_relu_mul", [Pure, Tlora_Differentiable,
     AllTypesMatch<["gate", "up", "result"]>]> {
   let summary = "relu(gate)^2 * up, the relu2 gated MLP";
   let arguments = (ins Tlora_Activation:$gate, Tlora_Activation:$up);
   let results = (outs Tlora_Activation:$result);
   let assemblyFormat = "$gate `,` $up attr-dict `:` qualified(type($result))";
+  let hasVerifier = 1;
+}
+
+//===----------------------------------------------------------------------===//
+// Training: adapters as state, fused losses, adjoint ops and optimizers
+//===----------------------------------------------------------------------===//
+
+def Tlora_TrainableOp : Tlora_Op<"trainable", [Pure]> {
+  let summary = "a trainable adapter tensor (training state), by PEFT key";
+  let description = [{
+    Float32 state owned by the training session. With `gradient`, the value
+    is the tensor's gradient accumulator instead (used after lowering).
+  }];
+  let arguments = (ins StrAttr:$name, UnitAttr:$gradient);
+  let results = (outs RankedTensorOf<[F32]>:$result);
+  let assemblyFormat = "$name attr-dict `:` qualified(type($result))";
+}
+
+def Tlora_HyperOp : Tlora_Op<"hyper", [Pure]> {
+  let summary = "the step's hyper-parameter block (tlc_train_hyper_t, 64 bytes)";
+  let results = (outs StaticShapeTensorOf<[F32]>:$result);
+  let assemblyFormat = "attr-dict `:` qualified(type($result))";
+}
+
+def Tlora_TrainStateOp : Tlora_Op<"train_state", [Pure]> {
+  let summary = "the whole training state: parameters, gradients, moments";
+  let results = (outs StaticShapeTensorOf<[F32]>:$result);
+  let assemblyFormat = "attr-dict `:` qualified(type($result))";
+}
+
+def Tlora_LossScaleOp : Tlora_Op<"loss_scale", [Pure]> {
+  let summary = "the seed of the backward: d(step loss) / d(loss), from the hyper block";
+  let arguments = (ins StaticShapeTensorOf<[F32]>:$hyper);
+  let results = (outs Tlora_Scalar:$result);
+  let assemblyFormat = "$hyper attr-dict `:` qualified(type($hyper)) `->` qualified(type($result))";
+}
+
+def Tlora_CausalAttentionOp : Tlora_Op<"causal_attention", [Pure,
+    Tlora_Differentiable, AllTypesMatch<["key", "value"]>]> {
+  let summary = "causal softmax attention within each sequence of a packed batch";
+  let description = [{
+    Queries [T x heads*head_dim], keys and values [T x kv_heads*head_dim];
+    T tokens are sequences of `seq_len` tokens back to back. `lse`
+    [T x heads] (log-sum-exp of the scaled scores) is kept for the backward.
+  }];
+  let arguments = (ins Tlora_Activation:$query, Tlora_Activation:$key,
+                   Tlora_Activation:$value, I64Attr:$headDim, I64Attr:$seqLen,
+                   F32Attr:$scale);
+  let results = (outs Tlora_Activation:$result, Tlora_Activation:$lse);
+  let assemblyFormat = "$query `,` $key `,` $value `head_dim` `(` $headDim `)` `seq_len` `(` $seqLen `)` `scale` `(` $scale `)` attr-dict `:` qualified(type($query)) `,` qualified(type($key)) `->` qualified(type($result)) `,` qualified(type($lse))";
+  let hasVerifier = 1;
+}
+
+def Tlora_CausalAttentionGradOp : Tlora_Op<"causal_attention_grad", [Pure]> {
+  let summary = "adjoints of causal_attention's query, key and value";
+  let arguments = (ins Tlora_Activation:$query, Tlora_Activation:$key,
+                   Tlora_Activation:$value, Tlora_Activation:$output,
+                   Tlora_Activation:$lse, Tlora_Activation:$outputGrad,
+                   I64Attr:$headDim, I64Attr:$seqLen, F32Attr:$scale);
+  let results = (outs Tlora_Activation:$queryGrad, Tlora_Activation:$keyGrad,
+                 Tlora_Activation:$valueGrad);
+  let assemblyFormat = "operands `head_dim` `(` $headDim `)` `seq_len` `(` $seqLen `)` `scale` `(` $scale `)` attr-dict `:` functional-type(operands, results)";
+}
+
+def Tlora_RMSNormGradOp : Tlora_Op<"rms_norm_grad", [Pure]> {
+  let summary = "adjoint of rms_norm's input";
+  let arguments = (ins Tlora_Activation:$input, Tlora_FloatWeight:$weight,
+                   Tlora_Activation:$resultGrad, F32Attr:$epsilon);
+  let results = (outs Tlora_Activation:$inputGrad);
+  let assemblyFormat = "$input `,` $weight `,` $resultGrad `eps` `(` $epsilon `)` attr-dict `:` functional-type(operands, results)";
+}
+
+def Tlora_TernaryMatmulTransposedOp : Tlora_Op<"ternary_matmul_transposed", [Pure]> {
+  let summary = "dX = dY . W_t * gamma, on the packed ternary weights";
+  let description = [{
+    The backward product of a frozen ternary layer (straight-through
+    estimator for the activation quantization).
+  }];
+  let arguments = (ins Tlora_Activation:$input, Tlora_TernaryType:$weight);
+  let results = (outs Tlora_Activation:$result);
+  let assemblyFormat = "$input `,` $weight attr-dict `:` qualified(type($input)) `,` qualified(type($weight)) `->` qualified(type($result))";
+  let hasVerifier = 1;
+}
+
+def Tlora_LoraGradOp : Tlora_Op<"lora_grad", [Pure]> {
+  let summary = "adjoints of a LoRA branch: input, lora_A and lora_B";
+  let arguments = (ins Tlora_Activation:$input, Tlora_FloatWeight:$loraA,
+                   Tlora_FloatWeight:$loraB, Tlora_Activation:$resultGrad,
+                   F32Attr:$scaling);
+  let results = (outs Tlora_Activation:$inputGrad,
+                 RankedTensorOf<[F32]>:$loraAGrad,
+                 RankedTensorOf<[F32]>:$loraBGrad);
+  let assemblyFormat = "operands `scaling` `(` $scaling `)` attr-dict `:` functional-type(operands, results)";
+}
+
+def Tlora_SquaredReluMulGradOp : Tlora_Op<"squared_relu_mul_grad", [Pure]> {
+  let summary = "adjoints of squared_relu_mul's gate and up";
+  let arguments = (ins Tlora_Activation:$gate, Tlora_Activation:$up,
+                   Tlora_Activation:$resultGrad);
+  let results = (outs Tlora_Activation:$gateGrad, Tlora_Activation:$upGrad);
+  let assemblyFormat = "operands attr-dict `:` functional-type(operands, results)";
+}
+
+def Tlora_CrossEntropyOp : Tlora_Op<"cross_entropy", [Pure, Tlora_Differentiable]> {
+  let summary = "next-token cross entropy fused with the LM head, per token";
+  let description = [{
+    loss[t] = logsumexp(x[t] . W^T) - (x[t] . W^T)[labels[t]], 0 where
+    labels[t] < 0 (ignored). The [T x vocab] logits never exist in memory;
+    `lse` [T] is kept for the backward.
+  }];
+  let arguments = (ins Tlora_Activation:$input, Tlora_FloatWeight:$weight,
+                   Tlora_Ids:$labels);
+  let results = (outs Tlora_PerToken:$loss, Tlora_PerToken:$lse);
+  let assemblyFormat = "$input `,` $weight `,` $labels attr-dict `:` functional-type(operands, results)";
+  let hasVerifier = 1;
+}
+
+def Tlora_CrossEntropyGradOp : Tlora_Op<"cross_entropy_grad", [Pure]> {
+  let summary = "adjoint of cross_entropy's input, fused with the LM head";
+  let arguments = (ins Tlora_Activation:$input, Tlora_FloatWeight:$weight,
+                   Tlora_Ids:$labels, Tlora_PerToken:$lse,
+                   Tlora_PerToken:$lossGrad);
+  let results = (outs Tlora_Activation:$inputGrad);
+  let assemblyFormat = "operands attr-dict `:` functional-type(operands, results)";
+}
+
+def Tlora_MeanLossOp : Tlora_Op<"mean_loss", [Pure, Tlora_Differentiable]> {
+  let summary = "mean of the per-token losses over the tokens with a label";
+  let arguments = (ins Tlora_PerToken:$loss, Tlora_Ids:$labels);
+  let results = (outs Tlora_Scalar:$result);
+  let assemblyFormat = "$loss `,` $labels attr-dict `:` functional-type(operands, results)";
+}
+
+def Tlora_MeanLossGradOp : Tlora_Op<"mean_loss_grad", [Pure]> {
+  let summary = "adjoint of mean_loss: seed / count where labelled, else 0";
+  let arguments = (ins Tlora_Scalar:$resultGrad, Tlora_Ids:$labels);
+  let results = (outs Tlora_PerToken:$lossGrad);
+  let assemblyFormat = "$resultGrad `,` $labels attr-dict `:` functional-type(operands, results)";
+}
+
+def Tlora_AccumulateGradOp : Tlora_Op<"accumulate_grad", [MemoryEffects<[MemWrite]>]> {
+  let summary = "adds a gradient into the named adapter's accumulator";
+  let arguments = (ins RankedTensorOf<[F32]>:$grad, StrAttr:$name);
+  let assemblyFormat = "$grad `into` $name attr-dict `:` qualified(type($grad))";
+}
+
+def Tlora_OptimizerStepOp : Tlora_Op<"optimizer_step", [MemoryEffects<[MemRead, MemWrite]>]> {
+  let summary = "one optimizer update of every adapter from its accumulated gradient";
+  let description = [{
+    `kind` is "adamw" (bias correction, decoupled weight decay) or "sgd".
+    Hyper-parameters come from the hyper block; the update is skipped while
+    gradients accumulate (apply = 0). Clips by the global gradient norm
+    when max_grad_norm > 0. Zeroes the accumulators.
+  }];
+  let arguments = (ins StaticShapeTensorOf<[F32]>:$hyper, StrAttr:$kind);
+  let assemblyFormat = "$kind `,` $hyper attr-dict `:` qualified(type($hyper))";
   let hasVerifier = 1;
 }
 

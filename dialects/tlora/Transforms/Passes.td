@@ -14,6 +14,21 @@ def DecomposeLinearPass : Pass<"tlora-decompose-linear", "ModuleOp"> {
   let dependentDialects = ["::mlir::tlora::TloraDialect"];
 }
 
+def DifferentiatePass : Pass<"tlora-differentiate", "ModuleOp"> {
+  let summary = "Appends the backward and the optimizer update to training functions";
+  let description = [{
+    On every function with a `tlora.optimizer` attribute ("adamw" or "sgd")
+    whose first result is the loss: reverse-mode differentiation with
+    respect to the `tlora.trainable` adapters only (activity analysis:
+    values that depend on an adapter), through DifferentiableOpInterface.
+    The seed is the hyper block's loss scale. Every adapter gradient is
+    accumulated into its state (`tlora.accumulate_grad`), then one
+    `tlora.optimizer_step` updates them all.
+  }];
+  let dependentDialects = ["::mlir::tlora::TloraDialect",
+                           "::mlir::arith::ArithDialect"];
+}
+
 def PlanMemoryPass : Pass<"tlora-plan-memory", "ModuleOp"> {
   let summary = "Assigns every dispatch operand and result a memory slot";
   let description = [{

@@ -9,6 +9,7 @@
 #include "mlir/IR/Builders.h"
 #include "llvm/ADT/DenseMap.h"
 #include "llvm/ADT/DenseSet.h"
+#include "llvm/ADT/StringMap.h"
 
 #include <map>
 
@@ -105,6 +106,12 @@ struct PlanMemoryPass : mlir::tlora::impl::PlanMemoryPassBase<PlanMemoryPass> {
         lastUse[v] = &op;
 
     Value returned = body.getTerminator()->getOperand(0);
+    // Training state: adapters, then their gradients (train_abi.h).
+    int64_t adapterElements = 0;
+    llvm::StringMap<int64_t> stateOffset;
+    for (const StateTensor &t : trainStateLayout(func, &adapterElements))
+      stateOffset[t.name] = 4 * t.offset;
+    bool training = func->hasAttr("tlora.optimizer");
     ArenaAllocator arena;
     llvm::DenseMap<Value, SlotAttr> slots;
     llvm::DenseSet<Value> freed;
@@ -120,8 +127,22 @@ struct PlanMemoryPass : mlir::tlora::impl::PlanMemoryPassBase<PlanMemoryPass> {
         s = SlotAttr::get(ctx, "param", 0, 0, t.getNameAttr());
       else if (auto c = dyn_cast_or_null<KVCacheOp>(def))
         s = SlotAttr::get(ctx, "kv", 0, 0, c.getNameAttr());
+      else if (auto t = dyn_cast_or_null<TrainableOp>(def))
+        s = SlotAttr::get(ctx, "state",
+                          stateOffset.lookup(t.getName()) +
+                              (t.getGradient() ? 4 * adapterElements : 0),
+                          bytes, t.getNameAttr());
+      else if (isa_and_nonnull<TrainStateOp>(def))
+        s = SlotAttr::get(ctx, "state", 0, bytes, {});
+      else if (isa_and_nonnull<HyperOp>(def))
+        s = SlotAttr::get(ctx, "hyper", 0, bytes, {});
+      else if (isa_and_nonnull<LossScaleOp>(def)) // tlc_train_hyper_t
+        s = SlotAttr::get(ctx, "hyper", 24, bytes, {});
       else if (auto arg = dyn_cast<BlockArgument>(v))
-        s = SlotAttr::get(ctx, "input", 0, bytes, {});
+        s = SlotAttr::get(ctx,
+                          training && arg.getArgNumber() == 1 ? "labels"
+                                                              : "input",
+                          0, bytes, {});
       else if (v == returned)
         s = SlotAttr::get(ctx, "output", 0, bytes, {});
       else
@@ -133,7 +154,9 @@ struct PlanMemoryPass : mlir::tlora::impl::PlanMemoryPassBase<PlanMemoryPass> {
     for (Operation &op : llvm::make_early_inc_range(body)) {
       auto dispatch = dyn_cast<DispatchOp>(op);
       if (!dispatch) {
-        if (isa<WeightOp, TernaryWeightOp, KVCacheOp, func::ReturnOp>(op))
+        if (isa<WeightOp, TernaryWeightOp, KVCacheOp, TrainableOp, HyperOp,
+                TrainStateOp, LossScaleOp, arith::ConstantOp, func::ReturnOp>(
+                op))
           continue;
         return op.emitOpError("cannot plan memory: not a dispatch (run "
                               "dispatch formation first)");

@@ -126,6 +126,60 @@ TLC_API tlc_status_t tlc_detokenize(const tlc_module_t *module,
                                     const int32_t *ids, size_t count,
                                     char **out_text, size_t *out_length);
 
+/*
+ * Training (modules compiled with tlc compile --train). A trainer runs the
+ * module's train_step: forward, backward and optimizer update of the LoRA
+ * adapters, on batch x seq_len tokens per call.
+ */
+typedef struct tlc_trainer_s tlc_trainer_t;
+
+typedef struct {
+  uint32_t seq_len, batch;
+  const char *optimizer; /* "adamw" or "sgd" */
+  int32_t lora_rank;
+  float lora_alpha;
+  size_t target_count, tensor_count;
+  uint64_t adapter_elements; /* P */
+  uint64_t state_size;       /* bytes of the training state */
+  uint64_t arena_size;       /* bytes of train_step's scratch memory */
+} tlc_train_info_t;
+
+typedef struct {
+  const char *name; /* PEFT key, e.g. base_model.model.model.layers.0.
+                       self_attn.q_proj.lora_A.weight */
+  int64_t rows, cols;
+  uint64_t offset; /* float32 elements into the state's parameters */
+} tlc_train_tensor_info_t;
+
+/* Fails (with a message) when the module is not a training module. */
+TLC_API tlc_status_t tlc_module_train_info(const tlc_module_t *module,
+                                           tlc_train_info_t *out);
+TLC_API const char *tlc_module_train_target(const tlc_module_t *module,
+                                            size_t i);
+TLC_API void tlc_module_train_tensor(const tlc_module_t *module, size_t i,
+                                     tlc_train_tensor_info_t *out);
+
+/* The trainer owns the training state (zeroed), its arena and threads; it
+ * keeps `module` referenced. */
+TLC_API tlc_status_t tlc_trainer_create(tlc_module_t *module,
+                                        const tlc_session_options_t *options,
+                                        tlc_trainer_t **out_trainer);
+TLC_API void tlc_trainer_release(tlc_trainer_t *trainer);
+
+/* The training state (layout in tlc/train_abi.h): read and write it to
+ * initialize adapters, save them, checkpoint and resume. */
+TLC_API float *tlc_trainer_state(tlc_trainer_t *trainer, size_t *out_floats);
+
+/* One call of train_step on batch * seq_len tokens: ids, and labels (the
+ * token each position must predict; negative = ignored). `hyper` points to
+ * a tlc_train_hyper_t (tlc/train_abi.h) that the caller fills; the step
+ * accumulates gradients, and with hyper->apply also updates the adapters
+ * (and sets hyper->grad_norm). *out_loss: the mean loss of the batch. */
+TLC_API tlc_status_t tlc_trainer_step(tlc_trainer_t *trainer,
+                                      const int32_t *ids,
+                                      const int32_t *labels, void *hyper,
+                                      float *out_loss);
+
 #ifdef __cplusplus
 }
 #endif

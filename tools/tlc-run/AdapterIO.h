@@ -1,0 +1,52 @@
+// PEFT LoRA adapter folders (adapter_config.json + adapter_model.safetensors)
+// for `tlc-run train`, and atomic file writes for checkpoints.
+#ifndef TLC_TOOLS_TLC_RUN_ADAPTERIO_H
+#define TLC_TOOLS_TLC_RUN_ADAPTERIO_H
+
+#include <cstddef>
+#include <cstdint>
+#include <string>
+#include <vector>
+
+namespace tlc::run {
+
+/// One tensor; key is PEFT's key without the adapter name, e.g.
+/// "base_model.model.model.layers.0.self_attn.q_proj.lora_A.weight".
+struct AdapterTensor {
+  std::string key;
+  std::vector<int64_t> shape;
+  std::vector<float> data; // row-major, product(shape) values
+};
+
+struct AdapterConfig {
+  int rank = 0;
+  float alpha = 0;
+  std::vector<std::string> targets; // target_modules
+  std::string base_model;           // base_model_name_or_path
+  bool use_rslora = false;
+};
+
+/// Writes `path` atomically: a temp file in the same folder (mkstemp),
+/// fsync, rename. On failure the temp is removed and an existing `path` is
+/// left untouched.
+bool writeFileAtomic(const std::string &path, const void *data, size_t size,
+                     std::string *error);
+
+/// Creates `dir` if missing and writes adapter_model.safetensors (F32, keys
+/// sorted, "__metadata__": {"format": "pt"}) and adapter_config.json (a PEFT
+/// LoraConfig), each atomically.
+bool writePeftAdapter(const std::string &dir, const AdapterConfig &cfg,
+                      const std::vector<AdapterTensor> &tensors,
+                      std::string *error);
+
+/// Reads a PEFT LoRA adapter folder: the config (r, lora_alpha,
+/// target_modules, use_rslora, base_model_name_or_path) and the tensors (F32,
+/// BF16 or F16, converted to float; a ".default" segment before ".weight" is
+/// dropped from keys). *out is sorted by key.
+bool readPeftAdapterTensors(const std::string &dir,
+                            std::vector<AdapterTensor> *out,
+                            AdapterConfig *cfg, std::string *error);
+
+} // namespace tlc::run
+
+#endif
