@@ -11,6 +11,7 @@
 #include "tools/tlc-run/TrainData.h"
 
 #include <chrono>
+#include <dirent.h>
 #include <cmath>
 #include <cstdio>
 #include <cstdlib>
@@ -311,6 +312,22 @@ bool writeAdapter(tlc_module_t *m, const Options &o, const float *params,
   return writePeftAdapter(o.out, cfg, tensors, error);
 }
 
+/// Removes the temporary files of writes a killed run left behind
+/// (writeFileAtomic names them .NAME.tmpXXXXXX).
+void removeStaleTemporaries(const std::string &dir) {
+  DIR *d = opendir(dir.c_str());
+  if (!d)
+    return;
+  static const char *ours[] = {".checkpoint.tlcstate.tmp",
+                               ".adapter_model.safetensors.tmp",
+                               ".adapter_config.json.tmp"};
+  while (dirent *e = readdir(d))
+    for (const char *prefix : ours)
+      if (strncmp(e->d_name, prefix, strlen(prefix)) == 0)
+        unlink((dir + "/" + e->d_name).c_str());
+  closedir(d);
+}
+
 void progress(long long step, long long steps, double loss, double lr,
               double norm, double tokensPerSecond) {
   if (isatty(2)) {
@@ -386,6 +403,7 @@ int trainCommand(tlc_module_t *module, const std::string &modulePath,
   uint64_t stepsDone = 0;
   if (mkdir(o.out.c_str(), 0777) != 0 && errno != EEXIST)
     return fail(o.out + ": cannot create: " + strerror(errno));
+  removeStaleTemporaries(o.out);
   if (o.resume) {
     if (!loadCheckpoint(o, state, floats, ti.adapter_elements, &stepsDone,
                         &error))
