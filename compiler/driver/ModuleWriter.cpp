@@ -149,8 +149,7 @@ bool writeModule(const ModuleContents &c, const std::string &path,
   });
   int64_t maxSeq = 0;
   program.walk([&](KVCacheOp kv) { maxSeq = kv.getType().getMaxSeq(); });
-  if (c.train)
-    maxSeq = c.train->seqLen;
+
   llvm::StringSet<> counted; // an int8 head shares its name with the bf16 one
   for (auto &p : params) {
     if (!counted.insert(p.name).second)
@@ -277,12 +276,12 @@ bool writeModule(const ModuleContents &c, const std::string &path,
         cfg.tiedEmbeddings, cfg.bosTokenId, cfg.eosTokenId, parameterCount);
     flatbuffers::Offset<TrainInfo> train = 0;
     if (c.train) {
-      func::FuncOp step;
+      func::FuncOp step; // the layout is the same in every entry
       for (auto f : program.getOps<func::FuncOp>())
-        if (f.getName() == "train_step")
+        if (f.getName() == (c.train->step ? "train_step" : "prefill"))
           step = f;
       if (!step) {
-        *error = "internal error: training module without train_step";
+        *error = "internal error: adapter module without its entry point";
         return false;
       }
       int64_t total;

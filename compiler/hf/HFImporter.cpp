@@ -75,13 +75,13 @@ public:
   OwningOpRef<ModuleOp> run() {
     OwningOpRef<ModuleOp> module = ModuleOp::create(b.getUnknownLoc());
     b.setInsertionPointToEnd(module->getBody());
-    if (opts.train) {
-      if (!buildEntry("train_step", opts.train->batch * opts.train->seqLen))
-        return nullptr;
-    } else if (!buildEntry("prefill", opts.maxTokens) ||
-               !buildEntry("decode", 1)) {
+    if (opts.train && opts.train->step &&
+        !buildEntry("train_step", opts.train->batch * opts.train->seqLen,
+                    /*step=*/true))
       return nullptr;
-    }
+    if (!buildEntry("prefill", opts.maxTokens, false) ||
+        !buildEntry("decode", 1, false))
+      return nullptr;
     if (failed(verify(*module))) {
       *error = "internal error: imported IR does not verify";
       return nullptr;
@@ -214,11 +214,12 @@ private:
                              b.getF32FloatAttr(cfg.rmsNormEps));
   }
 
-  bool buildEntry(StringRef name, int64_t maxTokens) {
+  /// `step`: the training step (loss of a packed batch) instead of logits.
+  bool buildEntry(StringRef name, int64_t maxTokens, bool step) {
     int64_t D = cfg.hiddenSize, I = cfg.intermediateSize, V = cfg.vocabSize;
     int64_t hd = cfg.headDim, DQ = cfg.numHeads * hd, DKV = cfg.numKVHeads * hd;
     auto ids = RankedTensorType::get({ShapedType::kDynamic}, b.getI32Type());
-    const TrainOptions *train = opts.train;
+    const TrainOptions *train = step ? opts.train : nullptr;
     auto fnType =
         train ? b.getFunctionType({ids, ids}, {RankedTensorType::get(
                                                   {1}, b.getF32Type())})

@@ -11,8 +11,11 @@
 
 namespace tlc {
 
-/// A LoRA fine-tuning step (tlc compile --train).
+/// LoRA adapters held as runtime state: with `step`, a fine-tuning step
+/// (tlc compile --train) beside prefill/decode; without, inference entries
+/// whose adapters are loaded at run time (tlc-run --adapter).
 struct TrainOptions {
+  bool step = true;
   int64_t rank = 8;
   float alpha = 16.0f;
   std::set<std::string> targets; // module names, e.g. "q_proj"

@@ -186,8 +186,11 @@ tlc_status_t verifyModule(tlc_module_t *m) {
         case tlc::fb::Space_Output:
           limit = 4ull * ep->max_tokens() * (uint64_t)vocab;
           break;
-        case tlc::fb::Space_State:
-          limit = def->train() ? def->train()->state_size() : 0;
+        case tlc::fb::Space_State: // inference entries read the adapters
+          limit = !def->train()               ? 0
+                  : ep->name()->str() == "train_step"
+                      ? def->train()->state_size()
+                      : 4 * def->train()->adapter_elements();
           break;
         case tlc::fb::Space_Hyper:
           limit = sizeof(tlc_train_hyper_t);
@@ -207,11 +210,14 @@ tlc_status_t verifyModule(tlc_module_t *m) {
       }
     }
   }
+  if (!m->prefill || !m->decode || m->decode->max_tokens() != 1)
+    return makeStatus("%s: module needs entry points prefill and decode", p);
   if (const auto *train = def->train()) {
-    if (!m->trainStep || !train->optimizer() || !train->tensors() ||
-        (uint64_t)train->seq_len() * train->batch() != m->trainStep->max_tokens())
-      return makeStatus("%s: training module needs a train_step entry for "
-                        "batch x seq_len tokens",
+    if (!train->optimizer() || !train->tensors() ||
+        (m->trainStep && (uint64_t)train->seq_len() * train->batch() !=
+                             m->trainStep->max_tokens()))
+      return makeStatus("%s: malformed adapter table (train_step needs "
+                        "batch x seq_len tokens)",
                         p);
     uint64_t P = train->adapter_elements();
     for (const auto *t : *train->tensors()) {
@@ -229,8 +235,6 @@ tlc_status_t verifyModule(tlc_module_t *m) {
       return makeStatus("%s: training state of %llu bytes, expected %llu", p,
                         (unsigned long long)train->state_size(),
                         (unsigned long long)(4 * parts * P));
-  } else if (!m->prefill || !m->decode || m->decode->max_tokens() != 1) {
-    return makeStatus("%s: module needs entry points prefill and decode", p);
   }
   if (info->max_seq() <= 0)
     return makeStatus("%s: bad max_seq", p);
@@ -494,7 +498,7 @@ struct tlc_session_s {
   tlc_module_t *module;
   Profile prof; // TLC_PROFILE=1: printed at release
   std::unique_ptr<tlc::ThreadPool> pool;
-  AlignedBuffer kv, ids;
+  AlignedBuffer kv, ids, adapters;
   BoundEntry prefill, decode;
   std::vector<float> logits;
   size_t logitRows = 0, position = 0;
@@ -553,13 +557,14 @@ extern "C" tlc_status_t tlc_session_create(tlc_module_t *m,
   int threads = opts ? opts->num_threads : 0;
   if (threads <= 0)
     threads = (int)std::max(1L, sysconf(_SC_NPROCESSORS_ONLN));
-  if (!m->prefill || !m->decode)
-    return makeStatus("%s: a training module runs in a trainer "
-                      "(tlc_trainer_create), not a session",
-                      m->path.c_str());
   SpaceBases spaces;
   if (s->kv.allocate(m->def->kv_size()))
     spaces.kv = s->kv.ptr;
+  if (const auto *train = m->def->train()) { // zero adapters: the base model
+    if (!s->adapters.allocate(4 * train->adapter_elements()))
+      return makeStatus("%s: out of memory for the adapters", m->path.c_str());
+    spaces.state = s->adapters.ptr;
+  }
   if (!spaces.kv || !s->ids.allocate(4ull * m->prefill->max_tokens()) ||
       !bindEntry(m, spaces, m->prefill, &s->prefill) ||
       !bindEntry(m, spaces, m->decode, &s->decode))
@@ -575,6 +580,11 @@ extern "C" tlc_status_t tlc_session_create(tlc_module_t *m,
 tlc_session_s::~tlc_session_s() { prof.print(module); }
 
 extern "C" void tlc_session_release(tlc_session_t *s) { delete s; }
+
+extern "C" float *tlc_session_adapters(tlc_session_t *s, size_t *out_floats) {
+  *out_floats = s->adapters.ptr ? s->adapters.size / 4 : 0;
+  return (float *)s->adapters.ptr;
+}
 extern "C" void tlc_session_reset(tlc_session_t *s) {
   s->position = 0;
   s->logitRows = 0;
@@ -672,8 +682,8 @@ extern "C" tlc_status_t tlc_module_train_info(const tlc_module_t *m,
   *out = tlc_train_info_t{};
   const auto *t = m->def->train();
   if (!t)
-    return makeStatus("%s: not a training module (compile it with tlc "
-                      "compile --train)",
+    return makeStatus("%s: the module has no LoRA adapters (compile it with "
+                      "tlc compile --train, or --lora-rank for adapter slots)",
                       m->path.c_str());
   out->seq_len = t->seq_len();
   out->batch = t->batch();
@@ -684,7 +694,8 @@ extern "C" tlc_status_t tlc_module_train_info(const tlc_module_t *m,
   out->tensor_count = t->tensors()->size();
   out->adapter_elements = t->adapter_elements();
   out->state_size = t->state_size();
-  out->arena_size = m->trainStep->arena_size();
+  out->arena_size = m->trainStep ? m->trainStep->arena_size() : 0;
+  out->has_train_step = m->trainStep != nullptr;
   return nullptr;
 }
 
@@ -706,7 +717,7 @@ extern "C" tlc_status_t tlc_trainer_create(tlc_module_t *m,
                                            const tlc_session_options_t *opts,
                                            tlc_trainer_t **out) {
   *out = nullptr;
-  if (!m->def->train())
+  if (!m->trainStep)
     return makeStatus("%s: not a training module (compile it with tlc "
                       "compile --train)",
                       m->path.c_str());

@@ -238,57 +238,6 @@ void initAdapters(tlc_module_t *m, float *params, uint64_t seed) {
   }
 }
 
-bool loadInitAdapter(tlc_module_t *m, const std::string &dir, float *params,
-                     std::string *error) {
-  std::vector<AdapterTensor> tensors;
-  AdapterConfig cfg;
-  if (!readPeftAdapterTensors(dir, &tensors, &cfg, error))
-    return false;
-  tlc_train_info_t ti;
-  tlc_status_free(tlc_module_train_info(m, &ti));
-  float scaling = cfg.use_rslora ? cfg.alpha / std::sqrt((float)cfg.rank)
-                                 : cfg.alpha / (float)cfg.rank;
-  if (cfg.rank != ti.lora_rank ||
-      std::fabs(scaling - ti.lora_alpha / (float)ti.lora_rank) >
-          1e-6f * std::fabs(scaling)) {
-    *error = dir + "/adapter_config.json: r " + std::to_string(cfg.rank) +
-             " and lora_alpha " + std::to_string(cfg.alpha) +
-             " differ from the module's (r " + std::to_string(ti.lora_rank) +
-             ", lora_alpha " + std::to_string(ti.lora_alpha) +
-             "); recompile with matching --lora-rank/--lora-alpha";
-    return false;
-  }
-  std::map<std::string, const AdapterTensor *> byKey;
-  for (const AdapterTensor &t : tensors)
-    byKey[t.key] = &t;
-  for (size_t i = 0; i < ti.tensor_count; ++i) {
-    tlc_train_tensor_info_t t;
-    tlc_module_train_tensor(m, i, &t);
-    auto it = byKey.find(t.name);
-    if (it == byKey.end()) {
-      *error = dir + "/adapter_model.safetensors: missing tensor '" +
-               std::string(t.name) + "' (the module trains it)";
-      return false;
-    }
-    const AdapterTensor &a = *it->second;
-    if (a.shape.size() != 2 || a.shape[0] != t.rows || a.shape[1] != t.cols) {
-      *error = dir + "/adapter_model.safetensors: tensor '" + a.key +
-               "' has the wrong shape (expected [" + std::to_string(t.rows) +
-               ", " + std::to_string(t.cols) + "])";
-      return false;
-    }
-    std::memcpy(params + t.offset, a.data.data(), 4 * a.data.size());
-    byKey.erase(it);
-  }
-  if (!byKey.empty()) {
-    *error = dir + "/adapter_model.safetensors: tensor '" +
-             byKey.begin()->first + "' adapts a layer the module does not "
-             "train (compile with matching --lora-targets)";
-    return false;
-  }
-  return true;
-}
-
 bool writeAdapter(tlc_module_t *m, const Options &o, const float *params,
                   std::string *error) {
   tlc_train_info_t ti;
@@ -344,6 +293,57 @@ void progress(long long step, long long steps, double loss, double lr,
 }
 
 } // namespace
+
+bool loadAdapter(tlc_module_t *m, const std::string &dir, float *params,
+                     std::string *error) {
+  std::vector<AdapterTensor> tensors;
+  AdapterConfig cfg;
+  if (!readPeftAdapterTensors(dir, &tensors, &cfg, error))
+    return false;
+  tlc_train_info_t ti;
+  tlc_status_free(tlc_module_train_info(m, &ti));
+  float scaling = cfg.use_rslora ? cfg.alpha / std::sqrt((float)cfg.rank)
+                                 : cfg.alpha / (float)cfg.rank;
+  if (cfg.rank != ti.lora_rank ||
+      std::fabs(scaling - ti.lora_alpha / (float)ti.lora_rank) >
+          1e-6f * std::fabs(scaling)) {
+    *error = dir + "/adapter_config.json: r " + std::to_string(cfg.rank) +
+             " and lora_alpha " + std::to_string(cfg.alpha) +
+             " differ from the module's (r " + std::to_string(ti.lora_rank) +
+             ", lora_alpha " + std::to_string(ti.lora_alpha) +
+             "); recompile with matching --lora-rank/--lora-alpha";
+    return false;
+  }
+  std::map<std::string, const AdapterTensor *> byKey;
+  for (const AdapterTensor &t : tensors)
+    byKey[t.key] = &t;
+  for (size_t i = 0; i < ti.tensor_count; ++i) {
+    tlc_train_tensor_info_t t;
+    tlc_module_train_tensor(m, i, &t);
+    auto it = byKey.find(t.name);
+    if (it == byKey.end()) {
+      *error = dir + "/adapter_model.safetensors: missing tensor '" +
+               std::string(t.name) + "' (the module trains it)";
+      return false;
+    }
+    const AdapterTensor &a = *it->second;
+    if (a.shape.size() != 2 || a.shape[0] != t.rows || a.shape[1] != t.cols) {
+      *error = dir + "/adapter_model.safetensors: tensor '" + a.key +
+               "' has the wrong shape (expected [" + std::to_string(t.rows) +
+               ", " + std::to_string(t.cols) + "])";
+      return false;
+    }
+    std::memcpy(params + t.offset, a.data.data(), 4 * a.data.size());
+    byKey.erase(it);
+  }
+  if (!byKey.empty()) {
+    *error = dir + "/adapter_model.safetensors: tensor '" +
+             byKey.begin()->first + "' adapts a layer the module does not "
+             "train (compile with matching --lora-targets)";
+    return false;
+  }
+  return true;
+}
 
 int trainCommand(tlc_module_t *module, const std::string &modulePath,
                  const std::map<std::string, std::string> &options) {
@@ -411,7 +411,7 @@ int trainCommand(tlc_module_t *module, const std::string &modulePath,
     fprintf(stderr, "tlc-run: resuming after step %llu\n",
             (unsigned long long)stepsDone);
   } else if (!o.initAdapter.empty()) {
-    if (!loadInitAdapter(module, o.initAdapter, state, &error))
+    if (!loadAdapter(module, o.initAdapter, state, &error))
       return fail(error);
   } else {
     initAdapters(module, state, o.seed);

@@ -9,6 +9,12 @@
 
 namespace tlc::run {
 
+/// Reads the PEFT adapter folder `dir` into `params` (the module's adapter
+/// layout, tlc_module_train_tensor): every tensor the module has, with the
+/// module's rank and scaling, and nothing else.
+bool loadAdapter(tlc_module_t *module, const std::string &dir, float *params,
+                 std::string *error);
+
 /// Runs `tlc-run train MODULE ...` with the parsed --options; returns the
 /// process exit code (errors are printed).
 int trainCommand(tlc_module_t *module, const std::string &modulePath,

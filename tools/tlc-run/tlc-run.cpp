@@ -44,7 +44,9 @@ int usage() {
           "[--seed S] [--schedule constant|linear|cosine] [--warmup W] "
           "[--grad-accum G] [--max-grad-norm X] [--weight-decay D] "
           "[--log FILE.jsonl] [--shuffle false]\n"
-          "options for all: --threads N\n");
+          "options for all: --threads N; logits, generate, bench: --adapter "
+          "DIR (a PEFT LoRA adapter, for modules compiled with --lora-rank or "
+          "--train)\n");
   return 1;
 }
 
@@ -339,6 +341,17 @@ int main(int argc, char **argv) {
     tlc_session_t *s;
     ~ReleaseSession() { tlc_session_release(s); }
   } releaseSession{session};
+  if (a.has("--adapter")) {
+    size_t floats;
+    float *params = tlc_session_adapters(session, &floats);
+    if (!params)
+      return fail("%s: the module has no adapter slots (compile it with "
+                  "--lora-rank R --lora-alpha A, or --train)",
+                  a.module.c_str());
+    std::string error;
+    if (!tlc::run::loadAdapter(module, a.get("--adapter"), params, &error))
+      return fail("%s", error.c_str());
+  }
 
   if (a.command == "logits") {
     std::vector<int32_t> ids;

@@ -7,6 +7,8 @@
 //   tlc compile MODEL_DIR --train -o TRAIN.tlm --lora-rank R --lora-alpha A
 //       [--lora-targets q_proj,...] --seq-len T --batch B
 //       [--optimizer adamw|sgd] [--memory-budget SIZE]
+//   tlc compile MODEL_DIR -o OUT.tlm --lora-rank R --lora-alpha A
+//       [--lora-targets ...]   (adapter slots: tlc-run --adapter DIR)
 #include "compiler/driver/Compiler.h"
 
 #include "llvm/Support/CommandLine.h"
@@ -81,8 +83,11 @@ int main(int argc, char **argv) {
   cl::opt<bool> train("train",
                       cl::desc("compile a LoRA fine-tuning step (train_step)"),
                       cl::cat(cat));
-  cl::opt<int64_t> loraRank("lora-rank", cl::init(8),
-                            cl::desc("--train: adapter rank r"), cl::cat(cat));
+  cl::opt<int64_t> loraRank(
+      "lora-rank", cl::init(8),
+      cl::desc("adapter rank r (--train, or without it: adapter slots "
+               "filled at run time by tlc-run --adapter)"),
+      cl::cat(cat));
   cl::opt<float> loraAlpha("lora-alpha", cl::init(16.0f),
                            cl::desc("--train: lora_alpha (scaling alpha/r)"),
                            cl::cat(cat));
@@ -123,11 +128,13 @@ int main(int argc, char **argv) {
   }
   o.headBits = head == "int8" ? 8 : head == "q6" ? 6 : 16;
   o.adapterDir = adapter;
-  if (train) {
+  bool adapterSlots = !train && loraRank.getNumOccurrences() > 0;
+  if (train || adapterSlots) {
     static const std::set<std::string> known = {
         "q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj",
         "down_proj"};
     o.train.emplace();
+    o.train->step = train;
     o.train->rank = loraRank;
     o.train->alpha = loraAlpha;
     o.train->seqLen = seqLen;
@@ -144,8 +151,10 @@ int main(int argc, char **argv) {
       }
       o.train->targets.insert(t.trim().str());
     }
-    if (o.train->targets.empty() || loraRank <= 0 || !(loraAlpha > 0) ||
-        seqLen < 2 || batch <= 0) {
+    if (adapterSlots) {
+      o.train->seqLen = 2; // unused: no train_step
+    } else if (o.train->targets.empty() || loraRank <= 0 ||
+               !(loraAlpha > 0) || seqLen < 2 || batch <= 0) {
       errs() << "tlc: error: --train needs --lora-rank > 0, --lora-alpha > 0, "
                 "--lora-targets, --seq-len >= 2 and --batch > 0\n";
       return 1;
@@ -154,10 +163,14 @@ int main(int argc, char **argv) {
       errs() << "tlc: error: --optimizer must be adamw or sgd\n";
       return 1;
     }
+    if (loraRank <= 0 || !(loraAlpha > 0)) {
+      errs() << "tlc: error: --lora-rank and --lora-alpha must be positive\n";
+      return 1;
+    }
     if (!adapter.empty()) {
-      errs() << "tlc: error: --adapter bakes an adapter into an inference "
-                "module; to start training from one use tlc-run train "
-                "--init-adapter\n";
+      errs() << "tlc: error: --adapter bakes an adapter into a module without "
+                "adapter slots; load one at run time (tlc-run --adapter) or "
+                "start training from one (tlc-run train --init-adapter)\n";
       return 1;
     }
     if (!memoryBudget.empty()) {

@@ -95,6 +95,12 @@ TLC_API tlc_status_t tlc_session_create(tlc_module_t *module,
                                         tlc_session_t **out_session);
 TLC_API void tlc_session_release(tlc_session_t *session);
 
+/* The adapter parameters of a module with LoRA adapters (float32, layout
+ * of tlc_module_train_tensor), zero (= the base model) until the caller
+ * writes them; NULL when the module has none. */
+TLC_API float *tlc_session_adapters(tlc_session_t *session,
+                                    size_t *out_floats);
+
 /* Forgets the KV cache: the next prefill starts at position 0. */
 TLC_API void tlc_session_reset(tlc_session_t *session);
 TLC_API size_t tlc_session_position(const tlc_session_t *session);
@@ -142,6 +148,7 @@ typedef struct {
   uint64_t adapter_elements; /* P */
   uint64_t state_size;       /* bytes of the training state */
   uint64_t arena_size;       /* bytes of train_step's scratch memory */
+  bool has_train_step;       /* false: inference with adapter slots */
 } tlc_train_info_t;
 
 typedef struct {
@@ -151,7 +158,8 @@ typedef struct {
   uint64_t offset; /* float32 elements into the state's parameters */
 } tlc_train_tensor_info_t;
 
-/* Fails (with a message) when the module is not a training module. */
+/* LoRA adapters of a module compiled with --train or --lora-rank. Fails
+ * (with a message) when the module has none. */
 TLC_API tlc_status_t tlc_module_train_info(const tlc_module_t *module,
                                            tlc_train_info_t *out);
 TLC_API const char *tlc_module_train_target(const tlc_module_t *module,
