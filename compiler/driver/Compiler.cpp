@@ -30,7 +30,9 @@
 #include "mlir/Target/LLVMIR/Dialect/LLVMIR/LLVMToLLVMIRTranslation.h"
 #include "mlir/Transforms/Passes.h"
 
+#include "llvm/ADT/StringSet.h"
 #include "llvm/Support/FileSystem.h"
+#include "llvm/Support/FormatVariadic.h"
 #include "llvm/Support/Path.h"
 #include "llvm/Support/raw_ostream.h"
 
@@ -136,6 +138,67 @@ struct Driver {
     return false;
   }
 
+  static void buildTloraPhase(PassManager &pm) {
+    pm.addPass(tlora::createDifferentiatePass());
+    pm.addPass(createCanonicalizerPass());
+    pm.addPass(tlora::createDecomposeLinearPass());
+    pm.addPass(createCSEPass());
+  }
+  static void buildLoweredPhase(PassManager &pm) {
+    pm.addPass(llvmcpu::createFormDispatchesPass());
+    pm.addPass(tlora::createPlanMemoryPass());
+  }
+
+  /// Planned memory of train_step: mapped weights, the training state and
+  /// the activation arena.
+  struct TrainMemory {
+    int64_t weights = 0, state = 0, arena = 0;
+    bool recompute = false;
+    int64_t total() const { return weights + state + arena; }
+  };
+  TrainMemory trainMemory(ModuleOp module) {
+    TrainMemory m;
+    llvm::StringSet<> seen;
+    module.walk([&](Operation *op) {
+      if (auto w = dyn_cast<tlora::WeightOp>(op)) {
+        if (seen.insert(w.getName()).second)
+          m.weights += tlora::bufferBytes(w.getType(), 0);
+      } else if (auto t = dyn_cast<tlora::TernaryWeightOp>(op)) {
+        if (seen.insert(t.getName()).second)
+          m.weights += llvmcpu::ternaryParamBytes(t.getType().getOutFeatures(),
+                                                  t.getType().getInFeatures());
+      }
+    });
+    for (auto f : module.getOps<func::FuncOp>())
+      if (f.getName() == "train_step") {
+        int64_t total;
+        tlora::trainStateLayout(f, &total);
+        m.state = 4 * tlora::trainStateElements(total, opts.train->optimizer);
+        if (auto a = f->getAttrOfType<IntegerAttr>("tlora.arena_size"))
+          m.arena = a.getInt();
+        m.recompute = f->hasAttr("tlora.recompute");
+      }
+    return m;
+  }
+
+  /// Plans train_step without recomputation on a copy of the module; when
+  /// that exceeds --memory-budget, marks train_step for recomputation.
+  bool chooseRecomputation(ModuleOp module) {
+    OwningOpRef<ModuleOp> trial = module.clone();
+    PassManager pm(&ctx);
+    buildTloraPhase(pm);
+    buildLoweredPhase(pm);
+    if (failed(pm.run(*trial)))
+      return false;
+    TrainMemory m = trainMemory(*trial);
+    if (m.total() <= opts.train->memoryBudget)
+      return true;
+    for (auto f : module.getOps<func::FuncOp>())
+      if (f.getName() == "train_step")
+        f->setAttr("tlora.recompute", UnitAttr::get(&ctx));
+    return true;
+  }
+
   int run() {
     ctx.disableMultithreading(); // 2-core build machines; deterministic dumps
     if (!opts.dumpIRDir.empty()) {
@@ -196,21 +259,32 @@ struct Driver {
     if (opts.stopAfter == Phase::Import)
       return module->print(llvm::outs()), 0;
 
-    if (!runPhase(*module, "tlora", [](PassManager &pm) {
-          pm.addPass(tlora::createDifferentiatePass());
-          pm.addPass(createCanonicalizerPass());
-          pm.addPass(tlora::createDecomposeLinearPass());
-          pm.addPass(createCSEPass());
-        }))
+    if (opts.train && opts.train->step && opts.train->memoryBudget > 0 &&
+        !chooseRecomputation(*module))
+      return 1;
+    if (!runPhase(*module, "tlora", buildTloraPhase))
       return 1;
     if (opts.stopAfter == Phase::Tlora)
       return module->print(llvm::outs()), 0;
 
-    if (!runPhase(*module, "lowered", [](PassManager &pm) {
-          pm.addPass(llvmcpu::createFormDispatchesPass());
-          pm.addPass(tlora::createPlanMemoryPass());
-        }))
+    if (!runPhase(*module, "lowered", buildLoweredPhase))
       return 1;
+    if (opts.train && opts.train->step) {
+      TrainMemory m = trainMemory(*module);
+      llvm::errs() << llvm::formatv(
+          "tlc: train_step planned peak {0:F1} MiB = weights {1:F1} + "
+          "training state {2:F1} + activations {3:F1}{4}\n",
+          m.total() / 1048576.0, m.weights / 1048576.0, m.state / 1048576.0,
+          m.arena / 1048576.0,
+          m.recompute ? " (layers recomputed in the backward)" : "");
+      if (opts.train->memoryBudget > 0 && m.total() > opts.train->memoryBudget)
+        return fail(llvm::formatv("the training step needs {0:F1} MiB even "
+                                  "with recomputation; --memory-budget is "
+                                  "{1:F1} MiB (lower --seq-len or --batch)",
+                                  m.total() / 1048576.0,
+                                  opts.train->memoryBudget / 1048576.0)
+                        .str());
+    }
     if (opts.stopAfter == Phase::Lowered)
       return module->print(llvm::outs()), 0;
 

@@ -10,6 +10,7 @@
 #include "mlir/Dialect/Func/IR/FuncOps.h"
 #include "mlir/IR/Builders.h"
 #include "mlir/IR/Verifier.h"
+#include "llvm/ADT/ScopeExit.h"
 
 #include <cmath>
 
@@ -229,6 +230,8 @@ private:
     fn->setAttr("tlora.max_tokens", b.getI64IntegerAttr(maxTokens));
     if (train) {
       fn->setAttr("tlora.optimizer", b.getStringAttr(train->optimizer));
+      if (train->recompute)
+        fn->setAttr("tlora.recompute", b.getUnitAttr());
       fn->setAttr("tlora.seq_len", b.getI64IntegerAttr(train->seqLen));
     }
     OpBuilder::InsertionGuard guard(b);
@@ -247,7 +250,17 @@ private:
       return false;
     Value x = EmbedOp::create(b, loc(), act(D), table, idsArg);
     int64_t maxSeq = opts.maxSeq;
+    Block *block = b.getInsertionBlock();
     for (int64_t l = 0; l < cfg.numLayers; ++l) {
+      // Training marks each layer's ops: the unit of recomputation.
+      Operation *before = block->empty() ? nullptr : &block->back();
+      auto markLayer = llvm::make_scope_exit([&] {
+        if (!train)
+          return;
+        auto it = before ? std::next(before->getIterator()) : block->begin();
+        for (; it != block->end(); ++it)
+          it->setAttr("tlora.layer", b.getI64IntegerAttr(l));
+      });
       std::string p = "model.layers." + std::to_string(l) + ".";
       Value h = norm(x, p + "input_layernorm.weight", D);
       if (!h)

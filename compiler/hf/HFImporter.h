@@ -22,6 +22,7 @@ struct TrainOptions {
   int64_t seqLen = 0, batch = 1;
   std::string optimizer = "adamw"; // or "sgd"
   int64_t memoryBudget = 0;        // bytes; 0 = no limit
+  bool recompute = false;          // recompute layers even within budget
 };
 
 struct ImportOptions {

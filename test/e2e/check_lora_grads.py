@@ -35,7 +35,7 @@ def check_case(case, args, tmp):
     module = os.path.join(tmp, case + ".tlm")
     run([os.path.join(args.bin, "tlc"), "compile", os.path.join(args.goldens, case), "--train",
          "-o", module, "--lora-rank", "4", "--lora-alpha", "8", "--seq-len", str(batch.shape[1]),
-         "--batch", str(batch.shape[0]), "--optimizer", "sgd"])
+         "--batch", str(batch.shape[0]), "--optimizer", "sgd"] + args.compile_flag)
     out = os.path.join(tmp, case + "-adapter")
     log = os.path.join(tmp, case + ".jsonl")
     run([os.path.join(args.bin, "tlc-run"), "train", module, "--data", os.path.join(gold, "train_ids.npy"),
@@ -70,6 +70,7 @@ def main():
     ap.add_argument("--goldens", default=os.path.join(HERE, "goldens"))
     ap.add_argument("--lora-goldens", default=os.path.join(HERE, "lora-goldens"))
     ap.add_argument("--threads", default="2")
+    ap.add_argument("--compile-flag", action="append", default=[], help="extra tlc compile flag")
     args = ap.parse_args()
     cases = sorted(d for d in os.listdir(args.lora_goldens)
                    if os.path.isfile(os.path.join(args.lora_goldens, d, "grads.safetensors")))

@@ -107,6 +107,11 @@ int main(int argc, char **argv) {
       "memory-budget",
       cl::desc("--train: peak training memory to plan for (e.g. 1.5G)"),
       cl::cat(cat));
+  cl::opt<bool> recompute(
+      "recompute",
+      cl::desc("--train: recompute every layer in the backward (activation "
+               "checkpointing) even when --memory-budget does not need it"),
+      cl::cat(cat));
   cl::HideUnrelatedOptions(cat);
   cl::ParseCommandLineOptions(argc, argv,
                               "tlc compile: BitNet model -> .tlm\n");
@@ -135,6 +140,7 @@ int main(int argc, char **argv) {
         "down_proj"};
     o.train.emplace();
     o.train->step = train;
+    o.train->recompute = recompute;
     o.train->rank = loraRank;
     o.train->alpha = loraAlpha;
     o.train->seqLen = seqLen;

@@ -4,6 +4,7 @@
 #include "dialects/tlora/Transforms/Passes.h"
 
 #include "mlir/IR/Builders.h"
+#include "mlir/IR/IRMapping.h"
 #include "llvm/ADT/DenseSet.h"
 #include "llvm/ADT/StringSet.h"
 
@@ -84,6 +85,28 @@ struct DifferentiatePass
       slot = slot ? arith::AddFOp::create(b, loc, slot, g).getResult() : g;
     };
 
+    // Recomputation: before the backward of a layer, its forward ops are
+    // cloned and the adjoint rules read the clones, so the forward values
+    // of the layer die after their forward use; only each layer's input
+    // (the residual stream) stays live.
+    bool recompute = func->hasAttr("tlora.recompute");
+    llvm::DenseMap<Operation *, Operation *> clones;
+    std::optional<int64_t> clonedLayer;
+    auto layerOf = [](Operation *op) -> std::optional<int64_t> {
+      if (auto l = op->getAttrOfType<IntegerAttr>("tlora.layer"))
+        return l.getInt();
+      return std::nullopt;
+    };
+    auto cloneLayer = [&](int64_t layer) {
+      IRMapping map;
+      for (Operation *op : forward)
+        if (layerOf(op) == layer && !isa<TrainableOp>(op)) {
+          Operation *c = b.clone(*op, map);
+          c->setAttr("tlora.recomputed", b.getUnitAttr());
+          clones[op] = c;
+        }
+    };
+
     for (Operation *op : llvm::reverse(forward)) {
       SmallVector<Value> dy;
       bool any = false;
@@ -93,7 +116,13 @@ struct DifferentiatePass
       }
       if (!any || isa<TrainableOp>(op))
         continue;
-      auto rule = dyn_cast<DifferentiableOpInterface>(op);
+      std::optional<int64_t> layer = layerOf(op);
+      if (recompute && layer && layer != clonedLayer) {
+        cloneLayer(*layer);
+        clonedLayer = layer;
+      }
+      Operation *source = clones.lookup(op);
+      auto rule = dyn_cast<DifferentiableOpInterface>(source ? source : op);
       if (!rule)
         return op->emitOpError("has no differentiation rule");
       SmallVector<bool> needed;

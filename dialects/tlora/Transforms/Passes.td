@@ -24,6 +24,11 @@ def DifferentiatePass : Pass<"tlora-differentiate", "ModuleOp"> {
     The seed is the hyper block's loss scale. Every adapter gradient is
     accumulated into its state (`tlora.accumulate_grad`), then one
     `tlora.optimizer_step` updates them all.
+
+    With a `tlora.recompute` attribute on the function, each layer (ops
+    marked `tlora.layer`) is recomputed right before its backward: the
+    adjoint rules read clones of the layer's forward ops, so only the layer
+    inputs stay live across the forward (activation checkpointing).
   }];
   let dependentDialects = ["::mlir::tlora::TloraDialect",
                            "::mlir::arith::ArithDialect"];
