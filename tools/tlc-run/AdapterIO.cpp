@@ -245,6 +245,12 @@ bool readTensors(const std::string &dir, std::vector<AdapterTensor> *out,
 
 bool writeFileAtomic(const std::string &path, const void *data, size_t size,
                      std::string *error) {
+  return writeFileAtomic(path, {{data, size}}, error);
+}
+
+bool writeFileAtomic(const std::string &path,
+                     const std::vector<FilePiece> &pieces,
+                     std::string *error) {
   size_t slash = path.rfind('/');
   std::string dir = slash == std::string::npos ? "." : path.substr(0, slash);
   std::string base = slash == std::string::npos ? path : path.substr(slash + 1);
@@ -269,19 +275,21 @@ bool writeFileAtomic(const std::string &path, const void *data, size_t size,
   };
   if (fchmod(fd, 0644) != 0)
     return fail("cannot set permissions");
-  const char *p = (const char *)data;
-  size_t left = size;
-  while (left > 0) {
-    ssize_t n = ::write(fd, p, left);
-    if (n < 0 && errno == EINTR)
-      continue;
-    if (n <= 0) {
-      if (n == 0)
-        errno = EIO;
-      return fail("write failed");
+  for (const FilePiece &piece : pieces) {
+    const char *p = (const char *)piece.data;
+    size_t left = piece.size;
+    while (left > 0) {
+      ssize_t n = ::write(fd, p, left);
+      if (n < 0 && errno == EINTR)
+        continue;
+      if (n <= 0) {
+        if (n == 0)
+          errno = EIO;
+        return fail("write failed");
+      }
+      p += n;
+      left -= (size_t)n;
     }
-    p += n;
-    left -= (size_t)n;
   }
   if (fsync(fd) != 0)
     return fail("fsync failed");
@@ -315,7 +323,7 @@ bool writePeftAdapter(const std::string &dir, const AdapterConfig &cfg,
       }
       numel *= (uint64_t)d;
     }
-    if (numel != t.data.size()) {
+    if (!t.external && numel != t.data.size()) {
       *error = weights + ": tensor '" + t.key + "' has " +
                std::to_string(t.data.size()) + " values but its shape needs " +
                std::to_string(numel);
@@ -337,8 +345,14 @@ bool writePeftAdapter(const std::string &dir, const AdapterConfig &cfg,
   nlohmann::json header = nlohmann::json::object();
   header["__metadata__"] = {{"format", "pt"}};
   uint64_t offset = 0;
+  auto numel = [](const AdapterTensor *t) {
+    uint64_t n = 1;
+    for (int64_t d : t->shape)
+      n *= (uint64_t)d;
+    return n;
+  };
   for (auto &[key, t] : sorted) {
-    uint64_t bytes = t->data.size() * 4;
+    uint64_t bytes = numel(t) * 4;
     header[key] = {{"dtype", "F32"},
                    {"shape", t->shape},
                    {"data_offsets", {offset, offset + bytes}}};
@@ -352,10 +366,11 @@ bool writePeftAdapter(const std::string &dir, const AdapterConfig &cfg,
   for (int i = 0; i < 8; ++i)
     file[i] = (char)((hs >> (8 * i)) & 0xff);
   file += h;
-  file.reserve(file.size() + offset);
+  std::vector<FilePiece> pieces = {{file.data(), file.size()}};
   for (auto &[key, t] : sorted)
-    file.append((const char *)t->data.data(), t->data.size() * 4);
-  if (!writeFileAtomic(weights, file.data(), file.size(), error))
+    pieces.push_back(
+        {t->external ? t->external : t->data.data(), numel(t) * 4});
+  if (!writeFileAtomic(weights, pieces, error))
     return false;
 
   nlohmann::ordered_json c;

@@ -16,6 +16,13 @@ struct AdapterTensor {
   std::string key;
   std::vector<int64_t> shape;
   std::vector<float> data; // row-major, product(shape) values
+  const float *external = nullptr; // writing: the values, instead of data
+};
+
+/// Part of a file's bytes (written in order, not copied).
+struct FilePiece {
+  const void *data;
+  size_t size;
 };
 
 struct AdapterConfig {
@@ -31,6 +38,8 @@ struct AdapterConfig {
 /// left untouched.
 bool writeFileAtomic(const std::string &path, const void *data, size_t size,
                      std::string *error);
+bool writeFileAtomic(const std::string &path,
+                     const std::vector<FilePiece> &pieces, std::string *error);
 
 /// Creates `dir` if missing and writes adapter_model.safetensors (F32, keys
 /// sorted, "__metadata__": {"format": "pt"}) and adapter_config.json (a PEFT

@@ -170,10 +170,8 @@ bool saveCheckpoint(const Options &o, const float *state, size_t floats,
   h.adapterElements = P;
   h.stepsDone = stepsDone;
   h.seed = o.seed;
-  std::vector<uint8_t> bytes(sizeof h + 4 * floats);
-  std::memcpy(bytes.data(), &h, sizeof h);
-  std::memcpy(bytes.data() + sizeof h, state, 4 * floats);
-  return writeFileAtomic(checkpointPath(o), bytes.data(), bytes.size(), error);
+  return writeFileAtomic(checkpointPath(o),
+                         {{&h, sizeof h}, {state, 4 * floats}}, error);
 }
 
 bool loadCheckpoint(const Options &o, float *state, size_t floats, uint64_t P,
@@ -254,9 +252,9 @@ bool writeAdapter(tlc_module_t *m, const Options &o, const float *params,
   for (size_t i = 0; i < ti.tensor_count; ++i) {
     tlc_train_tensor_info_t t;
     tlc_module_train_tensor(m, i, &t);
-    const float *p = params + t.offset;
-    tensors.push_back(
-        {t.name, {t.rows, t.cols}, std::vector<float>(p, p + t.rows * t.cols)});
+    AdapterTensor a{t.name, {t.rows, t.cols}, {}};
+    a.external = params + t.offset; // written from the state, not copied
+    tensors.push_back(std::move(a));
   }
   return writePeftAdapter(o.out, cfg, tensors, error);
 }

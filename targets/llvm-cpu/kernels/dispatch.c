@@ -35,7 +35,7 @@ void tlc_k_ternary_matmul(int8_t *q, const uint8_t *w, float *y, int64_t TM,
                           int64_t K, int64_t N, int64_t T, int64_t begin,
                           int64_t end) {
   float gamma;
-  memcpy(&gamma, w, sizeof gamma);
+  __builtin_memcpy(&gamma, w, sizeof gamma);
   int64_t n0 = begin * TLC_TERNARY_UNIT_N, n1 = end * TLC_TERNARY_UNIT_N;
   if (n1 > N)
     n1 = N;
@@ -46,7 +46,7 @@ void tlc_k_ternary_matmul(int8_t *q, const uint8_t *w, float *y, int64_t TM,
 static inline float bf16_to_f32(uint16_t v) {
   uint32_t u = (uint32_t)v << 16;
   float f;
-  memcpy(&f, &u, sizeof f);
+  __builtin_memcpy(&f, &u, sizeof f); /* -ffreestanding: no libc memcpy */
   return f;
 }
 
@@ -304,6 +304,7 @@ void tlc_k_ternary_matmul_group3(int8_t *q, const uint8_t *w0,
   void NAME(const float *x, const WTYPE *A, const WTYPE *B, float *y,          \
             int64_t K, int64_t N, int64_t R, int64_t TM, float scale,          \
             int64_t begin, int64_t end) {                                      \
+    _Pragma("clang fp reassociate(on)") /* vectorized dot products */          \
     (void)TM;                                                                  \
     float tmp[R];                                                              \
     for (int64_t t = begin; t < end; ++t) {                                    \
