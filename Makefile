@@ -36,6 +36,16 @@ demo: build
 	$(BUILD)/bin/tlc compile $(MODEL) -o $(BUILD)/demo.tlm
 	$(BUILD)/bin/tlc-run info $(BUILD)/demo.tlm
 	$(BUILD)/bin/tlc-run generate $(BUILD)/demo.tlm --prompt "The Python Tutorial" --max-new-tokens 48
+	@echo "== Fine-tuning: LoRA r=8 on all projections, 60 steps on demo/licenses.txt"
+	$(BUILD)/bin/tlc compile $(MODEL) --train --lora-rank 8 --lora-alpha 16 \
+	  --seq-len 128 --batch 4 -o $(BUILD)/demo-train.tlm
+	@echo "== Before:"
+	$(BUILD)/bin/tlc-run generate $(BUILD)/demo-train.tlm --prompt "You may convey" --max-new-tokens 40
+	$(BUILD)/bin/tlc-run train $(BUILD)/demo-train.tlm --data demo/licenses.txt \
+	  --steps 60 --lr 3e-3 --seed 1 --out $(BUILD)/demo-adapter --log $(BUILD)/demo-train.jsonl
+	@echo "== After (PEFT adapter in $(BUILD)/demo-adapter):"
+	$(BUILD)/bin/tlc-run generate $(BUILD)/demo-train.tlm --prompt "You may convey" --max-new-tokens 40 \
+	  --adapter $(BUILD)/demo-adapter
 
 clean:
 	rm -rf $(BUILD)

@@ -468,7 +468,9 @@ int trainCommand(tlc_module_t *module, const std::string &modulePath,
     if (!std::isfinite(loss))
       return fail("the loss is not finite at step " + std::to_string(k + 1) +
                   " (lower --lr or set --max-grad-norm)");
-    progress(k + 1, o.steps, loss, lr, h.grad_norm, tps);
+    long long every = std::max(1LL, o.steps / 20);
+    if ((k + 1) % every == 0 || k + 1 == o.steps || k == (long long)stepsDone)
+      progress(k + 1, o.steps, loss, lr, h.grad_norm, tps);
     if (log) {
       fprintf(log,
               "{\"step\": %lld, \"loss\": %.9g, \"lr\": %.9g, \"grad_norm\": "
