@@ -510,6 +510,59 @@ struct FormDispatchesPass
     return success();
   }
 
+  /// Fuses `addf(ternary_matmul(q, W), lora(x, A, B))` (float32 A and B,
+  /// each value used once) into a LoRA down-projection and one kernel that
+  /// adds the up-projection to the product's tiles while they are in cache.
+  LogicalResult fuseLoraWithProducts(func::FuncOp func, ModuleOp kernels,
+                                     SymbolTable &symbols, int64_t tm) {
+    SmallVector<arith::AddFOp> adds;
+    func.walk([&](arith::AddFOp add) { adds.push_back(add); });
+    for (arith::AddFOp add : adds) {
+      TernaryMatmulOp m;
+      LoraOp l;
+      for (auto [a, b] : {std::pair{add.getLhs(), add.getRhs()},
+                          std::pair{add.getRhs(), add.getLhs()}}) {
+        if (!m && !l) {
+          m = a.getDefiningOp<TernaryMatmulOp>();
+          l = b.getDefiningOp<LoraOp>();
+          if (!m || !l)
+            m = nullptr, l = nullptr;
+        }
+      }
+      if (!m || !l || !m->hasOneUse() || !l->hasOneUse() ||
+          !l.getLoraA().getType().getElementType().isF32() ||
+          !l.getLoraB().getType().getElementType().isF32())
+        continue;
+      int64_t K = m.getWeight().getType().getInFeatures(),
+              N = m.getWeight().getType().getOutFeatures(),
+              R = dim(l.getLoraA(), 0);
+      if (K % TLC_TERNARY_BLOCK_K != 0)
+        continue; // specFor reports it for the plain product
+      OpBuilder b(add);
+      auto uType = RankedTensorType::get({ShapedType::kDynamic, R},
+                                         b.getF32Type());
+      auto down = cCall(b, add.getLoc(), kernels, symbols, tm,
+                        "tlc_k_lora_down", {l.getInput(), l.getLoraA()},
+                        {uType}, {idx(K), idx(R)}, 1, 0);
+      if (failed(down))
+        return failure();
+      auto fused = cCall(
+          b, add.getLoc(), kernels, symbols, tm, "tlc_k_ternary_lora",
+          {m.getInput(), m.getWeight(), down->getResult(0), l.getLoraB()},
+          {add.getType()},
+          {idx(tm), idx(K), idx(N), idx(R),
+           f32(l.getScaling().convertToFloat()), tokens()},
+          0, (N + 4 * TLC_TERNARY_TILE_N - 1) / (4 * TLC_TERNARY_TILE_N));
+      if (failed(fused))
+        return failure();
+      add.getResult().replaceAllUsesWith(fused->getResult(0));
+      add.erase();
+      m.erase();
+      l.erase();
+    }
+    return success();
+  }
+
   /// Turns groups of 2 or 3 ternary products of one quantized input into
   /// one dispatch, placed at the last product (all weights dominate it)
   /// when no result is used before that point.
@@ -579,7 +632,9 @@ struct FormDispatchesPass
       auto maxTokens = func->getAttrOfType<IntegerAttr>("tlora.max_tokens");
       if (!maxTokens)
         continue;
-      if (failed(
+      if (failed(fuseLoraWithProducts(func, kernels, symbols,
+                                      maxTokens.getInt())) ||
+          failed(
               groupTernaryProducts(func, kernels, symbols, maxTokens.getInt())))
         return signalPassFailure();
       auto seqLen = func->getAttrOfType<IntegerAttr>("tlora.seq_len");

@@ -326,3 +326,40 @@ void tlc_k_ternary_matmul_group3(int8_t *q, const uint8_t *w0,
 
 TLC_DEFINE_LORA(tlc_k_lora_f32, float, TLC_LOAD_F32)
 TLC_DEFINE_LORA(tlc_k_lora_bf16, uint16_t, bf16_to_f32)
+
+/*
+ * A LoRA branch fused with its base ternary product (f32 adapters):
+ * tlc_k_lora_down gives u[t] = x[t] A^T per token; tlc_k_ternary_lora then
+ * computes the product's 64-column units and, while they are in cache, adds
+ * scale * (u[t] B^T) to them: y = x_q W_t^T gamma / s + scale (x A^T) B^T,
+ * the same float operations as tlc_k_lora_f32 followed by the addition.
+ */
+void tlc_k_lora_down(const float *x, const float *A, float *u, int64_t K,
+                     int64_t R, int64_t begin, int64_t end) {
+#pragma clang fp reassociate(on)
+  for (int64_t t = begin; t < end; ++t)
+    for (int64_t r = 0; r < R; ++r) {
+      float s = 0.0f;
+      for (int64_t k = 0; k < K; ++k)
+        s += x[t * K + k] * A[r * K + k];
+      u[t * R + r] = s;
+    }
+}
+
+void tlc_k_ternary_lora(int8_t *q, const uint8_t *w, const float *u,
+                        const float *B, float *y, int64_t TM, int64_t K,
+                        int64_t N, int64_t R, float scale, int64_t T,
+                        int64_t begin, int64_t end) {
+#pragma clang fp reassociate(on)
+  tlc_k_ternary_matmul(q, w, y, TM, K, N, T, begin, end);
+  int64_t n0 = begin * TLC_TERNARY_UNIT_N, n1 = end * TLC_TERNARY_UNIT_N;
+  if (n1 > N)
+    n1 = N;
+  for (int64_t t = 0; t < T; ++t)
+    for (int64_t n = n0; n < n1; ++n) {
+      float s = 0.0f;
+      for (int64_t r = 0; r < R; ++r)
+        s += u[t * R + r] * B[n * R + r];
+      y[t * N + n] = y[t * N + n] + s * scale;
+    }
+}

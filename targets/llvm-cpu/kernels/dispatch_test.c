@@ -37,6 +37,12 @@ void tlc_k_ternary_matmul_group3(int8_t *q, const uint8_t *w0,
 void tlc_k_lora_f32(const float *x, const float *A, const float *B, float *y,
                     int64_t K, int64_t N, int64_t R, int64_t TM, float scale,
                     int64_t begin, int64_t end);
+void tlc_k_lora_down(const float *x, const float *A, float *u, int64_t K,
+                     int64_t R, int64_t begin, int64_t end);
+void tlc_k_ternary_lora(int8_t *q, const uint8_t *w, const float *u,
+                        const float *B, float *y, int64_t TM, int64_t K,
+                        int64_t N, int64_t R, float scale, int64_t T,
+                        int64_t begin, int64_t end);
 void tlc_k_quantize(const float *x, int8_t *q, int64_t TM, int64_t K,
                     int64_t begin, int64_t end);
 void tlc_k_ternary_matmul(int8_t *q, const uint8_t *w, float *y, int64_t TM,
@@ -295,6 +301,47 @@ static void test_lora(int64_t T, int64_t K, int64_t N, int64_t R) {
   free(x), free(A), free(B), free(y), free(want);
 }
 
+/* The LoRA branch fused with its ternary product equals the product plus
+ * a double-precision LoRA reference. */
+static void test_ternary_lora(int64_t TM, int64_t T, int64_t K, int64_t N,
+                              int64_t R) {
+  float *x = malloc(sizeof(float) * TM * K), *y = malloc(sizeof(float) * TM * N);
+  float *base = malloc(sizeof(float) * TM * N), *u = malloc(sizeof(float) * TM * R);
+  float *A = malloc(sizeof(float) * R * K), *B = malloc(sizeof(float) * N * R);
+  int8_t *w = malloc(N * K), *q = malloc(TM * K + 8 * TM);
+  uint8_t *packed = malloc(64 + tlc_ternary_packed_size(N, K));
+  double *want = malloc(sizeof(double) * T * N);
+  for (int64_t i = 0; i < TM * K; ++i) x[i] = (float)uniform();
+  for (int64_t i = 0; i < R * K; ++i) A[i] = (float)uniform() * 0.2f;
+  for (int64_t i = 0; i < N * R; ++i) B[i] = (float)uniform() * 0.1f;
+  for (int64_t i = 0; i < N * K; ++i)
+    w[i] = (int8_t)(uniform() < -1.0 / 3 ? -1 : uniform() < 0.0 ? 0 : 1);
+  float gamma = 1.25f;
+  memcpy(packed, &gamma, 4);
+  tlc_ternary_pack(w, N, K, packed + 64);
+  SPLIT(T, 2, tlc_k_quantize(x, q, TM, K, begin, end))
+  SPLIT((N + 63) / 64, 1, tlc_k_ternary_matmul(q, packed, base, TM, K, N, T, begin, end))
+  for (int64_t t = 0; t < T; ++t)
+    for (int64_t n = 0; n < N; ++n) {
+      double s = 0;
+      for (int64_t r = 0; r < R; ++r) {
+        double xa = 0;
+        for (int64_t k = 0; k < K; ++k)
+          xa += (double)x[t * K + k] * A[r * K + k];
+        s += xa * B[n * R + r];
+      }
+      want[t * N + n] = base[t * N + n] + 2.0 * s;
+    }
+  SPLIT(T, 2, tlc_k_lora_down(x, A, u, K, R, begin, end))
+  SPLIT((N + 63) / 64, 3, tlc_k_ternary_lora(q, packed, u, B, y, TM, K, N, R, 2.0f, T, begin, end))
+  char name[96];
+  snprintf(name, sizeof name, "ternary+lora fused T=%lld K=%lld N=%lld R=%lld",
+           (long long)T, (long long)K, (long long)N, (long long)R);
+  check(name, y, want, T * N, 1e-6);
+  free(x), free(y), free(base), free(u), free(A), free(B), free(w), free(q);
+  free(packed), free(want);
+}
+
 int main(void) {
   printf("dispatch kernels, ternary isa %d\n", tlc_ternary_isa());
   test_dense(1, 1, 2560, 1000);  /* decode-like, N % 4 != 0 tail */
@@ -308,6 +355,8 @@ int main(void) {
   test_attention(7, 5, 8, 8, 32);  /* MHA, prefill chunk after a prefix */
   test_ternary(8, 5, 128, 200);
   test_ternary(1, 1, 2560, 640);
+  test_ternary_lora(8, 5, 128, 200, 4);
+  test_ternary_lora(1, 1, 256, 96, 16);
   printf("%s\n", failures ? "FAILED" : "all ok");
   return failures != 0;
 }

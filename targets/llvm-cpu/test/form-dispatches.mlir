@@ -59,3 +59,25 @@ func.func @adapter(%x: tensor<?x64xf32>) -> tensor<?x32xf32> attributes {tlora.m
   %d = tlora.lora %x, %a, %b scaling(2.0) : tensor<?x64xf32>, tensor<4x64xf32>, tensor<32x4xf32> -> tensor<?x32xf32>
   return %d : tensor<?x32xf32>
 }
+
+// -----
+
+// A float32 LoRA branch added to its ternary product fuses: a per-token
+// down-projection, then the product with the up-projection in its epilogue
+// (no separate LoRA kernel, no addition pass). bf16 adapters stay unfused.
+// CHECK-LABEL: func.func @lora_fused
+// CHECK: %[[Q:.*]] = tlora.dispatch @kernels::@quantize_k32_t8
+// CHECK: %[[U:.*]] = tlora.dispatch @kernels::@lora_down_{{[0-9A-F]+}}_t8(%{{.*}}, %{{.*}}) workload(1 * T + 0) : (tensor<?x32xf32>, tensor<4x32xf32>) -> tensor<?x4xf32>
+// CHECK: tlora.dispatch @kernels::@ternary_lora_{{[0-9A-F]+}}_t8(%[[Q]], %{{.*}}, %[[U]], %{{.*}}) workload(0 * T + 1)
+// CHECK-NOT: add_d64
+// CHECK: call @tlc_k_ternary_lora(
+func.func @lora_fused(%x: tensor<?x32xf32>) -> tensor<?x64xf32> attributes {tlora.max_tokens = 8 : i64} {
+  %w = tlora.ternary_weight "w" scale(1.0) source("packed") : !tlora.ternary<outFeatures = 64, inFeatures = 32>
+  %q = tlora.quantize %x : tensor<?x32xf32> -> !tlora.qact<features = 32>
+  %y = tlora.ternary_matmul %q, %w : !tlora.qact<features = 32>, !tlora.ternary<outFeatures = 64, inFeatures = 32> -> tensor<?x64xf32>
+  %a = tlora.trainable "a" : tensor<4x32xf32>
+  %b = tlora.trainable "b" : tensor<64x4xf32>
+  %l = tlora.lora %x, %a, %b scaling(2.0) : tensor<?x32xf32>, tensor<4x32xf32>, tensor<64x4xf32> -> tensor<?x64xf32>
+  %s = arith.addf %y, %l : tensor<?x64xf32>
+  return %s : tensor<?x64xf32>
+}
