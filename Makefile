@@ -41,6 +41,7 @@ demo: build
 	  --seq-len 128 --batch 4 -o $(BUILD)/demo-train.tlm
 	@echo "== Before:"
 	$(BUILD)/bin/tlc-run generate $(BUILD)/demo-train.tlm --prompt "You may convey" --max-new-tokens 40
+	rm -rf $(BUILD)/demo-adapter
 	$(BUILD)/bin/tlc-run train $(BUILD)/demo-train.tlm --data demo/licenses.txt \
 	  --steps 60 --lr 3e-3 --seed 1 --out $(BUILD)/demo-adapter --log $(BUILD)/demo-train.jsonl
 	@echo "== After (PEFT adapter in $(BUILD)/demo-adapter):"

@@ -144,6 +144,31 @@ tlc_status_t verifyModule(tlc_module_t *m) {
     return makeStatus("%s: no executable runs here: %s", p, why.c_str());
   uint32_t kernelCount = m->exe->kernels()->size();
 
+  // The adapter table (checked before the bindings that depend on it).
+  bool trainTableOk = false;
+  if (const auto *train = def->train()) {
+    uint64_t P = train->adapter_elements();
+    if (!train->optimizer() || !train->tensors() || P > (1ull << 40))
+      return makeStatus("%s: malformed adapter table", p);
+    for (const auto *t : *train->tensors()) {
+      if (!t->name() || !t->shape() || t->shape()->size() != 2)
+        return makeStatus("%s: malformed training tensor", p);
+      int64_t r = t->shape()->Get(0), c = t->shape()->Get(1);
+      if (r <= 0 || c <= 0 || r > (1 << 24) || c > (1 << 24))
+        return makeStatus("%s: training tensor %s has a bad shape", p,
+                          t->name()->c_str());
+      uint64_t n = (uint64_t)r * (uint64_t)c;
+      if (t->offset() > P || n > P - t->offset())
+        return makeStatus("%s: training tensor %s lies outside the state", p,
+                          t->name()->c_str());
+    }
+    uint64_t parts = train->optimizer()->str() == "adamw" ? 4 : 2;
+    if (train->state_size() != 4 * parts * P)
+      return makeStatus("%s: training state of %llu bytes, expected %llu", p,
+                        (unsigned long long)train->state_size(),
+                        (unsigned long long)(4 * parts * P));
+    trainTableOk = true;
+  }
   int64_t vocab = info->vocab_size();
   for (const auto *ep : *def->entry_points()) {
     if (!ep->name() || !ep->dispatches() || ep->max_tokens() == 0 ||
@@ -156,6 +181,7 @@ tlc_status_t verifyModule(tlc_module_t *m) {
     else if (ep->name()->str() == "train_step")
       m->trainStep = ep;
     const char *en = ep->name()->c_str();
+    bool isTrainStep = ep->name()->str() == "train_step";
     for (uint32_t d = 0; d < ep->dispatches()->size(); ++d) {
       const auto *ds = ep->dispatches()->Get(d);
       if (ds->kernel() >= kernelCount || !ds->bindings())
@@ -170,8 +196,8 @@ tlc_status_t verifyModule(tlc_module_t *m) {
         case tlc::fb::Space_Arena:
           limit = ep->arena_size();
           break;
-        case tlc::fb::Space_KV:
-          limit = def->kv_size();
+        case tlc::fb::Space_KV: // sessions only
+          limit = isTrainStep ? 0 : def->kv_size();
           break;
         case tlc::fb::Space_Param:
           if (b->index() < 0 || (uint32_t)b->index() >= params->size())
@@ -183,20 +209,19 @@ tlc_status_t verifyModule(tlc_module_t *m) {
         case tlc::fb::Space_Input:
           limit = 4ull * ep->max_tokens();
           break;
-        case tlc::fb::Space_Output:
-          limit = 4ull * ep->max_tokens() * (uint64_t)vocab;
+        case tlc::fb::Space_Output: // train_step: the loss
+          limit = isTrainStep ? 4 : 4ull * ep->max_tokens() * (uint64_t)vocab;
           break;
         case tlc::fb::Space_State: // inference entries read the adapters
-          limit = !def->train()               ? 0
-                  : ep->name()->str() == "train_step"
-                      ? def->train()->state_size()
-                      : 4 * def->train()->adapter_elements();
+          limit = !trainTableOk ? 0
+                  : isTrainStep ? def->train()->state_size()
+                                : 4 * def->train()->adapter_elements();
           break;
-        case tlc::fb::Space_Hyper:
-          limit = sizeof(tlc_train_hyper_t);
+        case tlc::fb::Space_Hyper: // trainers only
+          limit = isTrainStep ? sizeof(tlc_train_hyper_t) : 0;
           break;
         case tlc::fb::Space_Labels:
-          limit = 4ull * ep->max_tokens();
+          limit = isTrainStep ? 4ull * ep->max_tokens() : 0;
           break;
         default:
           return makeStatus("%s: %s dispatch %u has an unknown binding space",
@@ -212,30 +237,13 @@ tlc_status_t verifyModule(tlc_module_t *m) {
   }
   if (!m->prefill || !m->decode || m->decode->max_tokens() != 1)
     return makeStatus("%s: module needs entry points prefill and decode", p);
-  if (const auto *train = def->train()) {
-    if (!train->optimizer() || !train->tensors() ||
-        (m->trainStep && (uint64_t)train->seq_len() * train->batch() !=
-                             m->trainStep->max_tokens()))
-      return makeStatus("%s: malformed adapter table (train_step needs "
-                        "batch x seq_len tokens)",
-                        p);
-    uint64_t P = train->adapter_elements();
-    for (const auto *t : *train->tensors()) {
-      uint64_t n = 1;
-      if (!t->name() || !t->shape() || t->shape()->size() != 2)
-        return makeStatus("%s: malformed training tensor", p);
-      for (int64_t d : *t->shape())
-        n = d > 0 && d < (1 << 24) ? n * (uint64_t)d : ~0ull >> 8;
-      if (t->offset() > P || n > P - t->offset())
-        return makeStatus("%s: training tensor %s lies outside the state", p,
-                          t->name()->c_str());
-    }
-    uint64_t parts = train->optimizer()->str() == "adamw" ? 4 : 2;
-    if (train->state_size() != 4 * parts * P)
-      return makeStatus("%s: training state of %llu bytes, expected %llu", p,
-                        (unsigned long long)train->state_size(),
-                        (unsigned long long)(4 * parts * P));
-  }
+  if (m->trainStep &&
+      (!trainTableOk || (uint64_t)def->train()->seq_len() *
+                                def->train()->batch() !=
+                            m->trainStep->max_tokens()))
+    return makeStatus("%s: train_step needs an adapter table for batch x "
+                      "seq_len tokens",
+                      p);
   if (info->max_seq() <= 0)
     return makeStatus("%s: bad max_seq", p);
 

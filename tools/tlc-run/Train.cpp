@@ -127,6 +127,11 @@ bool parseOptions(const std::map<std::string, std::string> &m, Options *o,
     *error = "--schedule must be constant, linear or cosine";
     return false;
   }
+  if (!(o->beta1 >= 0 && o->beta1 < 1) || !(o->beta2 >= 0 && o->beta2 < 1) ||
+      !(o->eps > 0)) {
+    *error = "--beta1 and --beta2 must be in [0, 1) and --eps positive";
+    return false;
+  }
   if (!(o->lr >= 0) || o->maxGradNorm < 0 || o->weightDecay < 0) {
     *error = "--lr, --max-grad-norm and --weight-decay must be >= 0";
     return false;
@@ -156,7 +161,29 @@ double scheduleFactor(const Options &o, long long k) {
 struct CheckpointHeader {
   char magic[8];
   uint64_t stateFloats, adapterElements, stepsDone, seed;
+  uint64_t runHash; // options that decide the result (runIdentity)
 };
+
+/// The options a resumed run must share with the run it continues (they
+/// decide the data order, the schedule and the update), as text.
+std::string runIdentity(const Options &o) {
+  char buf[512];
+  snprintf(buf, sizeof buf,
+           "data=%s steps=%lld accum=%lld schedule=%s warmup=%lld lr=%.17g "
+           "clip=%.17g wd=%.17g b1=%.17g b2=%.17g eps=%.17g shuffle=%d "
+           "seed=%llu",
+           o.data.c_str(), o.steps, o.gradAccum, o.schedule.c_str(), o.warmup,
+           o.lr, o.maxGradNorm, o.weightDecay, o.beta1, o.beta2, o.eps,
+           (int)o.shuffle, (unsigned long long)o.seed);
+  return buf;
+}
+
+uint64_t fnv1a(const std::string &s) {
+  uint64_t h = 1469598103934665603ull;
+  for (unsigned char c : s)
+    h = (h ^ c) * 1099511628211ull;
+  return h;
+}
 
 std::string checkpointPath(const Options &o) {
   return o.out + "/checkpoint.tlcstate";
@@ -170,6 +197,7 @@ bool saveCheckpoint(const Options &o, const float *state, size_t floats,
   h.adapterElements = P;
   h.stepsDone = stepsDone;
   h.seed = o.seed;
+  h.runHash = fnv1a(runIdentity(o));
   return writeFileAtomic(checkpointPath(o),
                          {{&h, sizeof h}, {state, 4 * floats}}, error);
 }
@@ -197,9 +225,11 @@ bool loadCheckpoint(const Options &o, float *state, size_t floats, uint64_t P,
     fclose(f);
     return false;
   }
-  if (ok && h.seed != o.seed) {
-    *error = path + ": written with --seed " + std::to_string(h.seed) +
-             "; resume with the same seed";
+  if (ok && (h.seed != o.seed || h.runHash != fnv1a(runIdentity(o)))) {
+    *error = path + ": written by a run with other options; resume with the "
+                    "same --data, --steps, --lr, --seed, --schedule, "
+                    "--warmup, --grad-accum, --max-grad-norm, "
+                    "--weight-decay, --beta1/2, --eps and --shuffle";
     fclose(f);
     return false;
   }
@@ -275,6 +305,23 @@ void removeStaleTemporaries(const std::string &dir) {
   closedir(d);
 }
 
+/// Keeps the log lines of steps <= stepsDone (a resumed run logs the rest).
+bool truncateLog(const std::string &path, uint64_t stepsDone,
+                 std::string *error) {
+  FILE *f = fopen(path.c_str(), "r");
+  if (!f)
+    return true; // no log yet
+  std::string kept;
+  char line[4096];
+  while (fgets(line, sizeof line, f)) {
+    unsigned long long step;
+    if (sscanf(line, "{\"step\": %llu", &step) == 1 && step <= stepsDone)
+      kept += line;
+  }
+  fclose(f);
+  return writeFileAtomic(path, kept.data(), kept.size(), error);
+}
+
 void progress(long long step, long long steps, double loss, double lr,
               double norm, double tokensPerSecond) {
   if (isatty(2)) {
@@ -307,6 +354,7 @@ bool loadAdapter(tlc_module_t *m, const std::string &dir, float *params,
           1e-6f * std::fabs(scaling)) {
     *error = dir + "/adapter_config.json: r " + std::to_string(cfg.rank) +
              " and lora_alpha " + std::to_string(cfg.alpha) +
+             (cfg.use_rslora ? " with use_rslora" : "") +
              " differ from the module's (r " + std::to_string(ti.lora_rank) +
              ", lora_alpha " + std::to_string(ti.lora_alpha) +
              "); recompile with matching --lora-rank/--lora-alpha";
@@ -378,6 +426,15 @@ int trainCommand(tlc_module_t *module, const std::string &modulePath,
   if (!data.load(o.data, (int)ti.seq_len, tokenize, (int32_t)mi.bos_token_id,
                  (int32_t)mi.eos_token_id, &error))
     return fail(error);
+  for (size_t i = 0; i < data.size(); ++i) {
+    TrainExample e = data.example(i);
+    for (size_t t = 0; t < e.ids.size(); ++t)
+      if (e.ids[t] >= mi.vocab_size)
+        return fail(o.data + ": token id " + std::to_string(e.ids[t]) +
+                    " at sequence " + std::to_string(i) + ", position " +
+                    std::to_string(t) + " is outside the vocabulary [0, " +
+                    std::to_string(mi.vocab_size) + ")");
+  }
   fprintf(stderr,
           "tlc-run: %s: %zu sequences of %u tokens; %u per micro batch, %lld "
           "micro batches per step\n",
@@ -402,9 +459,15 @@ int trainCommand(tlc_module_t *module, const std::string &modulePath,
   if (mkdir(o.out.c_str(), 0777) != 0 && errno != EEXIST)
     return fail(o.out + ": cannot create: " + strerror(errno));
   removeStaleTemporaries(o.out);
+  struct stat st;
+  if (!o.resume && stat(checkpointPath(o).c_str(), &st) == 0)
+    return fail(o.out + " holds the checkpoint of an earlier run: add "
+                        "--resume to continue it, or choose another --out");
   if (o.resume) {
     if (!loadCheckpoint(o, state, floats, ti.adapter_elements, &stepsDone,
                         &error))
+      return fail(error);
+    if (!o.log.empty() && !truncateLog(o.log, stepsDone, &error))
       return fail(error);
     fprintf(stderr, "tlc-run: resuming after step %llu\n",
             (unsigned long long)stepsDone);
@@ -465,9 +528,11 @@ int trainCommand(tlc_module_t *module, const std::string &modulePath,
                          .count();
     double loss = lossSum / (double)o.gradAccum;
     double tps = (double)(tokensPerMicro * o.gradAccum) / seconds;
-    if (!std::isfinite(loss))
-      return fail("the loss is not finite at step " + std::to_string(k + 1) +
-                  " (lower --lr or set --max-grad-norm)");
+    if (!std::isfinite(loss) || !std::isfinite(h.grad_norm))
+      return fail("the loss or the gradient norm is not finite at step " +
+                  std::to_string(k + 1) +
+                  " (lower --lr or set --max-grad-norm); the last checkpoint "
+                  "and adapter are kept");
     long long every = std::max(1LL, o.steps / 20);
     if ((k + 1) % every == 0 || k + 1 == o.steps || k == (long long)stepsDone)
       progress(k + 1, o.steps, loss, lr, h.grad_norm, tps);
@@ -480,12 +545,15 @@ int trainCommand(tlc_module_t *module, const std::string &modulePath,
     }
     bool last = k + 1 == o.steps;
     if ((o.saveEvery > 0 && (k + 1) % o.saveEvery == 0) || last) {
-      if (!saveCheckpoint(o, state, floats, ti.adapter_elements,
-                          (uint64_t)(k + 1), &error) ||
-          !writeAdapter(module, o, state, &error))
+      // The adapter first: a checkpoint never runs ahead of the adapter.
+      if (!writeAdapter(module, o, state, &error) ||
+          !saveCheckpoint(o, state, floats, ti.adapter_elements,
+                          (uint64_t)(k + 1), &error))
         return fail(error);
     }
   }
+  if (stepsDone == (uint64_t)o.steps && !writeAdapter(module, o, state, &error))
+    return fail(error); // resumed after the last step: rewrite the adapter
   fprintf(stderr, "tlc-run: adapter written to %s (from %s)\n", o.out.c_str(),
           modulePath.c_str());
   return 0;

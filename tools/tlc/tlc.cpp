@@ -134,6 +134,15 @@ int main(int argc, char **argv) {
   o.headBits = head == "int8" ? 8 : head == "q6" ? 6 : 16;
   o.adapterDir = adapter;
   bool adapterSlots = !train && loraRank.getNumOccurrences() > 0;
+  if (!train && !adapterSlots &&
+      (loraAlpha.getNumOccurrences() || loraTargets.getNumOccurrences() ||
+       seqLen.getNumOccurrences() || batch.getNumOccurrences() ||
+       optimizer.getNumOccurrences() || memoryBudget.getNumOccurrences() ||
+       recompute.getNumOccurrences())) {
+    errs() << "tlc: error: LoRA and training options need --train (or "
+              "--lora-rank for adapter slots)\n";
+    return 1;
+  }
   if (train || adapterSlots) {
     static const std::set<std::string> known = {
         "q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj",
@@ -163,6 +172,11 @@ int main(int argc, char **argv) {
                !(loraAlpha > 0) || seqLen < 2 || batch <= 0) {
       errs() << "tlc: error: --train needs --lora-rank > 0, --lora-alpha > 0, "
                 "--lora-targets, --seq-len >= 2 and --batch > 0\n";
+      return 1;
+    }
+    if (train && seqLen * batch > (1 << 20)) {
+      errs() << "tlc: error: --seq-len x --batch must be at most 1048576 "
+                "tokens per step\n";
       return 1;
     }
     if (optimizer != "adamw" && optimizer != "sgd") {

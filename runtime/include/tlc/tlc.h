@@ -168,7 +168,7 @@ TLC_API void tlc_module_train_tensor(const tlc_module_t *module, size_t i,
                                      tlc_train_tensor_info_t *out);
 
 /* The trainer owns the training state (zeroed), its arena and threads; it
- * keeps `module` referenced. */
+ * uses `module` (release the trainer before the module). */
 TLC_API tlc_status_t tlc_trainer_create(tlc_module_t *module,
                                         const tlc_session_options_t *options,
                                         tlc_trainer_t **out_trainer);
