@@ -94,3 +94,27 @@ func.func @no_adapter(%ids: tensor<?xi32>, %labels: tensor<?xi32>) -> tensor<1xf
   %mean = tlora.mean_loss %loss, %labels : (tensor<?xf32>, tensor<?xi32>) -> tensor<1xf32>
   return %mean : tensor<1xf32>
 }
+
+// -----
+
+// With tlora.recompute, a layer's forward ops (tlora.layer) are cloned right
+// before its backward and the adjoint rules read the clones.
+// CHECK-LABEL: func.func @recompute
+// CHECK: %[[N:.*]] = tlora.rms_norm %[[X:[^,]*]], %[[W:[^ ]*]] eps{{.*}}tlora.layer = 0
+// CHECK: tlora.mean_loss
+// CHECK: %[[R:.*]] = tlora.rms_norm %[[X]], %[[W]] eps{{.*}}tlora.recomputed
+// CHECK: tlora.lora_grad %[[R]]
+// CHECK-NOT: tlora.lora_grad %[[N]]
+func.func @recompute(%ids: tensor<?xi32>, %labels: tensor<?xi32>) -> tensor<1xf32> attributes {tlora.max_tokens = 8 : i64, tlora.optimizer = "sgd", tlora.recompute} {
+  %table = tlora.weight "embed" : tensor<32x16xf32>
+  %x = tlora.embed %table[%ids] : tensor<32x16xf32>, tensor<?xi32> -> tensor<?x16xf32>
+  %w = tlora.weight "norm" : tensor<16xf32>
+  %n = tlora.rms_norm %x, %w eps(1.0e-5) {tlora.layer = 0 : i64} : tensor<?x16xf32>, tensor<16xf32> -> tensor<?x16xf32>
+  %a = tlora.trainable "a" {tlora.layer = 0 : i64} : tensor<2x16xf32>
+  %b = tlora.trainable "b" {tlora.layer = 0 : i64} : tensor<16x2xf32>
+  %l = tlora.lora %n, %a, %b scaling(2.0) {tlora.layer = 0 : i64} : tensor<?x16xf32>, tensor<2x16xf32>, tensor<16x2xf32> -> tensor<?x16xf32>
+  %s = arith.addf %x, %l {tlora.layer = 0 : i64} : tensor<?x16xf32>
+  %loss, %lse = tlora.cross_entropy %s, %table, %labels : (tensor<?x16xf32>, tensor<32x16xf32>, tensor<?xi32>) -> (tensor<?xf32>, tensor<?xf32>)
+  %mean = tlora.mean_loss %loss, %labels : (tensor<?xf32>, tensor<?xi32>) -> tensor<1xf32>
+  return %mean : tensor<1xf32>
+}
