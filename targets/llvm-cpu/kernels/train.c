@@ -506,6 +506,42 @@ void tlc_k_causal_attention(const float *q, const float *k, const float *v,
   }
 }
 
+#if defined(TR_AVX512)
+/* out[h][j] = a[h] . bt[:, j] for h < G, j < n (rounded up to 64): dot
+ * products against a transposed block (bt: HD rows of LD >= n + 64 floats,
+ * zero past the keys), 4 heads x 64 keys per register tile, summed over d in
+ * order: no horizontal sums. Rows h >= G of a tile repeat the last head. */
+static void attn_dots_t(const float *a, const float *bt, int64_t LD,
+                        int64_t HD, int64_t G, int64_t n, float *out,
+                        int64_t ldo) {
+  for (int64_t h0 = 0; h0 < G; h0 += 4)
+    for (int64_t j = 0; j < n; j += 64) {
+      const float *ah[4];
+      for (int i = 0; i < 4; ++i)
+        ah[i] = a + tr_min(h0 + i, G - 1) * HD;
+      __m512 acc[4][4];
+      for (int i = 0; i < 4; ++i)
+        for (int v = 0; v < 4; ++v)
+          acc[i][v] = _mm512_setzero_ps();
+      for (int64_t d = 0; d < HD; ++d) {
+        const float *row = bt + d * LD + j;
+        __m512 b0 = _mm512_loadu_ps(row), b1 = _mm512_loadu_ps(row + 16),
+               b2 = _mm512_loadu_ps(row + 32), b3 = _mm512_loadu_ps(row + 48);
+        for (int i = 0; i < 4; ++i) {
+          __m512 x = _mm512_set1_ps(ah[i][d]);
+          acc[i][0] = _mm512_fmadd_ps(x, b0, acc[i][0]);
+          acc[i][1] = _mm512_fmadd_ps(x, b1, acc[i][1]);
+          acc[i][2] = _mm512_fmadd_ps(x, b2, acc[i][2]);
+          acc[i][3] = _mm512_fmadd_ps(x, b3, acc[i][3]);
+        }
+      }
+      for (int i = 0; i < 4 && h0 + i < G; ++i)
+        for (int v = 0; v < 4; ++v)
+          _mm512_storeu_ps(out + (h0 + i) * ldo + j + 16 * v, acc[i][v]);
+    }
+}
+#endif
+
 void tlc_k_causal_attention_grad(const float *q, const float *k,
                                  const float *v, const float *o,
                                  const float *lse, const float *dout,
@@ -523,7 +559,24 @@ void tlc_k_causal_attention_grad(const float *q, const float *k,
       }
     /* Per query i, all G heads at once: each k_j / v_j / dk_j / dv_j row is
      * loaded once for the group. */
+#if defined(TR_AVX512)
+    /* Scores and dP against K and V transposed once per item. */
+    int64_t LD = (S + 15) / 16 * 16 + 64;
+    float p[G][LD], ds[G][LD], acc[G][HD], Di[G], l[G];
+    float *kt = 0, *vt = 0;
+    float tbuf[S * HD <= (1 << 17) ? 2 * HD * LD : 1];
+    if (S * HD <= (1 << 17)) { /* 2 x 512 KiB at most, on the stack */
+      kt = tbuf, vt = tbuf + HD * LD;
+      for (int64_t d = 0; d < HD; ++d)
+        for (int64_t j = 0; j < LD; ++j) {
+          int in = j < S;
+          kt[d * LD + j] = in ? k[(j0 + j) * DKV + g * HD + d] : 0.0f;
+          vt[d * LD + j] = in ? v[(j0 + j) * DKV + g * HD + d] : 0.0f;
+        }
+    }
+#else
     float p[G][S], ds[G][S], acc[G][HD], Di[G], l[G];
+#endif
     for (int64_t i = 0; i < S; ++i) {
       int64_t ti = j0 + i;
       const float *qi = q + ti * DQ + g * G * HD;
@@ -535,6 +588,17 @@ void tlc_k_causal_attention_grad(const float *q, const float *k,
         for (int64_t d = 0; d < HD; ++d)
           acc[h][d] = 0.0f;
       }
+#if defined(TR_AVX512)
+      if (kt) {
+        attn_dots_t(qi, kt, LD, HD, G, i + 1, &p[0][0], LD);
+        attn_dots_t(doi, vt, LD, HD, G, i + 1, &ds[0][0], LD);
+        for (int64_t h = 0; h < G; ++h)
+          for (int64_t j = 0; j <= i; ++j) {
+            p[h][j] = p[h][j] * scale - l[h];
+            ds[h][j] -= Di[h];
+          }
+      } else
+#endif
       for (int64_t j = 0; j <= i; ++j) {
         const float *kj = k + (j0 + j) * DKV + g * HD;
         const float *vj = v + (j0 + j) * DKV + g * HD;
