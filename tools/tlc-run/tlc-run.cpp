@@ -265,6 +265,24 @@ int main(int argc, char **argv) {
              e.cpu, e.format, (unsigned long long)e.image_size, e.kernel_count,
              e.selected ? " [selected]" : "");
     }
+    tlc_train_info_t ti;
+    if (tlc_status_t st = tlc_module_train_info(module, &ti)) {
+      tlc_status_free(st);
+    } else {
+      std::string targets;
+      for (size_t i = 0; i < ti.target_count; ++i)
+        targets += (i ? "," : "") + std::string(tlc_module_train_target(module, i));
+      printf("lora: r %d, alpha %g, targets %s, %zu tensors, %llu parameters\n",
+             ti.lora_rank, ti.lora_alpha, targets.c_str(), ti.tensor_count,
+             (unsigned long long)ti.adapter_elements);
+      if (ti.has_train_step)
+        printf("training: %u x %u tokens per step, optimizer %s, state %llu "
+               "bytes\n",
+               ti.batch, ti.seq_len, ti.optimizer,
+               (unsigned long long)ti.state_size);
+      else
+        printf("adapter slots: load a PEFT adapter with --adapter DIR\n");
+    }
     for (size_t i = 0; i < tlc_module_entry_count(module); ++i) {
       tlc_entry_info_t e;
       tlc_module_entry_info(module, i, &e);
