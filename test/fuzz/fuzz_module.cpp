@@ -11,10 +11,26 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
     return 0;
   std::memcpy(copy, data, size);
   tlc_module_t *module = nullptr;
-  if (tlc_status_t s = tlc_module_load_memory(copy, size, &module))
+  if (tlc_status_t s = tlc_module_load_memory(copy, size, &module)) {
     tlc_status_free(s);
-  else
+  } else {
+    // What a verified module promises: its adapter table reads in bounds.
+    tlc_train_info_t info;
+    if (tlc_status_t s = tlc_module_train_info(module, &info)) {
+      tlc_status_free(s);
+    } else {
+      for (size_t i = 0; i < info.target_count; ++i)
+        (void)std::strlen(tlc_module_train_target(module, i));
+      for (size_t i = 0; i < info.tensor_count; ++i) {
+        tlc_train_tensor_info_t t;
+        tlc_module_train_tensor(module, i, &t);
+        if (t.offset + (uint64_t)t.rows * (uint64_t)t.cols >
+            info.adapter_elements)
+          abort(); // the verifier let a tensor outside the state through
+      }
+    }
     tlc_module_release(module);
+  }
   free(copy);
   return 0;
 }
