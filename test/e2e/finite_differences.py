@@ -9,7 +9,9 @@ Q(x) - x frozen at the current point; the finite differences perturb one
 adapter entry at a time in that function (residuals recorded at the
 unperturbed point). tlc's gradient comes from one SGD step with lr 1
 (adapter written = init - gradient). Checks 6 random entries of every
-adapter tensor: relative L2 error per tensor <= 1e-3.
+adapter tensor: relative L2 error per tensor <= 1e-3. Cases: GQA packed
+autobitlinear with the PEFT golden adapter, and MHA packed bitlinear with
+an untied head (PEFT cannot wrap it) with a random non-zero adapter.
 """
 import argparse
 import json
@@ -45,7 +47,8 @@ def load_tensors(path):
 class Model:
     def __init__(self, folder, adapter):
         self.c = json.load(open(os.path.join(folder, "config.json")))
-        assert self.c["quantization_config"]["linear_class"] == "autobitlinear"
+        # autobitlinear multiplies by weight_scale, bitlinear divides (bitnet.md)
+        self.divide = self.c["quantization_config"]["linear_class"] == "bitlinear"
         w = load_tensors(os.path.join(folder, "model.safetensors"))
         self.w = {k: v.astype(np.float64) if v.dtype != np.uint8 else v for k, v in w.items()}
         acfg = json.load(open(os.path.join(adapter, "adapter_config.json")))
@@ -59,7 +62,8 @@ class Model:
         R = p.shape[0]
         codes = np.concatenate([((p >> (2 * i)) & 3).astype(np.int64) - 1 for i in range(4)], axis=0)
         assert codes.shape[0] == 4 * R
-        return codes.astype(np.float64), float(self.w[name + ".weight_scale"].reshape(-1)[0])
+        ws = float(self.w[name + ".weight_scale"].reshape(-1)[0])
+        return codes.astype(np.float64), 1.0 / ws if self.divide else ws
 
     def quant(self, x):
         s = 127.0 / np.maximum(np.abs(x).max(-1, keepdims=True), 1e-5)
@@ -118,32 +122,61 @@ class Model:
             m = self.norm(m, p + "mlp.ffn_sub_norm.weight")
             x = x + self.linear(m, p + "mlp.down_proj")
         x = self.norm(x, "model.norm.weight")
-        logits = x @ self.w["model.embed_tokens.weight"].T
+        head = self.w.get("lm_head.weight", self.w["model.embed_tokens.weight"])
+        logits = x @ head.T
         lse = np.log(np.exp(logits - logits.max(-1, keepdims=True)).sum(-1)) + logits.max(-1)
         tgt = np.take_along_axis(logits[:, :-1], ids[:, 1:, None], -1)[..., 0]
         return float((lse[:, :-1] - tgt).mean())
 
 
-def main():
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--bin", required=True)
-    ap.add_argument("--case", default="gqa-autobitlinear-tied")
-    ap.add_argument("--entries", type=int, default=6)
-    args = ap.parse_args()
-    folder = os.path.join(HERE, "goldens", args.case)
-    gold = os.path.join(HERE, "lora-goldens", args.case)
-    batch = np.load(os.path.join(gold, "train_ids.npy"))
-    with tempfile.TemporaryDirectory() as tmp:
-        module, out = os.path.join(tmp, "t.tlm"), os.path.join(tmp, "out")
-        subprocess.run([os.path.join(args.bin, "tlc"), "compile", folder, "--train", "-o", module, "--lora-rank", "4",
-                        "--lora-alpha", "8", "--seq-len", str(batch.shape[1]), "--batch", str(batch.shape[0]),
-                        "--optimizer", "sgd"], check=True, capture_output=True)
-        subprocess.run([os.path.join(args.bin, "tlc-run"), "train", module, "--data", os.path.join(gold, "train_ids.npy"),
-                        "--steps", "1", "--lr", "1", "--init-adapter", os.path.join(gold, "adapter"), "--out", out,
-                        "--shuffle", "false"], check=True, capture_output=True)
-        init = load_file(os.path.join(gold, "adapter", "adapter_model.safetensors"))
-        trained = load_file(os.path.join(out, "adapter_model.safetensors"))
-    model = Model(folder, os.path.join(gold, "adapter"))
+TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+
+
+def random_adapter(folder, out, seed):
+    """A PEFT adapter (r=4, alpha=8, all 7 projections) with random non-zero
+    A and B, for checkpoints PEFT cannot wrap (linear_class bitlinear)."""
+    from safetensors.numpy import save_file
+    c = json.load(open(os.path.join(folder, "config.json")))
+    D, I = c["hidden_size"], c["intermediate_size"]
+    hd = c.get("head_dim") or D // c["num_attention_heads"]
+    dims = {"q_proj": (c["num_attention_heads"] * hd, D), "k_proj": (c["num_key_value_heads"] * hd, D),
+            "v_proj": (c["num_key_value_heads"] * hd, D), "o_proj": (D, c["num_attention_heads"] * hd),
+            "gate_proj": (I, D), "up_proj": (I, D), "down_proj": (D, I)}
+    rng = np.random.default_rng(seed)
+    t = {}
+    for l in range(c["num_hidden_layers"]):
+        for m in TARGETS:
+            part = "mlp" if m in ("gate_proj", "up_proj", "down_proj") else "self_attn"
+            key = "base_model.model.model.layers.%d.%s.%s" % (l, part, m)
+            o, i = dims[m]
+            t[key + ".lora_A.weight"] = (rng.standard_normal((4, i)) * 0.2).astype(np.float32)
+            t[key + ".lora_B.weight"] = (rng.standard_normal((o, 4)) * 0.1).astype(np.float32)
+    os.makedirs(out, exist_ok=True)
+    save_file(t, os.path.join(out, "adapter_model.safetensors"), metadata={"format": "pt"})
+    json.dump({"peft_type": "LORA", "r": 4, "lora_alpha": 8, "target_modules": TARGETS},
+              open(os.path.join(out, "adapter_config.json"), "w"))
+    return rng.integers(0, c["vocab_size"], size=(2, 12)).astype(np.int32)
+
+
+def check_case(case, args, tmp):
+    folder = os.path.join(HERE, "goldens", case)
+    gold = os.path.join(HERE, "lora-goldens", case)
+    adapter = os.path.join(gold, "adapter")
+    data = os.path.join(gold, "train_ids.npy")
+    if not os.path.isdir(adapter):
+        adapter, data = os.path.join(tmp, case + "-init"), os.path.join(tmp, case + "-ids.npy")
+        np.save(data, random_adapter(folder, adapter, 17))
+    batch = np.load(data)
+    module, out = os.path.join(tmp, case + ".tlm"), os.path.join(tmp, case + "-out")
+    subprocess.run([os.path.join(args.bin, "tlc"), "compile", folder, "--train", "-o", module, "--lora-rank", "4",
+                    "--lora-alpha", "8", "--seq-len", str(batch.shape[1]), "--batch", str(batch.shape[0]),
+                    "--optimizer", "sgd"], check=True, capture_output=True)
+    subprocess.run([os.path.join(args.bin, "tlc-run"), "train", module, "--data", data,
+                    "--steps", "1", "--lr", "1", "--init-adapter", adapter, "--out", out,
+                    "--shuffle", "false"], check=True, capture_output=True)
+    init = load_file(os.path.join(adapter, "adapter_model.safetensors"))
+    trained = load_file(os.path.join(out, "adapter_model.safetensors"))
+    model = Model(folder, adapter)
     ids = batch.astype(np.int64)
     model.record = []
     model.loss(ids)
@@ -169,9 +202,23 @@ def main():
         worst = max(worst, err)
         if not err <= 1e-3:
             failures += 1
-            print("%s: relative error %.3e FAIL (fd %s, tlc %s)" % (key, err, fd, ours))
-    print("finite differences: %d tensors x %d entries, worst relative error %.2e: %s"
-          % (len(init), args.entries, worst, "PASS" if failures == 0 else "FAIL"))
+            print("%s: %s: relative error %.3e FAIL (fd %s, tlc %s)" % (case, key, err, fd, ours))
+    print("%s: %d tensors x %d entries, worst relative error %.2e %s"
+          % (case, len(init), args.entries, worst, "PASS" if failures == 0 else "FAIL"))
+    return failures
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--bin", required=True)
+    ap.add_argument("--cases", nargs="*", default=["gqa-autobitlinear-tied", "mha-bitlinear-untied"])
+    ap.add_argument("--entries", type=int, default=6)
+    args = ap.parse_args()
+    failures = 0
+    with tempfile.TemporaryDirectory() as tmp:
+        for case in args.cases:
+            failures += check_case(case, args, tmp)
+    print("finite differences: %s" % ("PASS" if failures == 0 else "FAIL"))
     sys.exit(1 if failures else 0)
 
 
