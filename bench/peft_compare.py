@@ -8,6 +8,14 @@
                      compares its logits with tlc's
   plot     (here)    PNG of both curves and the largest relative gap
 
+The tlc side, between prepare and peft (W = bench/.models/peft):
+  tlc compile models/tiny-bitnet-docs --train --lora-rank 8 --lora-alpha 16 \
+      --seq-len 128 --batch 4 -o W/train.tlm
+  tlc-run train W/train.tlm --data W/data.npy --steps 200 --lr 1e-3 --seed 1 \
+      --init-adapter W/init-adapter --out W/tlc-adapter-tiny --log W/tlc_log.jsonl
+  (plus ids.npy, tlc_logits.npy from `tlc-run logits --adapter` and a
+  check.json {"model": "tiny"} in W/tlc-adapter-tiny for the load check)
+
 Both sides read the same [N, S] int32 sequences (labels = the next token,
 none for the last position) in the same order (tools/tlc-run/train_order.py)
 with AdamW (torch.optim.AdamW defaults but lr), constant learning rate,
