@@ -333,15 +333,15 @@ struct FormDispatchesPass
       bytes.push_back(bufferSize(v.getType(), tm));
     for (Type t : results)
       bytes.push_back(bufferSize(t, tm));
-    std::string probe = cCallKernel("K", cfn, bytes, scalars);
+    std::string source = cCallKernel("{{NAME}}", cfn, bytes, scalars);
     std::string name =
         llvm::formatv("{0}_{1}_t{2}", StringRef(cfn).drop_front(6),
-                      llvm::utohexstr(llvm::xxh3_64bits(probe)), tm)
+                      llvm::utohexstr(llvm::xxh3_64bits(source)), tm)
             .str();
     if (!symbols.lookup(name) &&
         failed(parseInto(kernels, symbols,
                          std::string(kPrelude) +
-                             cCallKernel(name, cfn, bytes, scalars),
+                             fillTemplate(source, {{"NAME", name}}),
                          name, loc)))
       return failure();
     return DispatchOp::create(

@@ -3,6 +3,8 @@
 // end]}, "__metadata__": {...}} (offsets relative to the data), then data.
 #include "tools/tlc-run/AdapterIO.h"
 
+#include "compiler/hf/SafeTensors.h"
+
 #include <nlohmann/json.hpp>
 
 #include <cerrno>
@@ -11,6 +13,7 @@
 #include <fcntl.h>
 #include <fstream>
 #include <map>
+#include <memory>
 #include <sstream>
 #include <sys/stat.h>
 #include <unistd.h>
@@ -62,29 +65,6 @@ bool readWhole(const std::string &path, std::string *out, std::string *error) {
   return true;
 }
 
-float halfToFloat(uint16_t h) {
-  uint32_t sign = (h & 0x8000u) << 16, exp = (h >> 10) & 0x1f, man = h & 0x3ff;
-  uint32_t bits;
-  if (exp == 0) {
-    if (man == 0) {
-      bits = sign;
-    } else { // subnormal: renormalize
-      exp = 127 - 15 + 1;
-      while (!(man & 0x400)) {
-        man <<= 1;
-        --exp;
-      }
-      bits = sign | (exp << 23) | ((man & 0x3ff) << 13);
-    }
-  } else if (exp == 31) {
-    bits = sign | 0x7f800000u | (man << 13);
-  } else {
-    bits = sign | ((exp + 127 - 15) << 23) | (man << 13);
-  }
-  float f;
-  std::memcpy(&f, &bits, 4);
-  return f;
-}
 
 bool readConfig(const std::string &dir, AdapterConfig *cfg,
                 std::string *error) {
@@ -141,97 +121,34 @@ bool readConfig(const std::string &dir, AdapterConfig *cfg,
 
 bool readTensors(const std::string &dir, std::vector<AdapterTensor> *out,
                  std::string *error) {
-  std::string path = dir + "/adapter_model.safetensors", bytes;
-  auto fail = [&](const std::string &msg) {
-    *error = path + ": " + msg;
+  std::string path = dir + "/adapter_model.safetensors";
+  std::unique_ptr<SafeTensorsFile> file = SafeTensorsFile::open(path, error);
+  if (!file)
     return false;
-  };
-  if (!readWhole(path, &bytes, error))
-    return false;
-  if (bytes.size() < 8)
-    return fail("truncated: " + std::to_string(bytes.size()) +
-                " bytes, shorter than the 8-byte header size");
-  const auto *b = (const unsigned char *)bytes.data();
-  uint64_t headerSize = 0;
-  for (int i = 7; i >= 0; --i)
-    headerSize = (headerSize << 8) | b[i];
-  if (headerSize > bytes.size() - 8)
-    return fail("header size " + std::to_string(headerSize) +
-                " exceeds the file (" + std::to_string(bytes.size()) +
-                " bytes; truncated?)");
-  auto header = nlohmann::json::parse(b + 8, b + 8 + headerSize, nullptr,
-                                      /*allow_exceptions=*/false);
-  if (header.is_discarded() || !header.is_object())
-    return fail("header is not a JSON object");
-  const unsigned char *data = b + 8 + headerSize;
-  uint64_t dataSize = bytes.size() - 8 - headerSize;
-
   std::map<std::string, AdapterTensor> tensors;
-  for (auto &[name, entry] : header.items()) {
-    if (name == "__metadata__")
-      continue;
-    std::string where = "tensor '" + name + "': ";
-    if (!entry.is_object())
-      return fail(where + "entry is not an object");
-    auto dt = entry.find("dtype");
-    auto sh = entry.find("shape");
-    auto off = entry.find("data_offsets");
-    if (dt == entry.end() || !dt->is_string())
-      return fail(where + "missing or non-string 'dtype'");
-    std::string dtype = dt->get<std::string>();
-    int item = dtype == "F32" ? 4 : dtype == "BF16" || dtype == "F16" ? 2 : 0;
-    if (!item)
-      return fail(where + "'dtype' is " + dtype +
-                  ", expected F32, BF16 or F16");
-    if (sh == entry.end() || !sh->is_array())
-      return fail(where + "missing or non-array 'shape'");
-    if (off == entry.end() || !off->is_array() || off->size() != 2 ||
-        !(*off)[0].is_number_unsigned() || !(*off)[1].is_number_unsigned())
-      return fail(where + "'data_offsets' must be two non-negative integers");
+  for (auto &[name, view] : file->tensors()) {
+    std::string where = path + ": tensor '" + name + "': ";
+    if (view.dtype != DType::F32 && view.dtype != DType::BF16 &&
+        view.dtype != DType::F16) {
+      *error = where + "dtype is " + dtypeName(view.dtype) +
+               ", expected F32, BF16 or F16";
+      return false;
+    }
     AdapterTensor t;
-    uint64_t numel = 1;
-    for (auto &d : *sh) {
-      if (!d.is_number_unsigned())
-        return fail(where + "'shape' entries must be non-negative integers");
-      uint64_t v = d.get<uint64_t>();
-      if (v > (1ull << 40) || (v && numel > (1ull << 40) / v))
-        return fail(where + "'shape' is too large");
-      numel *= v;
-      t.shape.push_back((int64_t)v);
-    }
-    uint64_t begin = (*off)[0].get<uint64_t>(), end = (*off)[1].get<uint64_t>();
-    if (begin > end || end > dataSize)
-      return fail(where + "'data_offsets' [" + std::to_string(begin) + ", " +
-                  std::to_string(end) + "] outside the " +
-                  std::to_string(dataSize) + " data bytes");
-    if (end - begin != numel * item)
-      return fail(where + "'data_offsets' span " +
-                  std::to_string(end - begin) + " bytes but dtype and shape "
-                  "need " + std::to_string(numel * item));
-    const unsigned char *p = data + begin;
-    t.data.resize(numel);
-    for (uint64_t i = 0; i < numel; ++i) {
-      if (item == 4) {
-        std::memcpy(&t.data[i], p + 4 * i, 4);
-      } else {
-        uint16_t h = (uint16_t)(p[2 * i] | (p[2 * i + 1] << 8));
-        if (dtype == "F16") {
-          t.data[i] = halfToFloat(h);
-        } else {
-          uint32_t bits = (uint32_t)h << 16;
-          std::memcpy(&t.data[i], &bits, 4);
-        }
-      }
-    }
+    t.shape = view.shape;
+    t.data.resize((size_t)view.numel());
+    for (int64_t i = 0; i < view.numel(); ++i)
+      t.data[(size_t)i] = view.at(i);
     // "x.lora_A.default.weight" -> "x.lora_A.weight".
     t.key = name;
     const std::string tail = ".default.weight";
     if (t.key.size() > tail.size() &&
         t.key.compare(t.key.size() - tail.size(), tail.size(), tail) == 0)
       t.key.erase(t.key.size() - tail.size(), 8);
-    if (tensors.count(t.key))
-      return fail(where + "duplicates '" + t.key + "' once '.default' is "
-                  "dropped");
+    if (tensors.count(t.key)) {
+      *error = where + "duplicates '" + t.key + "' once '.default' is dropped";
+      return false;
+    }
     std::string key = t.key;
     tensors.emplace(key, std::move(t));
   }

@@ -22,6 +22,15 @@ LogicalResult checkFrozen(Operation *op, ArrayRef<bool> needed,
              << i << " is frozen (only adapters are trained)";
   return success();
 }
+/// The adjoints of an op whose grad op has one result per operand: the
+/// results of the needed operands.
+void takeNeeded(Operation *grad, ArrayRef<bool> needed,
+                SmallVectorImpl<Value> &adj) {
+  adj.assign(needed.size(), Value());
+  for (auto [i, n] : llvm::enumerate(needed))
+    if (n)
+      adj[i] = grad->getResult(i);
+}
 } // namespace
 
 LogicalResult EmbedOp::buildAdjoint(OpBuilder &, ArrayRef<Value>,
@@ -68,10 +77,7 @@ LogicalResult LoraOp::buildAdjoint(OpBuilder &b, ArrayRef<Value> dy,
       b, getLoc(),
       TypeRange{getInput().getType(), f32(getLoraA()), f32(getLoraB())},
       getInput(), getLoraA(), getLoraB(), dy[0], getScalingAttr());
-  adj.assign(3, Value());
-  for (unsigned i = 0; i < 3; ++i)
-    if (needed[i])
-      adj[i] = grad->getResult(i);
+  takeNeeded(grad, needed, adj);
   return success();
 }
 
@@ -80,10 +86,7 @@ LogicalResult SquaredReluMulOp::buildAdjoint(OpBuilder &b, ArrayRef<Value> dy,
                                              SmallVectorImpl<Value> &adj) {
   auto grad = SquaredReluMulGradOp::create(
       b, getLoc(), TypeRange{getType(), getType()}, getGate(), getUp(), dy[0]);
-  adj.assign(2, Value());
-  for (unsigned i = 0; i < 2; ++i)
-    if (needed[i])
-      adj[i] = grad->getResult(i);
+  takeNeeded(grad, needed, adj);
   return success();
 }
 
@@ -111,10 +114,7 @@ LogicalResult CausalAttentionOp::buildAdjoint(OpBuilder &b, ArrayRef<Value> dy,
                 getValue().getType()},
       getQuery(), getKey(), getValue(), getResult(), getLse(), dy[0],
       getHeadDimAttr(), getSeqLenAttr(), getScaleAttr());
-  adj.assign(3, Value());
-  for (unsigned i = 0; i < 3; ++i)
-    if (needed[i])
-      adj[i] = grad->getResult(i);
+  takeNeeded(grad, needed, adj);
   return success();
 }
 

@@ -9,6 +9,7 @@
  *     [TM*K int8 x_q][TM f32 1/s][TM i32 row sums]
  *   ternary parameter: [64-byte header: f32 gamma][codes, ternary.h layout]
  */
+#include "mathf.h"
 #include "ternary.h"
 
 #include <stdint.h>
@@ -172,25 +173,6 @@ void tlc_k_dense_i8(const float *x, const int8_t *w, float *y, int64_t TM,
       y[r * N + n] *= scale[n];
 }
 
-/* exp(x) for x <= 0 to ~2 ulp (Cephes-style: 2^n * poly(r)), written so that
- * loops over it vectorize; exp(-inf) = 0. */
-static inline float tlc_expf(float x) {
-  x = x < -87.0f ? -87.0f : x;
-  float n = __builtin_floorf(x * 1.44269504088896341f + 0.5f);
-  float r = x - n * 0.693359375f + n * 2.12194440e-4f;
-  float p = 1.9875691500e-4f;
-  p = p * r + 1.3981999507e-3f;
-  p = p * r + 8.3334519073e-3f;
-  p = p * r + 4.1665795894e-2f;
-  p = p * r + 1.6666665459e-1f;
-  p = p * r + 5.0000001201e-1f;
-  p = p * r * r + r + 1.0f;
-  union {
-    int32_t i;
-    float f;
-  } e = {((int32_t)n + 127) << 23};
-  return p * e.f;
-}
 
 /*
  * Causal attention over the KV cache. Work item w = t * P + i: token t of

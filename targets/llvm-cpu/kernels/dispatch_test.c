@@ -5,6 +5,7 @@
  * their tails, split into several thread ranges. Exit status 0 on success.
  * Built once per ISA variant (see test/CMakeLists.txt).
  */
+#include "kernel_test.h"
 #include "ternary.h"
 
 #include <math.h>
@@ -49,39 +50,8 @@ void tlc_k_ternary_matmul(int8_t *q, const uint8_t *w, float *y, int64_t TM,
                           int64_t K, int64_t N, int64_t T, int64_t begin,
                           int64_t end);
 
-static int failures = 0;
-static uint64_t rng = 88172645463325252ull;
-static double uniform(void) { /* xorshift64, in [-1, 1) */
-  rng ^= rng << 13;
-  rng ^= rng >> 7;
-  rng ^= rng << 17;
-  return (double)(rng >> 11) / (double)(1ull << 52) - 1.0;
-}
 
-static void check(const char *what, const float *got, const double *want,
-                  int64_t n, double tol) {
-  double err = 0, ref = 0;
-  for (int64_t i = 0; i < n; ++i) {
-    err += (got[i] - want[i]) * (got[i] - want[i]);
-    ref += want[i] * want[i];
-  }
-  double rel = sqrt(err / (ref > 0 ? ref : 1));
-  int ok = rel <= tol && !isnan(rel);
-  printf("%-48s rel_l2 %.2e %s\n", what, rel, ok ? "ok" : "FAIL");
-  failures += !ok;
-}
 
-static uint16_t to_bf16(float f) {
-  uint32_t u;
-  memcpy(&u, &f, 4);
-  return (uint16_t)((u + 0x7fff + ((u >> 16) & 1)) >> 16);
-}
-static float from_bf16(uint16_t h) {
-  uint32_t u = (uint32_t)h << 16;
-  float f;
-  memcpy(&f, &u, 4);
-  return f;
-}
 
 /* Calls a ranged kernel over [0, units) in `parts` pieces, like the pool. */
 #define SPLIT(units, parts, CALL)                                              \
@@ -278,13 +248,10 @@ static void test_q6(int64_t T, int64_t rows, int64_t K, int64_t N) {
   free(x), free(w), free(y), free(packed), free(want);
 }
 
-static void test_lora(int64_t T, int64_t K, int64_t N, int64_t R) {
-  float *x = malloc(sizeof(float) * T * K), *A = malloc(sizeof(float) * R * K);
-  float *B = malloc(sizeof(float) * N * R), *y = malloc(sizeof(float) * T * N);
-  double *want = malloc(sizeof(double) * T * N);
-  for (int64_t i = 0; i < T * K; ++i) x[i] = (float)uniform();
-  for (int64_t i = 0; i < R * K; ++i) A[i] = (float)uniform();
-  for (int64_t i = 0; i < N * R; ++i) B[i] = (float)uniform();
+/* want[t][n] += scale * (x[t] A^T) B[n]^T in double. */
+static void lora_ref(const float *x, const float *A, const float *B, int64_t T,
+                     int64_t K, int64_t N, int64_t R, double scale,
+                     double *want) {
   for (int64_t t = 0; t < T; ++t)
     for (int64_t n = 0; n < N; ++n) {
       double s = 0;
@@ -294,8 +261,20 @@ static void test_lora(int64_t T, int64_t K, int64_t N, int64_t R) {
           xa += (double)x[t * K + k] * A[r * K + k];
         s += xa * B[n * R + r];
       }
-      want[t * N + n] = 2.5 * s;
+      want[t * N + n] += scale * s;
     }
+}
+
+static void test_lora(int64_t T, int64_t K, int64_t N, int64_t R) {
+  float *x = malloc(sizeof(float) * T * K), *A = malloc(sizeof(float) * R * K);
+  float *B = malloc(sizeof(float) * N * R), *y = malloc(sizeof(float) * T * N);
+  double *want = malloc(sizeof(double) * T * N);
+  for (int64_t i = 0; i < T * K; ++i) x[i] = (float)uniform();
+  for (int64_t i = 0; i < R * K; ++i) A[i] = (float)uniform();
+  for (int64_t i = 0; i < N * R; ++i) B[i] = (float)uniform();
+  for (int64_t i = 0; i < T * N; ++i)
+    want[i] = 0.0;
+  lora_ref(x, A, B, T, K, N, R, 2.5, want);
   SPLIT(T, 2, tlc_k_lora_f32(x, A, B, y, K, N, R, T, 2.5f, begin, end))
   check("lora f32", y, want, T * N, 1e-5);
   free(x), free(A), free(B), free(y), free(want);
@@ -321,17 +300,9 @@ static void test_ternary_lora(int64_t TM, int64_t T, int64_t K, int64_t N,
   tlc_ternary_pack(w, N, K, packed + 64);
   SPLIT(T, 2, tlc_k_quantize(x, q, TM, K, begin, end))
   SPLIT((N + 63) / 64, 1, tlc_k_ternary_matmul(q, packed, base, TM, K, N, T, begin, end))
-  for (int64_t t = 0; t < T; ++t)
-    for (int64_t n = 0; n < N; ++n) {
-      double s = 0;
-      for (int64_t r = 0; r < R; ++r) {
-        double xa = 0;
-        for (int64_t k = 0; k < K; ++k)
-          xa += (double)x[t * K + k] * A[r * K + k];
-        s += xa * B[n * R + r];
-      }
-      want[t * N + n] = base[t * N + n] + 2.0 * s;
-    }
+  for (int64_t i = 0; i < T * N; ++i)
+    want[i] = base[i];
+  lora_ref(x, A, B, T, K, N, R, 2.0, want);
   SPLIT(T, 2, tlc_k_lora_down(x, A, u, K, R, begin, end))
   SPLIT((N + 63) / 64, 3, tlc_k_ternary_lora(q, packed, u, B, y, TM, K, N, R, 2.0f, T, begin, end))
   char name[96];

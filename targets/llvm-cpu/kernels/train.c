@@ -10,6 +10,7 @@
  */
 #include "ternary.h"
 #include "tlc/train_abi.h"
+#include "mathf.h"
 
 #include <stdint.h>
 
@@ -35,28 +36,6 @@ static inline float tr_bf16_to_f32(uint16_t v) {
 }
 #define TR_LOAD_F32(v) (v)
 
-/* exp(x) for x <= 0 to ~2 ulp: tlc_expf of dispatch.c, with the floor done
- * by integer conversion (floorf is a libcall on baseline x86-64). */
-static inline float tr_expf(float x) {
-  x = x < -87.0f ? -87.0f : x > 88.0f ? 88.0f : x;
-  float y = x * 1.44269504088896341f + 0.5f;
-  int32_t ni = (int32_t)y;
-  ni -= (float)ni > y;
-  float n = (float)ni;
-  float r = x - n * 0.693359375f + n * 2.12194440e-4f;
-  float p = 1.9875691500e-4f;
-  p = p * r + 1.3981999507e-3f;
-  p = p * r + 8.3334519073e-3f;
-  p = p * r + 4.1665795894e-2f;
-  p = p * r + 1.6666665459e-1f;
-  p = p * r + 5.0000001201e-1f;
-  p = p * r * r + r + 1.0f;
-  union {
-    int32_t i;
-    float f;
-  } e = {(ni + 127) << 23};
-  return p * e.f;
-}
 
 /* Natural log in double, ~1 ulp: x = 2^e m, m in [sqrt(1/2), sqrt(2)),
  * log m = 2 atanh(f), f = (m-1)/(m+1), |f| < 0.172, series to f^25. */
@@ -481,7 +460,7 @@ void tlc_k_causal_attention(const float *q, const float *k, const float *v,
       for (int64_t j = 1; j < len; ++j)
         m = row[j] > m ? row[j] : m;
       for (int64_t j = 0; j < len; ++j)
-        row[j] = tr_expf(row[j] - m);
+        row[j] = tlc_expf(row[j] - m);
       float s = 0.0f;
       for (int64_t j = 0; j < len; ++j)
         s += row[j];
@@ -609,7 +588,7 @@ void tlc_k_causal_attention_grad(const float *q, const float *k,
       }
       for (int64_t h = 0; h < G; ++h) /* a separate loop: exp vectorizes */
         for (int64_t j = 0; j <= i; ++j) {
-          p[h][j] = tr_expf(p[h][j]);
+          p[h][j] = tlc_expf(p[h][j]);
           ds[h][j] *= p[h][j];
         }
       for (int64_t j = 0; j <= i; ++j) {
@@ -812,7 +791,7 @@ void tlc_k_causal_attention_grad(const float *q, const float *k,
           int64_t lab = labels[t0 + i];                                        \
           float l = lse[t0 + i], c = dloss[t0 + i];                            \
           for (int64_t j = 0; j < nv; ++j) {                                   \
-            float p = tr_expf(z[i][j] - l) - (v0 + j == lab ? 1.0f : 0.0f);    \
+            float p = tlc_expf(z[i][j] - l) - (v0 + j == lab ? 1.0f : 0.0f);    \
             g[i][j] = lab >= 0 ? p * c : 0.0f;                                 \
           }                                                                    \
         }                                                                      \
@@ -828,12 +807,12 @@ static void ce_online(const float *z, int64_t nv, int64_t lab, float *m,
   for (int64_t j = 1; j < nv; ++j)
     mx = z[j] > mx ? z[j] : mx;
   if (mx > *m) {
-    *s *= (double)tr_expf(*m - mx);
+    *s *= (double)tlc_expf(*m - mx);
     *m = mx;
   }
   double acc = 0.0;
   for (int64_t j = 0; j < nv; ++j)
-    acc += (double)tr_expf(z[j] - *m);
+    acc += (double)tlc_expf(z[j] - *m);
   *s += acc;
   if (lab >= 0 && lab < nv)
     *zl = z[lab];

@@ -11,6 +11,7 @@
  *            ternary.c -lm -o train_test
  */
 #define _POSIX_C_SOURCE 199309L
+#include "kernel_test.h"
 #include "ternary.h"
 #include "train.h"
 
@@ -21,28 +22,8 @@
 #include <string.h>
 #include <time.h>
 
-static int failures = 0;
-static uint64_t rng = 88172645463325252ull;
-static double uniform(void) { /* xorshift64, in [-1, 1) */
-  rng ^= rng << 13;
-  rng ^= rng >> 7;
-  rng ^= rng << 17;
-  return (double)(rng >> 11) / (double)(1ull << 52) - 1.0;
-}
 static int64_t irand(int64_t n) { return (int64_t)((uniform() + 1.0) * 0.5 * n); }
 
-static void check(const char *what, const float *got, const double *want,
-                  int64_t n, double tol) {
-  double err = 0, ref = 0;
-  for (int64_t i = 0; i < n; ++i) {
-    err += (got[i] - want[i]) * (got[i] - want[i]);
-    ref += want[i] * want[i];
-  }
-  double rel = sqrt(err / (ref > 0 ? ref : 1));
-  int ok = rel <= tol && !isnan(rel);
-  printf("%-58s rel_l2 %.2e %s\n", what, rel, ok ? "ok" : "FAIL");
-  failures += !ok;
-}
 
 static void same_bits(const char *what, const void *a, const void *b,
                       size_t bytes) {
@@ -52,17 +33,6 @@ static void same_bits(const char *what, const void *a, const void *b,
   }
 }
 
-static uint16_t to_bf16(float f) {
-  uint32_t u;
-  memcpy(&u, &f, 4);
-  return (uint16_t)((u + 0x7fff + ((u >> 16) & 1)) >> 16);
-}
-static float from_bf16(uint16_t h) {
-  uint32_t u = (uint32_t)h << 16;
-  float f;
-  memcpy(&f, &u, 4);
-  return f;
-}
 
 static float *frand(int64_t n, double s) {
   float *p = malloc(sizeof(float) * (n ? n : 1));
