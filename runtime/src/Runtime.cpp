@@ -501,6 +501,13 @@ void runDispatches(const tlc_module_t *m, tlc::ThreadPool *pool, Profile *prof,
 }
 } // namespace
 
+/// Threads of a session or trainer: as asked, or every online CPU.
+static int threadCount(const tlc_session_options_t *opts) {
+  int threads = opts ? opts->num_threads : 0;
+  return threads > 0 ? threads
+                     : (int)std::max(1L, sysconf(_SC_NPROCESSORS_ONLN));
+}
+
 struct tlc_session_s {
   ~tlc_session_s();
   tlc_module_t *module;
@@ -562,9 +569,7 @@ extern "C" tlc_status_t tlc_session_create(tlc_module_t *m,
   *out = nullptr;
   auto s = std::make_unique<tlc_session_s>();
   s->module = m;
-  int threads = opts ? opts->num_threads : 0;
-  if (threads <= 0)
-    threads = (int)std::max(1L, sysconf(_SC_NPROCESSORS_ONLN));
+  int threads = threadCount(opts);
   SpaceBases spaces;
   if (s->kv.allocate(m->def->kv_size()))
     spaces.kv = s->kv.ptr;
@@ -746,9 +751,7 @@ extern "C" tlc_status_t tlc_trainer_create(tlc_module_t *m,
     return makeStatus("%s: out of memory for train_step's arena (%llu bytes)",
                       m->path.c_str(),
                       (unsigned long long)m->trainStep->arena_size());
-  int threads = opts ? opts->num_threads : 0;
-  if (threads <= 0)
-    threads = (int)std::max(1L, sysconf(_SC_NPROCESSORS_ONLN));
+  int threads = threadCount(opts);
   t->pool = std::make_unique<tlc::ThreadPool>(threads);
   t->prof.init(m);
   *out = t.release();
