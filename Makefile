@@ -1,16 +1,19 @@
 # make build | test | demo — each installs what is missing first (Debian,
 # as root), then configures with CMake + Ninja into build/.
+# make build-aarch64 cross-builds the runtime, tlc-run and the tests' runtime
+# programs for aarch64-linux-gnu into build-aarch64/ (run under qemu-aarch64).
 BUILD ?= build
 JOBS ?= $(shell nproc)
 APT_PACKAGES = cmake ninja-build ccache clang-22 lld-22 liblld-22-dev \
   llvm-22-dev llvm-22-tools libmlir-22-dev mlir-22-tools libclang-rt-22-dev \
   flatbuffers-compiler libflatbuffers-dev nlohmann-json3-dev libgtest-dev \
-  python3-numpy
+  python3-numpy libc6-dev-arm64-cross libstdc++-12-dev-arm64-cross \
+  libgcc-12-dev-arm64-cross qemu-user
 PYTHON ?= python3
 PY_PACKAGES = numpy safetensors tokenizers lit
 MODEL ?= models/tiny-bitnet-docs
 
-.PHONY: deps build test demo clean
+.PHONY: deps build build-aarch64 test demo clean
 
 deps:
 	@missing=""; for p in $(APT_PACKAGES); do \
@@ -29,7 +32,14 @@ $(BUILD)/build.ninja:
 build: deps $(BUILD)/build.ninja
 	ninja -C $(BUILD) -j $(JOBS)
 
-test: build
+build-aarch64: deps
+	@test -f build-aarch64/build.ninja || cmake -S . -B build-aarch64 -G Ninja \
+	  -DCMAKE_BUILD_TYPE=Release -DTLC_BUILD_COMPILER=OFF \
+	  -DCMAKE_TOOLCHAIN_FILE=cmake/aarch64-linux-gnu.cmake \
+	  -DCMAKE_C_COMPILER_LAUNCHER=ccache -DCMAKE_CXX_COMPILER_LAUNCHER=ccache
+	ninja -C build-aarch64 -j $(JOBS)
+
+test: build build-aarch64
 	ninja -C $(BUILD) check
 
 demo: build
@@ -49,4 +59,4 @@ demo: build
 	  --adapter $(BUILD)/demo-adapter
 
 clean:
-	rm -rf $(BUILD)
+	rm -rf $(BUILD) build-aarch64

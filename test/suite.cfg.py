@@ -10,7 +10,7 @@ config.suffixes = [".mlir", ".test"]
 config.test_source_root = config.src_root
 config.test_exec_root = os.path.join(config.build_root, "test")
 config.excludes = ["build", "models", "goldens", "bench", "docs", "data", "lora-goldens",
-                   "Inputs", ".git", ".ci", "runtime", "compiler"]
+                   "Inputs", ".git", ".ci", "runtime", "compiler", "build-aarch64"]
 config.environment["PATH"] = os.pathsep.join(
     [config.tlc_bin, config.llvm_tools, config.environment.get("PATH", "")])
 for var in ["HOME", "TMPDIR"]:
@@ -19,4 +19,5 @@ for var in ["HOME", "TMPDIR"]:
 config.substitutions.append(("%python", config.python))
 config.substitutions.append(("%src", config.src_root))
 config.substitutions.append(("%goldens", os.path.join(config.src_root, "test", "e2e", "goldens")))
+config.substitutions.append(("%aarch64_bin", config.aarch64_bin))
 config.substitutions.append(("%bin", config.tlc_bin))

@@ -1,16 +1,18 @@
 // The compiler driver. Phases (docs/architecture.md):
 //   import   HF folder -> tlora ops on tensors           (compiler/hf)
 //   tlora    canonicalize, tlora-decompose-linear, cse
-//   lowered  tlc-llvmcpu-form-dispatches, tlora-plan-memory
-//   llvm     tlc-llvmcpu-lower-kernels (kernels in the LLVM dialect)
-//   then LLVM IR -> object -> shared object (lld) -> .tlm (ModuleWriter).
+//   then, for each target backend (--target list), on a copy of the IR:
+//   lowered  the backend's dispatch formation, tlora-plan-memory
+//   llvm     the backend's kernel lowering (LLVM dialect for CPUs)
+//   serialize one executable per target variant
+//   and finally the .tlm module holding them all (ModuleWriter).
 #include "compiler/driver/Compiler.h"
 
 #include "compiler/driver/ModuleWriter.h"
 #include "compiler/hf/HFImporter.h"
 #include "compiler/hf/TokenizerJson.h"
 #include "dialects/tlora/Transforms/Passes.h"
-#include "targets/llvm-cpu/Passes.h"
+#include "compiler/target/TargetBackend.h"
 
 #include "mlir/Conversion/Passes.h"
 #include "mlir/Dialect/Arith/IR/Arith.h"
@@ -54,8 +56,8 @@ void registerCompilerDialects(DialectRegistry &registry) {
 }
 
 void registerCompilerPasses() {
+  registerAllTargetBackends();
   tlora::registerTloraPasses();
-  llvmcpu::registerLLVMCPUPasses();
   registerCanonicalizerPass();
   registerCSEPass();
 }
@@ -126,7 +128,7 @@ struct Driver {
   }
 
   bool runPhase(ModuleOp module, const char *name,
-                void (*build)(PassManager &)) {
+                llvm::function_ref<void(PassManager &)> build) {
     PassManager pm(&ctx);
     configure(pm);
     build(pm);
@@ -144,10 +146,6 @@ struct Driver {
     pm.addPass(tlora::createDecomposeLinearPass());
     pm.addPass(createCSEPass());
   }
-  static void buildLoweredPhase(PassManager &pm) {
-    pm.addPass(llvmcpu::createFormDispatchesPass());
-    pm.addPass(tlora::createPlanMemoryPass());
-  }
 
   /// Planned memory of train_step: mapped weights, the training state and
   /// the activation arena.
@@ -156,7 +154,7 @@ struct Driver {
     bool recompute = false;
     int64_t total() const { return weights + state + arena; }
   };
-  TrainMemory trainMemory(ModuleOp module) {
+  TrainMemory trainMemory(ModuleOp module, const TargetBackend &backend) {
     TrainMemory m;
     llvm::StringSet<> seen;
     module.walk([&](Operation *op) {
@@ -165,8 +163,8 @@ struct Driver {
           m.weights += tlora::bufferBytes(w.getType(), 0);
       } else if (auto t = dyn_cast<tlora::TernaryWeightOp>(op)) {
         if (seen.insert(t.getName()).second)
-          m.weights += llvmcpu::ternaryParamBytes(t.getType().getOutFeatures(),
-                                                  t.getType().getInFeatures());
+          m.weights += backend.ternaryEncoding().bytes(
+              t.getType().getOutFeatures(), t.getType().getInFeatures());
       }
     });
     for (auto f : module.getOps<func::FuncOp>())
@@ -183,14 +181,14 @@ struct Driver {
 
   /// Plans train_step without recomputation on a copy of the module; when
   /// that exceeds --memory-budget, marks train_step for recomputation.
-  bool chooseRecomputation(ModuleOp module) {
+  bool chooseRecomputation(ModuleOp module, const TargetBackend &backend) {
     OwningOpRef<ModuleOp> trial = module.clone();
     PassManager pm(&ctx);
     buildTloraPhase(pm);
-    buildLoweredPhase(pm);
+    backend.buildLoweringPipeline(pm);
     if (failed(pm.run(*trial)))
       return false;
-    TrainMemory m = trainMemory(*trial);
+    TrainMemory m = trainMemory(*trial, backend);
     if (m.total() <= opts.train->memoryBudget)
       return true;
     for (auto f : module.getOps<func::FuncOp>())
@@ -206,9 +204,15 @@ struct Driver {
         return fail(opts.dumpIRDir + ": cannot create: " + ec.message());
     }
 
+    std::string error;
+    registerAllTargetBackends();
+    auto parsed = parseTargetList(opts.target, &error);
+    if (failed(parsed))
+      return fail(error);
+    std::vector<std::unique_ptr<TargetBackend>> backends = std::move(*parsed);
+
     // Import.
     ModelConfig config;
-    std::string error;
     std::unique_ptr<Checkpoint> checkpoint;
     LoraAdapter adapter; // outlives the checkpoint's view of its tensors
     OwningOpRef<ModuleOp> module;
@@ -259,80 +263,89 @@ struct Driver {
     if (opts.stopAfter == Phase::Import)
       return module->print(llvm::outs()), 0;
 
+    // Recomputation is chosen for the most memory-hungry plan (all CPU
+    // backends plan alike; the first is representative).
     if (opts.train && opts.train->step && opts.train->memoryBudget > 0 &&
-        !chooseRecomputation(*module))
+        !chooseRecomputation(*module, *backends.front()))
       return 1;
     if (!runPhase(*module, "tlora", buildTloraPhase))
       return 1;
     if (opts.stopAfter == Phase::Tlora)
       return module->print(llvm::outs()), 0;
 
-    if (!runPhase(*module, "lowered", buildLoweredPhase))
-      return 1;
-    if (opts.train && opts.train->step) {
-      TrainMemory m = trainMemory(*module);
-      llvm::errs() << llvm::formatv(
-          "tlc: train_step planned peak {0:F1} MiB = weights {1:F1} + "
-          "training state {2:F1} + activations {3:F1}{4}\n",
-          m.total() / 1048576.0, m.weights / 1048576.0, m.state / 1048576.0,
-          m.arena / 1048576.0,
-          m.recompute ? " (layers recomputed in the backward)" : "");
-      if (opts.train->memoryBudget > 0 && m.total() > opts.train->memoryBudget)
-        return fail(llvm::formatv("the training step needs {0:F1} MiB even "
-                                  "with recomputation; --memory-budget is "
-                                  "{1:F1} MiB (lower --seq-len or --batch)",
-                                  m.total() / 1048576.0,
-                                  opts.train->memoryBudget / 1048576.0)
-                        .str());
-    }
-    if (opts.stopAfter == Phase::Lowered)
-      return module->print(llvm::outs()), 0;
-
-    auto target = llvmcpu::parseCpuTarget(opts.target, &error);
-    if (failed(target))
-      return fail(error);
-    if (!runPhase(*module, "llvm", [](PassManager &pm) {
-          pm.addPass(llvmcpu::createLowerKernelsToLLVMPass());
-        }))
-      return 1;
-    if (opts.stopAfter == Phase::LLVM)
-      return module->print(llvm::outs()), 0;
-
-    ModuleOp kernels;
-    for (auto m : module->getOps<ModuleOp>())
-      if (m.getSymName() == "kernels")
-        kernels = m;
-    if (!kernels)
-      return fail("internal error: no kernels module");
-    ExecutableImage exe;
-    {
-      TimingScope t = root.nest("codegen (LLVM -O3, object, lld)");
-      std::string llvmIR;
-      bool wantIR = !opts.dumpIRDir.empty();
-      auto so = llvmcpu::buildSharedObject(kernels, *target, &exe.kernels,
-                                           wantIR ? &llvmIR : nullptr, &error);
-      if (failed(so))
-        return fail(error);
-      exe.image = std::move(*so);
-      if (wantIR) {
-        char name[64];
-        snprintf(name, sizeof name, "/%02d-llvm-ir.ll", dumpCounter++);
-        std::error_code ec;
-        llvm::raw_fd_ostream os(opts.dumpIRDir + name, ec);
-        if (!ec)
-          os << llvmIR;
+    // Each backend lowers its own copy: dispatches, memory plan, kernels.
+    std::vector<OwningOpRef<ModuleOp>> programs;
+    std::vector<CompiledTarget> compiled;
+    for (const std::unique_ptr<TargetBackend> &backend : backends) {
+      OwningOpRef<ModuleOp> program = module->clone();
+      if (backends.size() > 1 && opts.stopAfter != Phase::End)
+        llvm::outs() << "// target " << backend->spec() << "\n";
+      if (!runPhase(*program, "lowered", [&](PassManager &pm) {
+            backend->buildLoweringPipeline(pm);
+          }))
+        return 1;
+      if (opts.train && opts.train->step && backend == backends.front()) {
+        TrainMemory m = trainMemory(*program, *backend);
+        llvm::errs() << llvm::formatv(
+            "tlc: train_step planned peak {0:F1} MiB = weights {1:F1} + "
+            "training state {2:F1} + activations {3:F1}{4}\n",
+            m.total() / 1048576.0, m.weights / 1048576.0, m.state / 1048576.0,
+            m.arena / 1048576.0,
+            m.recompute ? " (layers recomputed in the backward)" : "");
+        if (opts.train->memoryBudget > 0 &&
+            m.total() > opts.train->memoryBudget)
+          return fail(llvm::formatv("the training step needs {0:F1} MiB even "
+                                    "with recomputation; --memory-budget is "
+                                    "{1:F1} MiB (lower --seq-len or --batch)",
+                                    m.total() / 1048576.0,
+                                    opts.train->memoryBudget / 1048576.0)
+                          .str());
       }
+      if (opts.stopAfter == Phase::Lowered) {
+        program->print(llvm::outs());
+        continue;
+      }
+      if (!runPhase(*program, "llvm", [&](PassManager &pm) {
+            backend->buildKernelPipeline(pm);
+          }))
+        return 1;
+      if (opts.stopAfter == Phase::LLVM) {
+        program->print(llvm::outs());
+        continue;
+      }
+      CompiledTarget target;
+      target.program = *program;
+      target.ternary = &backend->ternaryEncoding();
+      {
+        std::string phase = "codegen " + backend->spec();
+        TimingScope t = root.nest(phase);
+        bool wantSource =
+            !opts.dumpIRDir.empty() || !opts.dumpExecutablesDir.empty();
+        if (failed(backend->serialize(*program, wantSource,
+                                      &target.executables, &error)))
+          return fail(error);
+      }
+      if (!opts.dumpIRDir.empty())
+        for (const ExecutableImage &x : target.executables) {
+          char name[64];
+          snprintf(name, sizeof name, "/%02d-llvm-ir.ll", dumpCounter++);
+          std::error_code ec;
+          llvm::raw_fd_ostream os(opts.dumpIRDir + name, ec);
+          if (!ec)
+            os << x.source;
+        }
+      programs.push_back(std::move(program));
+      compiled.push_back(std::move(target));
     }
-    exe.target = "x86_64";
-    exe.cpu = target->cpu;
-    exe.needs = target->needs;
-    exe.format = "elf-shared-object";
+    if (opts.stopAfter != Phase::End)
+      return 0;
+    if (!opts.dumpExecutablesDir.empty() && !dumpExecutables(compiled))
+      return 1;
 
     {
       TimingScope t = root.nest("write module");
       ModuleContents contents;
-      contents.program = *module;
-      contents.executable = std::move(exe);
+      contents.targets = std::move(compiled);
       contents.config = &config;
       contents.checkpoint = checkpoint.get();
       contents.tokenizer = hasTokenizer ? &tokenizer : nullptr;
@@ -344,6 +357,35 @@ struct Driver {
         return fail(error);
     }
     return 0;
+  }
+
+  /// --dump-executables DIR: each executable's binary and text form, named
+  /// <index>-<target>[-<features>].<ext>.
+  bool dumpExecutables(const std::vector<CompiledTarget> &compiled) {
+    const std::string &dir = opts.dumpExecutablesDir;
+    if (auto ec = llvm::sys::fs::create_directories(dir))
+      return fail(dir + ": cannot create: " + ec.message()), false;
+    int index = 0;
+    for (const CompiledTarget &t : compiled)
+      for (const ExecutableImage &x : t.executables) {
+        std::string stem = llvm::formatv("{0}/{1}-{2}", dir, index++, x.target);
+        for (const std::string &n : x.needs)
+          stem += "-" + n;
+        auto write = [&](const std::string &path, const std::string &bytes) {
+          std::error_code ec;
+          llvm::raw_fd_ostream os(path, ec);
+          if (!ec)
+            os << bytes;
+          os.close();
+          if (ec || os.has_error())
+            return fail(path + ": cannot write"), false;
+          return true;
+        };
+        if (!write(stem + "." + x.fileExt, x.image) ||
+            (!x.source.empty() && !write(stem + ".ll", x.source)))
+          return false;
+      }
+    return true;
   }
 };
 } // namespace

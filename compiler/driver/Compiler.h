@@ -18,11 +18,12 @@ enum class Phase { Import, Tlora, Lowered, LLVM, End };
 
 struct CompileOptions {
   std::string modelDir, output;
-  std::string target = "host";
+  std::string target = "host"; // comma-separated list of target specs
   Phase stopAfter = Phase::End;
   bool printIRAfterAll = false;
   std::string printIRAfter; // a pass argument, e.g. tlora-plan-memory
   std::string dumpIRDir;    // one numbered file per pass
+  std::string dumpExecutablesDir; // each executable's binary and source
   bool timing = false;
   int64_t maxTokens = 128, maxSeq = 0;
   int headBits = 16; // --lm-head: exact (16), int8 (8), q6 (6)

@@ -9,7 +9,6 @@
 #include "dialects/tlora/Transforms/Passes.h"
 #include "runtime/drivers/local/SharedObject.h"
 #include "runtime/src/module_generated.h"
-#include "targets/llvm-cpu/Passes.h"
 #include "targets/llvm-cpu/kernels/ternary.h"
 
 #include "mlir/Dialect/Func/IR/FuncOps.h"
@@ -17,6 +16,7 @@
 #include "llvm/ADT/StringSet.h"
 
 #include <cerrno>
+#include <optional>
 #include <cmath>
 #include <cstdio>
 #include <cstring>
@@ -28,7 +28,7 @@ using namespace mlir::tlora;
 
 namespace tlc {
 
-constexpr uint32_t kModuleVersion = 1;
+constexpr uint32_t kModuleVersion = 2;
 constexpr uint64_t kParamAlign = 64, kDataAlign = 4096;
 
 static uint64_t alignUp(uint64_t v, uint64_t a) { return (v + a - 1) / a * a; }
@@ -38,6 +38,7 @@ struct ParamEntry {
   std::string name;
   bool ternary;
   std::string dtype;
+  const TernaryEncoding *encoding; // ternary only
   std::vector<int64_t> shape;
   uint64_t offset, size;
 };
@@ -90,65 +91,161 @@ private:
 };
 } // namespace
 
+/// The entry points of one executable: its program's dispatch lists, with
+/// kernels indexed into the executable and parameters into the module.
+static std::optional<std::vector<flatbuffers::Offset<fb::EntryPoint>>>
+buildEntryPoints(flatbuffers::FlatBufferBuilder &fbb,
+                 const CompiledTarget &target, const ExecutableImage &exe,
+                 const llvm::StringMap<uint64_t> &kvOffset,
+                 const llvm::StringMap<int> &paramIndex,
+                 const std::vector<ParamEntry> &params, std::string *error) {
+  using namespace tlc::fb;
+  llvm::StringMap<uint32_t> kernelIndex;
+  for (size_t i = 0; i < exe.kernels.size(); ++i)
+    kernelIndex[exe.kernels[i]] = (uint32_t)i;
+  std::vector<flatbuffers::Offset<EntryPoint>> entries;
+  ModuleOp program = target.program;
+  for (auto func : program.getOps<func::FuncOp>()) {
+    auto maxTokens = func->getAttrOfType<IntegerAttr>("tlora.max_tokens");
+    auto arena = func->getAttrOfType<IntegerAttr>("tlora.arena_size");
+    if (!maxTokens)
+      continue;
+    if (!arena) {
+      *error = "internal error: entry point without a memory plan";
+      return std::nullopt;
+    }
+    std::vector<flatbuffers::Offset<Dispatch>> dispatches;
+    for (auto d : func.getOps<DispatchOp>()) {
+      auto it = kernelIndex.find(d.getKernel().getLeafReference().getValue());
+      if (it == kernelIndex.end() || !d.getBindings()) {
+        *error = "internal error: dispatch of an unknown kernel";
+        return std::nullopt;
+      }
+      std::vector<flatbuffers::Offset<Binding>> bindings;
+      unsigned operandIndex = 0;
+      for (Attribute a : d.getBindingsAttr()) {
+        auto s = cast<SlotAttr>(a);
+        Operation *def = operandIndex < d.getNumOperands()
+                             ? d.getOperand(operandIndex).getDefiningOp()
+                             : nullptr;
+        ++operandIndex;
+        Space space = Space_Arena;
+        uint64_t offset = s.getOffset();
+        int index = -1;
+        StringRef sp = s.getSpace();
+        if (sp == "param") {
+          space = Space_Param;
+          std::string name = s.getName().getValue().str();
+          std::string key = name + "#t2#" + target.ternary->name;
+          if (auto w = dyn_cast_or_null<WeightOp>(def)) {
+            Type et = w.getType().getElementType();
+            key = name + "#" +
+                  (et.isInteger(6)   ? "q6"
+                   : et.isInteger(8) ? "i8"
+                   : et.isBF16()     ? "bf16"
+                                     : "f32");
+          }
+          auto p = paramIndex.find(key);
+          if (p == paramIndex.end()) {
+            *error = "internal error: unplanned parameter " + key;
+            return std::nullopt;
+          }
+          index = p->second;
+        } else if (sp == "kv") {
+          space = Space_KV;
+          offset = kvOffset.lookup(s.getName().getValue());
+        } else if (sp == "input") {
+          space = Space_Input;
+        } else if (sp == "output") {
+          space = Space_Output;
+        } else if (sp == "state") {
+          space = Space_State;
+        } else if (sp == "hyper") {
+          space = Space_Hyper;
+        } else if (sp == "labels") {
+          space = Space_Labels;
+        }
+        uint64_t size = s.getSize();
+        if (space == Space_Param)
+          size = params[index].size;
+        bindings.push_back(CreateBinding(fbb, space, offset, size, index));
+      }
+      dispatches.push_back(CreateDispatch(fbb, it->second,
+                                          fbb.CreateVector(bindings),
+                                          d.getTokensFactor(), d.getConstant()));
+    }
+    entries.push_back(CreateEntryPoint(
+        fbb, fbb.CreateString(func.getName().str()),
+        (uint32_t)maxTokens.getInt(), (uint64_t)arena.getInt(),
+        fbb.CreateVector(dispatches)));
+  }
+  return entries;
+}
+
 bool writeModule(const ModuleContents &c, const std::string &path,
                  std::string *error) {
   const ModelConfig &cfg = *c.config;
-  ModuleOp program = c.program;
-  // Parameters and KV caches, in order of first use.
+  if (c.targets.empty()) {
+    *error = "internal error: no target";
+    return false;
+  }
+  ModuleOp firstProgram = c.targets.front().program;
   std::vector<ParamEntry> params;
-  llvm::StringMap<int> paramIndex;
-  llvm::StringMap<uint64_t> kvOffset;
-  uint64_t dataSize = 0, kvSize = 0;
+  llvm::StringMap<int> paramIndex; // name#dtype[#encoding]
+  uint64_t dataSize = 0;
   int64_t parameterCount = 0;
-  program.walk([&](Operation *op) {
-    ParamEntry e;
-    if (auto w = dyn_cast<WeightOp>(op)) {
-      auto t = w.getType();
-      bool int8 = t.getElementType().isInteger(8);
-      bool q6 = t.getElementType().isInteger(6);
-      e = {w.getName().str(),
-           false,
-           q6                            ? "q6"
-           : int8                        ? "i8"
-           : t.getElementType().isBF16() ? "bf16"
-                                         : "f32",
-           std::vector<int64_t>(t.getShape().begin(), t.getShape().end()),
-           0,
-           (uint64_t)(t.getNumElements() * t.getElementTypeBitWidth() / 8)};
-      if (int8) // per-row float scales follow the int8 matrix
-        e.size += 4 * (uint64_t)t.getShape()[0];
-      if (q6)
-        e.size = tlc_q6_packed_size(t.getShape()[0], t.getShape()[1]);
-    } else if (auto w = dyn_cast<TernaryWeightOp>(op)) {
-      auto t = w.getType();
-      e = {w.getName().str(),
-           true,
-           "t2",
-           {t.getOutFeatures(), t.getInFeatures()},
-           0,
-           (uint64_t)llvmcpu::ternaryParamBytes(t.getOutFeatures(),
-                                                t.getInFeatures())};
-    } else if (auto kv = dyn_cast<KVCacheOp>(op)) {
-      if (!kvOffset.count(kv.getName())) {
-        auto t = kv.getType();
-        kvOffset[kv.getName()] = kvSize;
-        kvSize += alignUp(t.getMaxSeq() * t.getKvHeads() * t.getHeadDim() * 4,
-                          kParamAlign);
+  auto floatDtype = [](WeightOp w) -> std::string {
+    Type et = w.getType().getElementType();
+    return et.isInteger(6)   ? "q6"
+           : et.isInteger(8) ? "i8"
+           : et.isBF16()     ? "bf16"
+                             : "f32";
+  };
+  auto ternaryKey = [](StringRef name, const TernaryEncoding *enc) {
+    return name.str() + "#t2#" + enc->name;
+  };
+  for (const CompiledTarget &target : c.targets)
+    ModuleOp(target.program).walk([&](Operation *op) {
+      ParamEntry e;
+      std::string key;
+      if (auto w = dyn_cast<WeightOp>(op)) {
+        auto t = w.getType();
+        std::string dtype = floatDtype(w);
+        e = {w.getName().str(),
+             false,
+             dtype,
+             nullptr,
+             std::vector<int64_t>(t.getShape().begin(), t.getShape().end()),
+             0,
+             (uint64_t)(t.getNumElements() * t.getElementTypeBitWidth() / 8)};
+        if (dtype == "i8") // per-row float scales follow the int8 matrix
+          e.size += 4 * (uint64_t)t.getShape()[0];
+        if (dtype == "q6")
+          e.size = tlc_q6_packed_size(t.getShape()[0], t.getShape()[1]);
+        key = e.name + "#" + dtype;
+      } else if (auto w = dyn_cast<TernaryWeightOp>(op)) {
+        auto t = w.getType();
+        e = {w.getName().str(),
+             true,
+             "t2",
+             target.ternary,
+             {t.getOutFeatures(), t.getInFeatures()},
+             0,
+             (uint64_t)target.ternary->bytes(t.getOutFeatures(),
+                                             t.getInFeatures())};
+        key = ternaryKey(e.name, target.ternary);
+      } else {
+        return;
       }
-      return;
-    } else {
-      return;
-    }
-    std::string key = e.name + "#" + e.dtype;
-    if (paramIndex.count(key))
-      return;
-    e.offset = dataSize;
-    dataSize = alignUp(dataSize + e.size, kParamAlign);
-    paramIndex[key] = (int)params.size();
-    params.push_back(std::move(e));
-  });
+      if (paramIndex.count(key))
+        return;
+      e.offset = dataSize;
+      dataSize = alignUp(dataSize + e.size, kParamAlign);
+      paramIndex[key] = (int)params.size();
+      params.push_back(std::move(e));
+    });
   int64_t maxSeq = 0;
-  program.walk([&](KVCacheOp kv) { maxSeq = kv.getType().getMaxSeq(); });
+  firstProgram.walk([&](KVCacheOp kv) { maxSeq = kv.getType().getMaxSeq(); });
 
   llvm::StringSet<> counted; // an int8 head shares its name with the bf16 one
   for (auto &p : params) {
@@ -160,81 +257,35 @@ bool writeModule(const ModuleContents &c, const std::string &path,
     parameterCount += n;
   }
 
-  llvm::StringMap<uint32_t> kernelIndex;
-  for (size_t i = 0; i < c.executable.kernels.size(); ++i)
-    kernelIndex[c.executable.kernels[i]] = (uint32_t)i;
-
   auto build = [&](uint64_t dataOffset,
                    flatbuffers::FlatBufferBuilder &fbb) -> bool {
     using namespace tlc::fb;
-    std::vector<flatbuffers::Offset<EntryPoint>> entries;
-    for (auto func : program.getOps<func::FuncOp>()) {
-      auto maxTokens = func->getAttrOfType<IntegerAttr>("tlora.max_tokens");
-      auto arena = func->getAttrOfType<IntegerAttr>("tlora.arena_size");
-      if (!maxTokens)
-        continue;
-      if (!arena) {
-        *error = "internal error: entry point without a memory plan";
-        return false;
-      }
-      std::vector<flatbuffers::Offset<Dispatch>> dispatches;
-      for (auto d : func.getOps<DispatchOp>()) {
-        auto it = kernelIndex.find(d.getKernel().getLeafReference().getValue());
-        if (it == kernelIndex.end() || !d.getBindings()) {
-          *error = "internal error: dispatch of an unknown kernel";
+    std::vector<flatbuffers::Offset<Executable>> exes;
+    for (const CompiledTarget &target : c.targets) {
+      // The KV cache layout of this program.
+      llvm::StringMap<uint64_t> kvOffset;
+      uint64_t kvSize = 0;
+      ModuleOp(target.program).walk([&](KVCacheOp kv) {
+        if (kvOffset.count(kv.getName()))
+          return;
+        auto t = kv.getType();
+        kvOffset[kv.getName()] = kvSize;
+        kvSize += alignUp(t.getMaxSeq() * t.getKvHeads() * t.getHeadDim() * 4,
+                          kParamAlign);
+      });
+      for (const ExecutableImage &x : target.executables) {
+        auto entries = buildEntryPoints(fbb, target, x, kvOffset, paramIndex,
+                                        params, error);
+        if (!entries)
           return false;
-        }
-        std::vector<flatbuffers::Offset<Binding>> bindings;
-        unsigned operandIndex = 0;
-        for (Attribute a : d.getBindingsAttr()) {
-          auto s = cast<SlotAttr>(a);
-          Operation *def = operandIndex < d.getNumOperands()
-                               ? d.getOperand(operandIndex).getDefiningOp()
-                               : nullptr;
-          ++operandIndex;
-          Space space = Space_Arena;
-          uint64_t offset = s.getOffset();
-          int index = -1;
-          StringRef sp = s.getSpace();
-          if (sp == "param") {
-            space = Space_Param;
-            std::string dtype = "t2";
-            if (auto w = dyn_cast_or_null<WeightOp>(def)) {
-              Type et = w.getType().getElementType();
-              dtype = et.isInteger(6)   ? "q6"
-                      : et.isInteger(8) ? "i8"
-                      : et.isBF16()     ? "bf16"
-                                        : "f32";
-            }
-            index =
-                paramIndex.lookup(s.getName().getValue().str() + "#" + dtype);
-          } else if (sp == "kv") {
-            space = Space_KV;
-            offset = kvOffset.lookup(s.getName().getValue());
-          } else if (sp == "input") {
-            space = Space_Input;
-          } else if (sp == "output") {
-            space = Space_Output;
-          } else if (sp == "state") {
-            space = Space_State;
-          } else if (sp == "hyper") {
-            space = Space_Hyper;
-          } else if (sp == "labels") {
-            space = Space_Labels;
-          }
-          uint64_t size = s.getSize();
-          if (space == Space_Param)
-            size = params[index].size;
-          bindings.push_back(CreateBinding(fbb, space, offset, size, index));
-        }
-        dispatches.push_back(
-            CreateDispatch(fbb, it->second, fbb.CreateVector(bindings),
-                           d.getTokensFactor(), d.getConstant()));
+        exes.push_back(CreateExecutable(
+            fbb, fbb.CreateString(x.target), fbb.CreateString(x.cpu),
+            fbb.CreateVectorOfStrings(x.needs), fbb.CreateString(x.format),
+            fbb.CreateVectorOfStrings(x.kernels),
+            fbb.CreateVector((const uint8_t *)x.image.data(), x.image.size()),
+            fnv1a64((const uint8_t *)x.image.data(), x.image.size()),
+            fbb.CreateVector(*entries), kvSize));
       }
-      entries.push_back(CreateEntryPoint(
-          fbb, fbb.CreateString(func.getName().str()),
-          (uint32_t)maxTokens.getInt(), (uint64_t)arena.getInt(),
-          fbb.CreateVector(dispatches)));
     }
     std::vector<flatbuffers::Offset<Parameter>> paramDefs;
     for (auto &p : params)
@@ -242,14 +293,8 @@ bool writeModule(const ModuleContents &c, const std::string &path,
           CreateParameter(fbb, fbb.CreateString(p.name),
                           p.ternary ? ParamKind_Ternary : ParamKind_Float,
                           fbb.CreateString(p.dtype), fbb.CreateVector(p.shape),
-                          p.offset, p.size));
-    const ExecutableImage &x = c.executable;
-    auto exe = CreateExecutable(
-        fbb, fbb.CreateString(x.target), fbb.CreateString(x.cpu),
-        fbb.CreateVectorOfStrings(x.needs), fbb.CreateString(x.format),
-        fbb.CreateVectorOfStrings(x.kernels),
-        fbb.CreateVector((const uint8_t *)x.image.data(), x.image.size()),
-        fnv1a64((const uint8_t *)x.image.data(), x.image.size()));
+                          p.offset, p.size,
+                          p.encoding ? fbb.CreateString(p.encoding->name) : 0));
     flatbuffers::Offset<fb::Tokenizer> tok = 0;
     if (c.tokenizer) {
       std::vector<int32_t> merges;
@@ -277,7 +322,7 @@ bool writeModule(const ModuleContents &c, const std::string &path,
     flatbuffers::Offset<TrainInfo> train = 0;
     if (c.train) {
       func::FuncOp step; // the layout is the same in every entry
-      for (auto f : program.getOps<func::FuncOp>())
+      for (auto f : firstProgram.getOps<func::FuncOp>())
         if (f.getName() == (c.train->step ? "train_step" : "prefill"))
           step = f;
       if (!step) {
@@ -303,10 +348,8 @@ bool writeModule(const ModuleContents &c, const std::string &path,
     ModuleBuilder mb(fbb);
     mb.add_version(kModuleVersion);
     mb.add_info(info);
-    mb.add_executables(fbb.CreateVector(&exe, 1));
-    mb.add_entry_points(fbb.CreateVector(entries));
+    mb.add_executables(fbb.CreateVector(exes));
     mb.add_parameters(fbb.CreateVector(paramDefs));
-    mb.add_kv_size(kvSize);
     if (c.tokenizer)
       mb.add_tokenizer(tok);
     mb.add_data_offset(dataOffset);
@@ -362,8 +405,7 @@ bool writeModule(const ModuleContents &c, const std::string &path,
           *error = "missing tensor '" + p.name + "'";
         return false;
       }
-      std::memcpy(buffer.data(), &gamma, sizeof gamma);
-      tlc_ternary_pack(codes.data(), n, k, buffer.data() + 64);
+      p.encoding->pack(codes.data(), n, k, gamma, buffer.data());
     } else {
       const TensorView *t = c.checkpoint->find(p.name);
       if (!t) {

@@ -6,6 +6,7 @@
 #include "compiler/hf/HFConfig.h"
 #include "compiler/hf/HFImporter.h"
 #include "compiler/hf/SafeTensors.h"
+#include "compiler/target/TargetBackend.h"
 #include "runtime/src/tokenizer/Tokenizer.h"
 
 #include "mlir/IR/BuiltinOps.h"
@@ -15,16 +16,16 @@
 
 namespace tlc {
 
-/// One compiled executable for the module.
-struct ExecutableImage {
-  std::string target, cpu, format;
-  std::vector<std::string> needs, kernels;
-  std::string image;
+/// What one target backend produced: its lowered program (entry functions
+/// with dispatch lists and memory plan) and its executables.
+struct CompiledTarget {
+  mlir::ModuleOp program;
+  const TernaryEncoding *ternary = nullptr;
+  std::vector<ExecutableImage> executables;
 };
 
 struct ModuleContents {
-  mlir::ModuleOp program; // entry functions after memory planning
-  ExecutableImage executable;
+  std::vector<CompiledTarget> targets;
   const ModelConfig *config = nullptr;
   const Checkpoint *checkpoint = nullptr;
   const TokenizerData *tokenizer = nullptr; // may be null

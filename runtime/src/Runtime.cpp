@@ -21,6 +21,7 @@
 #include <sys/stat.h>
 #include <time.h>
 #include <unistd.h>
+#include <vector>
 
 struct tlc_status_s {
   std::string message;
@@ -42,7 +43,40 @@ extern "C" void tlc_status_free(tlc_status_t s) { delete s; }
 extern "C" void tlc_free(void *p) { free(p); }
 
 namespace {
-constexpr uint32_t kModuleVersion = 1;
+constexpr uint32_t kModuleVersion = 2;
+
+/// The root table's first field (`version`), read with bounds checks only,
+/// so that older and newer modules get a version error instead of a
+/// verification failure. Returns false when the root table is unreadable.
+bool peekVersion(const uint8_t *buf, size_t size, uint32_t *version) {
+  auto rd32 = [&](size_t at, uint32_t *v) {
+    if (at > size || size - at < 4)
+      return false;
+    std::memcpy(v, buf + at, 4);
+    return true;
+  };
+  uint32_t root, vtableBack;
+  if (!rd32(4, &root) || (uint64_t)root + 4 > size)
+    return false;
+  size_t table = 4 + (size_t)root;
+  if (!rd32(table, &vtableBack))
+    return false;
+  int64_t vtable = (int64_t)table - (int32_t)vtableBack;
+  if (vtable < 0 || (uint64_t)vtable + 6 > size)
+    return false;
+  uint16_t vtSize, field;
+  std::memcpy(&vtSize, buf + vtable, 2);
+  if (vtSize < 6) { // no field 0: the default
+    *version = 0;
+    return true;
+  }
+  std::memcpy(&field, buf + vtable + 4, 2);
+  if (field == 0) {
+    *version = 0;
+    return true;
+  }
+  return rd32(table + field, version);
+}
 static_assert(sizeof(tlc_train_hyper_t) == 64, "the hyper block is 64 bytes");
 
 } // namespace
@@ -59,6 +93,7 @@ struct tlc_module_s {
   const tlc::fb::EntryPoint *prefill = nullptr, *decode = nullptr,
                            *trainStep = nullptr;
   std::unique_ptr<tlc::Tokenizer> tokenizer;
+  std::vector<std::string> needs; // per executable, comma-joined
 
   ~tlc_module_s() {
     if (map)
@@ -81,6 +116,15 @@ tlc_status_t verifyModule(tlc_module_t *m) {
   if (!flatbuffers::BufferHasIdentifier(m->bytes, tlc::fb::ModuleIdentifier(),
                                         /*size_prefixed=*/true))
     return makeStatus("%s: not a tlc module (file identifier is not TLCM)", p);
+  uint32_t version;
+  if (peekVersion(m->bytes, (size_t)fbSize + 4, &version) &&
+      version != kModuleVersion)
+    return makeStatus("%s: module version %u, this runtime reads version %u "
+                      "(%s)",
+                      p, version, kModuleVersion,
+                      version < kModuleVersion
+                          ? "recompile the model with this tlc"
+                          : "update the runtime");
   flatbuffers::Verifier verifier(m->bytes, (size_t)fbSize + 4);
   if (!tlc::fb::VerifySizePrefixedModuleBuffer(verifier))
     return makeStatus("%s: corrupt module header (FlatBuffers verification "
@@ -91,11 +135,8 @@ tlc_status_t verifyModule(tlc_module_t *m) {
   if (def->version() != kModuleVersion)
     return makeStatus("%s: module version %u, this runtime reads version %u", p,
                       def->version(), kModuleVersion);
-  if (!def->info() || !def->executables() || !def->entry_points() ||
-      !def->parameters())
-    return makeStatus("%s: module lacks info, executables, entry points or "
-                      "parameters",
-                      p);
+  if (!def->info() || !def->executables() || !def->parameters())
+    return makeStatus("%s: module lacks info, executables or parameters", p);
   uint64_t dataOffset = def->data_offset(), dataSize = def->data_size();
   if (dataOffset < (uint64_t)fbSize + 4 || dataOffset % 64 != 0 ||
       dataOffset > m->size || dataSize > m->size - dataOffset)
@@ -121,10 +162,15 @@ tlc_status_t verifyModule(tlc_module_t *m) {
   const auto *exes = def->executables();
   m->exe = nullptr;
   std::string why = "none is built for " + std::string(tlc::hostTarget());
+  m->needs.assign(exes->size(), std::string());
+  for (uint32_t i = 0; i < exes->size(); ++i)
+    if (const auto *needs = exes->Get(i)->needs())
+      for (const auto *f : *needs)
+        m->needs[i] += (m->needs[i].empty() ? "" : ",") + f->str();
   for (uint32_t i = 0; i < exes->size() && !m->exe; ++i) {
     const auto *e = exes->Get(i);
     if (!e->target() || e->target()->str() != tlc::hostTarget() ||
-        !e->image() || !e->kernels())
+        !e->image() || !e->kernels() || !e->entry_points())
       continue;
     bool ok = true;
     if (e->needs())
@@ -170,7 +216,7 @@ tlc_status_t verifyModule(tlc_module_t *m) {
     trainTableOk = true;
   }
   int64_t vocab = info->vocab_size();
-  for (const auto *ep : *def->entry_points()) {
+  for (const auto *ep : *m->exe->entry_points()) {
     if (!ep->name() || !ep->dispatches() || ep->max_tokens() == 0 ||
         ep->max_tokens() > (1u << 20))
       return makeStatus("%s: malformed entry point", p);
@@ -190,6 +236,10 @@ tlc_status_t verifyModule(tlc_module_t *m) {
       if (ds->tokens_factor() < 0 || ds->constant() < 0 ||
           ds->tokens_factor() > (1 << 20) || ds->constant() > (1ll << 40))
         return makeStatus("%s: %s dispatch %u has a bad workload", p, en, d);
+      if (ds->workgroups_y() != 1 || ds->workgroups_z() != 1)
+        return makeStatus("%s: %s dispatch %u has a 3-D grid, which the CPU "
+                          "driver does not run",
+                          p, en, d);
       for (const auto *b : *ds->bindings()) {
         uint64_t off = b->offset(), sz = b->size(), limit = 0;
         switch (b->space()) {
@@ -197,7 +247,7 @@ tlc_status_t verifyModule(tlc_module_t *m) {
           limit = ep->arena_size();
           break;
         case tlc::fb::Space_KV: // sessions only
-          limit = isTrainStep ? 0 : def->kv_size();
+          limit = isTrainStep ? 0 : m->exe->kv_size();
           break;
         case tlc::fb::Space_Param:
           if (b->index() < 0 || (uint32_t)b->index() >= params->size())
@@ -359,7 +409,7 @@ extern "C" void tlc_module_model_info(const tlc_module_t *m,
   out->has_tokenizer = m->tokenizer != nullptr;
   out->file_size = m->size;
   out->data_size = m->def->data_size();
-  out->kv_cache_size = m->def->kv_size();
+  out->kv_cache_size = m->exe->kv_size();
 }
 
 extern "C" size_t tlc_module_executable_count(const tlc_module_t *m) {
@@ -373,18 +423,19 @@ extern "C" void tlc_module_executable_info(const tlc_module_t *m, size_t i,
   out->target = str(e->target());
   out->cpu = str(e->cpu());
   out->format = str(e->format());
+  out->needs = i < m->needs.size() ? m->needs[i].c_str() : "";
   out->image_size = e->image() ? e->image()->size() : 0;
   out->kernel_count = e->kernels() ? e->kernels()->size() : 0;
   out->selected = i == m->exeIndex;
 }
 
 extern "C" size_t tlc_module_entry_count(const tlc_module_t *m) {
-  return m->def->entry_points()->size();
+  return m->exe->entry_points()->size();
 }
 
 extern "C" void tlc_module_entry_info(const tlc_module_t *m, size_t i,
                                       tlc_entry_info_t *out) {
-  const auto *e = m->def->entry_points()->Get((uint32_t)i);
+  const auto *e = m->exe->entry_points()->Get((uint32_t)i);
   out->name = e->name()->c_str();
   out->max_tokens = e->max_tokens();
   out->arena_size = e->arena_size();
@@ -571,7 +622,7 @@ extern "C" tlc_status_t tlc_session_create(tlc_module_t *m,
   s->module = m;
   int threads = threadCount(opts);
   SpaceBases spaces;
-  if (s->kv.allocate(m->def->kv_size()))
+  if (s->kv.allocate(m->exe->kv_size()))
     spaces.kv = s->kv.ptr;
   if (const auto *train = m->def->train()) { // zero adapters: the base model
     if (!s->adapters.allocate(4 * train->adapter_elements()))
@@ -583,7 +634,7 @@ extern "C" tlc_status_t tlc_session_create(tlc_module_t *m,
       !bindEntry(m, spaces, m->decode, &s->decode))
     return makeStatus("%s: out of memory creating a session (KV cache %llu "
                       "bytes)",
-                      m->path.c_str(), (unsigned long long)m->def->kv_size());
+                      m->path.c_str(), (unsigned long long)m->exe->kv_size());
   s->pool = std::make_unique<tlc::ThreadPool>(threads);
   s->prof.init(m);
   *out = s.release();

@@ -73,72 +73,32 @@ struct LowerKernelsToLLVMPass
   }
 };
 
-/// Known x86 features a host must have, as LLVM and __builtin_cpu_supports
-/// both spell them.
-constexpr const char *kCheckedFeatures[] = {
-    "avx2",     "fma",        "f16c",       "avx512f", "avx512bw",
-    "avx512vl", "avx512vnni", "avx512bf16", "avxvnni"};
-
-std::string joinFeatures(const llvm::StringMap<bool> &features,
-                         std::vector<std::string> *needs) {
-  std::string out;
-  for (auto &f : features) {
-    if (!out.empty())
-      out += ",";
-    out += (f.second ? "+" : "-") + f.first().str();
-    for (const char *c : kCheckedFeatures)
-      if (f.second && f.first() == c)
-        needs->push_back(c);
-  }
-  return out;
-}
 } // namespace
 
-FailureOr<tlc::llvmcpu::CpuTarget>
-tlc::llvmcpu::parseCpuTarget(llvm::StringRef spec, std::string *error) {
-  CpuTarget t;
-  if (spec == "host") {
-    t.cpu = llvm::sys::getHostCPUName().str();
-    t.features = joinFeatures(llvm::sys::getHostCPUFeatures(), &t.needs);
-    return t;
+/// The microkernel bitcode of each ISA build (MicrokernelBitcode.inc).
+static llvm::StringRef microkernelBitcode(tlc::llvmcpu::MicrokernelIsa isa) {
+  using tlc::llvmcpu::MicrokernelIsa;
+#define TLC_BITCODE(array) llvm::StringRef((const char *)array, sizeof array)
+  switch (isa) {
+  case MicrokernelIsa::Avx2:
+    return TLC_BITCODE(kMicrokernelsAvx2);
+  case MicrokernelIsa::Avx512:
+    return TLC_BITCODE(kMicrokernelsAvx512);
+  case MicrokernelIsa::Neon:
+    return TLC_BITCODE(kMicrokernelsNeon);
+  case MicrokernelIsa::NeonDotprod:
+    return TLC_BITCODE(kMicrokernelsNeonDotprod);
+  case MicrokernelIsa::NeonI8mm:
+    return TLC_BITCODE(kMicrokernelsNeonI8mm);
   }
-  auto [arch, feats] = spec.split(':');
-  if (arch != "x86-64" && arch != "x86_64") {
-    *error = "unknown target '" + spec.str() +
-             "' (expected host or x86-64[:FEATURES])";
-    return failure();
-  }
-  // The baseline is x86-64-v3 (AVX2 + FMA), which the kernels need.
-  t.cpu = "x86-64-v3";
-  llvm::StringMap<bool> features;
-  for (const char *f : {"avx2", "fma", "f16c"})
-    features[f] = true;
-  llvm::SmallVector<llvm::StringRef> list;
-  feats.split(list, ',', -1, false);
-  for (llvm::StringRef f : list) {
-    f = f.trim();
-    bool on = !f.consume_front("-");
-    f.consume_front("+");
-    if (f.empty()) {
-      *error = "empty feature in target '" + spec.str() + "'";
-      return failure();
-    }
-    features[f] = on;
-  }
-  t.features = joinFeatures(features, &t.needs);
-  return t;
+#undef TLC_BITCODE
+  return {};
 }
 
 static std::unique_ptr<llvm::Module>
 loadMicrokernels(llvm::LLVMContext &ctx, const tlc::llvmcpu::CpuTarget &t) {
-  bool vnni = llvm::StringRef(t.features).contains("+avx512vnni") &&
-              llvm::StringRef(t.features).contains("+avx512bw");
-  llvm::StringRef bytes =
-      vnni ? llvm::StringRef((const char *)kMicrokernelsAvx512,
-                             sizeof kMicrokernelsAvx512)
-           : llvm::StringRef((const char *)kMicrokernelsAvx2,
-                             sizeof kMicrokernelsAvx2);
-  auto buffer = llvm::MemoryBuffer::getMemBuffer(bytes, "microkernels", false);
+  auto buffer = llvm::MemoryBuffer::getMemBuffer(microkernelBitcode(t.isa),
+                                                 "microkernels", false);
   auto mod = llvm::parseBitcodeFile(buffer->getMemBufferRef(), ctx);
   if (!mod) {
     llvm::consumeError(mod.takeError());
@@ -177,8 +137,11 @@ FailureOr<std::string>
 tlc::llvmcpu::buildSharedObject(ModuleOp kernels, const CpuTarget &target,
                                 std::vector<std::string> *kernelNames,
                                 std::string *llvmIR, std::string *error) {
-  llvm::InitializeNativeTarget();
-  llvm::InitializeNativeTargetAsmPrinter();
+  // Every target of the LLVM build, so that any host compiles for any CPU.
+  llvm::InitializeAllTargetInfos();
+  llvm::InitializeAllTargets();
+  llvm::InitializeAllTargetMCs();
+  llvm::InitializeAllAsmPrinters();
   registerBuiltinDialectTranslation(*kernels.getContext());
   registerLLVMDialectTranslation(*kernels.getContext());
 

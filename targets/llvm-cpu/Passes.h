@@ -1,4 +1,4 @@
-// Passes and code generation of the llvm-cpu target (x86-64 today).
+// Passes and code generation of the llvm-cpu target (x86-64, aarch64).
 #ifndef TLC_TARGETS_LLVMCPU_PASSES_H
 #define TLC_TARGETS_LLVMCPU_PASSES_H
 
@@ -28,17 +28,28 @@ namespace tlc::llvmcpu {
 /// gamma (f32), then the packed codes of the kernel's layout.
 int64_t ternaryParamBytes(int64_t outFeatures, int64_t inFeatures);
 
-/// A CPU to compile for: an LLVM CPU name and feature string.
+/// The ISA builds of the C microkernels (one bitcode each).
+enum class MicrokernelIsa { Avx2, Avx512, Neon, NeonDotprod, NeonI8mm };
+
+/// A CPU to compile for: an LLVM triple, CPU name and feature string.
 struct CpuTarget {
-  std::string triple = "x86_64-unknown-linux-gnu";
+  std::string triple;             // "x86_64-unknown-linux-gnu"
+  std::string arch;               // runtime key: "x86_64" or "aarch64"
   std::string cpu;
   std::string features;           // LLVM form: "+avx2,+fma,..."
   std::vector<std::string> needs; // features the host must have to run it
+  MicrokernelIsa isa = MicrokernelIsa::Avx2;
 };
 
-/// Parses `host` or `x86-64[:feat,feat,...]` (features with or without +).
-mlir::FailureOr<CpuTarget> parseCpuTarget(llvm::StringRef spec,
-                                          std::string *error);
+/// Parses `host`, `x86-64[:feat,...]` or `aarch64[:feat,...]` (features with
+/// or without +) into the variants to build, the most capable first. Plain
+/// `aarch64` gives three: dotprod+i8mm, dotprod, and baseline NEON, so one
+/// module runs on every ARMv8 core and picks the best at load time.
+mlir::FailureOr<std::vector<CpuTarget>> parseCpuTarget(llvm::StringRef spec,
+                                                       std::string *error);
+
+/// Registers the llvm-cpu backend with the compiler's target registry.
+void registerLLVMCPUTargetBackend();
 
 /// Compiles the LLVM-dialect `kernels` module into a shared object: links
 /// the microkernel bitcode for the target, adds one uniform entry per

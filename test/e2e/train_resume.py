@@ -19,7 +19,7 @@ def train(args, out, resume, extra=()):
     cmd = [os.path.join(args.bin, "tlc-run"), "train", args.module, "--data", args.data,
            "--steps", str(args.steps), "--lr", "0.01", "--out", out, "--save-every", "5",
            "--seed", "7", "--max-grad-norm", "1", "--weight-decay", "0.01",
-           "--schedule", "cosine", "--warmup", "10", "--grad-accum", "2", "--threads", "1"]
+           "--schedule", "cosine", "--warmup", "10", "--grad-accum", "2"]
     if resume:
         cmd.append("--resume")
     return subprocess.Popen(cmd + list(extra), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)

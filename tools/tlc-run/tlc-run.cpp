@@ -261,8 +261,9 @@ int main(int argc, char **argv) {
     for (size_t i = 0; i < tlc_module_executable_count(module); ++i) {
       tlc_executable_info_t e;
       tlc_module_executable_info(module, i, &e);
-      printf("target: %s (cpu %s), %s, %llu bytes, %zu kernels%s\n", e.target,
-             e.cpu, e.format, (unsigned long long)e.image_size, e.kernel_count,
+      printf("target: %s (cpu %s%s%s), %s, %llu bytes, %zu kernels%s\n",
+             e.target, e.cpu, *e.needs ? "; needs " : "", e.needs, e.format,
+             (unsigned long long)e.image_size, e.kernel_count,
              e.selected ? " [selected]" : "");
     }
     tlc_train_info_t ti;

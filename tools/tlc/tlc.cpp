@@ -1,5 +1,6 @@
 // tlc: the compiler command line.
-//   tlc compile MODEL_DIR -o OUT.tlm [--target host|x86-64[:FEATURES]]
+//   tlc compile MODEL_DIR -o OUT.tlm [--target SPEC[,SPEC...]]
+//       (SPEC: host | x86-64[:FEATURES] | aarch64[:FEATURES])
 //       [--compile-to=import|tlora|lowered|llvm] [--print-ir-after-all]
 //       [--print-ir-after=PASS] [--dump-ir-dir=DIR] [--timing]
 //       [--max-seq-len N] [--prefill-chunk N] [--lm-head exact|int8|q6]
@@ -38,8 +39,10 @@ int main(int argc, char **argv) {
                               cl::value_desc("file"), cl::cat(cat));
   cl::opt<std::string> target(
       "target", cl::init("host"),
-      cl::desc(
-          "host, or x86-64[:FEATURES] (e.g. x86-64:+avx512vnni,+avx512bw)"),
+      cl::desc("comma-separated targets: host, x86-64[:FEATURES], "
+               "aarch64[:FEATURES] (e.g. x86-64:+avx512vnni,+avx512bw,aarch64;"
+               " plain aarch64 builds dotprod+i8mm, dotprod and NEON "
+               "variants chosen at load time)"),
       cl::cat(cat));
   cl::opt<tlc::Phase> compileTo(
       "compile-to", cl::init(tlc::Phase::End),
@@ -57,6 +60,10 @@ int main(int argc, char **argv) {
   cl::opt<std::string> printAfter(
       "print-ir-after", cl::desc("print the IR after the pass named PASS"),
       cl::value_desc("PASS"), cl::cat(cat));
+  cl::opt<std::string> dumpExecutables(
+      "dump-executables",
+      cl::desc("write each executable's binary and source form to DIR"),
+      cl::value_desc("DIR"), cl::cat(cat));
   cl::opt<std::string> dumpDir(
       "dump-ir-dir",
       cl::desc("write the IR after each pass to DIR/NN-pass.mlir"),
@@ -124,6 +131,7 @@ int main(int argc, char **argv) {
   o.printIRAfterAll = printAll;
   o.printIRAfter = printAfter;
   o.dumpIRDir = dumpDir;
+  o.dumpExecutablesDir = dumpExecutables;
   o.timing = timing;
   o.maxSeq = maxSeq;
   o.maxTokens = chunk;

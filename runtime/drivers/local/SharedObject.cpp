@@ -4,6 +4,9 @@
 
 #include <cstring>
 #include <dlfcn.h>
+#if defined(__aarch64__) && defined(__linux__)
+#include <sys/auxv.h>
+#endif
 #include <sys/mman.h>
 #include <unistd.h>
 
@@ -83,6 +86,18 @@ bool hostHasFeature(const std::string &f) {
   TLC_FEATURE(avx512bf16)
   TLC_FEATURE(avxvnni)
 #undef TLC_FEATURE
+#elif defined(__aarch64__) && defined(__linux__)
+  // Linux's hwcaps (asm/hwcap.h): ASIMDDP = SDOT/UDOT, I8MM = SMMLA/USDOT.
+  const unsigned long hwcap = getauxval(AT_HWCAP),
+                      hwcap2 = getauxval(AT_HWCAP2);
+  if (f == "neon")
+    return (hwcap & (1ul << 1)) != 0; // ASIMD
+  if (f == "dotprod")
+    return (hwcap & (1ul << 20)) != 0;
+  if (f == "i8mm")
+    return (hwcap2 & (1ul << 13)) != 0;
+  if (f == "fp16")
+    return (hwcap & (1ul << 9)) != 0; // ASIMDHP
 #endif
   return false;
 }

@@ -65,6 +65,7 @@ TLC_API void tlc_module_model_info(const tlc_module_t *module,
 
 typedef struct {
   const char *target, *cpu, *format;
+  const char *needs; /* CPU features it requires, comma-separated */
   uint64_t image_size;
   size_t kernel_count;
   bool selected; /* the one this host runs */

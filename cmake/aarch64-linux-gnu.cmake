@@ -1,0 +1,20 @@
+# Cross-compiling the runtime for 64-bit ARM Linux with clang + lld and
+# Debian's cross libraries (libc6-dev-arm64-cross, libstdc++-12-dev-arm64-cross).
+# Programs run under `qemu-aarch64 -L /usr/aarch64-linux-gnu`.
+set(CMAKE_SYSTEM_NAME Linux)
+set(CMAKE_SYSTEM_PROCESSOR aarch64)
+set(triple aarch64-linux-gnu)
+find_program(TLC_CROSS_CC NAMES clang-22 clang REQUIRED)
+find_program(TLC_CROSS_CXX NAMES clang++-22 clang++ REQUIRED)
+set(CMAKE_C_COMPILER ${TLC_CROSS_CC})
+set(CMAKE_CXX_COMPILER ${TLC_CROSS_CXX})
+set(CMAKE_C_COMPILER_TARGET ${triple})
+set(CMAKE_CXX_COMPILER_TARGET ${triple})
+set(CMAKE_EXE_LINKER_FLAGS_INIT "-fuse-ld=lld")
+set(CMAKE_SHARED_LINKER_FLAGS_INIT "-fuse-ld=lld")
+set(CMAKE_FIND_ROOT_PATH /usr/${triple})
+set(CMAKE_FIND_ROOT_PATH_MODE_PROGRAM NEVER)
+set(CMAKE_FIND_ROOT_PATH_MODE_LIBRARY ONLY)
+set(CMAKE_FIND_ROOT_PATH_MODE_INCLUDE BOTH)
+set(CMAKE_FIND_ROOT_PATH_MODE_PACKAGE BOTH)
+set(CMAKE_CROSSCOMPILING_EMULATOR qemu-aarch64;-L;/usr/${triple})

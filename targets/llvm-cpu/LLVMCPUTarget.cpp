@@ -1,0 +1,228 @@
+// The llvm-cpu target backend: x86-64 and aarch64 CPUs through LLVM. Forms
+// dispatches of per-shape kernels, stores ternary weights in the T16x16
+// layout (kernels/ternary.h) that every ISA build reads, and serializes one
+// ELF shared object per CPU variant.
+#include "compiler/target/TargetBackend.h"
+#include "dialects/tlora/Transforms/Passes.h"
+#include "targets/llvm-cpu/Passes.h"
+#include "targets/llvm-cpu/kernels/ternary.h"
+
+#include "llvm/ADT/StringMap.h"
+#include "llvm/TargetParser/Host.h"
+#include "llvm/TargetParser/Triple.h"
+
+#include <cstring>
+
+using namespace mlir;
+
+namespace tlc::llvmcpu {
+namespace {
+
+/// Features a host must have, as LLVM and the runtime's checks spell them.
+constexpr const char *kCheckedFeatures[] = {
+    "avx2",     "fma",        "f16c",       "avx512f", "avx512bw",
+    "avx512vl", "avx512vnni", "avx512bf16", "avxvnni", "dotprod",
+    "i8mm"};
+
+std::string joinFeatures(const llvm::StringMap<bool> &features,
+                         std::vector<std::string> *needs) {
+  // Sorted, so that the same spec always gives the same bytes.
+  std::vector<std::string> names;
+  for (auto &f : features)
+    names.push_back(f.first().str());
+  std::sort(names.begin(), names.end());
+  std::string out;
+  for (const std::string &name : names) {
+    bool on = features.lookup(name);
+    out += (out.empty() ? "" : ",") + std::string(on ? "+" : "-") + name;
+    for (const char *c : kCheckedFeatures)
+      if (on && name == c)
+        needs->push_back(c);
+  }
+  return out;
+}
+
+bool on(const llvm::StringMap<bool> &f, const char *name) {
+  auto it = f.find(name);
+  return it != f.end() && it->second;
+}
+
+CpuTarget makeTarget(llvm::StringRef arch, std::string cpu,
+                     const llvm::StringMap<bool> &features) {
+  CpuTarget t;
+  t.cpu = std::move(cpu);
+  t.features = joinFeatures(features, &t.needs);
+  if (arch == "aarch64") {
+    t.triple = "aarch64-unknown-linux-gnu";
+    t.arch = "aarch64";
+    t.isa = on(features, "i8mm") && on(features, "dotprod")
+                ? MicrokernelIsa::NeonI8mm
+            : on(features, "dotprod") ? MicrokernelIsa::NeonDotprod
+                                      : MicrokernelIsa::Neon;
+  } else {
+    t.triple = "x86_64-unknown-linux-gnu";
+    t.arch = "x86_64";
+    t.isa = on(features, "avx512vnni") && on(features, "avx512bw")
+                ? MicrokernelIsa::Avx512
+                : MicrokernelIsa::Avx2;
+  }
+  return t;
+}
+
+bool parseFeatures(llvm::StringRef spec, llvm::StringRef list,
+                   llvm::StringMap<bool> *features, std::string *error) {
+  llvm::SmallVector<llvm::StringRef> items;
+  list.split(items, ',', -1, false);
+  for (llvm::StringRef f : items) {
+    // "+dotprod+i8mm" is one item with two features.
+    llvm::SmallVector<llvm::StringRef> parts;
+    for (size_t at = 0; at < f.size();) {
+      size_t next = f.find('+', at + 1);
+      parts.push_back(f.slice(at, next));
+      at = next == llvm::StringRef::npos ? f.size() : next;
+    }
+    for (llvm::StringRef p : parts) {
+      p = p.trim();
+      bool enable = !p.consume_front("-");
+      p.consume_front("+");
+      if (p.empty()) {
+        *error = "empty feature in target '" + spec.str() + "'";
+        return false;
+      }
+      (*features)[p] = enable;
+    }
+  }
+  return true;
+}
+} // namespace
+
+FailureOr<std::vector<CpuTarget>> parseCpuTarget(llvm::StringRef spec,
+                                                 std::string *error) {
+  if (spec == "host") {
+    llvm::Triple host(llvm::sys::getProcessTriple());
+    llvm::StringMap<bool> features = llvm::sys::getHostCPUFeatures();
+    if (!host.isX86() && !host.isAArch64()) {
+      *error = "the host (" + host.str() + ") is not an x86-64 or aarch64 CPU";
+      return failure();
+    }
+    return std::vector<CpuTarget>{
+        makeTarget(host.isAArch64() ? "aarch64" : "x86_64",
+                   llvm::sys::getHostCPUName().str(), features)};
+  }
+  auto [arch, feats] = spec.split(':');
+  llvm::StringMap<bool> features;
+  if (arch == "x86-64" || arch == "x86_64") {
+    // The baseline is x86-64-v3 (AVX2 + FMA), which the kernels need.
+    for (const char *f : {"avx2", "fma", "f16c"})
+      features[f] = true;
+    if (!parseFeatures(spec, feats, &features, error))
+      return failure();
+    return std::vector<CpuTarget>{
+        makeTarget("x86_64", "x86-64-v3", features)};
+  }
+  if (arch == "aarch64" || arch == "arm64") {
+    features["neon"] = true;
+    if (!feats.empty()) {
+      if (!parseFeatures(spec, feats, &features, error))
+        return failure();
+      return std::vector<CpuTarget>{makeTarget("aarch64", "generic", features)};
+    }
+    // Run-time dispatch: the runtime takes the first variant the CPU runs.
+    std::vector<CpuTarget> variants;
+    llvm::StringMap<bool> dot = features, mm = features;
+    dot["dotprod"] = true;
+    mm["dotprod"] = true;
+    mm["i8mm"] = true;
+    variants.push_back(makeTarget("aarch64", "generic", mm));
+    variants.push_back(makeTarget("aarch64", "generic", dot));
+    variants.push_back(makeTarget("aarch64", "generic", features));
+    return variants;
+  }
+  *error = "unknown target '" + spec.str() +
+           "' (expected host, x86-64[:FEATURES] or aarch64[:FEATURES])";
+  return failure();
+}
+
+namespace {
+int64_t t16x16Bytes(int64_t outFeatures, int64_t inFeatures) {
+  return ternaryParamBytes(outFeatures, inFeatures);
+}
+
+void t16x16Pack(const int8_t *codes, int64_t outFeatures, int64_t inFeatures,
+                float gamma, uint8_t *out) {
+  std::memcpy(out, &gamma, sizeof gamma); // 64-byte header: gamma
+  tlc_ternary_pack(codes, outFeatures, inFeatures, out + 64);
+}
+
+const TernaryEncoding kT16x16 = {"t2-t16x16", t16x16Bytes, t16x16Pack};
+
+class LLVMCPUTargetBackend final : public tlc::TargetBackend {
+public:
+  LLVMCPUTargetBackend(std::string spec, std::vector<CpuTarget> variants)
+      : spec_(std::move(spec)), variants_(std::move(variants)) {}
+
+  std::string spec() const override { return spec_; }
+  const TernaryEncoding &ternaryEncoding() const override { return kT16x16; }
+
+  void buildLoweringPipeline(OpPassManager &pm) const override {
+    pm.addPass(createFormDispatchesPass());
+    pm.addPass(mlir::tlora::createPlanMemoryPass());
+  }
+  void buildKernelPipeline(OpPassManager &pm) const override {
+    pm.addPass(createLowerKernelsToLLVMPass());
+  }
+
+  LogicalResult serialize(ModuleOp program, bool wantSource,
+                          std::vector<ExecutableImage> *out,
+                          std::string *error) const override {
+    ModuleOp kernels;
+    for (auto m : program.getOps<ModuleOp>())
+      if (m.getSymName() == "kernels")
+        kernels = m;
+    if (!kernels) {
+      *error = "internal error: no kernels module";
+      return failure();
+    }
+    for (const CpuTarget &t : variants_) {
+      ExecutableImage exe;
+      auto so = buildSharedObject(kernels, t, &exe.kernels,
+                                  wantSource ? &exe.source : nullptr, error);
+      if (failed(so))
+        return failure();
+      exe.image = std::move(*so);
+      exe.target = t.arch;
+      exe.cpu = t.cpu;
+      exe.needs = t.needs;
+      exe.format = "elf-shared-object";
+      exe.fileExt = "so";
+      out->push_back(std::move(exe));
+    }
+    return success();
+  }
+
+private:
+  std::string spec_;
+  std::vector<CpuTarget> variants_;
+};
+} // namespace
+
+void registerLLVMCPUTargetBackend() {
+  registerLLVMCPUPasses(); // for tlc-opt
+  tlc::TargetBackendFactory f;
+  f.matches = [](llvm::StringRef name) {
+    return name == "host" || name == "x86-64" || name == "x86_64" ||
+           name == "aarch64" || name == "arm64";
+  };
+  f.create = [](llvm::StringRef spec,
+                std::string *error) -> std::unique_ptr<tlc::TargetBackend> {
+    auto variants = parseCpuTarget(spec, error);
+    if (failed(variants))
+      return nullptr;
+    return std::make_unique<LLVMCPUTargetBackend>(spec.str(),
+                                                  std::move(*variants));
+  };
+  f.help = "host, x86-64[:FEATURES], aarch64[:FEATURES]";
+  tlc::registerTargetBackend(std::move(f));
+}
+
+} // namespace tlc::llvmcpu
