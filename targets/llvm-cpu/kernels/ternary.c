@@ -8,6 +8,7 @@
  *   otherwise    : portable scalar C.
  */
 #include "ternary.h"
+#include "simd.h"
 
 /* memcpy/memset via the compiler builtins so the file needs no libc headers
  * (freestanding; the builtins inline or become plain memcpy/memset calls). */
@@ -603,9 +604,9 @@ void tlc_ternary_matmul(const int8_t *xq, const float *inv_scale, const int32_t 
 }
 
 /* ------------------------------------------------------------------------------ */
-/* portable scalar                                                                */
+/* portable scalar (AArch64: ternary_neon.c)                                      */
 /* ------------------------------------------------------------------------------ */
-#else
+#elif defined(TLC_ISA_SCALAR)
 
 int tlc_ternary_isa(void) { return 0; }
 

@@ -1,11 +1,13 @@
 /*
  * tlc ternary (BitNet b1.58) matrix microkernels.
  *
- * Portable C11 (+ x86 intrinsics under ISA macros). Compiled by tlc to LLVM bitcode
- * three times and linked into generated modules:
+ * Portable C11 (+ intrinsics under the ISA macros of simd.h). Compiled by tlc to LLVM
+ * bitcode once per ISA build and linked into generated modules:
  *   AVX-512: clang-22 -O3 -march=x86-64-v4 -mavx512vnni -mavx512bw -mavx512vl -mavx512bf16
  *   AVX2:    clang-22 -O3 -mavx2 -mfma -mf16c
- *   scalar:  clang-22 -O3            (any target)
+ *   NEON:    clang-22 --target=aarch64-linux-gnu -O3 -march=armv8-a | armv8.2-a+dotprod |
+ *            armv8.2-a+dotprod+i8mm           (the matmul is in ternary_neon.c)
+ *   scalar:  clang-22 -O3            (any other target)
  * Uses no libc besides memcpy/memset (as compiler builtins; the .c includes no libc
  * header), allocates nothing, starts no threads. Every
  * function is reentrant; tlc_ternary_matmul is ranged over output columns so a thread
@@ -112,8 +114,14 @@ void tlc_ternary_matmul_ref(const int8_t *xq, const float *inv_scale,
 size_t tlc_q6_packed_size(int64_t N, int64_t K);
 void tlc_q6_pack(const float *w, int64_t N, int64_t K, uint8_t *out);
 
-/* Which code path this build compiled: 2 = AVX-512 VNNI, 1 = AVX2, 0 = scalar. */
+/* Which code path this build compiled: 0 = scalar, 1 = AVX2, 2 = AVX-512 VNNI,
+ * 3 = NEON, 4 = NEON + dotprod, 5 = NEON + i8mm (ternary_neon.c). */
 int tlc_ternary_isa(void);
+static inline const char *tlc_isa_name(int isa) {
+  static const char *const names[] = {"scalar", "avx2", "avx512-vnni",
+                                      "neon", "neon-dotprod", "neon-i8mm"};
+  return isa >= 0 && isa <= 5 ? names[isa] : "unknown";
+}
 
 #ifdef __cplusplus
 }

@@ -206,7 +206,7 @@ static void test_extremes(void) {
 
 int main(void) {
   printf("ternary_test: isa=%d (%s)\n", tlc_ternary_isa(),
-         tlc_ternary_isa() == 2 ? "avx512-vnni" : tlc_ternary_isa() == 1 ? "avx2" : "scalar");
+         tlc_isa_name(tlc_ternary_isa()));
   test_quantize();
   test_extremes();
   const int64_t Ms[] = {1, 3, 17, 64, 512};
