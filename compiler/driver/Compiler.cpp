@@ -12,6 +12,7 @@
 #include "compiler/hf/HFImporter.h"
 #include "compiler/hf/TokenizerJson.h"
 #include "dialects/tlora/Transforms/Passes.h"
+#include "compiler/target/DeviceProfiles.h"
 #include "compiler/target/TargetBackend.h"
 
 #include "mlir/Conversion/Passes.h"
@@ -90,7 +91,7 @@ private:
 };
 
 struct Driver {
-  const CompileOptions &opts;
+  CompileOptions opts; // a copy: --device fills in target and budget
   MLIRContext ctx;
   DefaultTimingManager timing;
   TimingScope root;
@@ -206,6 +207,31 @@ struct Driver {
 
     std::string error;
     registerAllTargetBackends();
+    int defaultThreads = 0;
+    if (!opts.device.empty()) {
+      const DeviceProfile *d = findDeviceProfile(opts.device);
+      if (!d) {
+        std::string names;
+        for (const DeviceProfile &p : deviceProfiles())
+          names += (names.empty() ? "" : ", ") + p.name;
+        return fail("unknown device '" + opts.device + "' (tlc devices lists "
+                    "them: " + names + ")");
+      }
+      if (d->os == "ios")
+        return fail("device " + d->name +
+                    " runs iOS, which forbids loading code at run time: it "
+                    "needs a statically linked executable "
+                    "(--output-format=static-lib), which this tlc does not "
+                    "build yet");
+      opts.target = d->cpu;
+      defaultThreads = d->threads;
+      if (opts.train && opts.train->memoryBudget == 0)
+        opts.train->memoryBudget = d->trainMemoryBudgetMib << 20;
+      if (!d->gpu.empty())
+        llvm::errs() << "tlc: note: " << d->name << "'s GPU target " << d->gpu
+                     << " is not built by this tlc yet; the module runs on "
+                        "its CPU\n";
+    }
     auto parsed = parseTargetList(opts.target, &error);
     if (failed(parsed))
       return fail(error);
@@ -350,6 +376,8 @@ struct Driver {
       contents.checkpoint = checkpoint.get();
       contents.tokenizer = hasTokenizer ? &tokenizer : nullptr;
       contents.train = opts.train ? &*opts.train : nullptr;
+      contents.defaultThreads = defaultThreads;
+      contents.device = opts.device;
       contents.modelName =
           llvm::sys::path::filename(llvm::StringRef(opts.modelDir).rtrim('/'))
               .str();

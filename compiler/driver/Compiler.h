@@ -19,6 +19,7 @@ enum class Phase { Import, Tlora, Lowered, LLVM, End };
 struct CompileOptions {
   std::string modelDir, output;
   std::string target = "host"; // comma-separated list of target specs
+  std::string device;          // a device profile: sets target and defaults
   Phase stopAfter = Phase::End;
   bool printIRAfterAll = false;
   std::string printIRAfter; // a pass argument, e.g. tlora-plan-memory

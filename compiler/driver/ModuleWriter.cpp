@@ -345,6 +345,7 @@ bool writeModule(const ModuleContents &c, const std::string &path,
           fbb.CreateVector(tensors), (uint64_t)total,
           4 * (uint64_t)tlora::trainStateElements(total, c.train->optimizer));
     }
+    auto device = c.device.empty() ? 0 : fbb.CreateString(c.device);
     ModuleBuilder mb(fbb);
     mb.add_version(kModuleVersion);
     mb.add_info(info);
@@ -356,6 +357,9 @@ bool writeModule(const ModuleContents &c, const std::string &path,
     mb.add_data_size(dataSize);
     if (c.train)
       mb.add_train(train);
+    mb.add_default_threads((uint32_t)c.defaultThreads);
+    if (!c.device.empty())
+      mb.add_device(device);
     auto root = mb.Finish();
     fbb.FinishSizePrefixed(root, ModuleIdentifier());
     return true;

@@ -31,6 +31,8 @@ struct ModuleContents {
   const TokenizerData *tokenizer = nullptr; // may be null
   std::string modelName;
   const TrainOptions *train = nullptr; // training modules
+  int defaultThreads = 0;              // 0: every online CPU
+  std::string device;                  // --device profile name
 };
 
 /// Writes `path` atomically (a temporary file renamed at the end): on any

@@ -16,6 +16,7 @@
 #include <cstring>
 #include <fcntl.h>
 #include <memory>
+#include <new>
 #include <string>
 #include <sys/mman.h>
 #include <sys/stat.h>
@@ -40,6 +41,9 @@ extern "C" const char *tlc_status_message(tlc_status_t s) {
   return s ? s->message.c_str() : "ok";
 }
 extern "C" void tlc_status_free(tlc_status_t s) { delete s; }
+extern "C" tlc_status_t tlc_status_create(const char *message) {
+  return new (std::nothrow) tlc_status_s{message ? message : "error"};
+}
 extern "C" void tlc_free(void *p) { free(p); }
 
 namespace {
@@ -410,6 +414,8 @@ extern "C" void tlc_module_model_info(const tlc_module_t *m,
   out->file_size = m->size;
   out->data_size = m->def->data_size();
   out->kv_cache_size = m->exe->kv_size();
+  out->default_threads = m->def->default_threads();
+  out->device = m->def->device() ? m->def->device()->c_str() : "";
 }
 
 extern "C" size_t tlc_module_executable_count(const tlc_module_t *m) {
@@ -552,11 +558,16 @@ void runDispatches(const tlc_module_t *m, tlc::ThreadPool *pool, Profile *prof,
 }
 } // namespace
 
-/// Threads of a session or trainer: as asked, or every online CPU.
-static int threadCount(const tlc_session_options_t *opts) {
+/// Threads of a session or trainer: as asked, else the module's default (a
+/// device profile's big cores) up to the online CPUs, else every online CPU.
+static int threadCount(const tlc_module_t *m,
+                       const tlc_session_options_t *opts) {
   int threads = opts ? opts->num_threads : 0;
-  return threads > 0 ? threads
-                     : (int)std::max(1L, sysconf(_SC_NPROCESSORS_ONLN));
+  int online = (int)std::max(1L, sysconf(_SC_NPROCESSORS_ONLN));
+  if (threads > 0)
+    return threads;
+  int preset = (int)m->def->default_threads();
+  return preset > 0 ? std::min(preset, online) : online;
 }
 
 struct tlc_session_s {
@@ -620,7 +631,7 @@ extern "C" tlc_status_t tlc_session_create(tlc_module_t *m,
   *out = nullptr;
   auto s = std::make_unique<tlc_session_s>();
   s->module = m;
-  int threads = threadCount(opts);
+  int threads = threadCount(m, opts);
   SpaceBases spaces;
   if (s->kv.allocate(m->exe->kv_size()))
     spaces.kv = s->kv.ptr;
@@ -802,7 +813,7 @@ extern "C" tlc_status_t tlc_trainer_create(tlc_module_t *m,
     return makeStatus("%s: out of memory for train_step's arena (%llu bytes)",
                       m->path.c_str(),
                       (unsigned long long)m->trainStep->arena_size());
-  int threads = threadCount(opts);
+  int threads = threadCount(m, opts);
   t->pool = std::make_unique<tlc::ThreadPool>(threads);
   t->prof.init(m);
   *out = t.release();

@@ -8,6 +8,9 @@
 #include "targets/llvm-cpu/kernels/ternary.h"
 
 #include "llvm/ADT/StringMap.h"
+#include "llvm/MC/MCSubtargetInfo.h"
+#include "llvm/MC/TargetRegistry.h"
+#include "llvm/Support/TargetSelect.h"
 #include "llvm/TargetParser/Host.h"
 #include "llvm/TargetParser/Triple.h"
 
@@ -69,11 +72,19 @@ CpuTarget makeTarget(llvm::StringRef arch, std::string cpu,
   return t;
 }
 
+/// Features of a spec: [+-]feature items and one optional cpu=NAME (the
+/// core the code is tuned for, e.g. cpu=cortex-x4).
 bool parseFeatures(llvm::StringRef spec, llvm::StringRef list,
-                   llvm::StringMap<bool> *features, std::string *error) {
+                   llvm::StringMap<bool> *features, std::string *cpu,
+                   std::string *error) {
   llvm::SmallVector<llvm::StringRef> items;
   list.split(items, ',', -1, false);
   for (llvm::StringRef f : items) {
+    llvm::StringRef item = f.trim();
+    if (item.consume_front("cpu=")) {
+      *cpu = item.str();
+      continue;
+    }
     // "+dotprod+i8mm" is one item with two features.
     llvm::SmallVector<llvm::StringRef> parts;
     for (size_t at = 0; at < f.size();) {
@@ -91,6 +102,27 @@ bool parseFeatures(llvm::StringRef spec, llvm::StringRef list,
       }
       (*features)[p] = enable;
     }
+  }
+  return true;
+}
+/// Whether LLVM knows `cpu` for `triple`.
+bool checkCpu(const char *triple, const std::string &cpu, llvm::StringRef spec,
+              std::string *error) {
+  llvm::InitializeAllTargetInfos();
+  llvm::InitializeAllTargets();
+  llvm::InitializeAllTargetMCs();
+  std::string lookupError;
+  llvm::Triple t(triple);
+  const llvm::Target *target = llvm::TargetRegistry::lookupTarget(t, lookupError);
+  if (!target) {
+    *error = lookupError;
+    return false;
+  }
+  std::unique_ptr<llvm::MCSubtargetInfo> sti(
+      target->createMCSubtargetInfo(t, "", ""));
+  if (!sti || !sti->isCPUStringValid(cpu)) {
+    *error = "unknown CPU '" + cpu + "' in target '" + spec.str() + "'";
+    return false;
   }
   return true;
 }
@@ -115,17 +147,20 @@ FailureOr<std::vector<CpuTarget>> parseCpuTarget(llvm::StringRef spec,
     // The baseline is x86-64-v3 (AVX2 + FMA), which the kernels need.
     for (const char *f : {"avx2", "fma", "f16c"})
       features[f] = true;
-    if (!parseFeatures(spec, feats, &features, error))
+    std::string cpu = "x86-64-v3";
+    if (!parseFeatures(spec, feats, &features, &cpu, error) ||
+        !checkCpu("x86_64-unknown-linux-gnu", cpu, spec, error))
       return failure();
-    return std::vector<CpuTarget>{
-        makeTarget("x86_64", "x86-64-v3", features)};
+    return std::vector<CpuTarget>{makeTarget("x86_64", cpu, features)};
   }
   if (arch == "aarch64" || arch == "arm64") {
     features["neon"] = true;
     if (!feats.empty()) {
-      if (!parseFeatures(spec, feats, &features, error))
+      std::string cpu = "generic";
+      if (!parseFeatures(spec, feats, &features, &cpu, error) ||
+          !checkCpu("aarch64-unknown-linux-gnu", cpu, spec, error))
         return failure();
-      return std::vector<CpuTarget>{makeTarget("aarch64", "generic", features)};
+      return std::vector<CpuTarget>{makeTarget("aarch64", cpu, features)};
     }
     // Run-time dispatch: the runtime takes the first variant the CPU runs.
     std::vector<CpuTarget> variants;

@@ -1,4 +1,5 @@
-// tlc-run train: the fine-tuning loop over a training module's train_step.
+// tlc-run train: the command line over the fine-tuning library
+// (tlc/finetune.h).
 #ifndef TLC_TOOLS_TLC_RUN_TRAIN_H
 #define TLC_TOOLS_TLC_RUN_TRAIN_H
 
@@ -8,12 +9,6 @@
 #include <string>
 
 namespace tlc::run {
-
-/// Reads the PEFT adapter folder `dir` into `params` (the module's adapter
-/// layout, tlc_module_train_tensor): every tensor the module has, with the
-/// module's rank and scaling, and nothing else.
-bool loadAdapter(tlc_module_t *module, const std::string &dir, float *params,
-                 std::string *error);
 
 /// Runs `tlc-run train MODULE ...` with the parsed --options; returns the
 /// process exit code (errors are printed).

@@ -11,6 +11,7 @@
 //         [--schedule constant|linear|cosine] [--warmup W] [--grad-accum G]
 //         [--max-grad-norm X] [--weight-decay D] [--log FILE.jsonl]
 // Common: --threads N.
+#include "tlc/finetune.h"
 #include "tlc/tlc.h"
 #include "tools/tlc-run/Train.h"
 
@@ -258,6 +259,9 @@ int main(int argc, char **argv) {
            (long long)info.max_seq, (unsigned long long)info.kv_cache_size,
            (long long)info.bos_token_id, (long long)info.eos_token_id,
            info.has_tokenizer ? "yes" : "no");
+    if (*info.device || info.default_threads)
+      printf("device: %s, %u threads by default\n",
+             *info.device ? info.device : "-", info.default_threads);
     for (size_t i = 0; i < tlc_module_executable_count(module); ++i) {
       tlc_executable_info_t e;
       tlc_module_executable_info(module, i, &e);
@@ -367,9 +371,12 @@ int main(int argc, char **argv) {
       return fail("%s: the module has no adapter slots (compile it with "
                   "--lora-rank R --lora-alpha A, or --train)",
                   a.module.c_str());
-    std::string error;
-    if (!tlc::run::loadAdapter(module, a.get("--adapter"), params, &error))
-      return fail("%s", error.c_str());
+    if (tlc_status_t s =
+            tlc_adapter_load(module, a.get("--adapter").c_str(), params)) {
+      fail("%s", tlc_status_message(s));
+      tlc_status_free(s);
+      return 1;
+    }
   }
 
   if (a.command == "logits") {

@@ -1,5 +1,6 @@
 // tlc: the compiler command line.
-//   tlc compile MODEL_DIR -o OUT.tlm [--target SPEC[,SPEC...]]
+//   tlc devices
+//   tlc compile MODEL_DIR -o OUT.tlm [--target SPEC[,SPEC...] | --device NAME]
 //       (SPEC: host | x86-64[:FEATURES] | aarch64[:FEATURES])
 //       [--compile-to=import|tlora|lowered|llvm] [--print-ir-after-all]
 //       [--print-ir-after=PASS] [--dump-ir-dir=DIR] [--timing]
@@ -11,6 +12,7 @@
 //   tlc compile MODEL_DIR -o OUT.tlm --lora-rank R --lora-alpha A
 //       [--lora-targets ...]   (adapter slots: tlc-run --adapter DIR)
 #include "compiler/driver/Compiler.h"
+#include "compiler/target/DeviceProfiles.h"
 
 #include "llvm/Support/CommandLine.h"
 #include "llvm/Support/InitLLVM.h"
@@ -23,9 +25,28 @@ using namespace llvm;
 
 int main(int argc, char **argv) {
   InitLLVM init(argc, argv);
+  if (argc == 2 && std::strcmp(argv[1], "devices") == 0) {
+    outs() << "device profiles (tlc compile --device NAME; sources in "
+              "docs/devices.md):\n";
+    for (const tlc::DeviceProfile &d : tlc::deviceProfiles()) {
+      outs() << "  " << d.name << ": " << d.description;
+      if (!d.soc.empty())
+        outs() << " (" << d.soc << ")";
+      outs() << "\n    cpu " << d.cpu << ", threads "
+             << (d.threads ? std::to_string(d.threads) : "all") << ", "
+             << d.activations << " activations";
+      if (d.trainMemoryBudgetMib)
+        outs() << ", training budget " << d.trainMemoryBudgetMib << " MiB";
+      if (!d.gpu.empty())
+        outs() << ", gpu " << d.gpu << " (not built yet)";
+      outs() << "\n";
+    }
+    return 0;
+  }
   if (argc < 2 || std::strcmp(argv[1], "compile") != 0) {
     errs() << "usage: tlc compile MODEL_DIR -o OUT.tlm [options]\n"
-              "       tlc compile --help\n";
+              "       tlc compile --help\n"
+              "       tlc devices\n";
     return 1;
   }
   // Parse the options after the "compile" subcommand.
@@ -44,6 +65,11 @@ int main(int argc, char **argv) {
                " plain aarch64 builds dotprod+i8mm, dotprod and NEON "
                "variants chosen at load time)"),
       cl::cat(cat));
+  cl::opt<std::string> device(
+      "device",
+      cl::desc("compile for a device profile (tlc devices lists them): sets "
+               "the target, default threads and training memory budget"),
+      cl::value_desc("NAME"), cl::cat(cat));
   cl::opt<tlc::Phase> compileTo(
       "compile-to", cl::init(tlc::Phase::End),
       cl::desc("stop after a phase and print its IR"),
@@ -127,6 +153,11 @@ int main(int argc, char **argv) {
   o.modelDir = model;
   o.output = output;
   o.target = target;
+  o.device = device;
+  if (!o.device.empty() && target.getNumOccurrences()) {
+    errs() << "tlc: error: give --device or --target, not both\n";
+    return 1;
+  }
   o.stopAfter = compileTo;
   o.printIRAfterAll = printAll;
   o.printIRAfter = printAfter;

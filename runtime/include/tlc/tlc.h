@@ -30,6 +30,9 @@ typedef struct tlc_session_s tlc_session_t;
 /* The message of a failed call (owned by the status). */
 TLC_API const char *tlc_status_message(tlc_status_t status);
 TLC_API void tlc_status_free(tlc_status_t status);
+/* A failed status with a copy of `message` (for libraries built on this
+ * API, such as the fine-tuning library); NULL when out of memory. */
+TLC_API tlc_status_t tlc_status_create(const char *message);
 
 /* Frees memory the runtime returned to the caller (token ids, text). */
 TLC_API void tlc_free(void *ptr);
@@ -57,6 +60,8 @@ typedef struct {
   bool tied_embeddings;
   bool has_tokenizer;
   uint64_t file_size, data_size, kv_cache_size;
+  uint32_t default_threads; /* threads when a session asks for 0 (0: all) */
+  const char *device;       /* the device profile compiled for, or "" */
 } tlc_model_info_t;
 
 /* Strings stay owned by the module. */

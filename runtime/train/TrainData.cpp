@@ -1,5 +1,5 @@
 // Training data loading (.npy / .jsonl / text) and the micro-batch order.
-#include "tools/tlc-run/TrainData.h"
+#include "runtime/train/TrainData.h"
 
 #include <nlohmann/json.hpp>
 
@@ -9,7 +9,7 @@
 #include <fstream>
 #include <sstream>
 
-namespace tlc::run {
+namespace tlc::train {
 
 namespace {
 
@@ -401,4 +401,4 @@ void TrainData::batch(uint64_t step, int B, uint64_t seed, bool shuffle,
   }
 }
 
-} // namespace tlc::run
+} // namespace tlc::train

@@ -1,7 +1,7 @@
 // PEFT adapter writing/reading. The safetensors layout: 8-byte little-endian
 // header size N, N bytes of JSON {key: {dtype, shape, data_offsets: [begin,
 // end]}, "__metadata__": {...}} (offsets relative to the data), then data.
-#include "tools/tlc-run/AdapterIO.h"
+#include "runtime/train/AdapterIO.h"
 
 #include "compiler/hf/SafeTensors.h"
 
@@ -22,7 +22,7 @@
 #error "AdapterIO assumes a little-endian host"
 #endif
 
-namespace tlc::run {
+namespace tlc::train {
 
 namespace {
 
@@ -66,21 +66,33 @@ bool readWhole(const std::string &path, std::string *out, std::string *error) {
 }
 
 
-bool readConfig(const std::string &dir, AdapterConfig *cfg,
-                std::string *error) {
+} // namespace
+
+bool readPeftConfig(const std::string &dir, AdapterConfig *cfg,
+                    std::string *error) {
   std::string path = dir + "/adapter_config.json", text;
   auto fail = [&](const std::string &msg) {
     *error = path + ": " + msg;
     return false;
   };
-  if (!readWhole(path, &text, error))
-    return false;
+  {
+    std::ifstream in(path, std::ios::binary);
+    if (!in)
+      return fail("cannot open (is this a PEFT adapter folder?)");
+    std::stringstream ss;
+    ss << in.rdbuf();
+    text = ss.str();
+  }
   auto j = nlohmann::json::parse(text, nullptr, /*allow_exceptions=*/false);
   if (j.is_discarded() || !j.is_object())
     return fail("not a valid JSON object");
-  if (auto it = j.find("peft_type");
-      it != j.end() && !(it->is_string() && *it == "LORA"))
-    return fail("'peft_type' must be \"LORA\"");
+  auto str = [&](const char *k) {
+    auto it = j.find(k);
+    return it != j.end() && it->is_string() ? it->get<std::string>() : "";
+  };
+  if (j.contains("peft_type") && str("peft_type") != "LORA")
+    return fail("peft_type is '" + str("peft_type") +
+                "', only LORA is supported");
   auto r = j.find("r");
   if (r == j.end() || !r->is_number_integer() || r->get<int64_t>() <= 0 ||
       r->get<int64_t>() > INT32_MAX)
@@ -90,6 +102,24 @@ bool readConfig(const std::string &dir, AdapterConfig *cfg,
   if (alpha == j.end() || !alpha->is_number())
     return fail("'lora_alpha' must be a number");
   cfg->alpha = (float)alpha->get<double>();
+  // Variants that change y = base(x) + scaling (x A^T) B^T are refused, at
+  // compile time and at run time alike.
+  auto flag = [&](const char *k) {
+    auto it = j.find(k);
+    return it != j.end() && it->is_boolean() && it->get<bool>();
+  };
+  if (flag("use_dora"))
+    return fail("use_dora is not supported (DoRA is not plain LoRA)");
+  if (flag("fan_in_fan_out"))
+    return fail("fan_in_fan_out is not supported");
+  if (str("bias") != "" && str("bias") != "none")
+    return fail("bias must be \"none\"");
+  for (const char *k : {"rank_pattern", "alpha_pattern"})
+    if (auto it = j.find(k);
+        it != j.end() && !it->is_null() && !(it->is_object() && it->empty()))
+      return fail(std::string(k) + " is not supported");
+  if (auto it = j.find("layers_to_transform"); it != j.end() && !it->is_null())
+    return fail("layers_to_transform is not supported");
   cfg->targets.clear();
   auto t = j.find("target_modules");
   if (t != j.end() && t->is_string()) {
@@ -119,6 +149,7 @@ bool readConfig(const std::string &dir, AdapterConfig *cfg,
   return true;
 }
 
+namespace {
 bool readTensors(const std::string &dir, std::vector<AdapterTensor> *out,
                  std::string *error) {
   std::string path = dir + "/adapter_model.safetensors";
@@ -322,7 +353,7 @@ bool writePeftAdapter(const std::string &dir, const AdapterConfig &cfg,
 bool readPeftAdapterTensors(const std::string &dir,
                             std::vector<AdapterTensor> *out,
                             AdapterConfig *cfg, std::string *error) {
-  return readConfig(dir, cfg, error) && readTensors(dir, out, error);
+  return readPeftConfig(dir, cfg, error) && readTensors(dir, out, error);
 }
 
-} // namespace tlc::run
+} // namespace tlc::train

@@ -1,8 +1,8 @@
 // Training data for `tlc-run train`: fixed-shape examples (S tokens each)
 // loaded from .npy token arrays, .jsonl records or plain text, and a
 // deterministic, resumable micro-batch order.
-#ifndef TLC_TOOLS_TLC_RUN_TRAINDATA_H
-#define TLC_TOOLS_TLC_RUN_TRAINDATA_H
+#ifndef TLC_RUNTIME_TRAIN_TRAINDATA_H
+#define TLC_RUNTIME_TRAIN_TRAINDATA_H
 
 #include <cstddef>
 #include <cstdint>
@@ -10,7 +10,7 @@
 #include <string>
 #include <vector>
 
-namespace tlc::run {
+namespace tlc::train {
 
 /// Label of a position that does not contribute to the loss.
 constexpr int32_t kIgnoreLabel = -100;
@@ -35,7 +35,7 @@ uint64_t splitmix64Next(uint64_t *state);
 /// !shuffle; otherwise perm = [0, n), state = seed ^ (epoch *
 /// 0x9E3779B97F4A7C15) (mod 2^64), and for i from n-1 down to 1:
 ///   j = splitmix64Next(&state) % (i + 1); swap(perm[i], perm[j]).
-/// tools/tlc-run/train_order.py reproduces it.
+/// runtime/train/train_order.py reproduces it.
 void epochOrder(size_t n, uint64_t seed, uint64_t epoch, bool shuffle,
                 std::vector<size_t> *perm);
 
@@ -82,6 +82,6 @@ private:
   mutable bool permValid_ = false, permShuffle_ = false;
 };
 
-} // namespace tlc::run
+} // namespace tlc::train
 
 #endif

@@ -1,14 +1,14 @@
 // PEFT LoRA adapter folders (adapter_config.json + adapter_model.safetensors)
 // for `tlc-run train`, and atomic file writes for checkpoints.
-#ifndef TLC_TOOLS_TLC_RUN_ADAPTERIO_H
-#define TLC_TOOLS_TLC_RUN_ADAPTERIO_H
+#ifndef TLC_RUNTIME_TRAIN_ADAPTERIO_H
+#define TLC_RUNTIME_TRAIN_ADAPTERIO_H
 
 #include <cstddef>
 #include <cstdint>
 #include <string>
 #include <vector>
 
-namespace tlc::run {
+namespace tlc::train {
 
 /// One tensor; key is PEFT's key without the adapter name, e.g.
 /// "base_model.model.model.layers.0.self_attn.q_proj.lora_A.weight".
@@ -48,6 +48,13 @@ bool writePeftAdapter(const std::string &dir, const AdapterConfig &cfg,
                       const std::vector<AdapterTensor> &tensors,
                       std::string *error);
 
+/// The one validating parser of a PEFT LoRA adapter_config.json (compile
+/// time and run time): peft_type LORA, r, lora_alpha, target_modules,
+/// use_rslora, base_model_name_or_path; variants that change the LoRA
+/// formula (DoRA, fan_in_fan_out, biases, per-layer ranks) are errors.
+bool readPeftConfig(const std::string &dir, AdapterConfig *cfg,
+                    std::string *error);
+
 /// Reads a PEFT LoRA adapter folder: the config (r, lora_alpha,
 /// target_modules, use_rslora, base_model_name_or_path) and the tensors (F32,
 /// BF16 or F16, converted to float; a ".default" segment before ".weight" is
@@ -56,6 +63,6 @@ bool readPeftAdapterTensors(const std::string &dir,
                             std::vector<AdapterTensor> *out,
                             AdapterConfig *cfg, std::string *error);
 
-} // namespace tlc::run
+} // namespace tlc::train
 
 #endif

@@ -1,7 +1,7 @@
 // Tests for TrainData and AdapterIO. Plain main(); exits non-zero on failure.
 // Optional argv[1]: folder of train_order.py (default: next to this file).
-#include "tools/tlc-run/AdapterIO.h"
-#include "tools/tlc-run/TrainData.h"
+#include "runtime/train/AdapterIO.h"
+#include "runtime/train/TrainData.h"
 
 #include <nlohmann/json.hpp>
 
@@ -19,7 +19,7 @@
 #include <unistd.h>
 #include <vector>
 
-using namespace tlc::run;
+using namespace tlc::train;
 
 static int failures = 0;
 #define CHECK(cond)                                                            \
