@@ -5,7 +5,7 @@
 #include "tlc/train_abi.h"
 
 #include "runtime/drivers/local/SharedObject.h"
-#include "runtime/src/ThreadPool.h"
+#include "runtime/src/hal/Device.h"
 #include "runtime/src/module_generated.h"
 #include "runtime/src/tokenizer/Tokenizer.h"
 
@@ -93,7 +93,10 @@ struct tlc_module_s {
   const tlc::fb::Module *def = nullptr;
   const tlc::fb::Executable *exe = nullptr;
   size_t exeIndex = 0;
-  tlc::SharedObject code;
+  tlc::hal::Driver *driver = nullptr;
+  std::unique_ptr<tlc::hal::Device> device;
+  std::unique_ptr<tlc::hal::Executable> executable;
+  std::unique_ptr<tlc::hal::Buffer> params; // the data section
   const tlc::fb::EntryPoint *prefill = nullptr, *decode = nullptr,
                            *trainStep = nullptr;
   std::unique_ptr<tlc::Tokenizer> tokenizer;
@@ -165,30 +168,24 @@ tlc_status_t verifyModule(tlc_module_t *m) {
   // Executable for this host.
   const auto *exes = def->executables();
   m->exe = nullptr;
-  std::string why = "none is built for " + std::string(tlc::hostTarget());
   m->needs.assign(exes->size(), std::string());
   for (uint32_t i = 0; i < exes->size(); ++i)
     if (const auto *needs = exes->Get(i)->needs())
       for (const auto *f : *needs)
         m->needs[i] += (m->needs[i].empty() ? "" : ",") + f->str();
+  // The first executable a driver of this runtime runs.
+  std::string why = "the module has no executables";
   for (uint32_t i = 0; i < exes->size() && !m->exe; ++i) {
     const auto *e = exes->Get(i);
-    if (!e->target() || e->target()->str() != tlc::hostTarget() ||
-        !e->image() || !e->kernels() || !e->entry_points())
+    if (!e->image() || !e->kernels() || !e->entry_points())
       continue;
-    bool ok = true;
-    if (e->needs())
-      for (const auto *f : *e->needs())
-        if (!tlc::hostHasFeature(f->str())) {
-          ok = false;
-          why = "executable for " + e->target()->str() +
-                " needs CPU feature '" + f->str() +
-                "' which this CPU lacks (recompile with --target)";
-        }
-    if (ok) {
-      m->exe = e;
-      m->exeIndex = i;
-    }
+    for (tlc::hal::Driver *d : tlc::hal::drivers())
+      if (d->canRun(*e, &why)) {
+        m->exe = e;
+        m->exeIndex = i;
+        m->driver = d;
+        break;
+      }
   }
   if (!m->exe)
     return makeStatus("%s: no executable runs here: %s", p, why.c_str());
@@ -329,13 +326,16 @@ tlc_status_t verifyModule(tlc_module_t *m) {
   const auto *image = m->exe->image();
   if (tlc::fnv1a64(image->data(), image->size()) != m->exe->image_hash())
     return makeStatus("%s: executable image is corrupt (hash mismatch)", p);
-  std::vector<std::string> names;
-  for (const auto *k : *m->exe->kernels())
-    names.push_back(k->str());
-  std::string err;
-  if (!m->code.load(m->exe->image()->data(), m->exe->image()->size(), names,
-                    &err))
-    return makeStatus("%s: %s", p, err.c_str());
+  tlc_status_t st = m->driver->createDevice(&m->device);
+  if (!st)
+    st = m->device->loadExecutable(*m->exe, &m->executable);
+  if (!st)
+    st = m->device->mapParameters(m->bytes + dataOffset, dataSize, &m->params);
+  if (st) {
+    std::string msg = m->path + ": " + tlc_status_message(st);
+    tlc_status_free(st);
+    return makeStatus("%s", msg.c_str());
+  }
   return nullptr;
 }
 } // namespace
@@ -453,108 +453,66 @@ extern "C" void tlc_module_entry_info(const tlc_module_t *m, size_t i,
 //===----------------------------------------------------------------------===//
 
 namespace {
-struct AlignedBuffer {
+using tlc::hal::Buffer;
+using tlc::hal::BufferRange;
+using tlc::hal::DynamicSpace;
+
+/// A device buffer (zeroed) and its host address (CPU drivers).
+struct DeviceBuffer {
+  std::unique_ptr<Buffer> buffer;
   void *ptr = nullptr;
   size_t size = 0;
-  bool allocate(size_t n) {
-    free(ptr);
+  tlc_status_t allocate(tlc::hal::Device &device, size_t n) {
     size = n;
-    ptr = nullptr;
-    return posix_memalign(&ptr, 64, n ? n : 64) == 0 &&
-           (memset(ptr, 0, n), true);
+    tlc_status_t st = device.allocator().allocate(
+        tlc::hal::MemoryKind::Host, n, &buffer);
+    ptr = st ? nullptr : buffer->hostPointer();
+    return st;
   }
-  ~AlignedBuffer() { free(ptr); }
+  BufferRange range() const { return {buffer.get(), 0, size}; }
 };
 
-/// One entry point with its parameter/arena/KV pointers resolved.
+/// One entry point recorded into a reusable command buffer.
 struct BoundEntry {
   const tlc::fb::EntryPoint *def = nullptr;
-  AlignedBuffer arena;
-  std::vector<std::vector<void *>> bindings; // per dispatch
-  std::vector<std::vector<int>> ioSlots;     // indices bound to Input/Output
-};
-
-struct DispatchJob {
-  tlc::KernelFn fn;
-  void **bindings;
-  const int64_t *scalars;
-};
-
-void runJob(void *ctx, int64_t begin, int64_t end) {
-  auto *j = (DispatchJob *)ctx;
-  j->fn(j->bindings, j->scalars, begin, end);
-}
-} // namespace
-
-namespace {
-/// Per-call buffers of an entry point (spaces Input, Labels, Output).
-struct CallBuffers {
-  void *input = nullptr, *labels = nullptr, *output = nullptr;
+  DeviceBuffer arena;
+  std::unique_ptr<tlc::hal::CommandBuffer> commands;
 };
 
 /// Kernel time per kernel index (TLC_PROFILE=1).
 struct Profile {
   bool enabled = false;
-  std::vector<double> seconds;
-  std::vector<uint64_t> calls;
+  tlc::hal::KernelProfile data;
   void init(const tlc_module_t *m) {
     const char *env = getenv("TLC_PROFILE");
     enabled = env && *env && *env != '0';
-    seconds.assign(m->exe->kernels()->size(), 0.0);
-    calls.assign(m->exe->kernels()->size(), 0);
+    data.seconds.assign(m->exe->kernels()->size(), 0.0);
+    data.calls.assign(m->exe->kernels()->size(), 0);
   }
   void print(const tlc_module_t *m) const {
     if (!enabled)
       return;
     double total = 0;
-    for (double t : seconds)
+    for (double t : data.seconds)
       total += t;
     fprintf(stderr, "tlc profile: %.3f s in kernels\n", total);
-    for (size_t i = 0; i < seconds.size(); ++i)
-      if (calls[i])
-        fprintf(stderr, "  %8.3f s %5.1f%% %8llu calls  %s\n", seconds[i],
-                100 * seconds[i] / (total > 0 ? total : 1),
-                (unsigned long long)calls[i],
+    for (size_t i = 0; i < data.seconds.size(); ++i)
+      if (data.calls[i])
+        fprintf(stderr, "  %8.3f s %5.1f%% %8llu calls  %s\n",
+                data.seconds[i],
+                100 * data.seconds[i] / (total > 0 ? total : 1),
+                (unsigned long long)data.calls[i],
                 m->exe->kernels()->Get((uint32_t)i)->c_str());
   }
 };
 
-/// Runs every dispatch of an entry point for T tokens at position `pos`.
-void runDispatches(const tlc_module_t *m, tlc::ThreadPool *pool, Profile *prof,
-                   BoundEntry &e, const CallBuffers &io, int64_t T,
-                   int64_t pos, int64_t rows) {
-  int64_t scalars[3] = {T, pos, rows};
-  const auto *dispatches = e.def->dispatches();
-  for (uint32_t i = 0; i < dispatches->size(); ++i) {
-    const auto *d = dispatches->Get(i);
-    std::vector<void *> &ptrs = e.bindings[i];
-    for (int slot : e.ioSlots[i])
-      switch (d->bindings()->Get(slot)->space()) {
-      case tlc::fb::Space_Input:
-        ptrs[slot] = io.input;
-        break;
-      case tlc::fb::Space_Labels:
-        ptrs[slot] = io.labels;
-        break;
-      default:
-        ptrs[slot] = io.output;
-      }
-    int64_t work = d->tokens_factor() * T + d->constant();
-    if (work <= 0)
-      continue;
-    DispatchJob job{m->code.kernel(d->kernel()), ptrs.data(), scalars};
-    if (!prof->enabled) {
-      pool->run(work, runJob, &job);
-      continue;
-    }
-    timespec t0, t1;
-    clock_gettime(CLOCK_MONOTONIC, &t0);
-    pool->run(work, runJob, &job);
-    clock_gettime(CLOCK_MONOTONIC, &t1);
-    prof->seconds[d->kernel()] +=
-        (t1.tv_sec - t0.tv_sec) + 1e-9 * (t1.tv_nsec - t0.tv_nsec);
-    prof->calls[d->kernel()]++;
-  }
+/// Submits an entry point for T tokens at `pos` and waits for it.
+tlc_status_t runDispatches(tlc::hal::Queue &queue, Profile *prof,
+                           BoundEntry &e, const tlc::hal::CallArgs &args) {
+  std::unique_ptr<tlc::hal::Fence> fence;
+  tlc_status_t st = queue.submit(*e.commands, args,
+                                 prof->enabled ? &prof->data : nullptr, &fence);
+  return st ? st : fence->wait();
 }
 } // namespace
 
@@ -574,79 +532,121 @@ struct tlc_session_s {
   ~tlc_session_s();
   tlc_module_t *module;
   Profile prof; // TLC_PROFILE=1: printed at release
-  std::unique_ptr<tlc::ThreadPool> pool;
-  AlignedBuffer kv, ids, adapters;
+  std::unique_ptr<tlc::hal::Queue> queue;
+  DeviceBuffer kv, ids, adapters, logits; // logits: grown on demand
   BoundEntry prefill, decode;
-  std::vector<float> logits;
   size_t logitRows = 0, position = 0;
 };
 
-/// Base addresses of the session-owned spaces an entry point binds.
-struct SpaceBases {
-  void *kv = nullptr, *state = nullptr, *hyper = nullptr;
+/// The session- or trainer-owned buffers an entry point binds.
+struct SpaceBuffers {
+  const DeviceBuffer *kv = nullptr, *state = nullptr, *hyper = nullptr;
 };
 
-static bool bindEntry(tlc_module_t *m, const SpaceBases &spaces,
-                      const tlc::fb::EntryPoint *def, BoundEntry *out) {
+/// Allocates the entry point's arena and records its dispatches.
+static tlc_status_t bindEntry(tlc_module_t *m, const SpaceBuffers &spaces,
+                              const tlc::fb::EntryPoint *def, BoundEntry *out) {
   out->def = def;
-  if (!out->arena.allocate(def->arena_size()))
-    return false;
-  const uint8_t *data = m->bytes + m->def->data_offset();
+  tlc::hal::Device &device = *m->device;
+  if (tlc_status_t st = out->arena.allocate(device, def->arena_size()))
+    return st;
+  if (tlc_status_t st =
+          device.createCommandBuffer(*m->executable, &out->commands))
+    return st;
   for (const auto *d : *def->dispatches()) {
-    std::vector<void *> ptrs;
-    std::vector<int> io;
+    tlc::hal::DispatchDesc desc;
+    desc.kernel = d->kernel();
+    desc.tokensFactor = d->tokens_factor();
+    desc.constant = d->constant();
+    desc.groupsY = d->workgroups_y();
+    desc.groupsZ = d->workgroups_z();
     for (const auto *b : *d->bindings()) {
-      void *p = nullptr;
+      BufferRange r;
+      DynamicSpace dyn = DynamicSpace::None;
+      auto in = [&](const DeviceBuffer *buf) {
+        if (buf)
+          r = {buf->buffer.get(), b->offset(), b->size()};
+      };
       switch (b->space()) {
       case tlc::fb::Space_Arena:
-        p = (uint8_t *)out->arena.ptr + b->offset();
+        in(&out->arena);
         break;
       case tlc::fb::Space_KV:
-        p = (uint8_t *)spaces.kv + b->offset();
+        in(spaces.kv);
         break;
       case tlc::fb::Space_State:
-        p = (uint8_t *)spaces.state + b->offset();
+        in(spaces.state);
         break;
       case tlc::fb::Space_Hyper:
-        p = (uint8_t *)spaces.hyper + b->offset();
+        in(spaces.hyper);
         break;
       case tlc::fb::Space_Param:
-        p = (void *)(data + m->def->parameters()->Get(b->index())->offset());
+        r = {m->params.get(), m->def->parameters()->Get(b->index())->offset(),
+             b->size()};
+        break;
+      case tlc::fb::Space_Input:
+        dyn = DynamicSpace::Input;
+        break;
+      case tlc::fb::Space_Labels:
+        dyn = DynamicSpace::Labels;
         break;
       default:
-        io.push_back((int)ptrs.size());
+        dyn = DynamicSpace::Output;
         break;
       }
-      ptrs.push_back(p);
+      desc.bindings.push_back(r);
+      desc.dynamic.push_back(dyn);
     }
-    out->bindings.push_back(std::move(ptrs));
-    out->ioSlots.push_back(std::move(io));
+    if (tlc_status_t st = out->commands->dispatch(desc))
+      return st;
   }
-  return true;
+  return nullptr;
+}
+
+/// "PATH: out of memory ..." from a failed allocation status.
+static tlc_status_t withPath(const tlc_module_t *m, tlc_status_t st,
+                             const char *what) {
+  std::string msg = m->path + ": " + what + ": " + tlc_status_message(st);
+  tlc_status_free(st);
+  return makeStatus("%s", msg.c_str());
 }
 
 extern "C" tlc_status_t tlc_session_create(tlc_module_t *m,
                                            const tlc_session_options_t *opts,
                                            tlc_session_t **out) {
+  if (!out)
+    return makeStatus("tlc_session_create: out is null");
   *out = nullptr;
-  auto s = std::make_unique<tlc_session_s>();
+  if (!m)
+    return makeStatus("tlc_session_create: module is null");
+  auto s = std::unique_ptr<tlc_session_s>(new (std::nothrow) tlc_session_s);
+  if (!s)
+    return makeStatus("out of memory creating a session");
   s->module = m;
-  int threads = threadCount(m, opts);
-  SpaceBases spaces;
-  if (s->kv.allocate(m->exe->kv_size()))
-    spaces.kv = s->kv.ptr;
+  tlc::hal::Device &device = *m->device;
+  int64_t vocab = m->def->info()->vocab_size();
+  SpaceBuffers spaces;
+  if (tlc_status_t st = s->kv.allocate(device, m->exe->kv_size()))
+    return withPath(m, st, "KV cache");
+  spaces.kv = &s->kv;
   if (const auto *train = m->def->train()) { // zero adapters: the base model
-    if (!s->adapters.allocate(4 * train->adapter_elements()))
-      return makeStatus("%s: out of memory for the adapters", m->path.c_str());
-    spaces.state = s->adapters.ptr;
+    if (tlc_status_t st =
+            s->adapters.allocate(device, 4 * train->adapter_elements()))
+      return withPath(m, st, "adapters");
+    spaces.state = &s->adapters;
   }
-  if (!spaces.kv || !s->ids.allocate(4ull * m->prefill->max_tokens()) ||
-      !bindEntry(m, spaces, m->prefill, &s->prefill) ||
-      !bindEntry(m, spaces, m->decode, &s->decode))
-    return makeStatus("%s: out of memory creating a session (KV cache %llu "
-                      "bytes)",
-                      m->path.c_str(), (unsigned long long)m->exe->kv_size());
-  s->pool = std::make_unique<tlc::ThreadPool>(threads);
+  size_t maxTokens = m->prefill->max_tokens();
+  if (tlc_status_t st = s->ids.allocate(device, 4 * maxTokens))
+    return withPath(m, st, "token ids");
+  if (tlc_status_t st = s->logits.allocate(device, 4 * (size_t)vocab))
+    return withPath(m, st, "logits");
+  if (tlc_status_t st = bindEntry(m, spaces, m->prefill, &s->prefill))
+    return withPath(m, st, "prefill");
+  if (tlc_status_t st = bindEntry(m, spaces, m->decode, &s->decode))
+    return withPath(m, st, "decode");
+  if (tlc_status_t st =
+          device.createQueue({threadCount(m, opts)}, &s->queue))
+    return withPath(m, st, "queue");
   s->prof.init(m);
   *out = s.release();
   return nullptr;
@@ -671,15 +671,31 @@ extern "C" size_t tlc_session_position(const tlc_session_t *s) {
 
 /// Runs one call of an entry point on T tokens already in s->ids, writing
 /// `rows` logit rows at row `row0` of s->logits.
-static void runEntry(tlc_session_t *s, BoundEntry &e, int64_t T, int64_t rows,
-                     size_t row0) {
+static tlc_status_t runEntry(tlc_session_t *s, BoundEntry &e, int64_t T,
+                             int64_t rows, size_t row0) {
   int64_t vocab = s->module->def->info()->vocab_size();
-  CallBuffers io;
-  io.input = s->ids.ptr;
-  io.output = s->logits.data() + row0 * vocab;
-  runDispatches(s->module, s->pool.get(), &s->prof, e, io, T,
-                (int64_t)s->position, rows);
+  tlc::hal::CallArgs args;
+  args.T = T;
+  args.pos = (int64_t)s->position;
+  args.rows = rows;
+  args.input = s->ids.range();
+  args.output = {s->logits.buffer.get(), 4 * row0 * (uint64_t)vocab,
+                 4 * (uint64_t)rows * (uint64_t)vocab};
+  if (tlc_status_t st = runDispatches(*s->queue, &s->prof, e, args))
+    return st;
   s->position += (size_t)T;
+  return nullptr;
+}
+
+/// Makes room for `floats` logits (host-visible; zeroed when grown).
+static tlc_status_t growLogits(tlc_session_t *s, size_t floats) {
+  if (4 * floats <= s->logits.size)
+    return nullptr;
+  DeviceBuffer bigger;
+  if (tlc_status_t st = bigger.allocate(*s->module->device, 4 * floats))
+    return withPath(s->module, st, "logits");
+  s->logits = std::move(bigger);
+  return nullptr;
 }
 
 static tlc_status_t checkIds(tlc_session_t *s, const int32_t *ids, size_t n) {
@@ -706,16 +722,19 @@ extern "C" tlc_status_t tlc_session_prefill(tlc_session_t *s,
     return st;
   int64_t vocab = s->module->def->info()->vocab_size();
   size_t rows = allLogits ? n : 1;
-  s->logits.assign(rows * (size_t)vocab, 0.0f);
+  if (tlc_status_t st = growLogits(s, rows * (size_t)vocab))
+    return st;
   s->logitRows = rows;
   size_t chunk = s->module->prefill->max_tokens(), row = 0;
   for (size_t at = 0; at < n; at += chunk) {
     size_t T = std::min(chunk, n - at);
     bool last = at + T == n;
     int64_t want = allLogits ? (int64_t)T : (last ? 1 : 0);
-    std::memcpy(s->ids.ptr, ids + at, 4 * T);
+    if (tlc_status_t st = s->queue->write(ids + at, {s->ids.buffer.get(), 0, 4 * T}))
+      return st;
     BoundEntry &e = T == 1 ? s->decode : s->prefill;
-    runEntry(s, e, (int64_t)T, want, row);
+    if (tlc_status_t st = runEntry(s, e, (int64_t)T, want, row))
+      return st;
     row += (size_t)want;
   }
   return nullptr;
@@ -724,19 +743,17 @@ extern "C" tlc_status_t tlc_session_prefill(tlc_session_t *s,
 extern "C" tlc_status_t tlc_session_decode(tlc_session_t *s, int32_t id) {
   if (tlc_status_t st = checkIds(s, &id, 1))
     return st;
-  int64_t vocab = s->module->def->info()->vocab_size();
-  s->logits.assign((size_t)vocab, 0.0f);
   s->logitRows = 1;
-  std::memcpy(s->ids.ptr, &id, 4);
-  runEntry(s, s->decode, 1, 1, 0);
-  return nullptr;
+  if (tlc_status_t st = s->queue->write(&id, {s->ids.buffer.get(), 0, 4}))
+    return st;
+  return runEntry(s, s->decode, 1, 1, 0);
 }
 
 extern "C" const float *tlc_session_logits(const tlc_session_t *s, size_t *rows,
                                            size_t *vocab) {
   *rows = s->logitRows;
   *vocab = (size_t)s->module->def->info()->vocab_size();
-  return s->logits.data();
+  return (const float *)s->logits.ptr;
 }
 
 //===----------------------------------------------------------------------===//
@@ -747,8 +764,8 @@ struct tlc_trainer_s {
   ~tlc_trainer_s() { prof.print(module); }
   tlc_module_t *module;
   Profile prof;
-  std::unique_ptr<tlc::ThreadPool> pool;
-  AlignedBuffer state, hyper, ids, labels, loss;
+  std::unique_ptr<tlc::hal::Queue> queue;
+  DeviceBuffer state, hyper, ids, labels, loss;
   BoundEntry step;
 };
 
@@ -796,25 +813,30 @@ extern "C" tlc_status_t tlc_trainer_create(tlc_module_t *m,
     return makeStatus("%s: not a training module (compile it with tlc "
                       "compile --train)",
                       m->path.c_str());
-  auto t = std::make_unique<tlc_trainer_s>();
+  auto t = std::unique_ptr<tlc_trainer_s>(new (std::nothrow) tlc_trainer_s);
+  if (!t)
+    return makeStatus("out of memory creating a trainer");
   t->module = m;
+  tlc::hal::Device &device = *m->device;
   size_t tokens = m->trainStep->max_tokens();
-  SpaceBases spaces;
-  if (!t->state.allocate(m->def->train()->state_size()) ||
-      !t->hyper.allocate(sizeof(tlc_train_hyper_t)) ||
-      !t->ids.allocate(4 * tokens) || !t->labels.allocate(4 * tokens) ||
-      !t->loss.allocate(64))
-    return makeStatus("%s: out of memory for the training state (%llu bytes)",
-                      m->path.c_str(),
-                      (unsigned long long)m->def->train()->state_size());
-  spaces.state = t->state.ptr;
-  spaces.hyper = t->hyper.ptr;
-  if (!bindEntry(m, spaces, m->trainStep, &t->step))
-    return makeStatus("%s: out of memory for train_step's arena (%llu bytes)",
-                      m->path.c_str(),
-                      (unsigned long long)m->trainStep->arena_size());
-  int threads = threadCount(m, opts);
-  t->pool = std::make_unique<tlc::ThreadPool>(threads);
+  SpaceBuffers spaces;
+  tlc_status_t st = t->state.allocate(device, m->def->train()->state_size());
+  if (!st)
+    st = t->hyper.allocate(device, sizeof(tlc_train_hyper_t));
+  if (!st)
+    st = t->ids.allocate(device, 4 * tokens);
+  if (!st)
+    st = t->labels.allocate(device, 4 * tokens);
+  if (!st)
+    st = t->loss.allocate(device, 64);
+  if (st)
+    return withPath(m, st, "training state");
+  spaces.state = &t->state;
+  spaces.hyper = &t->hyper;
+  if ((st = bindEntry(m, spaces, m->trainStep, &t->step)))
+    return withPath(m, st, "train_step");
+  if ((st = device.createQueue({threadCount(m, opts)}, &t->queue)))
+    return withPath(m, st, "queue");
   t->prof.init(m);
   *out = t.release();
   return nullptr;
@@ -842,18 +864,24 @@ extern "C" tlc_status_t tlc_trainer_step(tlc_trainer_t *t, const int32_t *ids,
                         "[0, %lld)",
                         labels[i], i, (long long)vocab);
   }
-  std::memcpy(t->ids.ptr, ids, 4 * n);
-  std::memcpy(t->labels.ptr, labels, 4 * n);
-  std::memcpy(t->hyper.ptr, hyper, sizeof(tlc_train_hyper_t));
-  CallBuffers io;
-  io.input = t->ids.ptr;
-  io.labels = t->labels.ptr;
-  io.output = t->loss.ptr;
-  runDispatches(t->module, t->pool.get(), &t->prof, t->step, io, (int64_t)n, 0,
-                0);
-  std::memcpy(hyper, t->hyper.ptr, sizeof(tlc_train_hyper_t));
-  std::memcpy(out_loss, t->loss.ptr, sizeof(float));
-  return nullptr;
+  tlc::hal::Queue &q = *t->queue;
+  tlc_status_t st = q.write(ids, {t->ids.buffer.get(), 0, 4 * n});
+  if (!st)
+    st = q.write(labels, {t->labels.buffer.get(), 0, 4 * n});
+  if (!st)
+    st = q.write(hyper, t->hyper.range());
+  tlc::hal::CallArgs args;
+  args.T = (int64_t)n;
+  args.input = t->ids.range();
+  args.labels = t->labels.range();
+  args.output = t->loss.range();
+  if (!st)
+    st = runDispatches(q, &t->prof, t->step, args);
+  if (!st)
+    st = q.read(t->hyper.range(), hyper);
+  if (!st)
+    st = q.read({t->loss.buffer.get(), 0, sizeof(float)}, out_loss);
+  return st;
 }
 
 //===----------------------------------------------------------------------===//

@@ -2,7 +2,11 @@
 // (memfd) and is opened with dlopen, so nothing is written to disk.
 #include "runtime/drivers/local/SharedObject.h"
 
+#include <cerrno>
+#include <cstdio>
+#include <cstdlib>
 #include <cstring>
+#include <sys/stat.h>
 #include <dlfcn.h>
 #if defined(__aarch64__) && defined(__linux__)
 #include <sys/auxv.h>
@@ -17,6 +21,68 @@ SharedObject::~SharedObject() {
     dlclose(handle_);
 }
 
+namespace {
+bool writeAll(int fd, const uint8_t *image, size_t size) {
+  size_t done = 0;
+  while (done < size) {
+    ssize_t n = write(fd, image + done, size - done);
+    if (n <= 0)
+      return false;
+    done += (size_t)n;
+  }
+  return true;
+}
+
+/// memfd: the image never touches a file system.
+void *openFromMemfd(const uint8_t *image, size_t size, std::string *error) {
+  int fd = memfd_create("tlc-kernels", MFD_CLOEXEC);
+  if (fd < 0) {
+    *error = std::string("memfd_create failed: ") + std::strerror(errno);
+    return nullptr;
+  }
+  if (!writeAll(fd, image, size)) {
+    close(fd);
+    *error = "cannot stage the executable image in memory";
+    return nullptr;
+  }
+  char path[64];
+  snprintf(path, sizeof path, "/proc/self/fd/%d", fd);
+  void *handle = dlopen(path, RTLD_NOW | RTLD_LOCAL);
+  if (!handle) {
+    const char *msg = dlerror();
+    *error = std::string("cannot load the executable image: ") +
+             (msg ? msg : "unknown error");
+  }
+  close(fd);
+  return handle;
+}
+
+/// A temporary file in $TMPDIR (an app's cache folder on Android), removed
+/// right after dlopen: for kernels without memfd (Android before 8) or
+/// where it is forbidden.
+void *openFromFile(const uint8_t *image, size_t size, std::string *error) {
+  const char *env = getenv("TMPDIR");
+  std::string dir = env && *env ? env : "/tmp";
+  std::string path = dir + "/tlc-kernels-XXXXXX";
+  int fd = mkstemp(path.data());
+  if (fd < 0) {
+    *error = dir + ": cannot create a file for the executable image: " +
+             std::strerror(errno) + " (set TMPDIR to a writable folder)";
+    return nullptr;
+  }
+  bool ok = fchmod(fd, 0700) == 0 && writeAll(fd, image, size);
+  close(fd);
+  void *handle = ok ? dlopen(path.c_str(), RTLD_NOW | RTLD_LOCAL) : nullptr;
+  if (!handle) {
+    const char *msg = ok ? dlerror() : "write failed";
+    *error = "cannot load the executable image from " + path + ": " +
+             (msg ? msg : "unknown error");
+  }
+  unlink(path.c_str());
+  return handle;
+}
+} // namespace
+
 bool SharedObject::load(const uint8_t *image, size_t size,
                         const std::vector<std::string> &kernels,
                         std::string *error) {
@@ -25,29 +91,15 @@ bool SharedObject::load(const uint8_t *image, size_t size,
     *error = "executable image is not an ELF shared object";
     return false;
   }
-  int fd = memfd_create("tlc-kernels", MFD_CLOEXEC);
-  if (fd < 0) {
-    *error = std::string("memfd_create failed: ") + std::strerror(errno);
-    return false;
-  }
-  size_t done = 0;
-  while (done < size) {
-    ssize_t n = write(fd, image + done, size - done);
-    if (n <= 0) {
-      close(fd);
-      *error = "cannot stage the executable image";
-      return false;
-    }
-    done += (size_t)n;
-  }
-  char path[64];
-  snprintf(path, sizeof path, "/proc/self/fd/%d", fd);
-  handle_ = dlopen(path, RTLD_NOW | RTLD_LOCAL);
-  close(fd);
+  const char *loader = getenv("TLC_LOADER");
+  bool fileOnly = loader && std::strcmp(loader, "file") == 0;
+  std::string memfdError;
+  handle_ = fileOnly ? nullptr : openFromMemfd(image, size, &memfdError);
+  if (!handle_)
+    handle_ = openFromFile(image, size, error);
   if (!handle_) {
-    const char *msg = dlerror();
-    *error = std::string("cannot load the executable image: ") +
-             (msg ? msg : "unknown error");
+    if (!memfdError.empty())
+      *error = memfdError + "; " + *error;
     return false;
   }
   kernels_.clear();
