@@ -25,26 +25,51 @@
 #include <vector>
 
 struct tlc_status_s {
-  std::string message;
+  tlc_status_code_t code;
+  char message[1024];
 };
 
-static tlc_status_t makeStatus(const char *fmt, ...) {
+/// Returned when a status itself cannot be allocated (never freed).
+static tlc_status_s kOutOfMemory = {TLC_STATUS_OUT_OF_MEMORY, "out of memory"};
+
+extern "C" tlc_status_t tlc_status_create(tlc_status_code_t code,
+                                          const char *message) {
+  auto *s = new (std::nothrow) tlc_status_s;
+  if (!s)
+    return &kOutOfMemory;
+  s->code = code == TLC_STATUS_OK ? TLC_STATUS_INTERNAL : code;
+  snprintf(s->message, sizeof s->message, "%s", message ? message : "error");
+  return s;
+}
+
+static tlc_status_t makeStatus(tlc_status_code_t code, const char *fmt, ...) {
   char buf[1024];
   va_list ap;
   va_start(ap, fmt);
   vsnprintf(buf, sizeof buf, fmt, ap);
   va_end(ap);
-  return new tlc_status_s{buf};
+  return tlc_status_create(code, buf);
 }
 
-extern "C" const char *tlc_status_message(tlc_status_t s) {
-  return s ? s->message.c_str() : "ok";
+extern "C" tlc_status_code_t tlc_status_code(tlc_status_t s) {
+  return s ? s->code : TLC_STATUS_OK;
 }
-extern "C" void tlc_status_free(tlc_status_t s) { delete s; }
-extern "C" tlc_status_t tlc_status_create(const char *message) {
-  return new (std::nothrow) tlc_status_s{message ? message : "error"};
+extern "C" const char *tlc_status_message(tlc_status_t s) {
+  return s ? s->message : "ok";
+}
+extern "C" void tlc_status_free(tlc_status_t s) {
+  if (s != &kOutOfMemory)
+    delete s;
 }
 extern "C" void tlc_free(void *p) { free(p); }
+
+/// Argument checks of the C API: one INVALID_ARGUMENT status naming the call.
+#define TLC_CHECK_ARG(cond, fn)                                                \
+  do {                                                                         \
+    if (!(cond))                                                               \
+      return makeStatus(TLC_STATUS_INVALID_ARGUMENT, "%s: %s", fn,             \
+                        "invalid argument (" #cond ")");                       \
+  } while (0)
 
 namespace {
 constexpr uint32_t kModuleVersion = 2;
@@ -114,19 +139,19 @@ namespace {
 tlc_status_t verifyModule(tlc_module_t *m) {
   const char *p = m->path.c_str();
   if (m->size < 8)
-    return makeStatus("%s: truncated module (%zu bytes)", p, m->size);
+    return makeStatus(TLC_STATUS_INVALID_FILE, "%s: truncated module (%zu bytes)", p, m->size);
   uint32_t fbSize;
   std::memcpy(&fbSize, m->bytes, 4);
   if (fbSize < 16 || (uint64_t)fbSize + 4 > m->size)
-    return makeStatus("%s: truncated module: header of %u bytes, file of %zu",
+    return makeStatus(TLC_STATUS_INVALID_FILE, "%s: truncated module: header of %u bytes, file of %zu",
                       p, fbSize, m->size);
   if (!flatbuffers::BufferHasIdentifier(m->bytes, tlc::fb::ModuleIdentifier(),
                                         /*size_prefixed=*/true))
-    return makeStatus("%s: not a tlc module (file identifier is not TLCM)", p);
+    return makeStatus(TLC_STATUS_INVALID_FILE, "%s: not a tlc module (file identifier is not TLCM)", p);
   uint32_t version;
   if (peekVersion(m->bytes, (size_t)fbSize + 4, &version) &&
       version != kModuleVersion)
-    return makeStatus("%s: module version %u, this runtime reads version %u "
+    return makeStatus(TLC_STATUS_INCOMPATIBLE, "%s: module version %u, this runtime reads version %u "
                       "(%s)",
                       p, version, kModuleVersion,
                       version < kModuleVersion
@@ -134,34 +159,34 @@ tlc_status_t verifyModule(tlc_module_t *m) {
                           : "update the runtime");
   flatbuffers::Verifier verifier(m->bytes, (size_t)fbSize + 4);
   if (!tlc::fb::VerifySizePrefixedModuleBuffer(verifier))
-    return makeStatus("%s: corrupt module header (FlatBuffers verification "
+    return makeStatus(TLC_STATUS_INVALID_FILE, "%s: corrupt module header (FlatBuffers verification "
                       "failed)",
                       p);
   const tlc::fb::Module *def = tlc::fb::GetSizePrefixedModule(m->bytes);
   m->def = def;
   if (def->version() != kModuleVersion)
-    return makeStatus("%s: module version %u, this runtime reads version %u", p,
+    return makeStatus(TLC_STATUS_INCOMPATIBLE, "%s: module version %u, this runtime reads version %u", p,
                       def->version(), kModuleVersion);
   if (!def->info() || !def->executables() || !def->parameters())
-    return makeStatus("%s: module lacks info, executables or parameters", p);
+    return makeStatus(TLC_STATUS_INVALID_FILE, "%s: module lacks info, executables or parameters", p);
   uint64_t dataOffset = def->data_offset(), dataSize = def->data_size();
   if (dataOffset < (uint64_t)fbSize + 4 || dataOffset % 64 != 0 ||
       dataOffset > m->size || dataSize > m->size - dataOffset)
-    return makeStatus(
+    return makeStatus(TLC_STATUS_INVALID_FILE,
         "%s: data section [%llu, +%llu) lies outside the %zu-byte "
         "file",
         p, (unsigned long long)dataOffset, (unsigned long long)dataSize,
         m->size);
   const auto *info = def->info();
   if (info->vocab_size() <= 0 || info->vocab_size() > (1 << 24))
-    return makeStatus("%s: bad vocab_size %lld", p,
+    return makeStatus(TLC_STATUS_INVALID_FILE, "%s: bad vocab_size %lld", p,
                       (long long)info->vocab_size());
   const auto *params = def->parameters();
   for (uint32_t i = 0; i < params->size(); ++i) {
     const auto *prm = params->Get(i);
     if (prm->offset() % 64 != 0 || prm->offset() > dataSize ||
         prm->size() > dataSize - prm->offset())
-      return makeStatus("%s: parameter %u (%s) lies outside the data section",
+      return makeStatus(TLC_STATUS_INVALID_FILE, "%s: parameter %u (%s) lies outside the data section",
                         p, i, prm->name() ? prm->name()->c_str() : "?");
   }
 
@@ -188,7 +213,7 @@ tlc_status_t verifyModule(tlc_module_t *m) {
       }
   }
   if (!m->exe)
-    return makeStatus("%s: no executable runs here: %s", p, why.c_str());
+    return makeStatus(TLC_STATUS_INCOMPATIBLE, "%s: no executable runs here: %s", p, why.c_str());
   uint32_t kernelCount = m->exe->kernels()->size();
 
   // The adapter table (checked before the bindings that depend on it).
@@ -196,22 +221,22 @@ tlc_status_t verifyModule(tlc_module_t *m) {
   if (const auto *train = def->train()) {
     uint64_t P = train->adapter_elements();
     if (!train->optimizer() || !train->tensors() || P > (1ull << 40))
-      return makeStatus("%s: malformed adapter table", p);
+      return makeStatus(TLC_STATUS_INVALID_FILE, "%s: malformed adapter table", p);
     for (const auto *t : *train->tensors()) {
       if (!t->name() || !t->shape() || t->shape()->size() != 2)
-        return makeStatus("%s: malformed training tensor", p);
+        return makeStatus(TLC_STATUS_INVALID_FILE, "%s: malformed training tensor", p);
       int64_t r = t->shape()->Get(0), c = t->shape()->Get(1);
       if (r <= 0 || c <= 0 || r > (1 << 24) || c > (1 << 24))
-        return makeStatus("%s: training tensor %s has a bad shape", p,
+        return makeStatus(TLC_STATUS_INVALID_FILE, "%s: training tensor %s has a bad shape", p,
                           t->name()->c_str());
       uint64_t n = (uint64_t)r * (uint64_t)c;
       if (t->offset() > P || n > P - t->offset())
-        return makeStatus("%s: training tensor %s lies outside the state", p,
+        return makeStatus(TLC_STATUS_INVALID_FILE, "%s: training tensor %s lies outside the state", p,
                           t->name()->c_str());
     }
     uint64_t parts = train->optimizer()->str() == "adamw" ? 4 : 2;
     if (train->state_size() != 4 * parts * P)
-      return makeStatus("%s: training state of %llu bytes, expected %llu", p,
+      return makeStatus(TLC_STATUS_INVALID_FILE, "%s: training state of %llu bytes, expected %llu", p,
                         (unsigned long long)train->state_size(),
                         (unsigned long long)(4 * parts * P));
     trainTableOk = true;
@@ -220,7 +245,7 @@ tlc_status_t verifyModule(tlc_module_t *m) {
   for (const auto *ep : *m->exe->entry_points()) {
     if (!ep->name() || !ep->dispatches() || ep->max_tokens() == 0 ||
         ep->max_tokens() > (1u << 20))
-      return makeStatus("%s: malformed entry point", p);
+      return makeStatus(TLC_STATUS_INVALID_FILE, "%s: malformed entry point", p);
     if (ep->name()->str() == "prefill")
       m->prefill = ep;
     else if (ep->name()->str() == "decode")
@@ -232,13 +257,13 @@ tlc_status_t verifyModule(tlc_module_t *m) {
     for (uint32_t d = 0; d < ep->dispatches()->size(); ++d) {
       const auto *ds = ep->dispatches()->Get(d);
       if (ds->kernel() >= kernelCount || !ds->bindings())
-        return makeStatus("%s: %s dispatch %u names kernel %u of %u", p, en, d,
+        return makeStatus(TLC_STATUS_INVALID_FILE, "%s: %s dispatch %u names kernel %u of %u", p, en, d,
                           ds->kernel(), kernelCount);
       if (ds->tokens_factor() < 0 || ds->constant() < 0 ||
           ds->tokens_factor() > (1 << 20) || ds->constant() > (1ll << 40))
-        return makeStatus("%s: %s dispatch %u has a bad workload", p, en, d);
+        return makeStatus(TLC_STATUS_INVALID_FILE, "%s: %s dispatch %u has a bad workload", p, en, d);
       if (ds->workgroups_y() != 1 || ds->workgroups_z() != 1)
-        return makeStatus("%s: %s dispatch %u has a 3-D grid, which the CPU "
+        return makeStatus(TLC_STATUS_INVALID_FILE, "%s: %s dispatch %u has a 3-D grid, which the CPU "
                           "driver does not run",
                           p, en, d);
       for (const auto *b : *ds->bindings()) {
@@ -252,7 +277,7 @@ tlc_status_t verifyModule(tlc_module_t *m) {
           break;
         case tlc::fb::Space_Param:
           if (b->index() < 0 || (uint32_t)b->index() >= params->size())
-            return makeStatus("%s: %s dispatch %u binds parameter %d of %u", p,
+            return makeStatus(TLC_STATUS_INVALID_FILE, "%s: %s dispatch %u binds parameter %d of %u", p,
                               en, d, b->index(), params->size());
           off = 0;
           limit = params->Get(b->index())->size();
@@ -275,11 +300,11 @@ tlc_status_t verifyModule(tlc_module_t *m) {
           limit = isTrainStep ? 4ull * ep->max_tokens() : 0;
           break;
         default:
-          return makeStatus("%s: %s dispatch %u has an unknown binding space",
+          return makeStatus(TLC_STATUS_INVALID_FILE, "%s: %s dispatch %u has an unknown binding space",
                             p, en, d);
         }
         if (off > limit || sz > limit - off)
-          return makeStatus("%s: %s dispatch %u binds [%llu, +%llu) outside "
+          return makeStatus(TLC_STATUS_INVALID_FILE, "%s: %s dispatch %u binds [%llu, +%llu) outside "
                             "its %llu-byte space",
                             p, en, d, (unsigned long long)off,
                             (unsigned long long)sz, (unsigned long long)limit);
@@ -287,16 +312,16 @@ tlc_status_t verifyModule(tlc_module_t *m) {
     }
   }
   if (!m->prefill || !m->decode || m->decode->max_tokens() != 1)
-    return makeStatus("%s: module needs entry points prefill and decode", p);
+    return makeStatus(TLC_STATUS_INVALID_FILE, "%s: module needs entry points prefill and decode", p);
   if (m->trainStep &&
       (!trainTableOk || (uint64_t)def->train()->seq_len() *
                                 def->train()->batch() !=
                             m->trainStep->max_tokens()))
-    return makeStatus("%s: train_step needs an adapter table for batch x "
+    return makeStatus(TLC_STATUS_INVALID_FILE, "%s: train_step needs an adapter table for batch x "
                       "seq_len tokens",
                       p);
   if (info->max_seq() <= 0)
-    return makeStatus("%s: bad max_seq", p);
+    return makeStatus(TLC_STATUS_INVALID_FILE, "%s: bad max_seq", p);
 
   // Tokenizer (optional).
   if (const auto *tok = def->tokenizer()) {
@@ -306,7 +331,7 @@ tlc_status_t verifyModule(tlc_module_t *m) {
         data.vocab.push_back(s->str());
     if (tok->merges()) {
       if (tok->merges()->size() % 2)
-        return makeStatus("%s: tokenizer merges are not pairs", p);
+        return makeStatus(TLC_STATUS_INVALID_FILE, "%s: tokenizer merges are not pairs", p);
       for (uint32_t i = 0; i + 1 < tok->merges()->size(); i += 2)
         data.merges.push_back(
             {tok->merges()->Get(i), tok->merges()->Get(i + 1)});
@@ -319,13 +344,13 @@ tlc_status_t verifyModule(tlc_module_t *m) {
     auto t = std::make_unique<tlc::Tokenizer>();
     std::string err;
     if (!tlc::Tokenizer::create(data, t.get(), &err))
-      return makeStatus("%s: bad tokenizer: %s", p, err.c_str());
+      return makeStatus(TLC_STATUS_INVALID_FILE, "%s: bad tokenizer: %s", p, err.c_str());
     m->tokenizer = std::move(t);
   }
 
   const auto *image = m->exe->image();
   if (tlc::fnv1a64(image->data(), image->size()) != m->exe->image_hash())
-    return makeStatus("%s: executable image is corrupt (hash mismatch)", p);
+    return makeStatus(TLC_STATUS_INVALID_FILE, "%s: executable image is corrupt (hash mismatch)", p);
   tlc_status_t st = m->driver->createDevice(&m->device);
   if (!st)
     st = m->device->loadExecutable(*m->exe, &m->executable);
@@ -333,8 +358,9 @@ tlc_status_t verifyModule(tlc_module_t *m) {
     st = m->device->mapParameters(m->bytes + dataOffset, dataSize, &m->params);
   if (st) {
     std::string msg = m->path + ": " + tlc_status_message(st);
+    tlc_status_code_t code = tlc_status_code(st);
     tlc_status_free(st);
-    return makeStatus("%s", msg.c_str());
+    return makeStatus(code, "%s", msg.c_str());
   }
   return nullptr;
 }
@@ -342,13 +368,16 @@ tlc_status_t verifyModule(tlc_module_t *m) {
 
 extern "C" tlc_status_t tlc_module_load_memory(const void *data, size_t size,
                                                tlc_module_t **out) {
+  TLC_CHECK_ARG(out && (data || size == 0), "tlc_module_load_memory");
   *out = nullptr;
-  auto m = std::make_unique<tlc_module_s>();
+  auto m = std::unique_ptr<tlc_module_s>(new (std::nothrow) tlc_module_s);
+  if (!m)
+    return makeStatus(TLC_STATUS_OUT_OF_MEMORY, "out of memory");
   m->path = "<memory>";
   m->bytes = (const uint8_t *)data;
   m->size = size;
   if (((uintptr_t)data) % 64 != 0)
-    return makeStatus("<memory>: module bytes must be 64-byte aligned");
+    return makeStatus(TLC_STATUS_INVALID_ARGUMENT, "<memory>: module bytes must be 64-byte aligned");
   if (tlc_status_t s = verifyModule(m.get()))
     return s;
   *out = m.release();
@@ -357,27 +386,28 @@ extern "C" tlc_status_t tlc_module_load_memory(const void *data, size_t size,
 
 extern "C" tlc_status_t tlc_module_load_file(const char *path,
                                              tlc_module_t **out) {
+  TLC_CHECK_ARG(path && out, "tlc_module_load_file");
   *out = nullptr;
   int fd = open(path, O_RDONLY | O_CLOEXEC);
   if (fd < 0)
-    return makeStatus("%s: cannot open: %s", path, strerror(errno));
+    return makeStatus(TLC_STATUS_NOT_FOUND, "%s: cannot open: %s", path, strerror(errno));
   struct stat st;
   if (fstat(fd, &st) != 0 || !S_ISREG(st.st_mode)) {
     close(fd);
-    return makeStatus("%s: not a regular file", path);
+    return makeStatus(TLC_STATUS_INVALID_ARGUMENT, "%s: not a regular file", path);
   }
   auto m = std::make_unique<tlc_module_s>();
   m->path = path;
   m->size = (size_t)st.st_size;
   if (m->size == 0) {
     close(fd);
-    return makeStatus("%s: empty file", path);
+    return makeStatus(TLC_STATUS_INVALID_FILE, "%s: empty file", path);
   }
   m->map = mmap(nullptr, m->size, PROT_READ, MAP_PRIVATE, fd, 0);
   close(fd);
   if (m->map == MAP_FAILED) {
     m->map = nullptr;
-    return makeStatus("%s: cannot map: %s", path, strerror(errno));
+    return makeStatus(TLC_STATUS_IO_ERROR, "%s: cannot map: %s", path, strerror(errno));
   }
   m->bytes = (const uint8_t *)m->map;
   if (tlc_status_t s = verifyModule(m.get()))
@@ -388,8 +418,9 @@ extern "C" tlc_status_t tlc_module_load_file(const char *path,
 
 extern "C" void tlc_module_release(tlc_module_t *m) { delete m; }
 
-extern "C" void tlc_module_model_info(const tlc_module_t *m,
-                                      tlc_model_info_t *out) {
+extern "C" tlc_status_t tlc_module_model_info(const tlc_module_t *m,
+                                              tlc_model_info_t *out) {
+  TLC_CHECK_ARG(m && out, "tlc_module_model_info");
   const auto *i = m->def->info();
   auto str = [](const flatbuffers::String *s) { return s ? s->c_str() : ""; };
   *out = tlc_model_info_t{};
@@ -416,14 +447,18 @@ extern "C" void tlc_module_model_info(const tlc_module_t *m,
   out->kv_cache_size = m->exe->kv_size();
   out->default_threads = m->def->default_threads();
   out->device = m->def->device() ? m->def->device()->c_str() : "";
+  return nullptr;
 }
 
 extern "C" size_t tlc_module_executable_count(const tlc_module_t *m) {
-  return m->def->executables()->size();
+  return m ? m->def->executables()->size() : 0;
 }
 
-extern "C" void tlc_module_executable_info(const tlc_module_t *m, size_t i,
-                                           tlc_executable_info_t *out) {
+extern "C" tlc_status_t tlc_module_executable_info(const tlc_module_t *m,
+                                                   size_t i,
+                                                   tlc_executable_info_t *out) {
+  TLC_CHECK_ARG(m && out && i < tlc_module_executable_count(m),
+                "tlc_module_executable_info");
   const auto *e = m->def->executables()->Get((uint32_t)i);
   auto str = [](const flatbuffers::String *s) { return s ? s->c_str() : ""; };
   out->target = str(e->target());
@@ -433,19 +468,23 @@ extern "C" void tlc_module_executable_info(const tlc_module_t *m, size_t i,
   out->image_size = e->image() ? e->image()->size() : 0;
   out->kernel_count = e->kernels() ? e->kernels()->size() : 0;
   out->selected = i == m->exeIndex;
+  return nullptr;
 }
 
 extern "C" size_t tlc_module_entry_count(const tlc_module_t *m) {
-  return m->exe->entry_points()->size();
+  return m ? m->exe->entry_points()->size() : 0;
 }
 
-extern "C" void tlc_module_entry_info(const tlc_module_t *m, size_t i,
-                                      tlc_entry_info_t *out) {
+extern "C" tlc_status_t tlc_module_entry_info(const tlc_module_t *m, size_t i,
+                                              tlc_entry_info_t *out) {
+  TLC_CHECK_ARG(m && out && i < tlc_module_entry_count(m),
+                "tlc_module_entry_info");
   const auto *e = m->exe->entry_points()->Get((uint32_t)i);
   out->name = e->name()->c_str();
   out->max_tokens = e->max_tokens();
   out->arena_size = e->arena_size();
   out->dispatch_count = e->dispatches()->size();
+  return nullptr;
 }
 
 //===----------------------------------------------------------------------===//
@@ -607,21 +646,22 @@ static tlc_status_t bindEntry(tlc_module_t *m, const SpaceBuffers &spaces,
 static tlc_status_t withPath(const tlc_module_t *m, tlc_status_t st,
                              const char *what) {
   std::string msg = m->path + ": " + what + ": " + tlc_status_message(st);
+  tlc_status_code_t code = tlc_status_code(st);
   tlc_status_free(st);
-  return makeStatus("%s", msg.c_str());
+  return makeStatus(code, "%s", msg.c_str());
 }
 
 extern "C" tlc_status_t tlc_session_create(tlc_module_t *m,
                                            const tlc_session_options_t *opts,
                                            tlc_session_t **out) {
   if (!out)
-    return makeStatus("tlc_session_create: out is null");
+    return makeStatus(TLC_STATUS_INVALID_ARGUMENT, "tlc_session_create: out is null");
   *out = nullptr;
   if (!m)
-    return makeStatus("tlc_session_create: module is null");
+    return makeStatus(TLC_STATUS_INVALID_ARGUMENT, "tlc_session_create: module is null");
   auto s = std::unique_ptr<tlc_session_s>(new (std::nothrow) tlc_session_s);
   if (!s)
-    return makeStatus("out of memory creating a session");
+    return makeStatus(TLC_STATUS_OUT_OF_MEMORY, "out of memory creating a session");
   s->module = m;
   tlc::hal::Device &device = *m->device;
   int64_t vocab = m->def->info()->vocab_size();
@@ -657,14 +697,23 @@ tlc_session_s::~tlc_session_s() { prof.print(module); }
 extern "C" void tlc_session_release(tlc_session_t *s) { delete s; }
 
 extern "C" float *tlc_session_adapters(tlc_session_t *s, size_t *out_floats) {
+  if (!s || !out_floats) {
+    if (out_floats)
+      *out_floats = 0;
+    return nullptr;
+  }
   *out_floats = s->adapters.ptr ? s->adapters.size / 4 : 0;
   return (float *)s->adapters.ptr;
 }
 extern "C" void tlc_session_reset(tlc_session_t *s) {
+  if (!s)
+    return;
   s->position = 0;
   s->logitRows = 0;
 }
 extern "C" size_t tlc_session_position(const tlc_session_t *s) {
+  if (!s)
+    return 0;
   return s->position;
 }
 
@@ -702,11 +751,11 @@ static tlc_status_t checkIds(tlc_session_t *s, const int32_t *ids, size_t n) {
   int64_t vocab = s->module->def->info()->vocab_size();
   for (size_t i = 0; i < n; ++i)
     if (ids[i] < 0 || ids[i] >= vocab)
-      return makeStatus("token id %d at index %zu is outside the vocabulary "
+      return makeStatus(TLC_STATUS_INVALID_ARGUMENT, "token id %d at index %zu is outside the vocabulary "
                         "[0, %lld)",
                         ids[i], i, (long long)vocab);
   if (s->position + n > (size_t)s->module->def->info()->max_seq())
-    return makeStatus("sequence of %zu tokens exceeds the module's context of "
+    return makeStatus(TLC_STATUS_INVALID_ARGUMENT, "sequence of %zu tokens exceeds the module's context of "
                       "%lld (compile with --max-seq-len)",
                       s->position + n,
                       (long long)s->module->def->info()->max_seq());
@@ -716,8 +765,9 @@ static tlc_status_t checkIds(tlc_session_t *s, const int32_t *ids, size_t n) {
 extern "C" tlc_status_t tlc_session_prefill(tlc_session_t *s,
                                             const int32_t *ids, size_t n,
                                             bool allLogits) {
+  TLC_CHECK_ARG(s && (ids || n == 0), "tlc_session_prefill");
   if (n == 0)
-    return makeStatus("prefill needs at least one token");
+    return makeStatus(TLC_STATUS_INVALID_ARGUMENT, "prefill needs at least one token");
   if (tlc_status_t st = checkIds(s, ids, n))
     return st;
   int64_t vocab = s->module->def->info()->vocab_size();
@@ -741,6 +791,7 @@ extern "C" tlc_status_t tlc_session_prefill(tlc_session_t *s,
 }
 
 extern "C" tlc_status_t tlc_session_decode(tlc_session_t *s, int32_t id) {
+  TLC_CHECK_ARG(s, "tlc_session_decode");
   if (tlc_status_t st = checkIds(s, &id, 1))
     return st;
   s->logitRows = 1;
@@ -751,6 +802,8 @@ extern "C" tlc_status_t tlc_session_decode(tlc_session_t *s, int32_t id) {
 
 extern "C" const float *tlc_session_logits(const tlc_session_t *s, size_t *rows,
                                            size_t *vocab) {
+  if (!s || !rows || !vocab)
+    return nullptr;
   *rows = s->logitRows;
   *vocab = (size_t)s->module->def->info()->vocab_size();
   return (const float *)s->logits.ptr;
@@ -771,10 +824,11 @@ struct tlc_trainer_s {
 
 extern "C" tlc_status_t tlc_module_train_info(const tlc_module_t *m,
                                               tlc_train_info_t *out) {
+  TLC_CHECK_ARG(m && out, "tlc_module_train_info");
   *out = tlc_train_info_t{};
   const auto *t = m->def->train();
   if (!t)
-    return makeStatus("%s: the module has no LoRA adapters (compile it with "
+    return makeStatus(TLC_STATUS_NOT_FOUND, "%s: the module has no LoRA adapters (compile it with "
                       "tlc compile --train, or --lora-rank for adapter slots)",
                       m->path.c_str());
   out->seq_len = t->seq_len();
@@ -791,31 +845,41 @@ extern "C" tlc_status_t tlc_module_train_info(const tlc_module_t *m,
   return nullptr;
 }
 
-extern "C" const char *tlc_module_train_target(const tlc_module_t *m,
-                                               size_t i) {
-  return m->def->train()->targets()->Get((uint32_t)i)->c_str();
+extern "C" tlc_status_t tlc_module_train_target(const tlc_module_t *m,
+                                                size_t i, const char **out) {
+  TLC_CHECK_ARG(m && out && m->def->train() && m->def->train()->targets() &&
+                    i < m->def->train()->targets()->size(),
+                "tlc_module_train_target");
+  *out = m->def->train()->targets()->Get((uint32_t)i)->c_str();
+  return nullptr;
 }
 
-extern "C" void tlc_module_train_tensor(const tlc_module_t *m, size_t i,
-                                        tlc_train_tensor_info_t *out) {
+extern "C" tlc_status_t tlc_module_train_tensor(const tlc_module_t *m,
+                                                size_t i,
+                                                tlc_train_tensor_info_t *out) {
+  TLC_CHECK_ARG(m && out && m->def->train() &&
+                    i < m->def->train()->tensors()->size(),
+                "tlc_module_train_tensor");
   const auto *t = m->def->train()->tensors()->Get((uint32_t)i);
   out->name = t->name()->c_str();
   out->rows = t->shape()->Get(0);
   out->cols = t->shape()->Get(1);
   out->offset = t->offset();
+  return nullptr;
 }
 
 extern "C" tlc_status_t tlc_trainer_create(tlc_module_t *m,
                                            const tlc_session_options_t *opts,
                                            tlc_trainer_t **out) {
+  TLC_CHECK_ARG(m && out, "tlc_trainer_create");
   *out = nullptr;
   if (!m->trainStep)
-    return makeStatus("%s: not a training module (compile it with tlc "
+    return makeStatus(TLC_STATUS_NOT_FOUND, "%s: not a training module (compile it with tlc "
                       "compile --train)",
                       m->path.c_str());
   auto t = std::unique_ptr<tlc_trainer_s>(new (std::nothrow) tlc_trainer_s);
   if (!t)
-    return makeStatus("out of memory creating a trainer");
+    return makeStatus(TLC_STATUS_OUT_OF_MEMORY, "out of memory creating a trainer");
   t->module = m;
   tlc::hal::Device &device = *m->device;
   size_t tokens = m->trainStep->max_tokens();
@@ -845,6 +909,11 @@ extern "C" tlc_status_t tlc_trainer_create(tlc_module_t *m,
 extern "C" void tlc_trainer_release(tlc_trainer_t *t) { delete t; }
 
 extern "C" float *tlc_trainer_state(tlc_trainer_t *t, size_t *out_floats) {
+  if (!t || !out_floats) {
+    if (out_floats)
+      *out_floats = 0;
+    return nullptr;
+  }
   *out_floats = t->state.size / 4;
   return (float *)t->state.ptr;
 }
@@ -852,15 +921,16 @@ extern "C" float *tlc_trainer_state(tlc_trainer_t *t, size_t *out_floats) {
 extern "C" tlc_status_t tlc_trainer_step(tlc_trainer_t *t, const int32_t *ids,
                                          const int32_t *labels, void *hyper,
                                          float *out_loss) {
+  TLC_CHECK_ARG(t && ids && labels && hyper && out_loss, "tlc_trainer_step");
   int64_t vocab = t->module->def->info()->vocab_size();
   size_t n = t->module->trainStep->max_tokens();
   for (size_t i = 0; i < n; ++i) {
     if (ids[i] < 0 || ids[i] >= vocab)
-      return makeStatus("token id %d at index %zu is outside the vocabulary "
+      return makeStatus(TLC_STATUS_INVALID_ARGUMENT, "token id %d at index %zu is outside the vocabulary "
                         "[0, %lld)",
                         ids[i], i, (long long)vocab);
     if (labels[i] >= vocab)
-      return makeStatus("label %d at index %zu is outside the vocabulary "
+      return makeStatus(TLC_STATUS_INVALID_ARGUMENT, "label %d at index %zu is outside the vocabulary "
                         "[0, %lld)",
                         labels[i], i, (long long)vocab);
   }
@@ -891,17 +961,19 @@ extern "C" tlc_status_t tlc_trainer_step(tlc_trainer_t *t, const int32_t *ids,
 extern "C" tlc_status_t tlc_tokenize(const tlc_module_t *m, const char *text,
                                      size_t length, int32_t **outIds,
                                      size_t *outCount) {
+  TLC_CHECK_ARG(m && (text || length == 0) && outIds && outCount,
+                "tlc_tokenize");
   *outIds = nullptr;
   *outCount = 0;
   if (!m->tokenizer)
-    return makeStatus("%s: module has no tokenizer (the model folder had no "
+    return makeStatus(TLC_STATUS_NOT_FOUND, "%s: module has no tokenizer (the model folder had no "
                       "tokenizer.json)",
                       m->path.c_str());
   std::vector<int32_t> ids =
       m->tokenizer->encode(std::string_view(text, length));
   *outIds = (int32_t *)malloc(std::max<size_t>(1, ids.size()) * 4);
   if (!*outIds)
-    return makeStatus("out of memory");
+    return makeStatus(TLC_STATUS_OUT_OF_MEMORY, "out of memory");
   std::memcpy(*outIds, ids.data(), ids.size() * 4);
   *outCount = ids.size();
   return nullptr;
@@ -910,19 +982,21 @@ extern "C" tlc_status_t tlc_tokenize(const tlc_module_t *m, const char *text,
 extern "C" tlc_status_t tlc_detokenize(const tlc_module_t *m,
                                        const int32_t *ids, size_t count,
                                        char **outText, size_t *outLength) {
+  TLC_CHECK_ARG(m && (ids || count == 0) && outText && outLength,
+                "tlc_detokenize");
   *outText = nullptr;
   *outLength = 0;
   if (!m->tokenizer)
-    return makeStatus("%s: module has no tokenizer", m->path.c_str());
+    return makeStatus(TLC_STATUS_NOT_FOUND, "%s: module has no tokenizer", m->path.c_str());
   for (size_t i = 0; i < count; ++i)
     if (ids[i] < 0 || (size_t)ids[i] >= m->tokenizer->idSpaceSize())
-      return makeStatus("token id %d at index %zu is outside the tokenizer's "
+      return makeStatus(TLC_STATUS_INVALID_ARGUMENT, "token id %d at index %zu is outside the tokenizer's "
                         "%zu ids",
                         ids[i], i, (size_t)m->tokenizer->idSpaceSize());
   std::string text = m->tokenizer->decode(ids, count);
   *outText = (char *)malloc(text.size() + 1);
   if (!*outText)
-    return makeStatus("out of memory");
+    return makeStatus(TLC_STATUS_OUT_OF_MEMORY, "out of memory");
   std::memcpy(*outText, text.data(), text.size());
   (*outText)[text.size()] = 0;
   *outLength = text.size();

@@ -202,7 +202,7 @@ void initAdapters(tlc_module_t *m, float *params, uint64_t seed) {
   uint64_t rng = seed ^ 0x6C6F7261696E6974ull; // "lorainit"
   for (size_t i = 0; i < ti.tensor_count; ++i) {
     tlc_train_tensor_info_t t;
-    tlc_module_train_tensor(m, i, &t);
+    tlc_status_free(tlc_module_train_tensor(m, i, &t));
     float *p = params + t.offset;
     size_t n = (size_t)(t.rows * t.cols);
     if (strstr(t.name, ".lora_B.")) {
@@ -222,17 +222,21 @@ bool writeAdapter(tlc_module_t *m, const Options &o, const float *params,
   tlc_train_info_t ti;
   tlc_status_free(tlc_module_train_info(m, &ti));
   tlc_model_info_t mi;
-  tlc_module_model_info(m, &mi);
+  tlc_status_free(tlc_module_model_info(m, &mi));
   AdapterConfig cfg;
   cfg.rank = ti.lora_rank;
   cfg.alpha = ti.lora_alpha;
   cfg.base_model = mi.name;
   for (size_t i = 0; i < ti.target_count; ++i)
-    cfg.targets.push_back(tlc_module_train_target(m, i));
+  {
+    const char *name = "";
+    tlc_status_free(tlc_module_train_target(m, i, &name));
+    cfg.targets.push_back(name);
+  }
   std::vector<AdapterTensor> tensors;
   for (size_t i = 0; i < ti.tensor_count; ++i) {
     tlc_train_tensor_info_t t;
-    tlc_module_train_tensor(m, i, &t);
+    tlc_status_free(tlc_module_train_tensor(m, i, &t));
     AdapterTensor a{t.name, {t.rows, t.cols}, {}};
     a.external = params + t.offset; // written from the state, not copied
     tensors.push_back(std::move(a));
@@ -299,7 +303,7 @@ bool loadAdapter(tlc_module_t *m, const std::string &dir, float *params,
     byKey[t.key] = &t;
   for (size_t i = 0; i < ti.tensor_count; ++i) {
     tlc_train_tensor_info_t t;
-    tlc_module_train_tensor(m, i, &t);
+    tlc_status_free(tlc_module_train_tensor(m, i, &t));
     auto it = byKey.find(t.name);
     if (it == byKey.end()) {
       *error = dir + "/adapter_model.safetensors: missing tensor '" +
@@ -351,8 +355,21 @@ struct tlc_finetune_s {
   }
 };
 
-static tlc_status_t failStatus(const std::string &msg) {
-  return tlc_status_create(msg.c_str());
+static tlc_status_t failStatus(tlc_status_code_t code,
+                               const std::string &msg) {
+  return tlc_status_create(code, msg.c_str());
+}
+
+/// The code of an error from the file helpers (data, checkpoint, adapter).
+static tlc_status_t fileError(const std::string &msg) {
+  tlc_status_code_t code = TLC_STATUS_INVALID_FILE;
+  if (msg.find("cannot open") != std::string::npos)
+    code = TLC_STATUS_NOT_FOUND;
+  else if (msg.find("cannot create") != std::string::npos ||
+           msg.find("cannot write") != std::string::npos ||
+           msg.find("failed") != std::string::npos)
+    code = TLC_STATUS_IO_ERROR;
+  return failStatus(code, msg);
 }
 
 extern "C" void tlc_finetune_options_default(tlc_finetune_options_t *o) {
@@ -370,20 +387,20 @@ tlc_finetune_create(tlc_module_t *module, const tlc_finetune_options_t *opts,
                     tlc_finetune_t **out) {
   *out = nullptr;
   if (!module || !opts)
-    return failStatus("tlc_finetune_create: null module or options");
+    return failStatus(TLC_STATUS_INVALID_ARGUMENT, "tlc_finetune_create: null module or options");
   auto ft = std::unique_ptr<tlc_finetune_s>(new (std::nothrow) tlc_finetune_s);
   if (!ft)
-    return failStatus("out of memory");
+    return failStatus(TLC_STATUS_OUT_OF_MEMORY, "out of memory");
   ft->module = module;
   Options &o = ft->o;
   std::string error;
   if (!validate(opts, &o, &error))
-    return failStatus(error);
+    return failStatus(TLC_STATUS_INVALID_ARGUMENT, error);
   if (tlc_status_t s = tlc_module_train_info(module, &ft->ti))
     return s;
   const tlc_train_info_t &ti = ft->ti;
   tlc_model_info_t mi;
-  tlc_module_model_info(module, &mi);
+  tlc_status_free(tlc_module_model_info(module, &mi));
   ft->adamw = std::string(ti.optimizer) == "adamw";
 
   // Data.
@@ -404,12 +421,12 @@ tlc_finetune_create(tlc_module_t *module, const tlc_finetune_options_t *opts,
   if (!ft->data.load(o.data, (int)ti.seq_len, tokenize,
                      (int32_t)mi.bos_token_id, (int32_t)mi.eos_token_id,
                      &error))
-    return failStatus(error);
+    return fileError(error);
   for (size_t i = 0; i < ft->data.size(); ++i) {
     TrainExample e = ft->data.example(i);
     for (size_t t = 0; t < e.ids.size(); ++t)
       if (e.ids[t] >= mi.vocab_size)
-        return failStatus(o.data + ": token id " + std::to_string(e.ids[t]) +
+        return failStatus(TLC_STATUS_INVALID_FILE, o.data + ": token id " + std::to_string(e.ids[t]) +
                           " at sequence " + std::to_string(i) +
                           ", position " + std::to_string(t) +
                           " is outside the vocabulary [0, " +
@@ -423,31 +440,31 @@ tlc_finetune_create(tlc_module_t *module, const tlc_finetune_options_t *opts,
 
   // Initial state.
   if (mkdir(o.out.c_str(), 0777) != 0 && errno != EEXIST)
-    return failStatus(o.out + ": cannot create: " + strerror(errno));
+    return failStatus(TLC_STATUS_IO_ERROR, o.out + ": cannot create: " + strerror(errno));
   removeStaleTemporaries(o.out);
   struct stat st;
   if (!o.resume && stat(checkpointPath(o).c_str(), &st) == 0)
-    return failStatus(o.out + " holds the checkpoint of an earlier run: add "
+    return failStatus(TLC_STATUS_FAILED_PRECONDITION, o.out + " holds the checkpoint of an earlier run: add "
                               "--resume to continue it, or choose another "
                               "--out");
   if (o.resume) {
     if (!loadCheckpoint(o, ft->state, ft->floats, ti.adapter_elements,
                         &ft->stepsDone, &error))
-      return failStatus(error);
+      return fileError(error);
     if (!o.log.empty() && !truncateLog(o.log, ft->stepsDone, &error))
-      return failStatus(error);
+      return fileError(error);
   } else if (!o.initAdapter.empty()) {
     if (!loadAdapter(module, o.initAdapter, ft->state, &error))
-      return failStatus(error);
+      return fileError(error);
   } else {
     initAdapters(module, ft->state, o.seed);
   }
   if (ft->stepsDone > (uint64_t)o.steps)
-    return failStatus(checkpointPath(o) + ": already past --steps " +
+    return failStatus(TLC_STATUS_FAILED_PRECONDITION, checkpointPath(o) + ": already past --steps " +
                       std::to_string(o.steps));
   if (!o.log.empty() &&
       !(ft->log = fopen(o.log.c_str(), o.resume ? "a" : "w")))
-    return failStatus(o.log + ": cannot open: " + strerror(errno));
+    return failStatus(TLC_STATUS_IO_ERROR, o.log + ": cannot open: " + strerror(errno));
   *out = ft.release();
   return nullptr;
 }
@@ -469,7 +486,7 @@ extern "C" tlc_status_t tlc_finetune_step(tlc_finetune_t *ft,
                                           tlc_finetune_progress_t *out) {
   const Options &o = ft->o;
   if (tlc_finetune_done(ft))
-    return failStatus("fine-tuning already did its " +
+    return failStatus(TLC_STATUS_FAILED_PRECONDITION, "fine-tuning already did its " +
                       std::to_string(o.steps) + " steps");
   long long k = (long long)ft->stepsDone;
   auto t0 = std::chrono::steady_clock::now();
@@ -495,8 +512,9 @@ extern "C" tlc_status_t tlc_finetune_step(tlc_finetune_t *ft,
     if (tlc_status_t s = tlc_trainer_step(ft->trainer, ft->ids.data(),
                                           ft->labels.data(), &h, &loss)) {
       std::string msg = o.data + ": " + tlc_status_message(s);
+      tlc_status_code_t code = tlc_status_code(s);
       tlc_status_free(s);
-      return failStatus(msg);
+      return failStatus(code, msg);
     }
     lossSum += loss;
   }
@@ -507,7 +525,7 @@ extern "C" tlc_status_t tlc_finetune_step(tlc_finetune_t *ft,
   double tps = (double)((size_t)ft->ti.seq_len * ft->ti.batch * o.gradAccum) /
                std::max(seconds, 1e-9);
   if (!std::isfinite(loss) || !std::isfinite(h.grad_norm))
-    return failStatus("the loss or the gradient norm is not finite at step " +
+    return failStatus(TLC_STATUS_FAILED_PRECONDITION, "the loss or the gradient norm is not finite at step " +
                       std::to_string(k + 1) +
                       " (lower --lr or set --max-grad-norm); the last "
                       "checkpoint and adapter are kept");
@@ -528,7 +546,7 @@ extern "C" tlc_status_t tlc_finetune_step(tlc_finetune_t *ft,
     if (!writeAdapter(ft->module, o, ft->state, &error) ||
         !saveCheckpoint(o, ft->state, ft->floats, ft->ti.adapter_elements,
                         (uint64_t)(k + 1), &error))
-      return failStatus(error);
+      return fileError(error);
   }
   return nullptr;
 }
@@ -536,7 +554,7 @@ extern "C" tlc_status_t tlc_finetune_step(tlc_finetune_t *ft,
 extern "C" tlc_status_t tlc_finetune_save_adapter(tlc_finetune_t *ft) {
   std::string error;
   if (!writeAdapter(ft->module, ft->o, ft->state, &error))
-    return failStatus(error);
+    return fileError(error);
   return nullptr;
 }
 
@@ -545,9 +563,9 @@ extern "C" void tlc_finetune_release(tlc_finetune_t *ft) { delete ft; }
 extern "C" tlc_status_t tlc_adapter_load(tlc_module_t *module,
                                          const char *dir, float *params) {
   if (!module || !dir || !params)
-    return failStatus("tlc_adapter_load: null argument");
+    return failStatus(TLC_STATUS_INVALID_ARGUMENT, "tlc_adapter_load: null argument");
   std::string error;
   if (!loadAdapter(module, dir, params, &error))
-    return failStatus(error);
+    return fileError(error);
   return nullptr;
 }

@@ -234,7 +234,7 @@ int main(int argc, char **argv) {
     ~Release() { tlc_module_release(m); }
   } releaseModule{module};
   tlc_model_info_t info;
-  tlc_module_model_info(module, &info);
+  tlc_status_free(tlc_module_model_info(module, &info));
   if (a.command == "train")
     return tlc::run::trainCommand(module, a.module, a.opts);
 
@@ -264,7 +264,7 @@ int main(int argc, char **argv) {
              *info.device ? info.device : "-", info.default_threads);
     for (size_t i = 0; i < tlc_module_executable_count(module); ++i) {
       tlc_executable_info_t e;
-      tlc_module_executable_info(module, i, &e);
+      tlc_status_free(tlc_module_executable_info(module, i, &e));
       printf("target: %s (cpu %s%s%s), %s, %llu bytes, %zu kernels%s\n",
              e.target, e.cpu, *e.needs ? "; needs " : "", e.needs, e.format,
              (unsigned long long)e.image_size, e.kernel_count,
@@ -275,8 +275,11 @@ int main(int argc, char **argv) {
       tlc_status_free(st);
     } else {
       std::string targets;
-      for (size_t i = 0; i < ti.target_count; ++i)
-        targets += (i ? "," : "") + std::string(tlc_module_train_target(module, i));
+      for (size_t i = 0; i < ti.target_count; ++i) {
+        const char *name = "";
+        tlc_status_free(tlc_module_train_target(module, i, &name));
+        targets += (i ? "," : "") + std::string(name);
+      }
       printf("lora: r %d, alpha %g, targets %s, %zu tensors, %llu parameters\n",
              ti.lora_rank, ti.lora_alpha, targets.c_str(), ti.tensor_count,
              (unsigned long long)ti.adapter_elements);
@@ -290,7 +293,7 @@ int main(int argc, char **argv) {
     }
     for (size_t i = 0; i < tlc_module_entry_count(module); ++i) {
       tlc_entry_info_t e;
-      tlc_module_entry_info(module, i, &e);
+      tlc_status_free(tlc_module_entry_info(module, i, &e));
       printf("entry point: %s (up to %u tokens per call, %zu dispatches, "
              "arena %llu bytes)\n",
              e.name, e.max_tokens, e.dispatch_count,

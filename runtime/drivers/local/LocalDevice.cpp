@@ -16,8 +16,13 @@
 namespace tlc::hal {
 namespace {
 
-tlc_status_t error(const std::string &message) {
-  return tlc_status_create(message.c_str());
+tlc_status_t error(const std::string &message,
+                   tlc_status_code_t code = TLC_STATUS_INVALID_ARGUMENT) {
+  return tlc_status_create(code, message.c_str());
+}
+
+tlc_status_t outOfMemory() {
+  return error("out of memory", TLC_STATUS_OUT_OF_MEMORY);
 }
 
 class HostBuffer final : public Buffer {
@@ -44,12 +49,13 @@ public:
     if (size > (uint64_t)SIZE_MAX - 64 ||
         posix_memalign(&p, 64, size ? (size_t)size : 64) != 0)
       return error("out of memory allocating " + std::to_string(size) +
-                   " bytes");
+                       " bytes",
+                   TLC_STATUS_OUT_OF_MEMORY);
     std::memset(p, 0, size);
     out->reset(new (std::nothrow) HostBuffer((uint8_t *)p, size, true));
     if (!*out) {
       free(p);
-      return error("out of memory");
+      return outOfMemory();
     }
     return nullptr;
   }
@@ -160,7 +166,7 @@ public:
       profile->calls[r.kernel]++;
     }
     out->reset(new (std::nothrow) SignaledFence);
-    return *out ? nullptr : error("out of memory");
+    return *out ? nullptr : outOfMemory();
   }
 
   tlc_status_t write(const void *src, const BufferRange &dst) override {
@@ -185,7 +191,7 @@ public:
                              std::unique_ptr<Buffer> *out) override {
     out->reset(new (std::nothrow)
                    HostBuffer(const_cast<uint8_t *>(data), size, false));
-    return *out ? nullptr : error("out of memory");
+    return *out ? nullptr : outOfMemory();
   }
 
   tlc_status_t loadExecutable(const fb::Executable &def,
@@ -193,13 +199,13 @@ public:
     auto exe = std::unique_ptr<LocalExecutable>(new (std::nothrow)
                                                     LocalExecutable);
     if (!exe)
-      return error("out of memory");
+      return outOfMemory();
     std::vector<std::string> names;
     for (const auto *k : *def.kernels())
       names.push_back(k->str());
     std::string why;
     if (!exe->code.load(def.image()->data(), def.image()->size(), names, &why))
-      return error(why);
+      return error(why, TLC_STATUS_IO_ERROR);
     exe->count = (uint32_t)names.size();
     *out = std::move(exe);
     return nullptr;
@@ -209,13 +215,13 @@ public:
                                    std::unique_ptr<CommandBuffer> *out) override {
     out->reset(new (std::nothrow)
                    LocalCommandBuffer(static_cast<LocalExecutable &>(exe)));
-    return *out ? nullptr : error("out of memory");
+    return *out ? nullptr : outOfMemory();
   }
 
   tlc_status_t createQueue(const DeviceOptions &options,
                            std::unique_ptr<Queue> *out) override {
     out->reset(new (std::nothrow) LocalQueue(options.threads));
-    return *out ? nullptr : error("out of memory");
+    return *out ? nullptr : outOfMemory();
   }
 
 private:
@@ -248,7 +254,7 @@ public:
   }
   tlc_status_t createDevice(std::unique_ptr<Device> *out) override {
     out->reset(new (std::nothrow) LocalDevice);
-    return *out ? nullptr : error("out of memory");
+    return *out ? nullptr : outOfMemory();
   }
 };
 

@@ -27,12 +27,31 @@ typedef struct tlc_status_s *tlc_status_t;
 typedef struct tlc_module_s tlc_module_t;
 typedef struct tlc_session_s tlc_session_t;
 
-/* The message of a failed call (owned by the status). */
+/* What kind of failure a status is (NULL statuses are TLC_STATUS_OK). */
+typedef enum {
+  TLC_STATUS_OK = 0,
+  TLC_STATUS_INVALID_ARGUMENT = 1, /* null, out of range, bad token id, bad option */
+  TLC_STATUS_NOT_FOUND = 2,        /* a missing file, or a part the module lacks */
+  TLC_STATUS_INVALID_FILE = 3,     /* a malformed or corrupt module, checkpoint,
+                                      adapter or data file */
+  TLC_STATUS_INCOMPATIBLE = 4,     /* another module version, or no executable
+                                      this device runs */
+  TLC_STATUS_OUT_OF_MEMORY = 5,
+  TLC_STATUS_IO_ERROR = 6,         /* a read, write or map failed */
+  TLC_STATUS_FAILED_PRECONDITION = 7, /* a call out of order */
+  TLC_STATUS_INTERNAL = 8,
+} tlc_status_code_t;
+
+/* The code and message of a failed call (owned by the status). */
+TLC_API tlc_status_code_t tlc_status_code(tlc_status_t status);
 TLC_API const char *tlc_status_message(tlc_status_t status);
 TLC_API void tlc_status_free(tlc_status_t status);
 /* A failed status with a copy of `message` (for libraries built on this
- * API, such as the fine-tuning library); NULL when out of memory. */
-TLC_API tlc_status_t tlc_status_create(const char *message);
+ * API, such as the fine-tuning library). Never NULL for a code other than
+ * OK: out of memory, it returns a static out-of-memory status that
+ * tlc_status_free ignores. */
+TLC_API tlc_status_t tlc_status_create(tlc_status_code_t code,
+                                       const char *message);
 
 /* Frees memory the runtime returned to the caller (token ids, text). */
 TLC_API void tlc_free(void *ptr);
@@ -64,9 +83,10 @@ typedef struct {
   const char *device;       /* the device profile compiled for, or "" */
 } tlc_model_info_t;
 
-/* Strings stay owned by the module. */
-TLC_API void tlc_module_model_info(const tlc_module_t *module,
-                                   tlc_model_info_t *out);
+/* Strings stay owned by the module. Getters check their arguments: a null
+ * module or out, or an index past the count, is TLC_STATUS_INVALID_ARGUMENT. */
+TLC_API tlc_status_t tlc_module_model_info(const tlc_module_t *module,
+                                           tlc_model_info_t *out);
 
 typedef struct {
   const char *target, *cpu, *format;
@@ -83,12 +103,14 @@ typedef struct {
   size_t dispatch_count;
 } tlc_entry_info_t;
 
+/* Counts are 0 for a null module. */
 TLC_API size_t tlc_module_executable_count(const tlc_module_t *module);
-TLC_API void tlc_module_executable_info(const tlc_module_t *module, size_t i,
-                                        tlc_executable_info_t *out);
+TLC_API tlc_status_t tlc_module_executable_info(const tlc_module_t *module,
+                                                size_t i,
+                                                tlc_executable_info_t *out);
 TLC_API size_t tlc_module_entry_count(const tlc_module_t *module);
-TLC_API void tlc_module_entry_info(const tlc_module_t *module, size_t i,
-                                   tlc_entry_info_t *out);
+TLC_API tlc_status_t tlc_module_entry_info(const tlc_module_t *module, size_t i,
+                                           tlc_entry_info_t *out);
 
 typedef struct {
   int32_t num_threads; /* 0: all hardware threads */
@@ -168,10 +190,12 @@ typedef struct {
  * (with a message) when the module has none. */
 TLC_API tlc_status_t tlc_module_train_info(const tlc_module_t *module,
                                            tlc_train_info_t *out);
-TLC_API const char *tlc_module_train_target(const tlc_module_t *module,
-                                            size_t i);
-TLC_API void tlc_module_train_tensor(const tlc_module_t *module, size_t i,
-                                     tlc_train_tensor_info_t *out);
+/* Target module name i (< target_count), e.g. "q_proj". */
+TLC_API tlc_status_t tlc_module_train_target(const tlc_module_t *module,
+                                             size_t i, const char **out_name);
+TLC_API tlc_status_t tlc_module_train_tensor(const tlc_module_t *module,
+                                             size_t i,
+                                             tlc_train_tensor_info_t *out);
 
 /* The trainer owns the training state (zeroed), its arena and threads; it
  * uses `module` (release the trainer before the module). */
