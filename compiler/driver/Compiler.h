@@ -13,6 +13,10 @@ class DialectRegistry;
 
 namespace tlc {
 
+/// What `tlc compile` writes: a module with loadable executables, or a
+/// module plus a static library (OUT.a, OUT.h) holding the code.
+enum class OutputFormat { Module, StaticLib };
+
 /// Phases at which compilation can stop (--compile-to).
 enum class Phase { Import, Tlora, Lowered, LLVM, End };
 
@@ -20,6 +24,7 @@ struct CompileOptions {
   std::string modelDir, output;
   std::string target = "host"; // comma-separated list of target specs
   std::string device;          // a device profile: sets target and defaults
+  OutputFormat outputFormat = OutputFormat::Module;
   Phase stopAfter = Phase::End;
   bool printIRAfterAll = false;
   std::string printIRAfter; // a pass argument, e.g. tlora-plan-memory

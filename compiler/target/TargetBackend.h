@@ -37,9 +37,18 @@ struct ExecutableImage {
   std::string format;             // "elf-shared-object"
   std::vector<std::string> needs; // host features it requires
   std::vector<std::string> kernels;
-  std::string image;
+  std::string image;     // what the module stores (static: the table symbol)
+  std::string object;   // static libraries: the relocatable object
   std::string source;   // a text form where one exists (LLVM IR here)
   std::string fileExt;  // extension of the binary for --dump-executables
+};
+
+struct SerializeOptions {
+  bool wantSource = false;
+  /// Non-empty: build objects for a static library instead of loadable
+  /// images, their symbols starting with this prefix (platforms that forbid
+  /// loading code, such as iOS).
+  std::string staticPrefix;
 };
 
 class TargetBackend {
@@ -56,7 +65,7 @@ public:
   /// Serializes the lowered kernels: one executable per variant, in the
   /// order a runtime should prefer them.
   virtual mlir::LogicalResult
-  serialize(mlir::ModuleOp program, bool wantSource,
+  serialize(mlir::ModuleOp program, const SerializeOptions &options,
             std::vector<ExecutableImage> *out, std::string *error) const = 0;
 };
 

@@ -107,16 +107,17 @@ loadMicrokernels(llvm::LLVMContext &ctx, const tlc::llvmcpu::CpuTarget &t) {
   return std::move(*mod);
 }
 
-/// Adds `tlc_entry_<kernel>(void **b, const int64_t *s, int64_t begin,
+/// Adds `<prefix><kernel>(void **b, const int64_t *s, int64_t begin,
 /// int64_t end)` calling the kernel with b[0..n), s[0..3), begin, end.
-static void addEntry(llvm::Module &m, llvm::Function *kernel) {
+static llvm::Function *addEntry(llvm::Module &m, llvm::Function *kernel,
+                                llvm::StringRef prefix) {
   llvm::LLVMContext &ctx = m.getContext();
   auto *ptr = llvm::PointerType::getUnqual(ctx);
   auto *i64 = llvm::Type::getInt64Ty(ctx);
   auto *type = llvm::FunctionType::get(llvm::Type::getVoidTy(ctx),
                                        {ptr, ptr, i64, i64}, false);
   auto *entry = llvm::Function::Create(type, llvm::GlobalValue::ExternalLinkage,
-                                       "tlc_entry_" + kernel->getName(), m);
+                                       prefix + kernel->getName(), m);
   entry->setVisibility(llvm::GlobalValue::DefaultVisibility);
   llvm::IRBuilder<> b(llvm::BasicBlock::Create(ctx, "entry", entry));
   llvm::SmallVector<llvm::Value *> args;
@@ -131,12 +132,40 @@ static void addEntry(llvm::Module &m, llvm::Function *kernel) {
   args.push_back(entry->getArg(3));
   b.CreateCall(kernel, args);
   b.CreateRetVoid();
+  return entry;
+}
+
+/// Adds the table a static library registers with the runtime:
+/// `const tlc_static_kernel_t <symbol>[] = {{"name", fn}, ..., {0, 0}}`.
+static void addStaticTable(llvm::Module &m, llvm::StringRef symbol,
+                           llvm::ArrayRef<std::string> names,
+                           llvm::ArrayRef<llvm::Function *> entries) {
+  llvm::LLVMContext &ctx = m.getContext();
+  auto *ptr = llvm::PointerType::getUnqual(ctx);
+  auto *entryType = llvm::StructType::get(ctx, {ptr, ptr});
+  std::vector<llvm::Constant *> rows;
+  for (size_t i = 0; i < names.size(); ++i) {
+    auto *text = llvm::ConstantDataArray::getString(ctx, names[i]);
+    auto *str = new llvm::GlobalVariable(m, text->getType(), true,
+                                         llvm::GlobalValue::PrivateLinkage,
+                                         text, "tlc.kernel.name");
+    rows.push_back(llvm::ConstantStruct::get(entryType, {str, entries[i]}));
+  }
+  rows.push_back(llvm::ConstantStruct::get(
+      entryType, {llvm::ConstantPointerNull::get(ptr),
+                  llvm::ConstantPointerNull::get(ptr)}));
+  auto *arrayType = llvm::ArrayType::get(entryType, rows.size());
+  auto *table = new llvm::GlobalVariable(
+      m, arrayType, true, llvm::GlobalValue::ExternalLinkage,
+      llvm::ConstantArray::get(arrayType, rows), symbol);
+  table->setVisibility(llvm::GlobalValue::DefaultVisibility);
 }
 
 FailureOr<std::string>
 tlc::llvmcpu::buildSharedObject(ModuleOp kernels, const CpuTarget &target,
                                 std::vector<std::string> *kernelNames,
-                                std::string *llvmIR, std::string *error) {
+                                std::string *llvmIR, std::string *error,
+                                llvm::StringRef staticSymbol) {
   // Every target of the LLVM build, so that any host compiles for any CPU.
   llvm::InitializeAllTargetInfos();
   llvm::InitializeAllTargets();
@@ -195,14 +224,21 @@ tlc::llvmcpu::buildSharedObject(ModuleOp kernels, const CpuTarget &target,
   for (llvm::GlobalVariable &g : mod->globals())
     if (!g.isDeclaration())
       g.setLinkage(llvm::GlobalValue::InternalLinkage);
+  // Shared objects export tlc_entry_<kernel>; static objects export
+  // <symbol>_<kernel> and the table <symbol>, unique per executable.
+  std::vector<llvm::Function *> entries;
+  std::string prefix =
+      staticSymbol.empty() ? "tlc_entry_" : staticSymbol.str() + "_";
   for (const std::string &name : *kernelNames) {
     llvm::Function *k = mod->getFunction(name);
     if (!k) {
       *error = "internal error: kernel " + name + " vanished in translation";
       return failure();
     }
-    addEntry(*mod, k);
+    entries.push_back(addEntry(*mod, k, prefix));
   }
+  if (!staticSymbol.empty())
+    addStaticTable(*mod, staticSymbol, *kernelNames, entries);
   if (llvm::verifyModule(*mod, &llvm::errs())) {
     *error = "internal error: generated LLVM IR does not verify";
     return failure();
@@ -241,6 +277,9 @@ tlc::llvmcpu::buildSharedObject(ModuleOp kernels, const CpuTarget &target,
     }
     pm.run(*mod);
   }
+
+  if (!staticSymbol.empty())
+    return std::string(object.data(), object.size());
 
   // Link with lld (in-process) through two temporary files.
   llvm::SmallString<128> objPath, soPath;

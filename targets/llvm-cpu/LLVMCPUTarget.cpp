@@ -207,7 +207,7 @@ public:
     pm.addPass(createLowerKernelsToLLVMPass());
   }
 
-  LogicalResult serialize(ModuleOp program, bool wantSource,
+  LogicalResult serialize(ModuleOp program, const SerializeOptions &options,
                           std::vector<ExecutableImage> *out,
                           std::string *error) const override {
     ModuleOp kernels;
@@ -220,16 +220,28 @@ public:
     }
     for (const CpuTarget &t : variants_) {
       ExecutableImage exe;
-      auto so = buildSharedObject(kernels, t, &exe.kernels,
-                                  wantSource ? &exe.source : nullptr, error);
-      if (failed(so))
+      bool isStatic = !options.staticPrefix.empty();
+      std::string symbol =
+          isStatic ? options.staticPrefix + "_" + std::to_string(out->size())
+                   : "";
+      auto code = buildSharedObject(kernels, t, &exe.kernels,
+                                    options.wantSource ? &exe.source : nullptr,
+                                    error, symbol);
+      if (failed(code))
         return failure();
-      exe.image = std::move(*so);
+      if (isStatic) {
+        exe.object = std::move(*code);
+        exe.image = symbol; // the runtime finds the registered table by it
+        exe.format = "static-library";
+        exe.fileExt = "o";
+      } else {
+        exe.image = std::move(*code);
+        exe.format = "elf-shared-object";
+        exe.fileExt = "so";
+      }
       exe.target = t.arch;
       exe.cpu = t.cpu;
       exe.needs = t.needs;
-      exe.format = "elf-shared-object";
-      exe.fileExt = "so";
       out->push_back(std::move(exe));
     }
     return success();

@@ -55,11 +55,14 @@ void registerLLVMCPUTargetBackend();
 /// the microkernel bitcode for the target, adds one uniform entry per
 /// kernel (`tlc_entry_<name>(void **bindings, const int64_t *scalars,
 /// int64_t begin, int64_t end)`), optimizes, emits an object and links it
-/// with lld. `llvmIR`, when set, receives the optimized LLVM IR.
+/// with lld. `llvmIR`, when set, receives the optimized LLVM IR. With a
+/// `staticSymbol`, returns the relocatable object instead, whose entries
+/// are `<staticSymbol>_<name>` and whose table `<staticSymbol>` lists them
+/// (tlc_static_kernel_t, for tlc_static_library_register).
 mlir::FailureOr<std::string>
 buildSharedObject(mlir::ModuleOp kernels, const CpuTarget &target,
                   std::vector<std::string> *kernelNames, std::string *llvmIR,
-                  std::string *error);
+                  std::string *error, llvm::StringRef staticSymbol = {});
 
 } // namespace tlc::llvmcpu
 

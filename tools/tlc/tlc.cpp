@@ -70,6 +70,16 @@ int main(int argc, char **argv) {
       cl::desc("compile for a device profile (tlc devices lists them): sets "
                "the target, default threads and training memory budget"),
       cl::value_desc("NAME"), cl::cat(cat));
+  cl::opt<tlc::OutputFormat> outputFormat(
+      "output-format", cl::init(tlc::OutputFormat::Module),
+      cl::desc("what to write"),
+      cl::values(clEnumValN(tlc::OutputFormat::Module, "module",
+                            "a .tlm module with loadable executables"),
+                 clEnumValN(tlc::OutputFormat::StaticLib, "static-lib",
+                            "the module plus OUT.a and OUT.h: kernels linked "
+                            "into the app (platforms that forbid loading "
+                            "code)")),
+      cl::cat(cat));
   cl::opt<tlc::Phase> compileTo(
       "compile-to", cl::init(tlc::Phase::End),
       cl::desc("stop after a phase and print its IR"),
@@ -154,6 +164,7 @@ int main(int argc, char **argv) {
   o.output = output;
   o.target = target;
   o.device = device;
+  o.outputFormat = outputFormat;
   if (!o.device.empty() && target.getNumOccurrences()) {
     errs() << "tlc: error: give --device or --target, not both\n";
     return 1;

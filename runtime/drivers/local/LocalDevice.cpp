@@ -9,6 +9,8 @@
 #include "runtime/src/module_generated.h"
 
 #include <cstdlib>
+#include <map>
+#include <mutex>
 #include <cstring>
 #include <new>
 #include <time.h>
@@ -63,10 +65,31 @@ public:
 
 class LocalExecutable final : public Executable {
 public:
-  SharedObject code;
-  uint32_t count = 0;
-  uint32_t kernelCount() const override { return count; }
+  SharedObject code;              // loaded images
+  std::vector<KernelFn> kernels;  // in the module's kernel order
+  uint32_t kernelCount() const override { return (uint32_t)kernels.size(); }
 };
+
+/// Tables of statically linked executables, by symbol.
+struct StaticRegistry {
+  std::mutex mutex;
+  std::map<std::string, const tlc_static_kernel_t *> tables;
+  const tlc_static_kernel_t *find(const std::string &symbol) {
+    std::lock_guard<std::mutex> lock(mutex);
+    auto it = tables.find(symbol);
+    return it == tables.end() ? nullptr : it->second;
+  }
+};
+StaticRegistry &staticRegistry() {
+  static StaticRegistry registry;
+  return registry;
+}
+
+std::string staticSymbol(const fb::Executable &e) {
+  return e.image() ? std::string((const char *)e.image()->data(),
+                                 e.image()->size())
+                   : std::string();
+}
 
 struct RecordedDispatch {
   KernelFn fn;
@@ -80,12 +103,13 @@ class LocalCommandBuffer final : public CommandBuffer {
 public:
   explicit LocalCommandBuffer(LocalExecutable &exe) : exe_(exe) {}
   tlc_status_t dispatch(const DispatchDesc &d) override {
-    if (d.kernel >= exe_.count)
+    if (d.kernel >= exe_.kernelCount())
       return error("dispatch of kernel " + std::to_string(d.kernel) +
-                   " of an executable with " + std::to_string(exe_.count));
+                   " of an executable with " +
+                   std::to_string(exe_.kernelCount()));
     if (d.groupsY != 1 || d.groupsZ != 1)
       return error("the CPU driver runs 1-D grids only");
-    RecordedDispatch r{exe_.code.kernel(d.kernel), d.kernel, d.tokensFactor,
+    RecordedDispatch r{exe_.kernels[d.kernel], d.kernel, d.tokensFactor,
                        d.constant, {}, {}};
     for (size_t i = 0; i < d.bindings.size(); ++i) {
       const BufferRange &b = d.bindings[i];
@@ -203,10 +227,30 @@ public:
     std::vector<std::string> names;
     for (const auto *k : *def.kernels())
       names.push_back(k->str());
-    std::string why;
-    if (!exe->code.load(def.image()->data(), def.image()->size(), names, &why))
-      return error(why, TLC_STATUS_IO_ERROR);
-    exe->count = (uint32_t)names.size();
+    if (def.format() && def.format()->str() == "static-library") {
+      std::string symbol = staticSymbol(def);
+      const tlc_static_kernel_t *table = staticRegistry().find(symbol);
+      if (!table)
+        return error("static executable " + symbol + " is not registered",
+                     TLC_STATUS_NOT_FOUND);
+      for (const std::string &name : names) {
+        const tlc_static_kernel_t *k = table;
+        while (k->name && name != k->name)
+          ++k;
+        if (!k->name || !k->fn)
+          return error("static executable " + symbol + " lacks kernel " +
+                           name + " (the library is from another compile)",
+                       TLC_STATUS_INCOMPATIBLE);
+        exe->kernels.push_back((KernelFn)k->fn);
+      }
+    } else {
+      std::string why;
+      if (!exe->code.load(def.image()->data(), def.image()->size(), names,
+                          &why))
+        return error(why, TLC_STATUS_IO_ERROR);
+      for (size_t i = 0; i < names.size(); ++i)
+        exe->kernels.push_back(exe->code.kernel(i));
+    }
     *out = std::move(exe);
     return nullptr;
   }
@@ -237,9 +281,16 @@ public:
       *why = "none is built for " + std::string(hostTarget());
       return false;
     }
-    if (!e.format() || e.format()->str() != "elf-shared-object") {
-      *why = "executable format '" +
-             std::string(e.format() ? e.format()->c_str() : "") +
+    std::string format = e.format() ? e.format()->str() : "";
+    if (format == "static-library") {
+      if (!staticRegistry().find(staticSymbol(e))) {
+        *why = "its kernels are a static library (" + staticSymbol(e) +
+               ") that this program did not register: link the .a and call "
+               "the _register() function of the .h tlc wrote";
+        return false;
+      }
+    } else if (format != "elf-shared-object") {
+      *why = "executable format '" + format +
              "' is not loadable by the CPU driver";
       return false;
     }
@@ -267,3 +318,21 @@ std::vector<Driver *> &drivers() {
 }
 
 } // namespace tlc::hal
+
+extern "C" tlc_status_t
+tlc_static_library_register(const char *symbol,
+                            const tlc_static_kernel_t *kernels) {
+  if (!symbol || !kernels)
+    return tlc_status_create(TLC_STATUS_INVALID_ARGUMENT,
+                             "tlc_static_library_register: null argument");
+  auto &registry = tlc::hal::staticRegistry();
+  std::lock_guard<std::mutex> lock(registry.mutex);
+  auto [it, added] = registry.tables.emplace(symbol, kernels);
+  if (!added && it->second != kernels)
+    return tlc_status_create(
+        TLC_STATUS_INVALID_ARGUMENT,
+        ("static executable " + std::string(symbol) +
+         " is already registered with another table")
+            .c_str());
+  return nullptr;
+}

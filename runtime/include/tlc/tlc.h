@@ -53,6 +53,20 @@ TLC_API void tlc_status_free(tlc_status_t status);
 TLC_API tlc_status_t tlc_status_create(tlc_status_code_t code,
                                        const char *message);
 
+/* Kernels linked into the app (tlc compile --output-format=static-lib, for
+ * platforms that forbid loading code): OUT.h declares each executable's
+ * table and a function registering them all. Register before loading the
+ * module; tables must stay valid for the life of the process. Registering
+ * a name twice with another table is TLC_STATUS_INVALID_ARGUMENT. */
+typedef void (*tlc_kernel_fn)(void **bindings, const int64_t *scalars,
+                              int64_t begin, int64_t end);
+typedef struct {
+  const char *name; /* NULL ends the table */
+  tlc_kernel_fn fn;
+} tlc_static_kernel_t;
+TLC_API tlc_status_t tlc_static_library_register(
+    const char *symbol, const tlc_static_kernel_t *kernels);
+
 /* Frees memory the runtime returned to the caller (token ids, text). */
 TLC_API void tlc_free(void *ptr);
 
