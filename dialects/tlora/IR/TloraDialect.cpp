@@ -1,6 +1,8 @@
 // The tlora dialect: registration, verifiers and folders.
 #include "dialects/tlora/IR/TloraDialect.h"
 
+#include "mlir/Interfaces/FunctionInterfaces.h"
+
 #include "mlir/Dialect/Arith/IR/Arith.h"
 #include "mlir/IR/Builders.h"
 #include "mlir/IR/DialectImplementation.h"
@@ -59,6 +61,27 @@ static LogicalResult verifySameRows(Operation *op, Type a, Type b) {
   int64_t rb = cast<RankedTensorType>(b).getDimSize(0);
   if (ra != rb)
     return op->emitOpError("token dimensions differ: ") << a << " vs " << b;
+  return success();
+}
+
+/// `types` all equal `want` (named for the message).
+static LogicalResult verifySameTypes(Operation *op, Type want,
+                                     ArrayRef<std::pair<Type, StringRef>> types,
+                                     StringRef wantName) {
+  for (auto [t, name] : types)
+    if (t != want)
+      return op->emitOpError() << name << " must have " << wantName
+                               << "'s type " << want << ", got " << t;
+  return success();
+}
+
+/// A [T] vector of `rows` entries (dynamic matches anything).
+static LogicalResult verifyPerToken(Operation *op, Type type, int64_t rows,
+                                    StringRef what) {
+  int64_t n = cast<RankedTensorType>(type).getDimSize(0);
+  if (!ShapedType::isDynamic(n) && !ShapedType::isDynamic(rows) && n != rows)
+    return op->emitOpError() << what << " must have " << rows
+                             << " entries (one per token), got " << type;
   return success();
 }
 
@@ -314,6 +337,163 @@ LogicalResult CrossEntropyOp::verify() {
   auto w = getWeight().getType();
   if (w.getRank() != 2 || w.getDimSize(1) != k)
     return emitOpError("weight must be [vocab x ") << k << "], got " << w;
+  int64_t rows = getInput().getType().getDimSize(0);
+  if (failed(verifyPerToken(*this, getLabels().getType(), rows, "labels")) ||
+      failed(verifyPerToken(*this, getLoss().getType(), rows, "loss")) ||
+      failed(verifyPerToken(*this, getLse().getType(), rows, "lse")))
+    return failure();
+  return success();
+}
+
+LogicalResult CausalAttentionGradOp::verify() {
+  int64_t dq, dk, heads;
+  if (failed(verifyActivation(*this, getQuery().getType(), "query", &dq)) ||
+      failed(verifyActivation(*this, getKey().getType(), "key", &dk)) ||
+      failed(verifyActivation(*this, getLse().getType(), "lse", &heads)))
+    return failure();
+  Type q = getQuery().getType(), k = getKey().getType();
+  if (failed(verifySameTypes(*this, q,
+                             {{getOutput().getType(), "output"},
+                              {getOutputGrad().getType(), "output_grad"},
+                              {getQueryGrad().getType(), "query_grad"}},
+                             "query")) ||
+      failed(verifySameTypes(*this, k,
+                             {{getValue().getType(), "value"},
+                              {getKeyGrad().getType(), "key_grad"},
+                              {getValueGrad().getType(), "value_grad"}},
+                             "key")) ||
+      failed(verifySameRows(*this, q, k)) ||
+      failed(verifySameRows(*this, q, getLse().getType())))
+    return failure();
+  int64_t hd = getHeadDim();
+  if (hd <= 0 || dq % hd || dk % hd || dq / hd != heads ||
+      (dq / hd) % (dk / hd))
+    return emitOpError("needs query [T x H*")
+           << hd << "], key/value [T x KVH*" << hd
+           << "] with KVH dividing H, lse [T x H]";
+  if (getSeqLen() <= 0)
+    return emitOpError("seq_len must be positive");
+  return success();
+}
+
+LogicalResult RMSNormGradOp::verify() {
+  int64_t d;
+  if (failed(verifyActivation(*this, getInput().getType(), "input", &d)) ||
+      failed(verifySameTypes(*this, getInput().getType(),
+                             {{getResultGrad().getType(), "result_grad"},
+                              {getInputGrad().getType(), "input_grad"}},
+                             "input")))
+    return failure();
+  auto w = getWeight().getType();
+  if (w.getRank() != 1 || w.getDimSize(0) != d)
+    return emitOpError("weight must be [") << d << "], got " << w;
+  return success();
+}
+
+LogicalResult LoraGradOp::verify() {
+  int64_t k, n;
+  if (failed(verifyActivation(*this, getInput().getType(), "input", &k)) ||
+      failed(verifyActivation(*this, getResultGrad().getType(), "result_grad",
+                              &n)) ||
+      failed(verifySameRows(*this, getInput().getType(),
+                            getResultGrad().getType())) ||
+      failed(verifySameTypes(*this, getInput().getType(),
+                             {{getInputGrad().getType(), "input_grad"}},
+                             "input")))
+    return failure();
+  auto a = getLoraA().getType(), b = getLoraB().getType();
+  if (a.getRank() != 2 || b.getRank() != 2 || a.getDimSize(1) != k ||
+      b.getDimSize(0) != n || b.getDimSize(1) != a.getDimSize(0))
+    return emitOpError("needs lora_A [r x ")
+           << k << "] and lora_B [" << n << " x r], got " << a << " and " << b;
+  auto ga = getLoraAGrad().getType(), gb = getLoraBGrad().getType();
+  if (ga.getShape() != a.getShape() || gb.getShape() != b.getShape())
+    return emitOpError("gradients must have the shapes of lora_A and lora_B");
+  return success();
+}
+
+LogicalResult SquaredReluMulGradOp::verify() {
+  int64_t d;
+  if (failed(verifyActivation(*this, getGate().getType(), "gate", &d)))
+    return failure();
+  return verifySameTypes(*this, getGate().getType(),
+                         {{getUp().getType(), "up"},
+                          {getResultGrad().getType(), "result_grad"},
+                          {getGateGrad().getType(), "gate_grad"},
+                          {getUpGrad().getType(), "up_grad"}},
+                         "gate");
+}
+
+LogicalResult CrossEntropyGradOp::verify() {
+  int64_t k;
+  if (failed(verifyActivation(*this, getInput().getType(), "input", &k)) ||
+      failed(verifySameTypes(*this, getInput().getType(),
+                             {{getInputGrad().getType(), "input_grad"}},
+                             "input")))
+    return failure();
+  auto w = getWeight().getType();
+  if (w.getRank() != 2 || w.getDimSize(1) != k)
+    return emitOpError("weight must be [vocab x ") << k << "], got " << w;
+  int64_t rows = getInput().getType().getDimSize(0);
+  if (failed(verifyPerToken(*this, getLabels().getType(), rows, "labels")) ||
+      failed(verifyPerToken(*this, getLse().getType(), rows, "lse")) ||
+      failed(verifyPerToken(*this, getLossGrad().getType(), rows,
+                            "loss_grad")))
+    return failure();
+  return success();
+}
+
+LogicalResult MeanLossOp::verify() {
+  int64_t rows = getLoss().getType().getDimSize(0);
+  if (failed(verifyPerToken(*this, getLabels().getType(), rows, "labels")))
+    return failure();
+  if (getType().getDimSize(0) != 1)
+    return emitOpError("result must be a tensor<1xf32>, got ") << getType();
+  return success();
+}
+
+LogicalResult MeanLossGradOp::verify() {
+  if (getResultGrad().getType().getDimSize(0) != 1)
+    return emitOpError("result_grad must be a tensor<1xf32>");
+  return verifyPerToken(*this, getLossGrad().getType(),
+                        getLabels().getType().getDimSize(0), "loss_grad");
+}
+
+LogicalResult AccumulateGradOp::verify() {
+  if (getGrad().getType().getRank() != 2 || getName().empty())
+    return emitOpError("needs a named 2-D gradient, got ")
+           << getGrad().getType();
+  return success();
+}
+
+/// A dispatch names a function of the `kernels` module whose buffer
+/// arguments (all but T, pos, rows, begin, end) match its operands and
+/// results, and has one binding per operand and result once planned.
+LogicalResult
+DispatchOp::verifySymbolUses(SymbolTableCollection &symbols) {
+  unsigned buffers = getNumOperands() + getNumResults();
+  if (auto b = getBindings(); b && b->size() != buffers)
+    return emitOpError("has ")
+           << b->size() << " bindings for " << buffers << " operands and results";
+  Operation *kernel = symbols.lookupNearestSymbolFrom(*this, getKernel());
+  if (!kernel) {
+    // Kernels live in a nested module that later phases may have lowered
+    // away from this view; only a missing module with the name is an error.
+    auto top = (*this)->getParentOfType<ModuleOp>();
+    for (auto m : top.getOps<ModuleOp>())
+      if (m.getSymName() == getKernel().getRootReference().getValue())
+        return emitOpError("names kernel ")
+               << getKernel() << ", which the kernels module lacks";
+    return success();
+  }
+  auto fn = dyn_cast<FunctionOpInterface>(kernel);
+  if (!fn)
+    return emitOpError("kernel ") << getKernel() << " is not a function";
+  unsigned args = fn.getNumArguments();
+  if (args < 5 || args - 5 != buffers)
+    return emitOpError("kernel ")
+           << getKernel() << " takes " << (args < 5 ? 0 : args - 5)
+           << " buffers, the dispatch passes " << buffers;
   return success();
 }
 

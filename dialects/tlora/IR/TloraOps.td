@@ -226,6 +226,7 @@ def Tlora_CausalAttentionGradOp : Tlora_Op<"causal_attention_grad", [Pure]> {
   let results = (outs Tlora_Activation:$queryGrad, Tlora_Activation:$keyGrad,
                  Tlora_Activation:$valueGrad);
   let assemblyFormat = "operands `head_dim` `(` $headDim `)` `seq_len` `(` $seqLen `)` `scale` `(` $scale `)` attr-dict `:` functional-type(operands, results)";
+  let hasVerifier = 1;
 }
 
 def Tlora_RMSNormGradOp : Tlora_Op<"rms_norm_grad", [Pure]> {
@@ -234,6 +235,7 @@ def Tlora_RMSNormGradOp : Tlora_Op<"rms_norm_grad", [Pure]> {
                    Tlora_Activation:$resultGrad, F32Attr:$epsilon);
   let results = (outs Tlora_Activation:$inputGrad);
   let assemblyFormat = "$input `,` $weight `,` $resultGrad `eps` `(` $epsilon `)` attr-dict `:` functional-type(operands, results)";
+  let hasVerifier = 1;
 }
 
 def Tlora_TernaryMatmulTransposedOp : Tlora_Op<"ternary_matmul_transposed", [Pure]> {
@@ -257,6 +259,7 @@ def Tlora_LoraGradOp : Tlora_Op<"lora_grad", [Pure]> {
                  RankedTensorOf<[F32]>:$loraAGrad,
                  RankedTensorOf<[F32]>:$loraBGrad);
   let assemblyFormat = "operands `scaling` `(` $scaling `)` attr-dict `:` functional-type(operands, results)";
+  let hasVerifier = 1;
 }
 
 def Tlora_SquaredReluMulGradOp : Tlora_Op<"squared_relu_mul_grad", [Pure]> {
@@ -265,6 +268,7 @@ def Tlora_SquaredReluMulGradOp : Tlora_Op<"squared_relu_mul_grad", [Pure]> {
                    Tlora_Activation:$resultGrad);
   let results = (outs Tlora_Activation:$gateGrad, Tlora_Activation:$upGrad);
   let assemblyFormat = "operands attr-dict `:` functional-type(operands, results)";
+  let hasVerifier = 1;
 }
 
 def Tlora_CrossEntropyOp : Tlora_Op<"cross_entropy", [Pure, Tlora_Differentiable]> {
@@ -288,6 +292,7 @@ def Tlora_CrossEntropyGradOp : Tlora_Op<"cross_entropy_grad", [Pure]> {
                    Tlora_PerToken:$lossGrad);
   let results = (outs Tlora_Activation:$inputGrad);
   let assemblyFormat = "operands attr-dict `:` functional-type(operands, results)";
+  let hasVerifier = 1;
 }
 
 def Tlora_MeanLossOp : Tlora_Op<"mean_loss", [Pure, Tlora_Differentiable]> {
@@ -295,6 +300,7 @@ def Tlora_MeanLossOp : Tlora_Op<"mean_loss", [Pure, Tlora_Differentiable]> {
   let arguments = (ins Tlora_PerToken:$loss, Tlora_Ids:$labels);
   let results = (outs Tlora_Scalar:$result);
   let assemblyFormat = "$loss `,` $labels attr-dict `:` functional-type(operands, results)";
+  let hasVerifier = 1;
 }
 
 def Tlora_MeanLossGradOp : Tlora_Op<"mean_loss_grad", [Pure]> {
@@ -302,12 +308,14 @@ def Tlora_MeanLossGradOp : Tlora_Op<"mean_loss_grad", [Pure]> {
   let arguments = (ins Tlora_Scalar:$resultGrad, Tlora_Ids:$labels);
   let results = (outs Tlora_PerToken:$lossGrad);
   let assemblyFormat = "$resultGrad `,` $labels attr-dict `:` functional-type(operands, results)";
+  let hasVerifier = 1;
 }
 
 def Tlora_AccumulateGradOp : Tlora_Op<"accumulate_grad", [MemoryEffects<[MemWrite]>]> {
   let summary = "adds a gradient into the named adapter's accumulator";
   let arguments = (ins RankedTensorOf<[F32]>:$grad, StrAttr:$name);
   let assemblyFormat = "$grad `into` $name attr-dict `:` qualified(type($grad))";
+  let hasVerifier = 1;
 }
 
 def Tlora_OptimizerStepOp : Tlora_Op<"optimizer_step", [MemoryEffects<[MemRead, MemWrite]>]> {
@@ -327,7 +335,8 @@ def Tlora_OptimizerStepOp : Tlora_Op<"optimizer_step", [MemoryEffects<[MemRead, 
 // Lowered form: dispatches of compiled kernels
 //===----------------------------------------------------------------------===//
 
-def Tlora_DispatchOp : Tlora_Op<"dispatch", [MemoryEffects<[MemRead, MemWrite]>]> {
+def Tlora_DispatchOp : Tlora_Op<"dispatch", [MemoryEffects<[MemRead, MemWrite]>,
+    DeclareOpInterfaceMethods<SymbolUserOpInterface>]> {
   let summary = "runs a compiled kernel over a workload split across threads";
   let description = [{
     `kernel` names a function of the `kernels` module. The runtime splits
