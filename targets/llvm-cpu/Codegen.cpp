@@ -2,6 +2,7 @@
 // LLVM IR linked with the microkernel bitcode -> optimized object -> shared
 // object linked in-process with lld.
 #include "targets/llvm-cpu/Passes.h"
+#include "targets/llvm-cpu/KernelTemplates.h"
 
 #include "mlir/Conversion/ArithToLLVM/ArithToLLVM.h"
 #include "mlir/Conversion/ControlFlowToLLVM/ControlFlowToLLVM.h"
@@ -76,8 +77,8 @@ struct LowerKernelsToLLVMPass
 } // namespace
 
 /// The microkernel bitcode of each ISA build (MicrokernelBitcode.inc).
-static llvm::StringRef microkernelBitcode(tlc::llvmcpu::MicrokernelIsa isa) {
-  using tlc::llvmcpu::MicrokernelIsa;
+using tlc::llvmcpu::MicrokernelIsa;
+static llvm::StringRef microkernelBitcode(MicrokernelIsa isa) {
 #define TLC_BITCODE(array) llvm::StringRef((const char *)array, sizeof array)
   switch (isa) {
   case MicrokernelIsa::Avx2:
@@ -105,6 +106,50 @@ loadMicrokernels(llvm::LLVMContext &ctx, const tlc::llvmcpu::CpuTarget &t) {
     return nullptr;
   }
   return std::move(*mod);
+}
+
+const std::string &tlc::llvmcpu::microkernelDeclarations() {
+  static const std::string decls = [] {
+    llvm::LLVMContext ctx;
+    auto buffer = llvm::MemoryBuffer::getMemBuffer(
+        microkernelBitcode(MicrokernelIsa::Avx2), "microkernels", false);
+    auto mod = llvm::parseBitcodeFile(buffer->getMemBufferRef(), ctx);
+    if (!mod) {
+      llvm::consumeError(mod.takeError());
+      return std::string("// internal error: unreadable microkernel bitcode\n");
+    }
+    std::string out;
+    for (llvm::Function &f : **mod) {
+      if (f.isDeclaration() || f.hasLocalLinkage() ||
+          !f.getName().starts_with("tlc_k_") ||
+          !f.getReturnType()->isVoidTy())
+        continue;
+      std::string types;
+      bool ok = true;
+      for (llvm::Type *t : f.getFunctionType()->params()) {
+        const char *mlir = t->isPointerTy()      ? "!llvm.ptr"
+                           : t->isIntegerTy(64)  ? "index"
+                           : t->isIntegerTy(32)  ? "i32"
+                           : t->isFloatTy()      ? "f32"
+                                                 : nullptr;
+        if (!mlir) {
+          ok = false; // not callable from the templates: not part of the ABI
+          break;
+        }
+        types += (types.empty() ? "" : ", ") + std::string(mlir);
+      }
+      if (ok)
+        out += "func.func private @" + f.getName().str() + "(" + types + ")\n";
+    }
+    return out;
+  }();
+  return decls;
+}
+
+const std::string &tlc::llvmcpu::kernelPrelude() {
+  static const std::string prelude =
+      microkernelDeclarations() + tlc::llvmcpu::kPreludeHelpers;
+  return prelude;
 }
 
 /// Adds `<prefix><kernel>(void **b, const int64_t *s, int64_t begin,

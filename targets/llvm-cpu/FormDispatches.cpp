@@ -239,8 +239,7 @@ int64_t bufferSize(Type type, int64_t tm) {
 /// then the scalars, then the work range.
 std::string cCallKernel(const std::string &name, const std::string &cfn,
                         ArrayRef<int64_t> bytes, ArrayRef<Scalar> scalars) {
-  std::string decl = "func.func private @" + cfn + "(", body, args, call,
-              types;
+  std::string body, args, call, types; // @cfn is declared by the prelude
   for (size_t i = 0; i < bytes.size(); ++i) {
     std::string m = llvm::formatv("memref<{0}xi8>", bytes[i]).str();
     args += llvm::formatv("%b{0}: {1}, ", i, m).str();
@@ -265,8 +264,7 @@ std::string cCallKernel(const std::string &name, const std::string &cfn,
     types += std::string(sc.type) + ", ";
   }
   types += "index, index";
-  decl += types + ")\n";
-  return decl + "func.func @" + name + "(" + args + kKernelScalars +
+  return "func.func @" + name + "(" + args + kKernelScalars +
          ") attributes {tlora.kernel} {\n" + body + "  func.call @" + cfn +
          "(" + call + "%begin, %end) : (" + types + ") -> ()\n  return\n}\n";
 }
@@ -340,7 +338,7 @@ struct FormDispatchesPass
             .str();
     if (!symbols.lookup(name) &&
         failed(parseInto(kernels, symbols,
-                         std::string(kPrelude) +
+                         kernelPrelude() +
                              fillTemplate(source, {{"NAME", name}}),
                          name, loc)))
       return failure();
@@ -601,7 +599,7 @@ struct FormDispatchesPass
       name += "_k" + std::to_string(K) + "_t" + std::to_string(tm);
       if (!symbols.lookup(name)) {
         std::string source =
-            std::string(kPrelude) +
+            kernelPrelude() +
             groupedTernaryKernel(name, tm, bufferBytes(input.getType(), tm), K,
                                  Ns);
         if (failed(parseInto(kernels, symbols, source, name, last->getLoc())))
@@ -677,7 +675,7 @@ struct FormDispatchesPass
     OpBuilder b = OpBuilder::atBlockEnd(top.getBody());
     auto kernels = ModuleOp::create(b, top.getLoc(), StringRef("kernels"));
     OwningOpRef<ModuleOp> prelude =
-        parseSourceString<ModuleOp>(tlc::llvmcpu::kPrelude, &getContext());
+        parseSourceString<ModuleOp>(kernelPrelude(), &getContext());
     if (!prelude)
       return nullptr;
     for (Operation &op : llvm::make_early_inc_range(*prelude->getBody()))
@@ -690,7 +688,7 @@ struct FormDispatchesPass
     if (symbols.lookup(spec.name))
       return success();
     return parseInto(kernels, symbols,
-                     std::string(kPrelude) + fillTemplate(spec.tmpl, spec.vars),
+                     kernelPrelude() + fillTemplate(spec.tmpl, spec.vars),
                      spec.name, loc);
   }
 

@@ -11,20 +11,9 @@
 
 namespace tlc::llvmcpu {
 
-/// Declarations every kernel module holds once: the C microkernels and the
-/// widening helpers for float parameters.
-inline constexpr const char *kPrelude = R"mlir(
-func.func private @tlc_k_quantize(!llvm.ptr, !llvm.ptr, index, index, index, index)
-func.func private @tlc_k_ternary_matmul(!llvm.ptr, !llvm.ptr, !llvm.ptr, index, index, index, index, index, index)
-func.func private @tlc_k_dense_bf16(!llvm.ptr, !llvm.ptr, !llvm.ptr, index, index, index, index, index, index, index)
-func.func private @tlc_k_ternary_matmul_group2(!llvm.ptr, !llvm.ptr, !llvm.ptr, !llvm.ptr, !llvm.ptr, index, index, index, index, index, index, index)
-func.func private @tlc_k_ternary_matmul_group3(!llvm.ptr, !llvm.ptr, !llvm.ptr, !llvm.ptr, !llvm.ptr, !llvm.ptr, !llvm.ptr, index, index, index, index, index, index, index, index)
-func.func private @tlc_k_lora_f32(!llvm.ptr, !llvm.ptr, !llvm.ptr, !llvm.ptr, index, index, index, index, f32, index, index)
-func.func private @tlc_k_lora_bf16(!llvm.ptr, !llvm.ptr, !llvm.ptr, !llvm.ptr, index, index, index, index, f32, index, index)
-func.func private @tlc_k_attention(!llvm.ptr, !llvm.ptr, !llvm.ptr, !llvm.ptr, index, index, index, index, f32, index, index, index)
-func.func private @tlc_k_dense_q6(!llvm.ptr, !llvm.ptr, !llvm.ptr, index, index, index, index, index, index, index)
-func.func private @tlc_k_dense_i8(!llvm.ptr, !llvm.ptr, !llvm.ptr, index, index, index, index, index, index, index)
-func.func private @tlc_k_dense_f32(!llvm.ptr, !llvm.ptr, !llvm.ptr, index, index, index, index, index, index, index)
+/// Helpers every kernel module holds once (the C microkernels' declarations
+/// come from their compiled definitions: microkernelDeclarations()).
+inline constexpr const char *kPreludeHelpers = R"mlir(
 func.func private @ptr(%i: index) -> !llvm.ptr attributes {llvm.linkage = #llvm.linkage<internal>} {
   %a = arith.index_cast %i : index to i64
   %p = llvm.inttoptr %a : i64 to !llvm.ptr
