@@ -9,7 +9,7 @@
  * Build one binary per ISA variant of ternary.c:
  *   clang-22 -O3 -std=c11 -march=x86-64-v4 -mavx512vnni -mavx512bw -mavx512vl \
  *     -mavx512bf16 -Itargets/llvm-cpu/kernels bench/kernels/bench_ternary.c \
- *     targets/llvm-cpu/kernels/ternary.c -lpthread -o /tmp/bench_ternary_avx512
+ *     targets/llvm-cpu/kernels/ternary*.c -lpthread -o /tmp/bench_ternary_avx512
  *   (AVX2: -mavx2 -mfma -mf16c instead of the -march/-mavx512* flags)
  * Usage: bench_ternary [filter]   (filter: substring of the case name, e.g. gemv)
  */

@@ -30,6 +30,10 @@
 #define TLC_ISA_SCALAR 1
 #endif
 
+#if defined(TLC_ISA_AVX512) || defined(TLC_ISA_AVX2)
+#include <immintrin.h>
+#endif
+
 #if defined(TLC_ISA_NEON)
 #include <arm_neon.h>
 
