@@ -175,9 +175,9 @@ struct Driver {
         int64_t total;
         tlora::trainStateLayout(f, &total);
         m.state = 4 * tlora::trainStateElements(total, opts.train->optimizer);
-        if (auto a = f->getAttrOfType<IntegerAttr>("tlora.arena_size"))
+        if (auto a = f->getAttrOfType<IntegerAttr>(mlir::tlora::attr::kArenaSize))
           m.arena = a.getInt();
-        m.recompute = f->hasAttr("tlora.recompute");
+        m.recompute = f->hasAttr(mlir::tlora::attr::kRecompute);
       }
     return m;
   }
@@ -196,7 +196,7 @@ struct Driver {
       return true;
     for (auto f : module.getOps<func::FuncOp>())
       if (f.getName() == "train_step")
-        f->setAttr("tlora.recompute", UnitAttr::get(&ctx));
+        f->setAttr(mlir::tlora::attr::kRecompute, UnitAttr::get(&ctx));
     return true;
   }
 
@@ -343,7 +343,7 @@ struct Driver {
       }
       CompiledTarget target;
       target.program = *program;
-      target.ternary = &backend->ternaryEncoding();
+      target.backend = backend.get();
       {
         std::string phase = "codegen " + backend->spec();
         TimingScope t = root.nest(phase);

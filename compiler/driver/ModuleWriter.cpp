@@ -9,7 +9,6 @@
 #include "dialects/tlora/Transforms/Passes.h"
 #include "runtime/drivers/local/SharedObject.h"
 #include "runtime/src/module_generated.h"
-#include "targets/llvm-cpu/kernels/ternary.h"
 
 #include "mlir/Dialect/Func/IR/FuncOps.h"
 #include "llvm/ADT/StringMap.h"
@@ -28,6 +27,19 @@ using namespace mlir::tlora;
 
 namespace tlc {
 
+#define TLC_SAME_SPACE(name)                                                   \
+  static_assert((int)mlir::tlora::Space::name == (int)fb::Space_##name,       \
+                "the dialect's Space enum mirrors the module schema's")
+TLC_SAME_SPACE(Arena);
+TLC_SAME_SPACE(Param);
+TLC_SAME_SPACE(KV);
+TLC_SAME_SPACE(Input);
+TLC_SAME_SPACE(Output);
+TLC_SAME_SPACE(State);
+TLC_SAME_SPACE(Hyper);
+TLC_SAME_SPACE(Labels);
+#undef TLC_SAME_SPACE
+
 constexpr uint32_t kModuleVersion = 2;
 constexpr uint64_t kParamAlign = 64, kDataAlign = 4096;
 
@@ -39,6 +51,7 @@ struct ParamEntry {
   bool ternary;
   std::string dtype;
   const TernaryEncoding *encoding; // ternary only
+  const MatrixEncoding *matrix;    // quantized float dtypes only
   std::vector<int64_t> shape;
   uint64_t offset, size;
 };
@@ -91,6 +104,19 @@ private:
 };
 } // namespace
 
+/// The dedup key of a float parameter: name, dtype and the backend's
+/// encoding of that dtype (none for bf16/f32).
+static std::string floatKey(StringRef name, WeightOp w,
+                            const TargetBackend &backend) {
+  Type et = w.getType().getElementType();
+  std::string dtype = et.isInteger(6)   ? "q6"
+                      : et.isInteger(8) ? "i8"
+                      : et.isBF16()     ? "bf16"
+                                        : "f32";
+  const MatrixEncoding *m = backend.matrixEncoding(dtype);
+  return name.str() + "#" + dtype + (m ? "#" + m->name : "");
+}
+
 /// The entry points of one executable: its program's dispatch lists, with
 /// kernels indexed into the executable and parameters into the module.
 static std::optional<std::vector<flatbuffers::Offset<fb::EntryPoint>>>
@@ -106,8 +132,8 @@ buildEntryPoints(flatbuffers::FlatBufferBuilder &fbb,
   std::vector<flatbuffers::Offset<EntryPoint>> entries;
   ModuleOp program = target.program;
   for (auto func : program.getOps<func::FuncOp>()) {
-    auto maxTokens = func->getAttrOfType<IntegerAttr>("tlora.max_tokens");
-    auto arena = func->getAttrOfType<IntegerAttr>("tlora.arena_size");
+    auto maxTokens = func->getAttrOfType<IntegerAttr>(mlir::tlora::attr::kMaxTokens);
+    auto arena = func->getAttrOfType<IntegerAttr>(mlir::tlora::attr::kArenaSize);
     if (!maxTokens)
       continue;
     if (!arena) {
@@ -129,44 +155,28 @@ buildEntryPoints(flatbuffers::FlatBufferBuilder &fbb,
                              ? d.getOperand(operandIndex).getDefiningOp()
                              : nullptr;
         ++operandIndex;
-        Space space = Space_Arena;
+        tlc::fb::Space space;
         uint64_t offset = s.getOffset();
         int index = -1;
-        StringRef sp = s.getSpace();
-        if (sp == "param") {
-          space = Space_Param;
+        // The dialect's Space enum mirrors the schema's (static_asserts).
+        space = (tlc::fb::Space)s.getSpace();
+        if (s.getSpace() == mlir::tlora::Space::Param) {
           std::string name = s.getName().getValue().str();
-          std::string key = name + "#t2#" + target.ternary->name;
-          if (auto w = dyn_cast_or_null<WeightOp>(def)) {
-            Type et = w.getType().getElementType();
-            key = name + "#" +
-                  (et.isInteger(6)   ? "q6"
-                   : et.isInteger(8) ? "i8"
-                   : et.isBF16()     ? "bf16"
-                                     : "f32");
-          }
+          std::string key = name + "#t2#" +
+                            target.backend->ternaryEncoding().name;
+          if (auto w = dyn_cast_or_null<WeightOp>(def))
+            key = floatKey(name, w, *target.backend);
           auto p = paramIndex.find(key);
           if (p == paramIndex.end()) {
             *error = "internal error: unplanned parameter " + key;
             return std::nullopt;
           }
           index = p->second;
-        } else if (sp == "kv") {
-          space = Space_KV;
+        } else if (s.getSpace() == mlir::tlora::Space::KV) {
           offset = kvOffset.lookup(s.getName().getValue());
-        } else if (sp == "input") {
-          space = Space_Input;
-        } else if (sp == "output") {
-          space = Space_Output;
-        } else if (sp == "state") {
-          space = Space_State;
-        } else if (sp == "hyper") {
-          space = Space_Hyper;
-        } else if (sp == "labels") {
-          space = Space_Labels;
         }
         uint64_t size = s.getSize();
-        if (space == Space_Param)
+        if (space == tlc::fb::Space_Param)
           size = params[index].size;
         bindings.push_back(CreateBinding(fbb, space, offset, size, index));
       }
@@ -211,29 +221,30 @@ bool writeModule(const ModuleContents &c, const std::string &path,
       if (auto w = dyn_cast<WeightOp>(op)) {
         auto t = w.getType();
         std::string dtype = floatDtype(w);
+        const MatrixEncoding *matrix = target.backend->matrixEncoding(dtype);
         e = {w.getName().str(),
              false,
              dtype,
              nullptr,
+             matrix,
              std::vector<int64_t>(t.getShape().begin(), t.getShape().end()),
              0,
              (uint64_t)(t.getNumElements() * t.getElementTypeBitWidth() / 8)};
-        if (dtype == "i8") // per-row float scales follow the int8 matrix
-          e.size += 4 * (uint64_t)t.getShape()[0];
-        if (dtype == "q6")
-          e.size = tlc_q6_packed_size(t.getShape()[0], t.getShape()[1]);
-        key = e.name + "#" + dtype;
+        if (matrix)
+          e.size = (uint64_t)matrix->bytes(t.getShape()[0], t.getShape()[1]);
+        key = floatKey(e.name, w, *target.backend);
       } else if (auto w = dyn_cast<TernaryWeightOp>(op)) {
         auto t = w.getType();
         e = {w.getName().str(),
              true,
              "t2",
-             target.ternary,
+             &target.backend->ternaryEncoding(),
+             nullptr,
              {t.getOutFeatures(), t.getInFeatures()},
              0,
-             (uint64_t)target.ternary->bytes(t.getOutFeatures(),
-                                             t.getInFeatures())};
-        key = ternaryKey(e.name, target.ternary);
+             (uint64_t)target.backend->ternaryEncoding().bytes(
+                 t.getOutFeatures(), t.getInFeatures())};
+        key = ternaryKey(e.name, &target.backend->ternaryEncoding());
       } else {
         return;
       }
@@ -294,7 +305,9 @@ bool writeModule(const ModuleContents &c, const std::string &path,
                           p.ternary ? ParamKind_Ternary : ParamKind_Float,
                           fbb.CreateString(p.dtype), fbb.CreateVector(p.shape),
                           p.offset, p.size,
-                          p.encoding ? fbb.CreateString(p.encoding->name) : 0));
+                          p.encoding ? fbb.CreateString(p.encoding->name)
+                          : p.matrix ? fbb.CreateString(p.matrix->name)
+                                     : 0));
     flatbuffers::Offset<fb::Tokenizer> tok = 0;
     if (c.tokenizer) {
       std::vector<int32_t> merges;
@@ -418,25 +431,11 @@ bool writeModule(const ModuleContents &c, const std::string &path,
       }
       if (p.dtype == "bf16") {
         std::memcpy(buffer.data(), t->data, p.size);
-      } else if (p.dtype == "q6") {
-        std::vector<float> rows(t->numel());
+      } else if (p.matrix) { // the backend's quantized encoding
+        std::vector<float> values(t->numel());
         for (int64_t i = 0, n = t->numel(); i < n; ++i)
-          rows[i] = t->at(i);
-        tlc_q6_pack(rows.data(), p.shape[0], p.shape[1], buffer.data());
-      } else if (p.dtype == "i8") {
-        // Per-row symmetric int8: scale = max|row| / 127.
-        int64_t rows = p.shape[0], cols = p.shape[1];
-        float *scales = (float *)(buffer.data() + rows * cols);
-        for (int64_t r = 0; r < rows; ++r) {
-          float amax = 0.0f;
-          for (int64_t c = 0; c < cols; ++c)
-            amax = std::max(amax, std::fabs(t->at(r * cols + c)));
-          float scale = amax > 0.0f ? amax / 127.0f : 1.0f;
-          for (int64_t c = 0; c < cols; ++c)
-            buffer[r * cols + c] =
-                (uint8_t)(int8_t)std::nearbyint(t->at(r * cols + c) / scale);
-          scales[r] = scale;
-        }
+          values[i] = t->at(i);
+        p.matrix->pack(values.data(), p.shape[0], p.shape[1], buffer.data());
       } else {
         for (int64_t i = 0, n = t->numel(); i < n; ++i) {
           float v = t->at(i);

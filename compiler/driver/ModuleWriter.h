@@ -20,7 +20,7 @@ namespace tlc {
 /// with dispatch lists and memory plan) and its executables.
 struct CompiledTarget {
   mlir::ModuleOp program;
-  const TernaryEncoding *ternary = nullptr;
+  const TargetBackend *backend = nullptr; // its parameter encodings
   std::vector<ExecutableImage> executables;
 };
 

@@ -227,12 +227,15 @@ private:
               : b.getFunctionType({ids, b.getIndexType(), b.getIndexType()},
                                   {act(V)});
     auto fn = func::FuncOp::create(b, loc(), name, fnType);
-    fn->setAttr("tlora.max_tokens", b.getI64IntegerAttr(maxTokens));
+    fn->setAttr(mlir::tlora::attr::kMaxTokens, b.getI64IntegerAttr(maxTokens));
     if (train) {
-      fn->setAttr("tlora.optimizer", b.getStringAttr(train->optimizer));
+      fn->setAttr(mlir::tlora::attr::kOptimizer,
+                  mlir::tlora::OptimizerAttr::get(
+                      ctx, mlir::tlora::symbolizeOptimizer(train->optimizer)
+                               .value_or(mlir::tlora::Optimizer::AdamW)));
       if (train->recompute)
-        fn->setAttr("tlora.recompute", b.getUnitAttr());
-      fn->setAttr("tlora.seq_len", b.getI64IntegerAttr(train->seqLen));
+        fn->setAttr(mlir::tlora::attr::kRecompute, b.getUnitAttr());
+      fn->setAttr(mlir::tlora::attr::kSeqLen, b.getI64IntegerAttr(train->seqLen));
     }
     OpBuilder::InsertionGuard guard(b);
     b.setInsertionPointToStart(fn.addEntryBlock());
@@ -259,7 +262,7 @@ private:
           return;
         auto it = before ? std::next(before->getIterator()) : block->begin();
         for (; it != block->end(); ++it)
-          it->setAttr("tlora.layer", b.getI64IntegerAttr(l));
+          it->setAttr(mlir::tlora::attr::kLayer, b.getI64IntegerAttr(l));
       });
       std::string p = "model.layers." + std::to_string(l) + ".";
       Value h = norm(x, p + "input_layernorm.weight", D);

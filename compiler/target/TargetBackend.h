@@ -30,6 +30,15 @@ struct TernaryEncoding {
                float gamma, uint8_t *out);
 };
 
+/// How a backend stores a quantized float matrix (the LM head's "q6" and
+/// "i8" dtypes): its size and its packer from row-major floats.
+struct MatrixEncoding {
+  std::string name; // e.g. "q6-rows64"
+  int64_t (*bytes)(int64_t rows, int64_t cols);
+  /// Writes the encoded matrix into `out` (bytes(rows, cols), zeroed).
+  void (*pack)(const float *values, int64_t rows, int64_t cols, uint8_t *out);
+};
+
 /// One serialized executable: code for one target variant.
 struct ExecutableImage {
   std::string target;             // runtime driver key: "x86_64", "aarch64"
@@ -57,6 +66,9 @@ public:
   /// The --target spelling this backend was created from ("aarch64").
   virtual std::string spec() const = 0;
   virtual const TernaryEncoding &ternaryEncoding() const = 0;
+  /// The encoding of a quantized float dtype ("q6", "i8"), or null when the
+  /// backend has none (bf16 and f32 are stored as they are).
+  virtual const MatrixEncoding *matrixEncoding(llvm::StringRef dtype) const = 0;
   /// tlora IR -> dispatches of this backend's kernels with planned memory
   /// (the "lowered" phase).
   virtual void buildLoweringPipeline(mlir::OpPassManager &pm) const = 0;

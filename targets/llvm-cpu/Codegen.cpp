@@ -222,7 +222,7 @@ tlc::llvmcpu::buildSharedObject(ModuleOp kernels, const CpuTarget &target,
   // Kernel names before translation (the tlora.kernel marker is dropped).
   kernelNames->clear();
   for (auto fn : kernels.getOps<LLVM::LLVMFuncOp>())
-    if (fn->hasAttr("tlora.kernel"))
+    if (fn->hasAttr(mlir::tlora::attr::kKernel))
       kernelNames->push_back(fn.getName().str());
 
   llvm::LLVMContext ctx;

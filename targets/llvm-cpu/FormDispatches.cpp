@@ -494,13 +494,14 @@ struct FormDispatchesPass
       auto func = op->getParentOfType<func::FuncOp>();
       int64_t total;
       trainStateLayout(func, &total);
-      int64_t n = trainStateElements(total, o.getKind());
+      StringRef kind = stringifyOptimizer(o.getKind());
+      int64_t n = trainStateElements(total, kind);
       Value state = TrainStateOp::create(
           b, loc, RankedTensorType::get({n}, b.getF32Type()));
       if (failed(call("tlc_k_grad_norm", {state, o.getHyper()}, {},
                       {idx(total)}, 0, 1)))
         return failure();
-      return replace(call("tlc_k_" + o.getKind().str(),
+      return replace(call("tlc_k_" + kind.str(),
                           {state, o.getHyper()}, {}, {idx(total)}, 0,
                           units(total, 1024)));
     }
@@ -627,7 +628,7 @@ struct FormDispatchesPass
       return signalPassFailure();
     SymbolTable symbols(kernels);
     for (auto func : top.getOps<func::FuncOp>()) {
-      auto maxTokens = func->getAttrOfType<IntegerAttr>("tlora.max_tokens");
+      auto maxTokens = func->getAttrOfType<IntegerAttr>(mlir::tlora::attr::kMaxTokens);
       if (!maxTokens)
         continue;
       if (failed(fuseLoraWithProducts(func, kernels, symbols,
@@ -635,7 +636,7 @@ struct FormDispatchesPass
           failed(
               groupTernaryProducts(func, kernels, symbols, maxTokens.getInt())))
         return signalPassFailure();
-      auto seqLen = func->getAttrOfType<IntegerAttr>("tlora.seq_len");
+      auto seqLen = func->getAttrOfType<IntegerAttr>(mlir::tlora::attr::kSeqLen);
       for (Operation &op : llvm::make_early_inc_range(func.getBody().front())) {
         if (isa<WeightOp, TernaryWeightOp, KVCacheOp, func::ReturnOp,
                 DispatchOp, TrainableOp, HyperOp, TrainStateOp, LossScaleOp,

@@ -14,6 +14,8 @@
 #include "llvm/TargetParser/Host.h"
 #include "llvm/TargetParser/Triple.h"
 
+#include <algorithm>
+#include <cmath>
 #include <cstring>
 
 using namespace mlir;
@@ -191,6 +193,34 @@ void t16x16Pack(const int8_t *codes, int64_t outFeatures, int64_t inFeatures,
 
 const TernaryEncoding kT16x16 = {"t2-t16x16", t16x16Bytes, t16x16Pack};
 
+/// The 6-bit LM head of kernels/head.c.
+int64_t q6Bytes(int64_t rows, int64_t cols) {
+  return (int64_t)tlc_q6_packed_size(rows, cols);
+}
+void q6Pack(const float *values, int64_t rows, int64_t cols, uint8_t *out) {
+  tlc_q6_pack(values, rows, cols, out);
+}
+
+/// Per-row symmetric int8 (scale = max|row| / 127), the float scales after
+/// the matrix (tlc_k_dense_i8).
+int64_t i8Bytes(int64_t rows, int64_t cols) { return rows * cols + 4 * rows; }
+void i8Pack(const float *values, int64_t rows, int64_t cols, uint8_t *out) {
+  float *scales = (float *)(out + rows * cols);
+  for (int64_t r = 0; r < rows; ++r) {
+    float amax = 0.0f;
+    for (int64_t c = 0; c < cols; ++c)
+      amax = std::max(amax, std::fabs(values[r * cols + c]));
+    float scale = amax > 0.0f ? amax / 127.0f : 1.0f;
+    for (int64_t c = 0; c < cols; ++c)
+      out[r * cols + c] =
+          (uint8_t)(int8_t)std::nearbyint(values[r * cols + c] / scale);
+    scales[r] = scale;
+  }
+}
+
+const MatrixEncoding kQ6 = {"q6-rows64", q6Bytes, q6Pack};
+const MatrixEncoding kI8 = {"i8-rowscale", i8Bytes, i8Pack};
+
 class LLVMCPUTargetBackend final : public tlc::TargetBackend {
 public:
   LLVMCPUTargetBackend(std::string spec, std::vector<CpuTarget> variants)
@@ -198,6 +228,9 @@ public:
 
   std::string spec() const override { return spec_; }
   const TernaryEncoding &ternaryEncoding() const override { return kT16x16; }
+  const MatrixEncoding *matrixEncoding(llvm::StringRef dtype) const override {
+    return dtype == "q6" ? &kQ6 : dtype == "i8" ? &kI8 : nullptr;
+  }
 
   void buildLoweringPipeline(OpPassManager &pm) const override {
     pm.addPass(createFormDispatchesPass());

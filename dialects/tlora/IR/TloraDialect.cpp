@@ -14,6 +14,7 @@ using namespace mlir;
 using namespace mlir::tlora;
 
 #include "dialects/tlora/IR/TloraDialect.cpp.inc"
+#include "dialects/tlora/IR/TloraEnums.cpp.inc"
 
 #define GET_TYPEDEF_CLASSES
 #include "dialects/tlora/IR/TloraTypes.cpp.inc"
@@ -497,8 +498,4 @@ DispatchOp::verifySymbolUses(SymbolTableCollection &symbols) {
   return success();
 }
 
-LogicalResult OptimizerStepOp::verify() {
-  if (getKind() != "adamw" && getKind() != "sgd")
-    return emitOpError("kind must be adamw or sgd, got ") << getKind();
-  return success();
-}
+

@@ -321,14 +321,14 @@ def Tlora_AccumulateGradOp : Tlora_Op<"accumulate_grad", [MemoryEffects<[MemWrit
 def Tlora_OptimizerStepOp : Tlora_Op<"optimizer_step", [MemoryEffects<[MemRead, MemWrite]>]> {
   let summary = "one optimizer update of every adapter from its accumulated gradient";
   let description = [{
-    `kind` is "adamw" (bias correction, decoupled weight decay) or "sgd".
+    `kind` is adamw (bias correction, decoupled weight decay) or sgd.
     Hyper-parameters come from the hyper block; the update is skipped while
     gradients accumulate (apply = 0). Clips by the global gradient norm
     when max_grad_norm > 0. Zeroes the accumulators.
   }];
-  let arguments = (ins StaticShapeTensorOf<[F32]>:$hyper, StrAttr:$kind);
+  let arguments = (ins StaticShapeTensorOf<[F32]>:$hyper,
+                   Tlora_OptimizerAttr:$kind);
   let assemblyFormat = "$kind `,` $hyper attr-dict `:` qualified(type($hyper))";
-  let hasVerifier = 1;
 }
 
 //===----------------------------------------------------------------------===//

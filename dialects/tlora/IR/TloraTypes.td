@@ -3,6 +3,21 @@
 #define TLORA_TYPES_TD
 
 include "dialects/tlora/IR/TloraBase.td"
+include "mlir/IR/EnumAttr.td"
+
+def Tlora_Space : I32EnumAttr<"Space", "where a dispatch buffer lives", [
+    I32EnumAttrCase<"Arena", 0, "arena">,   // scratch, offset planned here
+    I32EnumAttrCase<"Param", 1, "param">,   // a module parameter (`name` set)
+    I32EnumAttrCase<"KV", 2, "kv">,         // the session's KV cache
+    I32EnumAttrCase<"Input", 3, "input">,   // the call's token ids
+    I32EnumAttrCase<"Output", 4, "output">, // the call's logits or loss
+    I32EnumAttrCase<"State", 5, "state">,   // the training state
+    I32EnumAttrCase<"Hyper", 6, "hyper">,   // the step's hyper-parameter block
+    I32EnumAttrCase<"Labels", 7, "labels">  // train_step's labels
+  ]> {
+  let cppNamespace = "::mlir::tlora";
+  let genSpecializedAttr = 0;
+}
 
 def Tlora_TernaryType : Tlora_Type<"Ternary", "ternary"> {
   let summary = "a frozen ternary weight matrix W_t in {-1,0,+1}^(out x in)";
@@ -31,14 +46,26 @@ def Tlora_KVCacheType : Tlora_Type<"KVCache", "kv_cache"> {
   let assemblyFormat = "`<` struct(params) `>`";
 }
 
+def Tlora_Optimizer : I32EnumAttr<"Optimizer", "the update of a training step", [
+    I32EnumAttrCase<"AdamW", 0, "adamw">, // bias correction, decoupled decay
+    I32EnumAttrCase<"SGD", 1, "sgd">
+  ]> {
+  let cppNamespace = "::mlir::tlora";
+  let genSpecializedAttr = 0;
+}
+def Tlora_OptimizerAttr : EnumAttr<Tlora_Dialect, Tlora_Optimizer, "optimizer"> {
+  let assemblyFormat = "`<` $value `>`";
+}
+
 def Tlora_SlotAttr : Tlora_Attr<"Slot", "slot"> {
   let summary = "where a dispatch operand lives: a memory space, an offset and a size";
   let description = [{
-    Spaces: "arena" (the session's scratch, offset planned by the compiler),
-    "param" (a module parameter, `name` set), "kv" (the session's KV cache),
-    "input" and "output" (the entry point's I/O buffers).
+    Spaces (the `Space` enum, mirrored by the module schema's Space): arena
+    (the session's scratch, offset planned by the compiler), param (a module
+    parameter, `name` set), kv (the session's KV cache), input and output
+    (the call's buffers), state, hyper and labels (training).
   }];
-  let parameters = (ins StringRefParameter<>:$space, "int64_t":$offset,
+  let parameters = (ins EnumParameter<Tlora_Space>:$space, "int64_t":$offset,
                     "int64_t":$size, OptionalParameter<"StringAttr">:$name);
   let assemblyFormat = "`<` struct(params) `>`";
 }

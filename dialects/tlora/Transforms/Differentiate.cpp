@@ -43,12 +43,12 @@ struct DifferentiatePass
     : mlir::tlora::impl::DifferentiatePassBase<DifferentiatePass> {
   void runOnOperation() override {
     for (auto func : getOperation().getOps<func::FuncOp>())
-      if (auto kind = func->getAttrOfType<StringAttr>("tlora.optimizer"))
+      if (auto kind = func->getAttrOfType<OptimizerAttr>(mlir::tlora::attr::kOptimizer))
         if (failed(differentiate(func, kind)))
           return signalPassFailure();
   }
 
-  LogicalResult differentiate(func::FuncOp func, StringAttr kind) {
+  LogicalResult differentiate(func::FuncOp func, OptimizerAttr kind) {
     Block &body = func.getBody().front();
     Operation *ret = body.getTerminator();
     if (ret->getNumOperands() < 1)
@@ -89,11 +89,11 @@ struct DifferentiatePass
     // cloned and the adjoint rules read the clones, so the forward values
     // of the layer die after their forward use; only each layer's input
     // (the residual stream) stays live.
-    bool recompute = func->hasAttr("tlora.recompute");
+    bool recompute = func->hasAttr(mlir::tlora::attr::kRecompute);
     llvm::DenseMap<Operation *, Operation *> clones;
     std::optional<int64_t> clonedLayer;
     auto layerOf = [](Operation *op) -> std::optional<int64_t> {
-      if (auto l = op->getAttrOfType<IntegerAttr>("tlora.layer"))
+      if (auto l = op->getAttrOfType<IntegerAttr>(mlir::tlora::attr::kLayer))
         return l.getInt();
       return std::nullopt;
     };
@@ -102,7 +102,7 @@ struct DifferentiatePass
       for (Operation *op : forward)
         if (layerOf(op) == layer && !isa<TrainableOp>(op)) {
           Operation *c = b.clone(*op, map);
-          c->setAttr("tlora.recomputed", b.getUnitAttr());
+          c->setAttr(mlir::tlora::attr::kRecomputed, b.getUnitAttr());
           clones[op] = c;
         }
     };
@@ -145,7 +145,7 @@ struct DifferentiatePass
         }
     if (!anyGrad)
       return func.emitOpError("no adapter receives a gradient");
-    OptimizerStepOp::create(b, loc, hyper, kind);
+    OptimizerStepOp::create(b, loc, hyper, kind.getValue());
     return success();
   }
 };

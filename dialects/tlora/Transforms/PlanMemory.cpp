@@ -89,14 +89,14 @@ private:
 struct PlanMemoryPass : mlir::tlora::impl::PlanMemoryPassBase<PlanMemoryPass> {
   void runOnOperation() override {
     for (auto func : getOperation().getOps<func::FuncOp>())
-      if (func->hasAttr("tlora.max_tokens") && failed(plan(func)))
+      if (func->hasAttr(mlir::tlora::attr::kMaxTokens) && failed(plan(func)))
         return signalPassFailure();
   }
 
   LogicalResult plan(func::FuncOp func) {
     MLIRContext *ctx = &getContext();
     int64_t maxTokens =
-        cast<IntegerAttr>(func->getAttr("tlora.max_tokens")).getInt();
+        cast<IntegerAttr>(func->getAttr(mlir::tlora::attr::kMaxTokens)).getInt();
     Block &body = func.getBody().front();
 
     // Last use of every value, by dispatch position.
@@ -111,7 +111,7 @@ struct PlanMemoryPass : mlir::tlora::impl::PlanMemoryPassBase<PlanMemoryPass> {
     llvm::StringMap<int64_t> stateOffset;
     for (const StateTensor &t : trainStateLayout(func, &adapterElements))
       stateOffset[t.name] = 4 * t.offset;
-    bool training = func->hasAttr("tlora.optimizer");
+    bool training = func->hasAttr(mlir::tlora::attr::kOptimizer);
     ArenaAllocator arena;
     llvm::DenseMap<Value, SlotAttr> slots;
     llvm::DenseSet<Value> freed;
@@ -122,31 +122,31 @@ struct PlanMemoryPass : mlir::tlora::impl::PlanMemoryPassBase<PlanMemoryPass> {
       int64_t bytes = bufferBytes(v.getType(), maxTokens);
       SlotAttr s;
       if (auto w = dyn_cast_or_null<WeightOp>(def))
-        s = SlotAttr::get(ctx, "param", 0, bytes, w.getNameAttr());
+        s = SlotAttr::get(ctx, Space::Param, 0, bytes, w.getNameAttr());
       else if (auto t = dyn_cast_or_null<TernaryWeightOp>(def))
-        s = SlotAttr::get(ctx, "param", 0, 0, t.getNameAttr());
+        s = SlotAttr::get(ctx, Space::Param, 0, 0, t.getNameAttr());
       else if (auto c = dyn_cast_or_null<KVCacheOp>(def))
-        s = SlotAttr::get(ctx, "kv", 0, 0, c.getNameAttr());
+        s = SlotAttr::get(ctx, Space::KV, 0, 0, c.getNameAttr());
       else if (auto t = dyn_cast_or_null<TrainableOp>(def))
-        s = SlotAttr::get(ctx, "state",
+        s = SlotAttr::get(ctx, Space::State,
                           stateOffset.lookup(t.getName()) +
                               (t.getGradient() ? 4 * adapterElements : 0),
                           bytes, t.getNameAttr());
       else if (isa_and_nonnull<TrainStateOp>(def))
-        s = SlotAttr::get(ctx, "state", 0, bytes, {});
+        s = SlotAttr::get(ctx, Space::State, 0, bytes, {});
       else if (isa_and_nonnull<HyperOp>(def))
-        s = SlotAttr::get(ctx, "hyper", 0, bytes, {});
+        s = SlotAttr::get(ctx, Space::Hyper, 0, bytes, {});
       else if (isa_and_nonnull<LossScaleOp>(def)) // tlc_train_hyper_t
-        s = SlotAttr::get(ctx, "hyper", 24, bytes, {});
+        s = SlotAttr::get(ctx, Space::Hyper, 24, bytes, {});
       else if (auto arg = dyn_cast<BlockArgument>(v))
         s = SlotAttr::get(ctx,
-                          training && arg.getArgNumber() == 1 ? "labels"
-                                                              : "input",
+                          training && arg.getArgNumber() == 1 ? Space::Labels
+                                                              : Space::Input,
                           0, bytes, {});
       else if (v == returned)
-        s = SlotAttr::get(ctx, "output", 0, bytes, {});
+        s = SlotAttr::get(ctx, Space::Output, 0, bytes, {});
       else
-        s = SlotAttr::get(ctx, "arena", arena.allocate(bytes), bytes, {});
+        s = SlotAttr::get(ctx, Space::Arena, arena.allocate(bytes), bytes, {});
       slots[v] = s;
       return s;
     };
@@ -171,7 +171,7 @@ struct PlanMemoryPass : mlir::tlora::impl::PlanMemoryPassBase<PlanMemoryPass> {
       // that nobody reads are freed right away.
       auto freeIfDead = [&](Value v, Operation *at) {
         SlotAttr s = slots.lookup(v);
-        if (s && s.getSpace() == "arena" && lastUse.lookup(v) == at &&
+        if (s && s.getSpace() == Space::Arena && lastUse.lookup(v) == at &&
             freed.insert(v).second)
           arena.release(s.getOffset(), s.getSize());
       };
@@ -180,7 +180,7 @@ struct PlanMemoryPass : mlir::tlora::impl::PlanMemoryPassBase<PlanMemoryPass> {
       for (Value v : dispatch.getResults())
         freeIfDead(v, nullptr);
     }
-    func->setAttr("tlora.arena_size",
+    func->setAttr(mlir::tlora::attr::kArenaSize,
                   IntegerAttr::get(IntegerType::get(ctx, 64), arena.size()));
     return success();
   }

@@ -20,9 +20,9 @@
 // CHECK-NOT: tlora.ternary_matmul_transposed
 // CHECK: tlora.accumulate_grad %[[DA]] into "a"
 // CHECK: tlora.accumulate_grad %[[DB]] into "b"
-// CHECK: tlora.optimizer_step "adamw", %[[HY]]
+// CHECK: tlora.optimizer_step <adamw>, %[[HY]]
 // CHECK: return %[[MEAN]]
-func.func @step(%ids: tensor<?xi32>, %labels: tensor<?xi32>) -> tensor<1xf32> attributes {tlora.max_tokens = 8 : i64, tlora.optimizer = "adamw"} {
+func.func @step(%ids: tensor<?xi32>, %labels: tensor<?xi32>) -> tensor<1xf32> attributes {tlora.max_tokens = 8 : i64, tlora.optimizer = #tlora.optimizer<adamw>} {
   %table = tlora.weight "embed" : tensor<32x16xbf16>
   %h = tlora.embed %table[%ids] : tensor<32x16xbf16>, tensor<?xi32> -> tensor<?x16xf32>
   %w = tlora.ternary_weight "w" scale(1.0) source("packed") : !tlora.ternary<outFeatures = 16, inFeatures = 16>
@@ -48,8 +48,8 @@ func.func @step(%ids: tensor<?xi32>, %labels: tensor<?xi32>) -> tensor<1xf32> at
 // CHECK: %[[DT:.*]] = tlora.ternary_matmul_transposed
 // CHECK: arith.addf %{{.*}}, %[[DT]]
 // CHECK: tlora.lora_grad
-// CHECK: tlora.optimizer_step "sgd"
-func.func @two_layers(%ids: tensor<?xi32>, %labels: tensor<?xi32>) -> tensor<1xf32> attributes {tlora.max_tokens = 8 : i64, tlora.optimizer = "sgd"} {
+// CHECK: tlora.optimizer_step <sgd>
+func.func @two_layers(%ids: tensor<?xi32>, %labels: tensor<?xi32>) -> tensor<1xf32> attributes {tlora.max_tokens = 8 : i64, tlora.optimizer = #tlora.optimizer<sgd>} {
   %table = tlora.weight "embed" : tensor<32x16xf32>
   %h = tlora.embed %table[%ids] : tensor<32x16xf32>, tensor<?xi32> -> tensor<?x16xf32>
   %w = tlora.ternary_weight "w" scale(1.0) source("packed") : !tlora.ternary<outFeatures = 16, inFeatures = 16>
@@ -71,7 +71,7 @@ func.func @two_layers(%ids: tensor<?xi32>, %labels: tensor<?xi32>) -> tensor<1xf
 // -----
 
 // An op without a differentiation rule on the path from an adapter.
-func.func @no_rule(%ids: tensor<?xi32>, %labels: tensor<?xi32>) -> tensor<1xf32> attributes {tlora.max_tokens = 8 : i64, tlora.optimizer = "sgd"} {
+func.func @no_rule(%ids: tensor<?xi32>, %labels: tensor<?xi32>) -> tensor<1xf32> attributes {tlora.max_tokens = 8 : i64, tlora.optimizer = #tlora.optimizer<sgd>} {
   %table = tlora.weight "embed" : tensor<32x16xf32>
   %h = tlora.embed %table[%ids] : tensor<32x16xf32>, tensor<?xi32> -> tensor<?x16xf32>
   %a = tlora.trainable "a" : tensor<2x16xf32>
@@ -87,7 +87,7 @@ func.func @no_rule(%ids: tensor<?xi32>, %labels: tensor<?xi32>) -> tensor<1xf32>
 // -----
 
 // expected-error @+1 {{the loss does not depend on any adapter}}
-func.func @no_adapter(%ids: tensor<?xi32>, %labels: tensor<?xi32>) -> tensor<1xf32> attributes {tlora.max_tokens = 8 : i64, tlora.optimizer = "sgd"} {
+func.func @no_adapter(%ids: tensor<?xi32>, %labels: tensor<?xi32>) -> tensor<1xf32> attributes {tlora.max_tokens = 8 : i64, tlora.optimizer = #tlora.optimizer<sgd>} {
   %table = tlora.weight "embed" : tensor<32x16xf32>
   %h = tlora.embed %table[%ids] : tensor<32x16xf32>, tensor<?xi32> -> tensor<?x16xf32>
   %loss, %lse = tlora.cross_entropy %h, %table, %labels : (tensor<?x16xf32>, tensor<32x16xf32>, tensor<?xi32>) -> (tensor<?xf32>, tensor<?xf32>)
@@ -105,7 +105,7 @@ func.func @no_adapter(%ids: tensor<?xi32>, %labels: tensor<?xi32>) -> tensor<1xf
 // CHECK: %[[R:.*]] = tlora.rms_norm %[[X]], %[[W]] eps{{.*}}tlora.recomputed
 // CHECK: tlora.lora_grad %[[R]]
 // CHECK-NOT: tlora.lora_grad %[[N]]
-func.func @recompute(%ids: tensor<?xi32>, %labels: tensor<?xi32>) -> tensor<1xf32> attributes {tlora.max_tokens = 8 : i64, tlora.optimizer = "sgd", tlora.recompute} {
+func.func @recompute(%ids: tensor<?xi32>, %labels: tensor<?xi32>) -> tensor<1xf32> attributes {tlora.max_tokens = 8 : i64, tlora.optimizer = #tlora.optimizer<sgd>, tlora.recompute} {
   %table = tlora.weight "embed" : tensor<32x16xf32>
   %x = tlora.embed %table[%ids] : tensor<32x16xf32>, tensor<?xi32> -> tensor<?x16xf32>
   %w = tlora.weight "norm" : tensor<16xf32>

@@ -82,3 +82,20 @@ module {
     return
   }
 }
+
+// -----
+
+func.func @bad_optimizer(%h: tensor<16xf32>) {
+  // expected-error @+2 {{expected ::mlir::tlora::Optimizer to be one of: adamw, sgd}}
+  // expected-error @+1 {{failed to parse Tlora_OptimizerAttr parameter 'value'}}
+  tlora.optimizer_step <adam>, %h : tensor<16xf32>
+  return
+}
+
+// -----
+
+// expected-error @+2 {{expected ::mlir::tlora::Space to be one of: arena, param, kv, input, output, state, hyper, labels}}
+// expected-error @+1 {{failed to parse Tlora_SlotAttr parameter 'space'}}
+func.func @bad_space() attributes {b = #tlora.slot<space = heap, offset = 0, size = 4>} {
+  return
+}

@@ -41,7 +41,7 @@ func.func @layer(%ids: tensor<?xi32>, %pos: index, %rows: index) -> tensor<?x32x
 
 // CHECK-LABEL: func.func @lowered
 func.func @lowered(%x: tensor<?x16xf32>) -> tensor<?x16xf32> {
-  // CHECK: tlora.dispatch @kernels::@k(%{{.*}}) workload(1 * T + 0) {bindings = [#tlora.slot<space = "input", offset = 0, size = 64>, #tlora.slot<space = "output", offset = 0, size = 64>]}
-  %y = tlora.dispatch @kernels::@k(%x) workload(1 * T + 0) {bindings = [#tlora.slot<space = "input", offset = 0, size = 64>, #tlora.slot<space = "output", offset = 0, size = 64>]} : (tensor<?x16xf32>) -> tensor<?x16xf32>
+  // CHECK: tlora.dispatch @kernels::@k(%{{.*}}) workload(1 * T + 0) {bindings = [#tlora.slot<space = input, offset = 0, size = 64>, #tlora.slot<space = output, offset = 0, size = 64>]}
+  %y = tlora.dispatch @kernels::@k(%x) workload(1 * T + 0) {bindings = [#tlora.slot<space = input, offset = 0, size = 64>, #tlora.slot<space = output, offset = 0, size = 64>]} : (tensor<?x16xf32>) -> tensor<?x16xf32>
   return %y : tensor<?x16xf32>
 }

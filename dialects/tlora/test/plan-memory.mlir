@@ -4,10 +4,10 @@
 // its last use, so %c reuses its range; %b stays live until the end.
 // CHECK-LABEL: func.func @plan
 // CHECK-SAME: tlora.arena_size = 512
-// CHECK: @kernels::@k1{{.*}}bindings = [#tlora.slot<space = "input", offset = 0, size = 16>, #tlora.slot<space = "arena", offset = 0, size = 256>]
-// CHECK: @kernels::@k2{{.*}}bindings = [#tlora.slot<space = "arena", offset = 0, size = 256>, #tlora.slot<space = "arena", offset = 256, size = 256>]
-// CHECK: @kernels::@k3{{.*}}bindings = [#tlora.slot<space = "arena", offset = 256, size = 256>, #tlora.slot<space = "param", offset = 0, size = 64, name = "w">, #tlora.slot<space = "arena", offset = 0, size = 256>]
-// CHECK: @kernels::@k4{{.*}}bindings = [#tlora.slot<space = "arena", offset = 0, size = 256>, #tlora.slot<space = "arena", offset = 256, size = 256>, #tlora.slot<space = "output", offset = 0, size = 256>]
+// CHECK: @kernels::@k1{{.*}}bindings = [#tlora.slot<space = input, offset = 0, size = 16>, #tlora.slot<space = arena, offset = 0, size = 256>]
+// CHECK: @kernels::@k2{{.*}}bindings = [#tlora.slot<space = arena, offset = 0, size = 256>, #tlora.slot<space = arena, offset = 256, size = 256>]
+// CHECK: @kernels::@k3{{.*}}bindings = [#tlora.slot<space = arena, offset = 256, size = 256>, #tlora.slot<space = param, offset = 0, size = 64, name = "w">, #tlora.slot<space = arena, offset = 0, size = 256>]
+// CHECK: @kernels::@k4{{.*}}bindings = [#tlora.slot<space = arena, offset = 0, size = 256>, #tlora.slot<space = arena, offset = 256, size = 256>, #tlora.slot<space = output, offset = 0, size = 256>]
 func.func @plan(%ids: tensor<?xi32>) -> tensor<?x16xf32> attributes {tlora.max_tokens = 4 : i64} {
   %w = tlora.weight "w" : tensor<16xf32>
   %a = tlora.dispatch @kernels::@k1(%ids) workload(1 * T + 0) : (tensor<?xi32>) -> tensor<?x16xf32>
@@ -24,10 +24,10 @@ func.func @plan(%ids: tensor<?xi32>) -> tensor<?x16xf32> attributes {tlora.max_t
 // view into the hyper block (tlc_train_hyper_t.loss_scale at byte 24), the
 // second argument is the labels, the returned loss the output.
 // CHECK-LABEL: func.func @train_step
-// CHECK: @kernels::@fwd{{.*}}bindings = [#tlora.slot<space = "input", offset = 0, size = 16>, #tlora.slot<space = "state", offset = 0, size = 32, name = "a">, #tlora.slot<space = "state", offset = 64, size = 32, name = "b">, #tlora.slot<space = "arena", offset = 0, size = 16>]
-// CHECK: @kernels::@loss{{.*}}bindings = [#tlora.slot<space = "arena", offset = 0, size = 16>, #tlora.slot<space = "labels", offset = 0, size = 16>, #tlora.slot<space = "hyper", offset = 24, size = 4>, #tlora.slot<space = "output", offset = 0, size = 4>]
-// CHECK: @kernels::@acc{{.*}}bindings = [#tlora.slot<space = "state", offset = 0, size = 32, name = "a">, #tlora.slot<space = "state", offset = 128, size = 32, name = "a">]
-func.func @train_step(%ids: tensor<?xi32>, %labels: tensor<?xi32>) -> tensor<1xf32> attributes {tlora.max_tokens = 4 : i64, tlora.optimizer = "sgd"} {
+// CHECK: @kernels::@fwd{{.*}}bindings = [#tlora.slot<space = input, offset = 0, size = 16>, #tlora.slot<space = state, offset = 0, size = 32, name = "a">, #tlora.slot<space = state, offset = 64, size = 32, name = "b">, #tlora.slot<space = arena, offset = 0, size = 16>]
+// CHECK: @kernels::@loss{{.*}}bindings = [#tlora.slot<space = arena, offset = 0, size = 16>, #tlora.slot<space = labels, offset = 0, size = 16>, #tlora.slot<space = hyper, offset = 24, size = 4>, #tlora.slot<space = output, offset = 0, size = 4>]
+// CHECK: @kernels::@acc{{.*}}bindings = [#tlora.slot<space = state, offset = 0, size = 32, name = "a">, #tlora.slot<space = state, offset = 128, size = 32, name = "a">]
+func.func @train_step(%ids: tensor<?xi32>, %labels: tensor<?xi32>) -> tensor<1xf32> attributes {tlora.max_tokens = 4 : i64, tlora.optimizer = #tlora.optimizer<sgd>} {
   %a = tlora.trainable "a" : tensor<2x4xf32>
   %b = tlora.trainable "b" : tensor<4x2xf32>
   %h = tlora.hyper : tensor<16xf32>
