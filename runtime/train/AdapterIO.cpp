@@ -53,20 +53,26 @@ bool makeDirs(const std::string &dir, std::string *error) {
   return true;
 }
 
-bool readWhole(const std::string &path, std::string *out, std::string *error) {
+
+
+} // namespace
+
+bool readWholeFile(const std::string &path, std::string *out,
+                   std::string *error) {
   std::ifstream in(path, std::ios::binary);
   if (!in) {
-    *error = path + ": cannot open: " + errnoText();
+    *error = path + ": cannot open: " + std::strerror(errno);
     return false;
   }
   std::stringstream ss;
   ss << in.rdbuf();
+  if (in.bad()) {
+    *error = path + ": read error";
+    return false;
+  }
   *out = ss.str();
   return true;
 }
-
-
-} // namespace
 
 bool readPeftConfig(const std::string &dir, AdapterConfig *cfg,
                     std::string *error) {
@@ -75,13 +81,9 @@ bool readPeftConfig(const std::string &dir, AdapterConfig *cfg,
     *error = path + ": " + msg;
     return false;
   };
-  {
-    std::ifstream in(path, std::ios::binary);
-    if (!in)
-      return fail("cannot open (is this a PEFT adapter folder?)");
-    std::stringstream ss;
-    ss << in.rdbuf();
-    text = ss.str();
+  if (!readWholeFile(path, &text, error)) {
+    *error += " (is this a PEFT adapter folder?)";
+    return false;
   }
   auto j = nlohmann::json::parse(text, nullptr, /*allow_exceptions=*/false);
   if (j.is_discarded() || !j.is_object())

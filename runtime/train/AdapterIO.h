@@ -48,6 +48,10 @@ bool writePeftAdapter(const std::string &dir, const AdapterConfig &cfg,
                       const std::vector<AdapterTensor> &tensors,
                       std::string *error);
 
+/// The bytes of `path`; false with "PATH: cannot open: ..." otherwise.
+bool readWholeFile(const std::string &path, std::string *out,
+                   std::string *error);
+
 /// The one validating parser of a PEFT LoRA adapter_config.json (compile
 /// time and run time): peft_type LORA, r, lora_alpha, target_modules,
 /// use_rslora, base_model_name_or_path; variants that change the LoRA

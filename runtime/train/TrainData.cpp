@@ -1,6 +1,8 @@
 // Training data loading (.npy / .jsonl / text) and the micro-batch order.
 #include "runtime/train/TrainData.h"
 
+#include "runtime/train/AdapterIO.h"
+
 #include <nlohmann/json.hpp>
 
 #include <algorithm>
@@ -12,22 +14,6 @@
 namespace tlc::train {
 
 namespace {
-
-bool readWhole(const std::string &path, std::string *out, std::string *error) {
-  std::ifstream in(path, std::ios::binary);
-  if (!in) {
-    *error = path + ": cannot open: " + std::strerror(errno);
-    return false;
-  }
-  std::stringstream ss;
-  ss << in.rdbuf();
-  if (in.bad()) {
-    *error = path + ": read error";
-    return false;
-  }
-  *out = ss.str();
-  return true;
-}
 
 bool endsWith(const std::string &s, const char *suffix) {
   size_t n = std::strlen(suffix);
@@ -144,7 +130,7 @@ bool TrainData::loadNpy(const std::string &path, std::string *error) {
     return false;
   };
   std::string bytes;
-  if (!readWhole(path, &bytes, error))
+  if (!readWholeFile(path, &bytes, error))
     return false;
   if (bytes.size() < 10 || bytes.compare(0, 6, "\x93NUMPY") != 0)
     return fail("not a .npy file (bad magic)");
@@ -285,7 +271,7 @@ bool TrainData::load(const std::string &path, int seqLen,
     return false;
   }
   std::string text;
-  if (!readWhole(path, &text, error))
+  if (!readWholeFile(path, &text, error))
     return false;
   Stream s;
   s.bos = bos;
