@@ -5,6 +5,8 @@
 #include "targets/llvm-cpu/kernels/ternary.h"
 
 #include "dialects/tlora/Transforms/Passes.h"
+#include "mlir/Dialect/MemRef/IR/MemRef.h"
+#include "mlir/Dialect/SCF/IR/SCF.h"
 #include "mlir/IR/Builders.h"
 #include "mlir/IR/SymbolTable.h"
 #include "mlir/Parser/Parser.h"
@@ -14,6 +16,7 @@
 #include "llvm/Support/xxhash.h"
 
 #include <cmath>
+#include <functional>
 
 namespace tlc::llvmcpu {
 #define GEN_PASS_DEF_FORMDISPATCHESPASS
@@ -56,12 +59,51 @@ std::string elementName(Type t) {
 }
 
 /// A kernel to instantiate: its template, holes and workload.
+/// The body of a kernel built with builders (typed lowering): it receives
+/// the kernel's buffers and its scalars T, pos, rows, begin, end.
+struct KernelArgs {
+  ValueRange buffers;
+  Value T, pos, rows, begin, end;
+};
+using KernelBody = std::function<void(OpBuilder &, Location, const KernelArgs &)>;
+
 struct KernelSpec {
-  const char *tmpl;
+  const char *tmpl; // MLIR text with {{HOLES}}, or null when `body` is set
   std::string name;
   Vars vars;
   int64_t tokensFactor = 1, constant = 0;
+  SmallVector<Type> buffers; // typed kernels: the buffer argument types
+  KernelBody body;
 };
+
+/// `for i in [lo, hi)` with unit step, `fn(i)` in the loop body.
+void forRange(OpBuilder &b, Location loc, Value lo, Value hi,
+              function_ref<void(OpBuilder &, Value)> fn) {
+  Value one = arith::ConstantIndexOp::create(b, loc, 1);
+  auto loop = scf::ForOp::create(b, loc, lo, hi, one);
+  OpBuilder inner = OpBuilder::atBlockTerminator(loop.getBody());
+  fn(inner, loop.getInductionVar());
+}
+
+/// Elementwise out = a + b over rows [begin, end) of [TM x D] buffers.
+KernelSpec addKernel(int64_t D) {
+  KernelSpec k;
+  k.tmpl = nullptr;
+  k.name = llvm::formatv("add_d{0}", D);
+  k.body = [D](OpBuilder &b, Location loc, const KernelArgs &a) {
+    Value zero = arith::ConstantIndexOp::create(b, loc, 0);
+    Value width = arith::ConstantIndexOp::create(b, loc, D);
+    forRange(b, loc, a.begin, a.end, [&](OpBuilder &b, Value t) {
+      forRange(b, loc, zero, width, [&](OpBuilder &b, Value d) {
+        Value x = memref::LoadOp::create(b, loc, a.buffers[0], {t, d});
+        Value y = memref::LoadOp::create(b, loc, a.buffers[1], {t, d});
+        Value sum = arith::AddFOp::create(b, loc, x, y);
+        memref::StoreOp::create(b, loc, sum, a.buffers[2], {t, d});
+      });
+    });
+  };
+  return k;
+}
 
 int64_t dim(Value v, unsigned i) {
   return cast<ShapedType>(v.getType()).getDimSize(i);
@@ -202,9 +244,10 @@ FailureOr<KernelSpec> specFor(Operation *op, int64_t tm) {
   } else if (auto add = dyn_cast<arith::AddFOp>(op)) {
     if (!isa<RankedTensorType>(add.getType()))
       return op->emitOpError("only tensor additions are dispatched");
-    k = {kAdd,
-         llvm::formatv("add_d{0}", dim(add.getResult(), 1)),
-         {{"D", s(dim(add.getResult(), 1))}}};
+    int64_t D = dim(add.getResult(), 1);
+    k = addKernel(D);
+    Type buf = MemRefType::get({tm, D}, Float32Type::get(op->getContext()));
+    k.buffers = {buf, buf, buf};
   } else {
     return op->emitOpError("has no llvm-cpu kernel");
   }
@@ -688,9 +731,33 @@ struct FormDispatchesPass
                             const KernelSpec &spec, Location loc) {
     if (symbols.lookup(spec.name))
       return success();
+    if (spec.body)
+      return build(kernels, symbols, spec, loc);
     return parseInto(kernels, symbols,
                      kernelPrelude() + fillTemplate(spec.tmpl, spec.vars),
                      spec.name, loc);
+  }
+
+  /// Builds a typed kernel: func @name(buffers..., T, pos, rows, begin,
+  /// end) with the tlora.kernel marker, body from the spec.
+  LogicalResult build(ModuleOp kernels, SymbolTable &symbols,
+                      const KernelSpec &spec, Location loc) {
+    MLIRContext *ctx = &getContext();
+    SmallVector<Type> args(spec.buffers.begin(), spec.buffers.end());
+    args.append(5, IndexType::get(ctx));
+    OpBuilder b = OpBuilder::atBlockEnd(kernels.getBody());
+    auto fn = func::FuncOp::create(b, loc, spec.name,
+                                   FunctionType::get(ctx, args, {}));
+    fn->setAttr(mlir::tlora::attr::kKernel, UnitAttr::get(ctx));
+    Block *entry = fn.addEntryBlock();
+    OpBuilder body = OpBuilder::atBlockEnd(entry);
+    auto scalars = entry->getArguments().take_back(5);
+    KernelArgs a{entry->getArguments().drop_back(5), scalars[0], scalars[1],
+                 scalars[2], scalars[3], scalars[4]};
+    spec.body(body, loc, a);
+    func::ReturnOp::create(body, loc);
+    symbols.insert(fn);
+    return success();
   }
 
   /// Parses kernel source (with the prelude) and moves its new symbols into

@@ -81,3 +81,20 @@ func.func @lora_fused(%x: tensor<?x32xf32>) -> tensor<?x64xf32> attributes {tlor
   %s = arith.addf %y, %l : tensor<?x64xf32>
   return %s : tensor<?x64xf32>
 }
+
+// -----
+
+// Typed lowering: the elementwise add kernel is built with builders (no
+// template text): rows [begin, end) of [T x D] buffers.
+// CHECK-LABEL: func.func @sum
+// CHECK: func.func @add_d16_t4(%[[A:[a-z0-9]+]]: memref<4x16xf32>, %[[B:[a-z0-9]+]]: memref<4x16xf32>, %[[O:[a-z0-9]+]]: memref<4x16xf32>, %{{[a-z0-9]+}}: index, %{{[a-z0-9]+}}: index, %{{[a-z0-9]+}}: index, %[[BEGIN:[a-z0-9]+]]: index, %[[END:[a-z0-9]+]]: index) attributes {tlora.kernel}
+// CHECK: scf.for %[[T:[a-z0-9]+]] = %[[BEGIN]] to %[[END]]
+// CHECK: scf.for %[[D:[a-z0-9]+]] = %{{[a-z0-9]+}} to %c16
+// CHECK: memref.load %[[A]][%[[T]], %[[D]]]
+// CHECK: memref.load %[[B]][%[[T]], %[[D]]]
+// CHECK: arith.addf
+// CHECK: memref.store %{{.*}}, %[[O]][%[[T]], %[[D]]]
+func.func @sum(%x: tensor<?x16xf32>, %y: tensor<?x16xf32>) -> tensor<?x16xf32> attributes {tlora.max_tokens = 4 : i64} {
+  %s = arith.addf %x, %y : tensor<?x16xf32>
+  return %s : tensor<?x16xf32>
+}
