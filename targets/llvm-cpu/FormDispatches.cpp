@@ -85,6 +85,24 @@ void forRange(OpBuilder &b, Location loc, Value lo, Value hi,
   fn(inner, loop.getInductionVar());
 }
 
+/// cache[pos + t] = x[t] for the call's rows t in [begin, end).
+KernelSpec kvAppendKernel(int64_t D) {
+  KernelSpec k;
+  k.tmpl = nullptr;
+  k.body = [D](OpBuilder &b, Location loc, const KernelArgs &a) {
+    Value zero = arith::ConstantIndexOp::create(b, loc, 0);
+    Value width = arith::ConstantIndexOp::create(b, loc, D);
+    forRange(b, loc, a.begin, a.end, [&](OpBuilder &b, Value t) {
+      Value p = arith::AddIOp::create(b, loc, a.pos, t);
+      forRange(b, loc, zero, width, [&](OpBuilder &b, Value d) {
+        Value v = memref::LoadOp::create(b, loc, a.buffers[1], {t, d});
+        memref::StoreOp::create(b, loc, v, a.buffers[0], {p, d});
+      });
+    });
+  };
+  return k;
+}
+
 /// Elementwise out = a + b over rows [begin, end) of [TM x D] buffers.
 KernelSpec addKernel(int64_t D) {
   KernelSpec k;
@@ -197,9 +215,11 @@ FailureOr<KernelSpec> specFor(Operation *op, int64_t tm) {
   } else if (auto a = dyn_cast<KVAppendOp>(op)) {
     auto c = a.getCache().getType();
     int64_t D = c.getKvHeads() * c.getHeadDim();
-    k = {kKVAppend,
-         llvm::formatv("kv_append_s{0}_d{1}", c.getMaxSeq(), D),
-         {{"S", s(c.getMaxSeq())}, {"D", s(D)}}};
+    k = kvAppendKernel(D);
+    k.name = llvm::formatv("kv_append_s{0}_d{1}", c.getMaxSeq(), D);
+    Type f32 = Float32Type::get(op->getContext());
+    k.buffers = {MemRefType::get({c.getMaxSeq(), D}, f32),
+                 MemRefType::get({tm, D}, f32)};
   } else if (auto a = dyn_cast<AttentionOp>(op)) {
     auto c = a.getKeys().getType();
     int64_t DQ = dim(a.getQuery(), 1), hd = c.getHeadDim(), H = DQ / hd;

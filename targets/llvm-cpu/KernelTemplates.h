@@ -1,6 +1,7 @@
 // MLIR source of the llvm-cpu kernels, one template per op kind. Kernels
 // move from these templates to typed builders in FormDispatches.cpp (the
-// elementwise add is the first); what remains here is the next to move.
+// elementwise add and the KV-cache append are built); what remains here is
+// the next to move.
 //
 // Templates are MLIR (scf/memref/vector/math) with {{NAME}}-style holes that
 // FormDispatches fills per shape. Every kernel takes its buffers (operands,
@@ -178,22 +179,6 @@ func.func @{{NAME}}(%x: memref<{{TM}}x{{D}}xf32>, %out: memref<{{TM}}x{{D}}xf32>
 }
 )mlir";
 
-inline constexpr const char *kKVAppend = R"mlir(
-func.func @{{NAME}}(%cache: memref<{{S}}x{{D}}xf32>, %x: memref<{{TM}}x{{D}}xf32>,
-    )mlir" TLC_KERNEL_SCALARS R"mlir() attributes {tlora.kernel} {
-  %c0 = arith.constant 0 : index
-  %c1 = arith.constant 1 : index
-  %cD = arith.constant {{D}} : index
-  scf.for %t = %begin to %end step %c1 {
-    %p = arith.addi %pos, %t : index
-    scf.for %d = %c0 to %cD step %c1 {
-      %v = memref.load %x[%t, %d] : memref<{{TM}}x{{D}}xf32>
-      memref.store %v, %cache[%p, %d] : memref<{{S}}x{{D}}xf32>
-    }
-  }
-  return
-}
-)mlir";
 
 // Attention is a C microkernel (tlc_k_attention); work items = PARTS per token.
 inline constexpr const char *kAttention = R"mlir(
