@@ -104,17 +104,25 @@ private:
 };
 } // namespace
 
-/// The dedup key of a float parameter: name, dtype and the backend's
-/// encoding of that dtype (none for bf16/f32).
+/// The stored dtype of a float parameter.
+static std::string floatDtype(WeightOp w) {
+  Type et = w.getType().getElementType();
+  return et.isInteger(6)   ? "q6"
+         : et.isInteger(8) ? "i8"
+         : et.isBF16()     ? "bf16"
+                           : "f32";
+}
+
+/// The dedup keys of parameters: a weight is stored once per name, dtype
+/// and the backend's encoding of it (none for bf16/f32).
 static std::string floatKey(StringRef name, WeightOp w,
                             const TargetBackend &backend) {
-  Type et = w.getType().getElementType();
-  std::string dtype = et.isInteger(6)   ? "q6"
-                      : et.isInteger(8) ? "i8"
-                      : et.isBF16()     ? "bf16"
-                                        : "f32";
+  std::string dtype = floatDtype(w);
   const MatrixEncoding *m = backend.matrixEncoding(dtype);
   return name.str() + "#" + dtype + (m ? "#" + m->name : "");
+}
+static std::string ternaryKey(StringRef name, const TargetBackend &backend) {
+  return name.str() + "#t2#" + backend.ternaryEncoding().name;
 }
 
 /// The entry points of one executable: its program's dispatch lists, with
@@ -162,8 +170,7 @@ buildEntryPoints(flatbuffers::FlatBufferBuilder &fbb,
         space = (tlc::fb::Space)s.getSpace();
         if (s.getSpace() == mlir::tlora::Space::Param) {
           std::string name = s.getName().getValue().str();
-          std::string key = name + "#t2#" +
-                            target.backend->ternaryEncoding().name;
+          std::string key = ternaryKey(name, *target.backend);
           if (auto w = dyn_cast_or_null<WeightOp>(def))
             key = floatKey(name, w, *target.backend);
           auto p = paramIndex.find(key);
@@ -204,16 +211,6 @@ bool writeModule(const ModuleContents &c, const std::string &path,
   llvm::StringMap<int> paramIndex; // name#dtype[#encoding]
   uint64_t dataSize = 0;
   int64_t parameterCount = 0;
-  auto floatDtype = [](WeightOp w) -> std::string {
-    Type et = w.getType().getElementType();
-    return et.isInteger(6)   ? "q6"
-           : et.isInteger(8) ? "i8"
-           : et.isBF16()     ? "bf16"
-                             : "f32";
-  };
-  auto ternaryKey = [](StringRef name, const TernaryEncoding *enc) {
-    return name.str() + "#t2#" + enc->name;
-  };
   for (const CompiledTarget &target : c.targets)
     ModuleOp(target.program).walk([&](Operation *op) {
       ParamEntry e;
@@ -244,7 +241,7 @@ bool writeModule(const ModuleContents &c, const std::string &path,
              0,
              (uint64_t)target.backend->ternaryEncoding().bytes(
                  t.getOutFeatures(), t.getInFeatures())};
-        key = ternaryKey(e.name, &target.backend->ternaryEncoding());
+        key = ternaryKey(e.name, *target.backend);
       } else {
         return;
       }

@@ -106,21 +106,7 @@ bool parseOptions(const std::map<std::string, std::string> &m,
     *error = "train needs --data FILE, --steps N, --lr LR and --out DIR";
     return false;
   }
-  std::string schedule = o->schedule;
-  if (schedule != "constant" && schedule != "linear" && schedule != "cosine") {
-    *error = "--schedule must be constant, linear or cosine";
-    return false;
-  }
-  if (!(o->beta1 >= 0 && o->beta1 < 1) || !(o->beta2 >= 0 && o->beta2 < 1) ||
-      !(o->eps > 0)) {
-    *error = "--beta1 and --beta2 must be in [0, 1) and --eps positive";
-    return false;
-  }
-  if (o->resume && o->init_adapter) {
-    *error = "--resume continues from OUT/checkpoint; drop --init-adapter";
-    return false;
-  }
-  return true;
+  return true; // the library validates the values (tlc_finetune_create)
 }
 
 void progress(const tlc_finetune_progress_t &p) {

@@ -192,21 +192,28 @@ LogicalResult QuantizeOp::verify() {
   return success();
 }
 
+/// A LoRA branch from k to n features: lora_A [r x k], lora_B [n x r].
+static LogicalResult verifyLoraShapes(Operation *op, ShapedType a,
+                                      ShapedType b, int64_t k, int64_t n) {
+  if (a.getRank() != 2 || b.getRank() != 2)
+    return op->emitOpError("lora_A and lora_B must be matrices");
+  int64_t r = a.getDimSize(0);
+  if (a.getDimSize(1) != k)
+    return op->emitOpError("lora_A must be [r x ") << k << "], got " << a;
+  if (b.getDimSize(0) != n || b.getDimSize(1) != r)
+    return op->emitOpError("lora_B must be [")
+           << n << " x " << r << "], got " << b;
+  return success();
+}
+
 LogicalResult LoraOp::verify() {
   int64_t k, n;
   if (failed(verifyActivation(*this, getInput().getType(), "input", &k)) ||
       failed(verifyActivation(*this, getType(), "result", &n)) ||
       failed(verifySameRows(*this, getInput().getType(), getType())))
     return failure();
-  auto a = getLoraA().getType(), b = getLoraB().getType();
-  if (a.getRank() != 2 || b.getRank() != 2)
-    return emitOpError("lora_A and lora_B must be matrices");
-  int64_t r = a.getDimSize(0);
-  if (a.getDimSize(1) != k)
-    return emitOpError("lora_A must be [r x ") << k << "], got " << a;
-  if (b.getDimSize(0) != n || b.getDimSize(1) != r)
-    return emitOpError("lora_B must be [") << n << " x " << r << "], got " << b;
-  return success();
+  return verifyLoraShapes(*this, getLoraA().getType(), getLoraB().getType(),
+                          k, n);
 }
 
 namespace {
@@ -331,13 +338,18 @@ LogicalResult TernaryMatmulTransposedOp::verify() {
   return success();
 }
 
+/// The LM head of a fused cross entropy: [vocab x k].
+static LogicalResult verifyHeadWeight(Operation *op, ShapedType w, int64_t k) {
+  if (w.getRank() != 2 || w.getDimSize(1) != k)
+    return op->emitOpError("weight must be [vocab x ") << k << "], got " << w;
+  return success();
+}
+
 LogicalResult CrossEntropyOp::verify() {
   int64_t k;
-  if (failed(verifyActivation(*this, getInput().getType(), "input", &k)))
+  if (failed(verifyActivation(*this, getInput().getType(), "input", &k)) ||
+      failed(verifyHeadWeight(*this, getWeight().getType(), k)))
     return failure();
-  auto w = getWeight().getType();
-  if (w.getRank() != 2 || w.getDimSize(1) != k)
-    return emitOpError("weight must be [vocab x ") << k << "], got " << w;
   int64_t rows = getInput().getType().getDimSize(0);
   if (failed(verifyPerToken(*this, getLabels().getType(), rows, "labels")) ||
       failed(verifyPerToken(*this, getLoss().getType(), rows, "loss")) ||
@@ -403,10 +415,8 @@ LogicalResult LoraGradOp::verify() {
                              "input")))
     return failure();
   auto a = getLoraA().getType(), b = getLoraB().getType();
-  if (a.getRank() != 2 || b.getRank() != 2 || a.getDimSize(1) != k ||
-      b.getDimSize(0) != n || b.getDimSize(1) != a.getDimSize(0))
-    return emitOpError("needs lora_A [r x ")
-           << k << "] and lora_B [" << n << " x r], got " << a << " and " << b;
+  if (failed(verifyLoraShapes(*this, a, b, k, n)))
+    return failure();
   auto ga = getLoraAGrad().getType(), gb = getLoraBGrad().getType();
   if (ga.getShape() != a.getShape() || gb.getShape() != b.getShape())
     return emitOpError("gradients must have the shapes of lora_A and lora_B");
@@ -430,11 +440,9 @@ LogicalResult CrossEntropyGradOp::verify() {
   if (failed(verifyActivation(*this, getInput().getType(), "input", &k)) ||
       failed(verifySameTypes(*this, getInput().getType(),
                              {{getInputGrad().getType(), "input_grad"}},
-                             "input")))
+                             "input")) ||
+      failed(verifyHeadWeight(*this, getWeight().getType(), k)))
     return failure();
-  auto w = getWeight().getType();
-  if (w.getRank() != 2 || w.getDimSize(1) != k)
-    return emitOpError("weight must be [vocab x ") << k << "], got " << w;
   int64_t rows = getInput().getType().getDimSize(0);
   if (failed(verifyPerToken(*this, getLabels().getType(), rows, "labels")) ||
       failed(verifyPerToken(*this, getLse().getType(), rows, "lse")) ||

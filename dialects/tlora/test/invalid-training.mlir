@@ -27,7 +27,7 @@ func.func @rms_grad(%x: tensor<?x16xf32>, %w: tensor<8xbf16>, %g: tensor<?x16xf3
 // -----
 
 func.func @lora_grad(%x: tensor<?x16xf32>, %a: tensor<4x16xf32>, %b: tensor<32x8xf32>, %g: tensor<?x32xf32>) {
-  // expected-error @+1 {{needs lora_A [r x 16] and lora_B [32 x r]}}
+  // expected-error @+1 {{lora_B must be [32 x 4]}}
   %dx, %da, %db = tlora.lora_grad %x, %a, %b, %g scaling(2.0) : (tensor<?x16xf32>, tensor<4x16xf32>, tensor<32x8xf32>, tensor<?x32xf32>) -> (tensor<?x16xf32>, tensor<4x16xf32>, tensor<32x8xf32>)
   return
 }
