@@ -2,7 +2,6 @@
 // LLVM IR linked with the microkernel bitcode -> optimized object -> shared
 // object linked in-process with lld.
 #include "targets/llvm-cpu/Passes.h"
-#include "targets/llvm-cpu/KernelTemplates.h"
 
 #include "mlir/Conversion/ArithToLLVM/ArithToLLVM.h"
 #include "mlir/Conversion/ControlFlowToLLVM/ControlFlowToLLVM.h"
@@ -50,12 +49,36 @@ namespace tlc::llvmcpu {
 using namespace mlir;
 
 namespace {
+/// tlora.microkernel_call -> func.call, each memref passed as its aligned
+/// base pointer.
+void lowerMicrokernelCalls(ModuleOp kernels) {
+  SmallVector<tlora::MicrokernelCallOp> calls;
+  kernels.walk([&](tlora::MicrokernelCallOp c) { calls.push_back(c); });
+  for (tlora::MicrokernelCallOp call : calls) {
+    OpBuilder b(call);
+    Location loc = call.getLoc();
+    SmallVector<Value> args;
+    for (Value v : call.getOperands()) {
+      if (isa<MemRefType>(v.getType())) {
+        Value base = memref::ExtractAlignedPointerAsIndexOp::create(b, loc, v);
+        Value i64 = arith::IndexCastOp::create(b, loc, b.getI64Type(), base);
+        v = LLVM::IntToPtrOp::create(
+            b, loc, LLVM::LLVMPointerType::get(b.getContext()), i64);
+      }
+      args.push_back(v);
+    }
+    func::CallOp::create(b, loc, call.getCallee(), TypeRange{}, args);
+    call.erase();
+  }
+}
+
 struct LowerKernelsToLLVMPass
     : tlc::llvmcpu::impl::LowerKernelsToLLVMPassBase<LowerKernelsToLLVMPass> {
   void runOnOperation() override {
     for (auto kernels : getOperation().getOps<ModuleOp>()) {
       if (kernels.getSymName() != "kernels")
         continue;
+      lowerMicrokernelCalls(kernels);
       OpPassManager pm("builtin.module");
       pm.addPass(createSCFToControlFlowPass());
       pm.addPass(memref::createExpandStridedMetadataPass());
@@ -108,48 +131,71 @@ loadMicrokernels(llvm::LLVMContext &ctx, const tlc::llvmcpu::CpuTarget &t) {
   return std::move(*mod);
 }
 
-const std::string &tlc::llvmcpu::microkernelDeclarations() {
-  static const std::string decls = [] {
+namespace {
+/// A microkernel's name and parameter types (in MLIR form).
+struct MicrokernelSignature {
+  std::string name;
+  enum class Param { Pointer, Index, I32, F32 };
+  std::vector<Param> params;
+};
+} // namespace
+
+/// The exported `tlc_k_*` functions of the bitcode (one ISA build: the
+/// builds share one ABI) whose parameters are pointers, i64, i32 or float.
+static const std::vector<MicrokernelSignature> &microkernelSignatures() {
+  static const std::vector<MicrokernelSignature> signatures = [] {
+    std::vector<MicrokernelSignature> out;
     llvm::LLVMContext ctx;
     auto buffer = llvm::MemoryBuffer::getMemBuffer(
         microkernelBitcode(MicrokernelIsa::Avx2), "microkernels", false);
     auto mod = llvm::parseBitcodeFile(buffer->getMemBufferRef(), ctx);
     if (!mod) {
       llvm::consumeError(mod.takeError());
-      return std::string("// internal error: unreadable microkernel bitcode\n");
+      return out; // no declarations: every microkernel call fails to verify
     }
-    std::string out;
+    using Param = MicrokernelSignature::Param;
     for (llvm::Function &f : **mod) {
       if (f.isDeclaration() || f.hasLocalLinkage() ||
           !f.getName().starts_with("tlc_k_") ||
           !f.getReturnType()->isVoidTy())
         continue;
-      std::string types;
+      MicrokernelSignature sig{f.getName().str(), {}};
       bool ok = true;
       for (llvm::Type *t : f.getFunctionType()->params()) {
-        const char *mlir = t->isPointerTy()      ? "!llvm.ptr"
-                           : t->isIntegerTy(64)  ? "index"
-                           : t->isIntegerTy(32)  ? "i32"
-                           : t->isFloatTy()      ? "f32"
-                                                 : nullptr;
-        if (!mlir) {
-          ok = false; // not callable from the templates: not part of the ABI
-          break;
-        }
-        types += (types.empty() ? "" : ", ") + std::string(mlir);
+        if (t->isPointerTy())
+          sig.params.push_back(Param::Pointer);
+        else if (t->isIntegerTy(64))
+          sig.params.push_back(Param::Index);
+        else if (t->isIntegerTy(32))
+          sig.params.push_back(Param::I32);
+        else if (t->isFloatTy())
+          sig.params.push_back(Param::F32);
+        else
+          ok = false; // not callable from kernels: not part of the ABI
       }
       if (ok)
-        out += "func.func private @" + f.getName().str() + "(" + types + ")\n";
+        out.push_back(std::move(sig));
     }
     return out;
   }();
-  return decls;
+  return signatures;
 }
 
-const std::string &tlc::llvmcpu::kernelPrelude() {
-  static const std::string prelude =
-      microkernelDeclarations() + tlc::llvmcpu::kPreludeHelpers;
-  return prelude;
+void tlc::llvmcpu::declareMicrokernels(ModuleOp kernels) {
+  MLIRContext *ctx = kernels.getContext();
+  OpBuilder b = OpBuilder::atBlockBegin(kernels.getBody());
+  using Param = MicrokernelSignature::Param;
+  for (const MicrokernelSignature &sig : microkernelSignatures()) {
+    SmallVector<Type> params;
+    for (Param p : sig.params)
+      params.push_back(p == Param::Pointer ? Type(LLVM::LLVMPointerType::get(ctx))
+                       : p == Param::Index ? Type(b.getIndexType())
+                       : p == Param::I32   ? Type(b.getI32Type())
+                                           : Type(b.getF32Type()));
+    auto fn = func::FuncOp::create(b, kernels.getLoc(), sig.name,
+                                   FunctionType::get(ctx, params, {}));
+    fn.setPrivate();
+  }
 }
 
 /// Adds `<prefix><kernel>(void **b, const int64_t *s, int64_t begin,

@@ -1,6 +1,6 @@
 // tlc-llvmcpu-form-dispatches: tlora compute ops -> dispatches of per-shape
-// kernels instantiated from the MLIR templates of KernelTemplates.h.
-#include "targets/llvm-cpu/KernelTemplates.h"
+// kernels built with MLIR builders: loops over memrefs (scf/arith/math), or
+// one tlora.microkernel_call of a C microkernel (kernels/*.c).
 #include "targets/llvm-cpu/Passes.h"
 #include "targets/llvm-cpu/kernels/ternary.h"
 
@@ -9,7 +9,6 @@
 #include "mlir/Dialect/SCF/IR/SCF.h"
 #include "mlir/IR/Builders.h"
 #include "mlir/IR/SymbolTable.h"
-#include "mlir/Parser/Parser.h"
 #include "llvm/ADT/MapVector.h"
 #include "llvm/ADT/StringExtras.h"
 #include "llvm/Support/FormatVariadic.h"
@@ -33,21 +32,6 @@ int64_t tlc::llvmcpu::ternaryParamBytes(int64_t outFeatures,
 }
 
 namespace {
-using Vars = llvm::SmallVector<std::pair<std::string, std::string>>;
-
-std::string fillTemplate(llvm::StringRef tmpl, const Vars &vars) {
-  std::string out = tmpl.str();
-  for (auto &[key, value] : vars) {
-    std::string hole = "{{" + key + "}}";
-    for (size_t at = out.find(hole); at != std::string::npos;
-         at = out.find(hole, at + value.size()))
-      out.replace(at, hole.size(), value);
-  }
-  return out;
-}
-
-std::string floatLiteral(double v) { return llvm::formatv("{0:e9}", v).str(); }
-
 std::string elementName(Type t) {
   if (t.isBF16())
     return "bf16";
@@ -58,22 +42,34 @@ std::string elementName(Type t) {
   return "f32";
 }
 
-/// A kernel to instantiate: its template, holes and workload.
-/// The body of a kernel built with builders (typed lowering): it receives
-/// the kernel's buffers and its scalars T, pos, rows, begin, end.
+int64_t dim(Value v, unsigned i) {
+  return cast<ShapedType>(v.getType()).getDimSize(i);
+}
+
+/// Ceiling of n / per: the work units of n items, `per` to a unit.
+int64_t units(int64_t n, int64_t per) { return (n + per - 1) / per; }
+
+/// Work units of a ternary product: 4 tiles of columns each.
+int64_t ternaryUnits(int64_t N) { return units(N, 4 * TLC_TERNARY_TILE_N); }
+
+/// What a kernel body receives: its buffers (operands, then results) and
+/// the runtime scalars T (tokens in this call), pos (position of the first
+/// token), rows (logit rows wanted) and the [begin, end) range of the
+/// workload this thread runs.
 struct KernelArgs {
   ValueRange buffers;
   Value T, pos, rows, begin, end;
 };
-using KernelBody = std::function<void(OpBuilder &, Location, const KernelArgs &)>;
+using KernelBody =
+    std::function<void(OpBuilder &, Location, const KernelArgs &)>;
 
+/// A kernel to build once per shape: `func @name(buffers..., T, pos, rows,
+/// begin, end)`, and the workload of its dispatches.
 struct KernelSpec {
-  const char *tmpl; // MLIR text with {{HOLES}}, or null when `body` is set
   std::string name;
-  Vars vars;
-  int64_t tokensFactor = 1, constant = 0;
-  SmallVector<Type> buffers; // typed kernels: the buffer argument types
+  SmallVector<Type> buffers;
   KernelBody body;
+  int64_t tokensFactor = 1, constant = 0;
 };
 
 /// `for i in [lo, hi)` with unit step, `fn(i)` in the loop body.
@@ -85,13 +81,199 @@ void forRange(OpBuilder &b, Location loc, Value lo, Value hi,
   fn(inner, loop.getInductionVar());
 }
 
-/// cache[pos + t] = x[t] for the call's rows t in [begin, end).
-KernelSpec kvAppendKernel(int64_t D) {
+Value indexConst(OpBuilder &b, Location loc, int64_t v) {
+  return arith::ConstantIndexOp::create(b, loc, v);
+}
+
+Value f32Const(OpBuilder &b, Location loc, float v) {
+  return arith::ConstantOp::create(b, loc, b.getF32FloatAttr(v));
+}
+
+/// A loaded weight element as f32 (bf16 and f32 weights).
+Value toF32(OpBuilder &b, Location loc, Value v) {
+  if (v.getType().isF32())
+    return v;
+  return arith::ExtFOp::create(b, loc, b.getF32Type(), v);
+}
+
+MemRefType rowsOf(int64_t tm, int64_t d, Type element) {
+  return MemRefType::get({tm, d}, element);
+}
+
+//===----------------------------------------------------------------------===//
+// Kernels written as loops
+//===----------------------------------------------------------------------===//
+
+/// out[t, :] = f32(table[ids[t], :]).
+KernelSpec embedKernel(Type table, int64_t tm) {
+  auto t = cast<ShapedType>(table);
+  int64_t V = t.getDimSize(0), D = t.getDimSize(1);
+  Type f32 = Float32Type::get(table.getContext());
   KernelSpec k;
-  k.tmpl = nullptr;
+  k.name = llvm::formatv("embed_v{0}_d{1}_{2}", V, D,
+                         elementName(t.getElementType()));
+  k.buffers = {MemRefType::get({V, D}, t.getElementType()),
+               MemRefType::get({tm}, IntegerType::get(table.getContext(), 32)),
+               rowsOf(tm, D, f32)};
   k.body = [D](OpBuilder &b, Location loc, const KernelArgs &a) {
-    Value zero = arith::ConstantIndexOp::create(b, loc, 0);
-    Value width = arith::ConstantIndexOp::create(b, loc, D);
+    Value zero = indexConst(b, loc, 0), width = indexConst(b, loc, D);
+    forRange(b, loc, a.begin, a.end, [&](OpBuilder &b, Value t) {
+      Value id32 = memref::LoadOp::create(b, loc, a.buffers[1], t);
+      Value id = arith::IndexCastOp::create(b, loc, b.getIndexType(), id32);
+      forRange(b, loc, zero, width, [&](OpBuilder &b, Value d) {
+        Value w = memref::LoadOp::create(b, loc, a.buffers[0], {id, d});
+        memref::StoreOp::create(b, loc, toF32(b, loc, w), a.buffers[2],
+                                {t, d});
+      });
+    });
+  };
+  return k;
+}
+
+/// out[t, :] = w * x[t, :] / sqrt(mean(x[t, :]^2) + eps).
+KernelSpec rmsNormKernel(RMSNormOp n, int64_t tm) {
+  int64_t D = dim(n.getInput(), 1);
+  Type wt = n.getWeight().getType().getElementType();
+  float eps = n.getEpsilon().convertToFloat();
+  Type f32 = Float32Type::get(n.getContext());
+  KernelSpec k;
+  k.name = llvm::formatv("rms_norm_d{0}_{1}_eps{2}", D, elementName(wt),
+                         llvm::utohexstr(llvm::bit_cast<uint32_t>(eps)));
+  k.buffers = {rowsOf(tm, D, f32), MemRefType::get({D}, wt),
+               rowsOf(tm, D, f32)};
+  k.body = [D, eps](OpBuilder &b, Location loc, const KernelArgs &a) {
+    Value x = a.buffers[0], w = a.buffers[1], out = a.buffers[2];
+    Value zero = indexConst(b, loc, 0), width = indexConst(b, loc, D),
+          one = indexConst(b, loc, 1);
+    Value fzero = f32Const(b, loc, 0.0f), n = f32Const(b, loc, (float)D),
+          epsilon = f32Const(b, loc, eps);
+    forRange(b, loc, a.begin, a.end, [&](OpBuilder &b, Value t) {
+      auto sum = scf::ForOp::create(
+          b, loc, zero, width, one, ValueRange{fzero},
+          [&](OpBuilder &b, Location loc, Value d, ValueRange acc) {
+            Value v = memref::LoadOp::create(b, loc, x, {t, d});
+            Value sq = arith::MulFOp::create(b, loc, v, v);
+            auto add = arith::AddFOp::create(b, loc, acc[0], sq);
+            add.setFastmath(arith::FastMathFlags::reassoc);
+            scf::YieldOp::create(b, loc, add.getResult());
+          });
+      Value mean = arith::DivFOp::create(b, loc, sum.getResult(0), n);
+      Value r = math::RsqrtOp::create(
+          b, loc, arith::AddFOp::create(b, loc, mean, epsilon));
+      forRange(b, loc, zero, width, [&](OpBuilder &b, Value d) {
+        Value v = memref::LoadOp::create(b, loc, x, {t, d});
+        Value wf = toF32(b, loc, memref::LoadOp::create(b, loc, w, d));
+        Value h = arith::MulFOp::create(b, loc, v, r);
+        memref::StoreOp::create(b, loc, arith::MulFOp::create(b, loc, wf, h),
+                                out, {t, d});
+      });
+    });
+  };
+  return k;
+}
+
+/// Rotary embedding of every head of x (rotate_half form), at positions
+/// pos + (t mod period); the inverse rotates backwards (the adjoint).
+KernelSpec ropeKernel(RopeOp r, int64_t tm) {
+  int64_t D = dim(r.getInput(), 1), hd = r.getHeadDim(), half = hd / 2;
+  double theta = r.getTheta().convertToDouble();
+  // inv_freq exactly as transformers computes it, in float32.
+  SmallVector<float> invFreq;
+  for (int64_t i = 0; i < half; ++i)
+    invFreq.push_back(
+        1.0f / std::pow((float)theta, (float)(2 * i) / (float)hd));
+  // Positions restart every `period` tokens (training batches).
+  int64_t period = r.getPeriod() ? (int64_t)*r.getPeriod() : (int64_t)1 << 40;
+  float sign = r.getInverse() ? -1.0f : 1.0f;
+  Type f32 = Float32Type::get(r.getContext());
+  KernelSpec k;
+  k.name = llvm::formatv("rope_d{0}_hd{1}_theta{2}{3}{4}", D, hd,
+                         (int64_t)theta,
+                         r.getPeriod() ? "_p" + std::to_string(period) : "",
+                         r.getInverse() ? "_inv" : "");
+  k.buffers = {rowsOf(tm, D, f32), rowsOf(tm, D, f32)};
+  k.body = [=](OpBuilder &b, Location loc, const KernelArgs &a) {
+    // The table is a constant global beside the kernel.
+    auto fn = b.getInsertionBlock()->getParentOp();
+    auto tableType = MemRefType::get({half}, b.getF32Type());
+    std::string tableName =
+        (cast<func::FuncOp>(fn).getSymName() + "_inv_freq").str();
+    {
+      OpBuilder g(fn);
+      memref::GlobalOp::create(
+          g, loc, tableName, g.getStringAttr("private"), tableType,
+          DenseElementsAttr::get(RankedTensorType::get({half}, g.getF32Type()),
+                                 ArrayRef<float>(invFreq)),
+          /*constant=*/true, IntegerAttr());
+    }
+    Value x = a.buffers[0], out = a.buffers[1];
+    Value zero = indexConst(b, loc, 0), cHalf = indexConst(b, loc, half),
+          cHd = indexConst(b, loc, hd), cD = indexConst(b, loc, D),
+          cPeriod = indexConst(b, loc, period), cSign = f32Const(b, loc, sign);
+    Value inv = memref::GetGlobalOp::create(b, loc, tableType, tableName);
+    forRange(b, loc, a.begin, a.end, [&](OpBuilder &b, Value t) {
+      Value p = arith::AddIOp::create(
+          b, loc, a.pos, arith::RemUIOp::create(b, loc, t, cPeriod));
+      Value pf = arith::SIToFPOp::create(
+          b, loc, b.getF32Type(),
+          arith::IndexCastOp::create(b, loc, b.getI64Type(), p));
+      forRange(b, loc, zero, cHalf, [&](OpBuilder &b, Value i) {
+        Value f = memref::LoadOp::create(b, loc, inv, i);
+        Value angle = arith::MulFOp::create(b, loc, pf, f);
+        Value cos = math::CosOp::create(b, loc, angle);
+        Value sin = arith::MulFOp::create(
+            b, loc, math::SinOp::create(b, loc, angle), cSign);
+        auto loop = scf::ForOp::create(b, loc, zero, cD, cHd);
+        OpBuilder h = OpBuilder::atBlockTerminator(loop.getBody());
+        Value i1 = arith::AddIOp::create(h, loc, loop.getInductionVar(), i);
+        Value i2 = arith::AddIOp::create(h, loc, i1, cHalf);
+        Value x1 = memref::LoadOp::create(h, loc, x, {t, i1});
+        Value x2 = memref::LoadOp::create(h, loc, x, {t, i2});
+        Value o1 = arith::SubFOp::create(
+            h, loc, arith::MulFOp::create(h, loc, x1, cos),
+            arith::MulFOp::create(h, loc, x2, sin));
+        Value o2 = arith::AddFOp::create(
+            h, loc, arith::MulFOp::create(h, loc, x2, cos),
+            arith::MulFOp::create(h, loc, x1, sin));
+        memref::StoreOp::create(h, loc, o1, out, {t, i1});
+        memref::StoreOp::create(h, loc, o2, out, {t, i2});
+      });
+    });
+  };
+  return k;
+}
+
+/// out = relu(g)^2 * u, elementwise.
+KernelSpec squaredReluMulKernel(int64_t D, int64_t tm, MLIRContext *ctx) {
+  KernelSpec k;
+  k.name = llvm::formatv("squared_relu_mul_d{0}", D);
+  Type buf = rowsOf(tm, D, Float32Type::get(ctx));
+  k.buffers = {buf, buf, buf};
+  k.body = [D](OpBuilder &b, Location loc, const KernelArgs &a) {
+    Value zero = indexConst(b, loc, 0), width = indexConst(b, loc, D),
+          fzero = f32Const(b, loc, 0.0f);
+    forRange(b, loc, a.begin, a.end, [&](OpBuilder &b, Value t) {
+      forRange(b, loc, zero, width, [&](OpBuilder &b, Value d) {
+        Value g = memref::LoadOp::create(b, loc, a.buffers[0], {t, d});
+        Value u = memref::LoadOp::create(b, loc, a.buffers[1], {t, d});
+        Value r = arith::MaximumFOp::create(b, loc, g, fzero);
+        Value r2 = arith::MulFOp::create(b, loc, r, r);
+        memref::StoreOp::create(b, loc, arith::MulFOp::create(b, loc, r2, u),
+                                a.buffers[2], {t, d});
+      });
+    });
+  };
+  return k;
+}
+
+/// cache[pos + t] = x[t] for the call's rows t in [begin, end).
+KernelSpec kvAppendKernel(int64_t S, int64_t D, int64_t tm, MLIRContext *ctx) {
+  KernelSpec k;
+  k.name = llvm::formatv("kv_append_s{0}_d{1}", S, D);
+  Type f32 = Float32Type::get(ctx);
+  k.buffers = {rowsOf(S, D, f32), rowsOf(tm, D, f32)};
+  k.body = [D](OpBuilder &b, Location loc, const KernelArgs &a) {
+    Value zero = indexConst(b, loc, 0), width = indexConst(b, loc, D);
     forRange(b, loc, a.begin, a.end, [&](OpBuilder &b, Value t) {
       Value p = arith::AddIOp::create(b, loc, a.pos, t);
       forRange(b, loc, zero, width, [&](OpBuilder &b, Value d) {
@@ -104,13 +286,13 @@ KernelSpec kvAppendKernel(int64_t D) {
 }
 
 /// Elementwise out = a + b over rows [begin, end) of [TM x D] buffers.
-KernelSpec addKernel(int64_t D) {
+KernelSpec addKernel(int64_t D, int64_t tm, MLIRContext *ctx) {
   KernelSpec k;
-  k.tmpl = nullptr;
   k.name = llvm::formatv("add_d{0}", D);
+  Type buf = rowsOf(tm, D, Float32Type::get(ctx));
+  k.buffers = {buf, buf, buf};
   k.body = [D](OpBuilder &b, Location loc, const KernelArgs &a) {
-    Value zero = arith::ConstantIndexOp::create(b, loc, 0);
-    Value width = arith::ConstantIndexOp::create(b, loc, D);
+    Value zero = indexConst(b, loc, 0), width = indexConst(b, loc, D);
     forRange(b, loc, a.begin, a.end, [&](OpBuilder &b, Value t) {
       forRange(b, loc, zero, width, [&](OpBuilder &b, Value d) {
         Value x = memref::LoadOp::create(b, loc, a.buffers[0], {t, d});
@@ -123,173 +305,39 @@ KernelSpec addKernel(int64_t D) {
   return k;
 }
 
-int64_t dim(Value v, unsigned i) {
-  return cast<ShapedType>(v.getType()).getDimSize(i);
-}
-
-FailureOr<KernelSpec> specFor(Operation *op, int64_t tm) {
-  std::string TM = std::to_string(tm);
-  auto s = [](int64_t v) { return std::to_string(v); };
-  KernelSpec k;
-  if (auto e = dyn_cast<EmbedOp>(op)) {
-    auto w = elementName(e.getTable().getType().getElementType());
-    k = {kEmbed,
-         llvm::formatv("embed_v{0}_d{1}_{2}", dim(e.getTable(), 0),
-                       dim(e.getTable(), 1), w),
-         {{"V", s(dim(e.getTable(), 0))},
-          {"D", s(dim(e.getTable(), 1))},
-          {"W", w}}};
-  } else if (auto n = dyn_cast<RMSNormOp>(op)) {
-    auto w = elementName(n.getWeight().getType().getElementType());
-    float eps = n.getEpsilon().convertToFloat();
-    k = {
-        kRMSNorm,
-        llvm::formatv("rms_norm_d{0}_{1}_eps{2}", dim(n.getInput(), 1), w,
-                      llvm::utohexstr(llvm::bit_cast<uint32_t>(eps))),
-        {{"D", s(dim(n.getInput(), 1))}, {"W", w}, {"EPS", floatLiteral(eps)}}};
-  } else if (auto q = dyn_cast<QuantizeOp>(op)) {
-    int64_t K = q.getType().getFeatures();
-    k = {kQuantize,
-         llvm::formatv("quantize_k{0}", K),
-         {{"K", s(K)},
-          {"TMK", s(tm * K)},
-          {"QB", s(bufferBytes(q.getType(), tm))}}};
-  } else if (auto m = dyn_cast<TernaryMatmulOp>(op)) {
-    auto w = m.getWeight().getType();
-    int64_t N = w.getOutFeatures(), K = w.getInFeatures();
-    if (K % TLC_TERNARY_BLOCK_K != 0)
-      return op->emitOpError("the CPU ternary kernel needs in_features % ")
-             << TLC_TERNARY_BLOCK_K << " == 0, got " << K;
-    k = {kTernaryMatmul,
-         llvm::formatv("ternary_matmul_n{0}_k{1}", N, K),
-         {{"N", s(N)},
-          {"K", s(K)},
-          {"TMN", s(tm * N)},
-          {"QB", s(bufferBytes(m.getInput().getType(), tm))},
-          {"WB", s(tlc::llvmcpu::ternaryParamBytes(N, K))}},
-         0,
-         (N + 4 * TLC_TERNARY_TILE_N - 1) / (4 * TLC_TERNARY_TILE_N)};
-  } else if (auto d = dyn_cast<DenseOp>(op)) {
-    Type et = d.getWeight().getType().getElementType();
-    auto w = elementName(et);
-    int64_t N = dim(d.getWeight(), 0), K = dim(d.getWeight(), 1);
-    if (w == "q6" && K % 64 != 0)
-      return op->emitOpError("the 6-bit head needs in_features % 64 == 0, got ")
-             << K;
-    std::string wt;
-    llvm::raw_string_ostream(wt) << et;
-    k = {kDense,
-         llvm::formatv("dense_n{0}_k{1}_{2}", N, K, w),
-         {{"N", s(N)},
-          {"K", s(K)},
-          {"W", w},
-          {"WT", wt},
-          {"TMK", s(tm * K)},
-          {"NK", s(N * K)},
-          {"TMN", s(tm * N)}},
-         0,
-         (N + TLC_DENSE_TILE_N - 1) / TLC_DENSE_TILE_N};
-  } else if (auto r = dyn_cast<RopeOp>(op)) {
-    int64_t D = dim(r.getInput(), 1), hd = r.getHeadDim();
-    double theta = r.getTheta().convertToDouble();
-    // inv_freq exactly as transformers computes it, in float32.
-    std::string inv;
-    for (int64_t i = 0; i < hd / 2; ++i) {
-      float e = (float)(2 * i) / (float)hd;
-      float f = 1.0f / std::pow((float)theta, e);
-      inv += (i ? ", " : "") + floatLiteral(f);
-    }
-    // Positions restart every `period` tokens (training batches); the
-    // adjoint rotates backwards.
-    int64_t period = r.getPeriod() ? (int64_t)*r.getPeriod() : (int64_t)1 << 40;
-    k = {kRope,
-         llvm::formatv("rope_d{0}_hd{1}_theta{2}{3}{4}", D, hd, (int64_t)theta,
-                       r.getPeriod() ? "_p" + s(period) : "",
-                       r.getInverse() ? "_inv" : ""),
-         {{"D", s(D)},
-          {"HD", s(hd)},
-          {"HALF", s(hd / 2)},
-          {"INV_FREQ", inv},
-          {"PERIOD", s(period)},
-          {"SIGN", r.getInverse() ? "-1.0" : "1.0"}}};
-  } else if (auto a = dyn_cast<KVAppendOp>(op)) {
-    auto c = a.getCache().getType();
-    int64_t D = c.getKvHeads() * c.getHeadDim();
-    k = kvAppendKernel(D);
-    k.name = llvm::formatv("kv_append_s{0}_d{1}", c.getMaxSeq(), D);
-    Type f32 = Float32Type::get(op->getContext());
-    k.buffers = {MemRefType::get({c.getMaxSeq(), D}, f32),
-                 MemRefType::get({tm, D}, f32)};
-  } else if (auto a = dyn_cast<AttentionOp>(op)) {
-    auto c = a.getKeys().getType();
-    int64_t DQ = dim(a.getQuery(), 1), hd = c.getHeadDim(), H = DQ / hd;
-    // One token (decode): one item per query head balances the threads;
-    // several tokens: one per kv head shares key/value loads in the group.
-    int64_t parts = tm == 1 ? H : c.getKvHeads();
-    k = {kAttention,
-         llvm::formatv("attention_s{0}_h{1}_kv{2}_hd{3}", c.getMaxSeq(), H,
-                       c.getKvHeads(), hd),
-         {{"S", s(c.getMaxSeq())},
-          {"DQ", s(DQ)},
-          {"DKV", s(c.getKvHeads() * hd)},
-          {"H", s(H)},
-          {"KVH", s(c.getKvHeads())},
-          {"HD", s(hd)},
-          {"PARTS", s(parts)},
-          {"SCALE", floatLiteral(a.getScale().convertToFloat())}},
-         parts,
-         0};
-  } else if (auto l = dyn_cast<LoraOp>(op)) {
-    Type et = l.getLoraA().getType().getElementType();
-    if (et != l.getLoraB().getType().getElementType())
-      return op->emitOpError("lora_A and lora_B must have one element type");
-    std::string wt;
-    llvm::raw_string_ostream(wt) << et;
-    int64_t R = dim(l.getLoraA(), 0), K = dim(l.getLoraA(), 1),
-            N = dim(l.getLoraB(), 0);
-    float scale = l.getScaling().convertToFloat();
-    k = {kLora,
-         llvm::formatv("lora_r{0}_k{1}_n{2}_{3}_s{4}", R, K, N, elementName(et),
-                       llvm::utohexstr(llvm::bit_cast<uint32_t>(scale))),
-         {{"R", s(R)},
-          {"K", s(K)},
-          {"N", s(N)},
-          {"W", elementName(et)},
-          {"WT", wt},
-          {"SCALE", floatLiteral(scale)}}};
-  } else if (auto m = dyn_cast<SquaredReluMulOp>(op)) {
-    k = {kSquaredReluMul,
-         llvm::formatv("squared_relu_mul_d{0}", dim(m.getResult(), 1)),
-         {{"D", s(dim(m.getResult(), 1))}}};
-  } else if (auto add = dyn_cast<arith::AddFOp>(op)) {
-    if (!isa<RankedTensorType>(add.getType()))
-      return op->emitOpError("only tensor additions are dispatched");
-    int64_t D = dim(add.getResult(), 1);
-    k = addKernel(D);
-    Type buf = MemRefType::get({tm, D}, Float32Type::get(op->getContext()));
-    k.buffers = {buf, buf, buf};
-  } else {
-    return op->emitOpError("has no llvm-cpu kernel");
-  }
-  k.name += "_t" + TM;
-  k.vars.push_back({"NAME", k.name});
-  k.vars.push_back({"TM", TM});
-  return k;
-}
-
 //===----------------------------------------------------------------------===//
-// Kernels that hand their buffers to one C microkernel (training ops)
+// Kernels that call one C microkernel
 //===----------------------------------------------------------------------===//
 
-/// A scalar argument of a C microkernel: an MLIR constant, or "%T" (the
-/// call's token count).
+/// A scalar argument of a C microkernel: a constant, or one of the kernel's
+/// runtime scalars.
 struct Scalar {
-  const char *type; // "index" or "f32"
-  std::string value;
+  enum Kind { Index, F32, Tokens, Position, Rows } kind;
+  int64_t i = 0;
+  float f = 0;
 };
-Scalar idx(int64_t v) { return {"index", std::to_string(v)}; }
-Scalar f32(float v) { return {"f32", floatLiteral(v)}; }
-Scalar tokens() { return {"index", "%T"}; }
+Scalar idx(int64_t v) { return {Scalar::Index, v}; }
+Scalar f32(float v) { return {Scalar::F32, 0, v}; }
+Scalar tokens() { return {Scalar::Tokens}; }
+Scalar position() { return {Scalar::Position}; }
+Scalar rowsWanted() { return {Scalar::Rows}; }
+
+Value materialize(OpBuilder &b, Location loc, const Scalar &s,
+                  const KernelArgs &a) {
+  switch (s.kind) {
+  case Scalar::Index:
+    return indexConst(b, loc, s.i);
+  case Scalar::F32:
+    return f32Const(b, loc, s.f);
+  case Scalar::Tokens:
+    return a.T;
+  case Scalar::Position:
+    return a.pos;
+  case Scalar::Rows:
+    return a.rows;
+  }
+  llvm_unreachable("scalar kind");
+}
 
 /// Bytes of a buffer holding `type` for `tm` tokens (>= 1).
 int64_t bufferSize(Type type, int64_t tm) {
@@ -298,138 +346,177 @@ int64_t bufferSize(Type type, int64_t tm) {
   return std::max<int64_t>(1, bufferBytes(type, tm));
 }
 
-/// MLIR of `name`: buffers as byte memrefs, passed as pointers to `cfn`,
-/// then the scalars, then the work range.
-std::string cCallKernel(const std::string &name, const std::string &cfn,
-                        ArrayRef<int64_t> bytes, ArrayRef<Scalar> scalars) {
-  std::string body, args, call, types; // @cfn is declared by the prelude
-  for (size_t i = 0; i < bytes.size(); ++i) {
-    std::string m = llvm::formatv("memref<{0}xi8>", bytes[i]).str();
-    args += llvm::formatv("%b{0}: {1}, ", i, m).str();
-    body += llvm::formatv("  %b{0}i = memref.extract_aligned_pointer_as_index "
-                          "%b{0} : {1} -> index\n  %b{0}p = func.call @ptr(%b{0}i)"
-                          " : (index) -> !llvm.ptr\n",
-                          i, m)
-                .str();
-    call += llvm::formatv("%b{0}p, ", i).str();
-    types += "!llvm.ptr, ";
-  }
-  for (size_t i = 0; i < scalars.size(); ++i) {
-    const Scalar &sc = scalars[i];
-    if (sc.value == "%T") {
-      call += "%T, ";
-    } else {
-      body += llvm::formatv("  %s{0} = arith.constant {1} : {2}\n", i,
-                            sc.value, sc.type)
-                  .str();
-      call += llvm::formatv("%s{0}, ", i).str();
-    }
-    types += std::string(sc.type) + ", ";
-  }
-  types += "index, index";
-  return "func.func @" + name + "(" + args + kKernelScalars +
-         ") attributes {tlora.kernel} {\n" + body + "  func.call @" + cfn +
-         "(" + call + "%begin, %end) : (" + types + ") -> ()\n  return\n}\n";
+/// A kernel handing its buffers (byte memrefs sized for `tm` tokens) and
+/// `scalars`, then begin and end, to C microkernel `cfn`. Without a `name`,
+/// the kernel is named after `cfn` and a hash of its signature.
+KernelSpec microkernelKernel(MLIRContext *ctx, std::string name,
+                             StringRef cfn, ValueRange operands,
+                             TypeRange results, ArrayRef<Scalar> scalars,
+                             int64_t tm) {
+  KernelSpec k;
+  std::string key = cfn.str();
+  auto addBuffer = [&](Type t) {
+    int64_t bytes = bufferSize(t, tm);
+    k.buffers.push_back(MemRefType::get({bytes}, IntegerType::get(ctx, 8)));
+    key += " " + std::to_string(bytes);
+  };
+  for (Value v : operands)
+    addBuffer(v.getType());
+  for (Type t : results)
+    addBuffer(t);
+  for (const Scalar &s : scalars)
+    key += llvm::formatv(" {0}:{1}:{2}", (int)s.kind, s.i,
+                         llvm::bit_cast<uint32_t>(s.f));
+  k.name = !name.empty() ? name
+                         : llvm::formatv("{0}_{1}", cfn.drop_front(6),
+                                         llvm::utohexstr(llvm::xxh3_64bits(key)))
+                               .str();
+  SmallVector<Scalar> args(scalars);
+  k.body = [cfn = cfn.str(), args](OpBuilder &b, Location loc,
+                                   const KernelArgs &a) {
+    SmallVector<Value> operands(a.buffers);
+    for (const Scalar &s : args)
+      operands.push_back(materialize(b, loc, s, a));
+    operands.append({a.begin, a.end});
+    MicrokernelCallOp::create(b, loc, cfn, operands);
+  };
+  return k;
 }
 
-/// MLIR of a kernel running 2 or 3 ternary products of one quantized input
-/// (tlc_k_ternary_matmul_group{2,3}).
-std::string groupedTernaryKernel(const std::string &name, int64_t tm,
-                                 int64_t qBytes, int64_t K,
-                                 ArrayRef<int64_t> Ns) {
-  std::string s, args, ptrs, call = "%qp", types = "!llvm.ptr";
-  llvm::raw_string_ostream os(s);
-  size_t G = Ns.size();
-  for (size_t g = 0; g < G; ++g)
-    args += llvm::formatv("%w{0}: memref<{1}xi8>, ", g,
-                          ternaryParamBytes(Ns[g], K));
-  for (size_t g = 0; g < G; ++g)
-    args += llvm::formatv("%y{0}: memref<{1}x{2}xf32>, ", g, tm, Ns[g]);
-  auto ptr = [&](const std::string &v, const std::string &type) {
-    ptrs += llvm::formatv("  %{0}i = memref.extract_aligned_pointer_as_index "
-                          "%{0} : {1} -> index\n  %{0}p = func.call @ptr(%{0}i)"
-                          " : (index) -> !llvm.ptr\n",
-                          v, type);
+/// Buffer operands of a compute op: positions and row counts reach kernels
+/// as runtime scalars.
+SmallVector<Value> bufferOperands(Operation *op) {
+  SmallVector<Value> buffers;
+  for (Value v : op->getOperands())
+    if (!isa<IndexType>(v.getType()))
+      buffers.push_back(v);
+  return buffers;
+}
+
+/// The kernel of an inference op, for `tm` tokens at most.
+FailureOr<KernelSpec> specFor(Operation *op, int64_t tm) {
+  MLIRContext *ctx = op->getContext();
+  auto call = [&](std::string name, StringRef cfn, ArrayRef<Scalar> scalars,
+                  int64_t tokensFactor, int64_t constant) {
+    KernelSpec k = microkernelKernel(ctx, name, cfn, bufferOperands(op),
+                                     op->getResultTypes(), scalars, tm);
+    k.tokensFactor = tokensFactor;
+    k.constant = constant;
+    return k;
   };
-  ptr("q", llvm::formatv("memref<{0}xi8>", qBytes).str());
-  for (size_t g = 0; g < G; ++g) {
-    ptr("w" + std::to_string(g),
-        llvm::formatv("memref<{0}xi8>", ternaryParamBytes(Ns[g], K)).str());
-    call += llvm::formatv(", %w{0}p", g);
-    types += ", !llvm.ptr";
+  KernelSpec k;
+  if (auto e = dyn_cast<EmbedOp>(op)) {
+    k = embedKernel(e.getTable().getType(), tm);
+  } else if (auto n = dyn_cast<RMSNormOp>(op)) {
+    k = rmsNormKernel(n, tm);
+  } else if (auto q = dyn_cast<QuantizeOp>(op)) {
+    int64_t K = q.getType().getFeatures();
+    k = call(llvm::formatv("quantize_k{0}", K), "tlc_k_quantize",
+             {idx(tm), idx(K)}, 1, 0);
+  } else if (auto m = dyn_cast<TernaryMatmulOp>(op)) {
+    auto w = m.getWeight().getType();
+    int64_t N = w.getOutFeatures(), K = w.getInFeatures();
+    if (K % TLC_TERNARY_BLOCK_K != 0)
+      return op->emitOpError("the CPU ternary kernel needs in_features % ")
+             << TLC_TERNARY_BLOCK_K << " == 0, got " << K;
+    k = call(llvm::formatv("ternary_matmul_n{0}_k{1}", N, K),
+             "tlc_k_ternary_matmul", {idx(tm), idx(K), idx(N), tokens()}, 0,
+             ternaryUnits(N));
+  } else if (auto d = dyn_cast<DenseOp>(op)) {
+    auto w = elementName(d.getWeight().getType().getElementType());
+    int64_t N = dim(d.getWeight(), 0), K = dim(d.getWeight(), 1);
+    if (w == "q6" && K % 64 != 0)
+      return op->emitOpError("the 6-bit head needs in_features % 64 == 0, got ")
+             << K;
+    k = call(llvm::formatv("dense_n{0}_k{1}_{2}", N, K, w), "tlc_k_dense_" + w,
+             {idx(tm), idx(K), idx(N), tokens(), rowsWanted()}, 0,
+             units(N, TLC_DENSE_TILE_N));
+  } else if (auto r = dyn_cast<RopeOp>(op)) {
+    k = ropeKernel(r, tm);
+  } else if (auto a = dyn_cast<KVAppendOp>(op)) {
+    auto c = a.getCache().getType();
+    k = kvAppendKernel(c.getMaxSeq(), c.getKvHeads() * c.getHeadDim(), tm, ctx);
+  } else if (auto a = dyn_cast<AttentionOp>(op)) {
+    auto c = a.getKeys().getType();
+    int64_t DQ = dim(a.getQuery(), 1), hd = c.getHeadDim(), H = DQ / hd;
+    // One token (decode): one item per query head balances the threads;
+    // several tokens: one per kv head shares key/value loads in the group.
+    int64_t parts = tm == 1 ? H : c.getKvHeads();
+    k = call(llvm::formatv("attention_s{0}_h{1}_kv{2}_hd{3}", c.getMaxSeq(), H,
+                           c.getKvHeads(), hd),
+             "tlc_k_attention",
+             {idx(H), idx(c.getKvHeads()), idx(parts), idx(hd),
+              f32(a.getScale().convertToFloat()), position()},
+             parts, 0);
+  } else if (auto l = dyn_cast<LoraOp>(op)) {
+    Type et = l.getLoraA().getType().getElementType();
+    if (et != l.getLoraB().getType().getElementType())
+      return op->emitOpError("lora_A and lora_B must have one element type");
+    int64_t R = dim(l.getLoraA(), 0), K = dim(l.getLoraA(), 1),
+            N = dim(l.getLoraB(), 0);
+    float scale = l.getScaling().convertToFloat();
+    k = call(llvm::formatv("lora_r{0}_k{1}_n{2}_{3}_s{4}", R, K, N,
+                           elementName(et),
+                           llvm::utohexstr(llvm::bit_cast<uint32_t>(scale))),
+             "tlc_k_lora_" + elementName(et),
+             {idx(K), idx(N), idx(R), idx(tm), f32(scale)}, 1, 0);
+  } else if (auto m = dyn_cast<SquaredReluMulOp>(op)) {
+    k = squaredReluMulKernel(dim(m.getResult(), 1), tm, ctx);
+  } else if (auto add = dyn_cast<arith::AddFOp>(op)) {
+    if (!isa<RankedTensorType>(add.getType()))
+      return op->emitOpError("only tensor additions are dispatched");
+    k = addKernel(dim(add.getResult(), 1), tm, ctx);
+  } else {
+    return op->emitOpError("has no llvm-cpu kernel");
   }
-  for (size_t g = 0; g < G; ++g) {
-    ptr("y" + std::to_string(g),
-        llvm::formatv("memref<{0}x{1}xf32>", tm, Ns[g]).str());
-    call += llvm::formatv(", %y{0}p", g);
-    types += ", !llvm.ptr";
-  }
-  std::string consts;
-  for (size_t g = 0; g < G; ++g) {
-    consts += llvm::formatv("  %n{0} = arith.constant {1} : index\n", g, Ns[g]);
-    call += llvm::formatv(", %n{0}", g);
-    types += ", index";
-  }
-  os << "func.func @" << name << "(%q: memref<" << qBytes << "xi8>, " << args
-     << kKernelScalars << ") attributes {tlora.kernel} {\n"
-     << consts << "  %tm = arith.constant " << tm
-     << " : index\n  %k = arith.constant " << K << " : index\n"
-     << ptrs << "  func.call @tlc_k_ternary_matmul_group" << G << "(" << call
-     << ", %tm, %k, %T, %begin, %end) : (" << types
-     << ", index, index, index, index, index) -> ()\n  return\n}\n";
-  return s;
+  k.name += "_t" + std::to_string(tm);
+  return k;
 }
 
 struct FormDispatchesPass
     : tlc::llvmcpu::impl::FormDispatchesPassBase<FormDispatchesPass> {
   /// Creates a dispatch of C microkernel `cfn` on `operands`, producing
-  /// `results`; the kernel is named after `cfn` and a hash of its source.
-  FailureOr<DispatchOp> cCall(OpBuilder &b, Location loc, ModuleOp kernels,
-                              SymbolTable &symbols, int64_t tm,
-                              const std::string &cfn, ValueRange operands,
-                              TypeRange results, ArrayRef<Scalar> scalars,
-                              int64_t tokensFactor, int64_t constant) {
-    SmallVector<int64_t> bytes;
-    for (Value v : operands)
-      bytes.push_back(bufferSize(v.getType(), tm));
-    for (Type t : results)
-      bytes.push_back(bufferSize(t, tm));
-    std::string source = cCallKernel("{{NAME}}", cfn, bytes, scalars);
-    std::string name =
-        llvm::formatv("{0}_{1}_t{2}", StringRef(cfn).drop_front(6),
-                      llvm::utohexstr(llvm::xxh3_64bits(source)), tm)
-            .str();
-    if (!symbols.lookup(name) &&
-        failed(parseInto(kernels, symbols,
-                         kernelPrelude() +
-                             fillTemplate(source, {{"NAME", name}}),
-                         name, loc)))
-      return failure();
+  /// `results`; the kernel is named after `cfn` and a hash of its signature.
+  DispatchOp cCall(OpBuilder &b, Location loc, SymbolTable &symbols,
+                   int64_t tm, StringRef cfn, ValueRange operands,
+                   TypeRange results, ArrayRef<Scalar> scalars,
+                   int64_t tokensFactor, int64_t constant) {
+    KernelSpec k = microkernelKernel(&getContext(), "", cfn, operands,
+                                     results, scalars, tm);
+    k.name += "_t" + std::to_string(tm);
+    k.tokensFactor = tokensFactor;
+    k.constant = constant;
+    return dispatch(b, loc, symbols, k, operands, results);
+  }
+
+  /// A dispatch of the kernel `spec` describes, built on first use.
+  DispatchOp dispatch(OpBuilder &b, Location loc, SymbolTable &symbols,
+                      const KernelSpec &spec, ValueRange operands,
+                      TypeRange results) {
+    if (!symbols.lookup(spec.name))
+      build(symbols, spec, loc);
+    MLIRContext *ctx = &getContext();
     return DispatchOp::create(
         b, loc, results,
-        SymbolRefAttr::get(&getContext(), "kernels",
-                           {FlatSymbolRefAttr::get(&getContext(), name)}),
-        operands, tokensFactor, constant, ArrayAttr());
+        SymbolRefAttr::get(ctx, "kernels",
+                           {FlatSymbolRefAttr::get(ctx, spec.name)}),
+        operands, spec.tokensFactor, spec.constant, ArrayAttr());
   }
 
   /// Dispatches of the training ops; `handled` is false for other ops.
-  LogicalResult lowerTrainingOp(Operation *op, ModuleOp kernels,
-                                SymbolTable &symbols, int64_t tm,
+  LogicalResult lowerTrainingOp(Operation *op, SymbolTable &symbols, int64_t tm,
                                 int64_t seqLen, bool *handled) {
     *handled = true;
     OpBuilder b(op);
     Location loc = op->getLoc();
-    auto units = [](int64_t n, int64_t per) { return (n + per - 1) / per; };
     auto call = [&](const std::string &cfn, ValueRange operands,
                     TypeRange results, ArrayRef<Scalar> scalars,
                     int64_t tokensFactor, int64_t constant) {
-      return cCall(b, loc, kernels, symbols, tm, cfn, operands, results,
+      return cCall(b, loc, symbols, tm, cfn, operands, results,
                    scalars, tokensFactor, constant);
     };
-    auto replace = [&](FailureOr<DispatchOp> d) -> LogicalResult {
-      if (failed(d))
-        return failure();
-      op->replaceAllUsesWith(d->getResults());
+    auto replace = [&](DispatchOp d) -> LogicalResult {
+      op->replaceAllUsesWith(d.getResults());
       op->erase();
       return success();
     };
@@ -478,19 +565,15 @@ struct FormDispatchesPass
                         l.getResultGrad()},
                        {ud, l.getInputGrad().getType()},
                        {idx(K), idx(N), idx(R), f32(scale)}, 1, 0);
-      if (failed(rows))
-        return failure();
       auto weights = call(
           "tlc_k_lora_grad_weights",
-          {l.getInput(), l.getResultGrad(), rows->getResult(0)},
+          {l.getInput(), l.getResultGrad(), rows.getResult(0)},
           {l.getLoraAGrad().getType(), l.getLoraBGrad().getType()},
           {tokens(), idx(K), idx(N), idx(R), f32(scale)}, 0,
           units(K, 64) + units(N, 64));
-      if (failed(weights))
-        return failure();
-      l.getInputGrad().replaceAllUsesWith(rows->getResult(1));
-      l.getLoraAGrad().replaceAllUsesWith(weights->getResult(0));
-      l.getLoraBGrad().replaceAllUsesWith(weights->getResult(1));
+      l.getInputGrad().replaceAllUsesWith(rows.getResult(1));
+      l.getLoraAGrad().replaceAllUsesWith(weights.getResult(0));
+      l.getLoraBGrad().replaceAllUsesWith(weights.getResult(1));
       op->erase();
       return success();
     }
@@ -561,9 +644,7 @@ struct FormDispatchesPass
       int64_t n = trainStateElements(total, kind);
       Value state = TrainStateOp::create(
           b, loc, RankedTensorType::get({n}, b.getF32Type()));
-      if (failed(call("tlc_k_grad_norm", {state, o.getHyper()}, {},
-                      {idx(total)}, 0, 1)))
-        return failure();
+      call("tlc_k_grad_norm", {state, o.getHyper()}, {}, {idx(total)}, 0, 1);
       return replace(call("tlc_k_" + kind.str(),
                           {state, o.getHyper()}, {}, {idx(total)}, 0,
                           units(total, 1024)));
@@ -575,8 +656,8 @@ struct FormDispatchesPass
   /// Fuses `addf(ternary_matmul(q, W), lora(x, A, B))` (float32 A and B,
   /// each value used once) into a LoRA down-projection and one kernel that
   /// adds the up-projection to the product's tiles while they are in cache.
-  LogicalResult fuseLoraWithProducts(func::FuncOp func, ModuleOp kernels,
-                                     SymbolTable &symbols, int64_t tm) {
+  void fuseLoraWithProducts(func::FuncOp func, SymbolTable &symbols,
+                            int64_t tm) {
     SmallVector<arith::AddFOp> adds;
     func.walk([&](arith::AddFOp add) { adds.push_back(add); });
     for (arith::AddFOp add : adds) {
@@ -603,34 +684,29 @@ struct FormDispatchesPass
       OpBuilder b(add);
       auto uType = RankedTensorType::get({ShapedType::kDynamic, R},
                                          b.getF32Type());
-      auto down = cCall(b, add.getLoc(), kernels, symbols, tm,
+      auto down = cCall(b, add.getLoc(), symbols, tm,
                         "tlc_k_lora_down", {l.getInput(), l.getLoraA()},
                         {uType}, {idx(K), idx(R)}, 1, 0);
-      if (failed(down))
-        return failure();
       auto fused = cCall(
-          b, add.getLoc(), kernels, symbols, tm, "tlc_k_ternary_lora",
-          {m.getInput(), m.getWeight(), down->getResult(0), l.getLoraB()},
+          b, add.getLoc(), symbols, tm, "tlc_k_ternary_lora",
+          {m.getInput(), m.getWeight(), down.getResult(0), l.getLoraB()},
           {add.getType()},
           {idx(tm), idx(K), idx(N), idx(R),
            f32(l.getScaling().convertToFloat()), tokens()},
-          0, (N + 4 * TLC_TERNARY_TILE_N - 1) / (4 * TLC_TERNARY_TILE_N));
-      if (failed(fused))
-        return failure();
-      add.getResult().replaceAllUsesWith(fused->getResult(0));
+          0, ternaryUnits(N));
+      add.getResult().replaceAllUsesWith(fused.getResult(0));
       add.erase();
       m.erase();
       l.erase();
     }
-    return success();
   }
 
   /// Turns groups of 2 or 3 ternary products of one quantized input into
-  /// one dispatch, placed at the last product (all weights dominate it)
-  /// when no result is used before that point.
-  LogicalResult groupTernaryProducts(func::FuncOp func, ModuleOp kernels,
-                                     SymbolTable &symbols, int64_t tm) {
-    MLIRContext *ctx = &getContext();
+  /// one dispatch of tlc_k_ternary_matmul_group{2,3}, placed at the last
+  /// product (all weights dominate it) when no result is used before that
+  /// point.
+  void groupTernaryProducts(func::FuncOp func, SymbolTable &symbols,
+                            int64_t tm) {
     llvm::MapVector<Value, SmallVector<TernaryMatmulOp>> byInput;
     func.walk(
         [&](TernaryMatmulOp op) { byInput[op.getInput()].push_back(op); });
@@ -647,128 +723,95 @@ struct FormDispatchesPass
       int64_t K = group[0].getWeight().getType().getInFeatures();
       if (K % TLC_TERNARY_BLOCK_K != 0)
         continue; // specFor reports it for the single product
-      SmallVector<int64_t> Ns;
       SmallVector<Value> operands{input};
       SmallVector<Type> results;
+      SmallVector<Scalar> scalars;
       std::string name = "ternary_matmul_n";
-      int64_t units = 0;
+      int64_t workUnits = 0;
       for (TernaryMatmulOp m : group) {
         int64_t N = m.getWeight().getType().getOutFeatures();
-        name += (Ns.empty() ? "" : "x") + std::to_string(N);
-        Ns.push_back(N);
-        units += (N + 4 * TLC_TERNARY_TILE_N - 1) / (4 * TLC_TERNARY_TILE_N);
+        name += (scalars.empty() ? "" : "x") + std::to_string(N);
+        scalars.push_back(idx(N));
+        workUnits += ternaryUnits(N);
         operands.push_back(m.getWeight());
         results.push_back(m.getType());
       }
-      name += "_k" + std::to_string(K) + "_t" + std::to_string(tm);
-      if (!symbols.lookup(name)) {
-        std::string source =
-            kernelPrelude() +
-            groupedTernaryKernel(name, tm, bufferBytes(input.getType(), tm), K,
-                                 Ns);
-        if (failed(parseInto(kernels, symbols, source, name, last->getLoc())))
-          return failure();
-      }
+      scalars.append({idx(tm), idx(K), tokens()});
+      KernelSpec k = microkernelKernel(
+          &getContext(), name + "_k" + std::to_string(K),
+          "tlc_k_ternary_matmul_group" + std::to_string(group.size()),
+          operands, results, scalars, tm);
+      k.name += "_t" + std::to_string(tm);
+      k.tokensFactor = 0;
+      k.constant = workUnits;
       OpBuilder b(last);
-      auto dispatch = DispatchOp::create(
-          b, last->getLoc(), results,
-          SymbolRefAttr::get(ctx, "kernels",
-                             {FlatSymbolRefAttr::get(ctx, name)}),
-          operands, 0, units, ArrayAttr());
+      auto d = dispatch(b, last->getLoc(), symbols, k, operands, results);
       for (auto [i, m] : llvm::enumerate(group)) {
-        m.getResult().replaceAllUsesWith(dispatch.getResult(i));
+        m.getResult().replaceAllUsesWith(d.getResult(i));
         m->erase();
       }
     }
-    return success();
   }
 
   void runOnOperation() override {
     ModuleOp top = getOperation();
-    MLIRContext *ctx = &getContext();
     ModuleOp kernels = getOrCreateKernels(top);
-    if (!kernels)
-      return signalPassFailure();
     SymbolTable symbols(kernels);
     for (auto func : top.getOps<func::FuncOp>()) {
-      auto maxTokens = func->getAttrOfType<IntegerAttr>(mlir::tlora::attr::kMaxTokens);
+      auto maxTokens =
+          func->getAttrOfType<IntegerAttr>(mlir::tlora::attr::kMaxTokens);
       if (!maxTokens)
         continue;
-      if (failed(fuseLoraWithProducts(func, kernels, symbols,
-                                      maxTokens.getInt())) ||
-          failed(
-              groupTernaryProducts(func, kernels, symbols, maxTokens.getInt())))
-        return signalPassFailure();
-      auto seqLen = func->getAttrOfType<IntegerAttr>(mlir::tlora::attr::kSeqLen);
+      int64_t tm = maxTokens.getInt();
+      fuseLoraWithProducts(func, symbols, tm);
+      groupTernaryProducts(func, symbols, tm);
+      auto seqLen =
+          func->getAttrOfType<IntegerAttr>(mlir::tlora::attr::kSeqLen);
       for (Operation &op : llvm::make_early_inc_range(func.getBody().front())) {
         if (isa<WeightOp, TernaryWeightOp, KVCacheOp, func::ReturnOp,
                 DispatchOp, TrainableOp, HyperOp, TrainStateOp, LossScaleOp,
                 arith::ConstantOp>(op))
           continue;
         bool handled;
-        if (failed(lowerTrainingOp(&op, kernels, symbols, maxTokens.getInt(),
+        if (failed(lowerTrainingOp(&op, symbols, tm,
                                    seqLen ? seqLen.getInt() : 0, &handled)))
           return signalPassFailure();
         if (handled)
           continue;
-        FailureOr<KernelSpec> spec = specFor(&op, maxTokens.getInt());
-        if (failed(spec) ||
-            failed(instantiate(kernels, symbols, *spec, op.getLoc())))
+        FailureOr<KernelSpec> spec = specFor(&op, tm);
+        if (failed(spec))
           return signalPassFailure();
-        // Scalars (positions, row counts) reach kernels as runtime scalars.
-        SmallVector<Value> buffers;
-        for (Value v : op.getOperands())
-          if (!isa<IndexType>(v.getType()))
-            buffers.push_back(v);
         OpBuilder b(&op);
-        auto dispatch = DispatchOp::create(
-            b, op.getLoc(), op.getResultTypes(),
-            SymbolRefAttr::get(ctx, "kernels",
-                               {FlatSymbolRefAttr::get(ctx, spec->name)}),
-            buffers, spec->tokensFactor, spec->constant, ArrayAttr());
-        op.replaceAllUsesWith(dispatch.getResults());
+        auto d = dispatch(b, op.getLoc(), symbols, *spec, bufferOperands(&op),
+                          op.getResultTypes());
+        op.replaceAllUsesWith(d.getResults());
         op.erase();
       }
     }
   }
 
+  /// The nested module @kernels, created with the microkernel declarations.
   ModuleOp getOrCreateKernels(ModuleOp top) {
     for (auto m : top.getOps<ModuleOp>())
       if (m.getSymName() == "kernels")
         return m;
     OpBuilder b = OpBuilder::atBlockEnd(top.getBody());
     auto kernels = ModuleOp::create(b, top.getLoc(), StringRef("kernels"));
-    OwningOpRef<ModuleOp> prelude =
-        parseSourceString<ModuleOp>(kernelPrelude(), &getContext());
-    if (!prelude)
-      return nullptr;
-    for (Operation &op : llvm::make_early_inc_range(*prelude->getBody()))
-      op.moveBefore(kernels.getBody(), kernels.getBody()->end());
+    declareMicrokernels(kernels);
     return kernels;
   }
 
-  LogicalResult instantiate(ModuleOp kernels, SymbolTable &symbols,
-                            const KernelSpec &spec, Location loc) {
-    if (symbols.lookup(spec.name))
-      return success();
-    if (spec.body)
-      return build(kernels, symbols, spec, loc);
-    return parseInto(kernels, symbols,
-                     kernelPrelude() + fillTemplate(spec.tmpl, spec.vars),
-                     spec.name, loc);
-  }
-
-  /// Builds a typed kernel: func @name(buffers..., T, pos, rows, begin,
-  /// end) with the tlora.kernel marker, body from the spec.
-  LogicalResult build(ModuleOp kernels, SymbolTable &symbols,
-                      const KernelSpec &spec, Location loc) {
+  /// Builds a kernel: func @name(buffers..., T, pos, rows, begin, end) with
+  /// the tlora.kernel marker, body from the spec.
+  void build(SymbolTable &symbols, const KernelSpec &spec, Location loc) {
     MLIRContext *ctx = &getContext();
     SmallVector<Type> args(spec.buffers.begin(), spec.buffers.end());
     args.append(5, IndexType::get(ctx));
-    OpBuilder b = OpBuilder::atBlockEnd(kernels.getBody());
+    OpBuilder b(ctx);
     auto fn = func::FuncOp::create(b, loc, spec.name,
                                    FunctionType::get(ctx, args, {}));
     fn->setAttr(mlir::tlora::attr::kKernel, UnitAttr::get(ctx));
+    symbols.insert(fn);
     Block *entry = fn.addEntryBlock();
     OpBuilder body = OpBuilder::atBlockEnd(entry);
     auto scalars = entry->getArguments().take_back(5);
@@ -776,28 +819,6 @@ struct FormDispatchesPass
                  scalars[2], scalars[3], scalars[4]};
     spec.body(body, loc, a);
     func::ReturnOp::create(body, loc);
-    symbols.insert(fn);
-    return success();
-  }
-
-  /// Parses kernel source (with the prelude) and moves its new symbols into
-  /// `kernels`.
-  LogicalResult parseInto(ModuleOp kernels, SymbolTable &symbols,
-                          const std::string &source, const std::string &name,
-                          Location loc) {
-    ParserConfig config(&getContext());
-    OwningOpRef<ModuleOp> parsed = parseSourceString<ModuleOp>(source, config);
-    if (!parsed)
-      return emitError(loc) << "internal error: kernel template '" << name
-                            << "' does not parse";
-    for (Operation &op : llvm::make_early_inc_range(*parsed->getBody())) {
-      auto sym = op.getAttrOfType<StringAttr>(SymbolTable::getSymbolAttrName());
-      if (sym && symbols.lookup(sym))
-        continue; // from the prelude
-      op.remove();
-      symbols.insert(&op);
-    }
-    return success();
   }
 };
 } // namespace

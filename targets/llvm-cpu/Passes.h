@@ -48,14 +48,12 @@ struct CpuTarget {
 mlir::FailureOr<std::vector<CpuTarget>> parseCpuTarget(llvm::StringRef spec,
                                                        std::string *error);
 
-/// MLIR declarations of the C microkernels (`func.func private @tlc_k_...`),
-/// derived from their compiled definitions in the embedded bitcode, so the
-/// C sources are the one statement of the microkernel ABI: a kernel
-/// template calling one with other argument types fails to verify.
-const std::string &microkernelDeclarations();
-
-/// The prelude of every kernel module: microkernel declarations + helpers.
-const std::string &kernelPrelude();
+/// Declares the C microkernels in `kernels` (`func.func private @tlc_k_...`
+/// with !llvm.ptr, index, i32 and f32 parameters), derived from their
+/// compiled definitions in the embedded bitcode: the C sources are the one
+/// statement of the microkernel ABI, and a tlora.microkernel_call that
+/// disagrees with one fails to verify.
+void declareMicrokernels(mlir::ModuleOp kernels);
 
 /// Registers the llvm-cpu backend with the compiler's target registry.
 void registerLLVMCPUTargetBackend();

@@ -4,6 +4,7 @@
 #include "mlir/Interfaces/FunctionInterfaces.h"
 
 #include "mlir/Dialect/Arith/IR/Arith.h"
+#include "mlir/Dialect/LLVMIR/LLVMTypes.h"
 #include "mlir/IR/Builders.h"
 #include "mlir/IR/DialectImplementation.h"
 #include "mlir/IR/Matchers.h"
@@ -507,3 +508,29 @@ DispatchOp::verifySymbolUses(SymbolTableCollection &symbols) {
 }
 
 
+
+/// The callee is a function of the nearest symbol table whose parameters
+/// are the operands', with a pointer for each memref.
+LogicalResult
+MicrokernelCallOp::verifySymbolUses(SymbolTableCollection &symbols) {
+  auto fn = symbols.lookupNearestSymbolFrom<FunctionOpInterface>(
+      *this, getCalleeAttr());
+  if (!fn)
+    return emitOpError("calls ") << getCalleeAttr()
+                                 << ", which no declaration names";
+  ArrayRef<Type> params = fn.getArgumentTypes();
+  if (params.size() != getNumOperands() || !fn.getResultTypes().empty())
+    return emitOpError("passes ")
+           << getNumOperands() << " arguments; " << getCalleeAttr()
+           << " takes " << params.size() << " and returns nothing";
+  for (auto [i, operand, param] : llvm::enumerate(getOperands(), params)) {
+    Type expected = isa<MemRefType>(operand.getType())
+                        ? Type(LLVM::LLVMPointerType::get(getContext()))
+                        : operand.getType();
+    if (param != expected)
+      return emitOpError("argument ")
+             << i << " of " << getCalleeAttr() << " is " << param
+             << ", the call passes " << operand.getType();
+  }
+  return success();
+}

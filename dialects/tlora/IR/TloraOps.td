@@ -351,4 +351,20 @@ def Tlora_DispatchOp : Tlora_Op<"dispatch", [MemoryEffects<[MemRead, MemWrite]>,
   let assemblyFormat = "$kernel `(` $operands `)` `workload` `(` $tokensFactor `*` `T` `+` $constant `)` attr-dict `:` functional-type($operands, $results)";
 }
 
+def Tlora_MicrokernelCallOp : Tlora_Op<"microkernel_call",
+    [DeclareOpInterfaceMethods<SymbolUserOpInterface>]> {
+  let summary = "calls a C microkernel, buffers passed as pointers";
+  let description = [{
+    Kernel-level op of targets that link C microkernels (llvm-cpu). `callee`
+    names a `func.func private` declaration of the kernels module, derived
+    from the microkernel's compiled definition. Each memref operand is passed
+    as its aligned base pointer (the callee takes `!llvm.ptr` there); every
+    other operand must have the callee's parameter type. So a call that
+    disagrees with the C prototype fails to verify instead of miscompiling.
+  }];
+  let arguments = (ins FlatSymbolRefAttr:$callee,
+                   Variadic<AnyTypeOf<[AnyStaticShapeMemRef, Index, I32, F32]>>:$operands);
+  let assemblyFormat = "$callee `(` $operands `)` attr-dict `:` type($operands)";
+}
+
 #endif // TLORA_OPS_TD

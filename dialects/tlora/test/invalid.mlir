@@ -93,3 +93,46 @@ func.func @bad_dense(%x: tensor<?x16xf32>, %r: index) {
   %y = tlora.dense %x, %w rows(%r) : tensor<?x16xf32>, tensor<32x8xbf16> -> tensor<?x32xf32>
   return
 }
+
+// -----
+
+// A microkernel call must match its C declaration: memrefs go as pointers,
+// scalars with the declared type and count.
+module {
+  func.func private @tlc_k_scale(!llvm.ptr, index, f32)
+  func.func @bad_scalar(%b: memref<64xi8>, %n: index) {
+    // expected-error @+1 {{argument 2 of @tlc_k_scale is 'f32', the call passes 'index'}}
+    tlora.microkernel_call @tlc_k_scale(%b, %n, %n) : memref<64xi8>, index, index
+    return
+  }
+}
+
+// -----
+
+module {
+  func.func private @tlc_k_scale(!llvm.ptr, index, f32)
+  func.func @bad_count(%b: memref<64xi8>, %n: index) {
+    // expected-error @+1 {{passes 2 arguments; @tlc_k_scale takes 3 and returns nothing}}
+    tlora.microkernel_call @tlc_k_scale(%b, %n) : memref<64xi8>, index
+    return
+  }
+}
+
+// -----
+
+module {
+  func.func private @tlc_k_scale(!llvm.ptr, index, f32)
+  func.func @scalar_for_pointer(%n: index, %f: f32) {
+    // expected-error @+1 {{argument 0 of @tlc_k_scale is '!llvm.ptr', the call passes 'index'}}
+    tlora.microkernel_call @tlc_k_scale(%n, %n, %f) : index, index, f32
+    return
+  }
+}
+
+// -----
+
+func.func @undeclared(%n: index) {
+  // expected-error @+1 {{calls @tlc_k_missing, which no declaration names}}
+  tlora.microkernel_call @tlc_k_missing(%n) : index
+  return
+}
