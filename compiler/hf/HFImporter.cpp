@@ -162,15 +162,16 @@ private:
     return TernaryWeightOp::create(
         b, loc(), TernaryType::get(ctx, out, in), b.getStringAttr(name),
         b.getF32FloatAttr(gamma),
-        b.getStringAttr(cfg.format == WeightFormat::Master ? "master"
-                                                           : "packed"));
+        WeightSourceAttr::get(ctx, cfg.format == WeightFormat::Master
+                                       ? WeightSource::Master
+                                       : WeightSource::Packed));
   }
 
   Value linear(Value x, const std::string &prefix, int64_t out, int64_t in) {
     Value w = ternaryWeight(prefix, out, in);
     if (!w)
       return nullptr;
-    Value y = TernaryLinearOp::create(b, loc(), act(out), x, w);
+    Value y = TernaryLinearOp::create(b, loc(), x, w);
     std::string module = prefix.substr(prefix.rfind('.') + 1);
     if (const TrainOptions *t = opts.train) {
       if (!t->targets.count(module))
@@ -182,7 +183,7 @@ private:
       Value B = TrainableOp::create(
           b, loc(), RankedTensorType::get({out, t->rank}, f32),
           LoraAdapter::key(prefix, "lora_B"), false);
-      Value d = LoraOp::create(b, loc(), act(out), x, A, B,
+      Value d = LoraOp::create(b, loc(), x, A, B,
                                b.getF32FloatAttr(t->alpha / (float)t->rank));
       return arith::AddFOp::create(b, loc(), y, d);
     }
@@ -202,7 +203,7 @@ private:
     Value B = A ? floatWeight(kb, {out, a->rank}) : nullptr;
     if (!B)
       return nullptr;
-    Value d = LoraOp::create(b, loc(), act(out), x, A, B,
+    Value d = LoraOp::create(b, loc(), x, A, B,
                              b.getF32FloatAttr(a->scaling));
     return arith::AddFOp::create(b, loc(), y, d);
   }
@@ -211,7 +212,7 @@ private:
     Value w = floatWeight(name, {d});
     if (!w)
       return nullptr;
-    return RMSNormOp::create(b, loc(), act(d), x, w,
+    return RMSNormOp::create(b, loc(), x, w,
                              b.getF32FloatAttr(cfg.rmsNormEps));
   }
 
@@ -251,13 +252,13 @@ private:
     Value table = floatWeight("model.embed_tokens.weight", {V, D});
     if (!table)
       return false;
-    Value x = EmbedOp::create(b, loc(), act(D), table, idsArg);
+    Value x = EmbedOp::create(b, loc(), table, idsArg);
     int64_t maxSeq = opts.maxSeq;
     Block *block = b.getInsertionBlock();
     for (int64_t l = 0; l < cfg.numLayers; ++l) {
       // Training marks each layer's ops: the unit of recomputation.
       Operation *before = block->empty() ? nullptr : &block->back();
-      auto markLayer = llvm::make_scope_exit([&] {
+      llvm::scope_exit markLayer([&] {
         if (!train)
           return;
         auto it = before ? std::next(before->getIterator()) : block->begin();
@@ -273,20 +274,20 @@ private:
       Value v = k ? linear(h, p + "self_attn.v_proj", DKV, D) : nullptr;
       if (!v)
         return false;
-      auto rope = [&](Value t, int64_t d) {
+      auto rope = [&](Value t) {
         return RopeOp::create(
-            b, loc(), act(d), t, pos, b.getI64IntegerAttr(hd),
+            b, loc(), t, pos, b.getI64IntegerAttr(hd),
             b.getF64FloatAttr(cfg.ropeTheta),
             train ? b.getI64IntegerAttr(train->seqLen) : IntegerAttr(),
             UnitAttr());
       };
-      q = rope(q, DQ);
-      k = rope(k, DKV);
+      q = rope(q);
+      k = rope(k);
       auto scale = b.getF32FloatAttr(1.0f / std::sqrt((float)hd));
       Value o;
       if (train) {
         o = CausalAttentionOp::create(
-                b, loc(), act(DQ), act(cfg.numHeads), q, k, v,
+                b, loc(), q, k, v,
                 b.getI64IntegerAttr(hd), b.getI64IntegerAttr(train->seqLen),
                 scale)
                 .getResult();
@@ -298,7 +299,7 @@ private:
             b, loc(), cacheType, "layers." + std::to_string(l) + ".values");
         KVAppendOp::create(b, loc(), kc, k, pos);
         KVAppendOp::create(b, loc(), vc, v, pos);
-        o = AttentionOp::create(b, loc(), act(DQ), q, kc, vc, pos, scale);
+        o = AttentionOp::create(b, loc(), q, kc, vc, pos, scale);
       }
       o = norm(o, p + "self_attn.attn_sub_norm.weight", DQ);
       if (!o || !(o = linear(o, p + "self_attn.o_proj", D, DQ)))
@@ -311,7 +312,7 @@ private:
       Value u = g ? linear(h, p + "mlp.up_proj", I, D) : nullptr;
       if (!u)
         return false;
-      Value m = SquaredReluMulOp::create(b, loc(), act(I), g, u);
+      Value m = SquaredReluMulOp::create(b, loc(), g, u);
       m = norm(m, p + "mlp.ffn_sub_norm.weight", I);
       if (!m || !(m = linear(m, p + "mlp.down_proj", D, I)))
         return false;
@@ -329,13 +330,8 @@ private:
         return false;
     }
     if (train) {
-      auto perToken =
-          RankedTensorType::get({ShapedType::kDynamic}, b.getF32Type());
-      auto ce = CrossEntropyOp::create(b, loc(), TypeRange{perToken, perToken},
-                                       x, head, labels);
-      Value loss =
-          MeanLossOp::create(b, loc(), RankedTensorType::get({1}, b.getF32Type()),
-                             ce.getLoss(), labels);
+      auto ce = CrossEntropyOp::create(b, loc(), x, head, labels);
+      Value loss = MeanLossOp::create(b, loc(), ce.getLoss(), labels);
       func::ReturnOp::create(b, loc(), loss);
       return true;
     }
@@ -344,7 +340,7 @@ private:
           b, loc(),
           RankedTensorType::get({V, D}, b.getIntegerType(opts.headBits)),
           cfg.tiedEmbeddings ? "model.embed_tokens.weight" : "lm_head.weight");
-    Value logits = DenseOp::create(b, loc(), act(V), x, head, rows);
+    Value logits = DenseOp::create(b, loc(), x, head, rows);
     func::ReturnOp::create(b, loc(), logits);
     return true;
   }

@@ -47,8 +47,7 @@ LogicalResult RMSNormOp::buildAdjoint(OpBuilder &b, ArrayRef<Value> dy,
   if (failed(checkFrozen(*this, needed, {1})))
     return failure();
   if (needed[0])
-    adj[0] = RMSNormGradOp::create(b, getLoc(), getInput().getType(),
-                                   getInput(), getWeight(), dy[0],
+    adj[0] = RMSNormGradOp::create(b, getLoc(), getInput(), getWeight(), dy[0],
                                    getEpsilonAttr());
   return success();
 }
@@ -61,22 +60,16 @@ LogicalResult TernaryLinearOp::buildAdjoint(OpBuilder &b, ArrayRef<Value> dy,
     return failure();
   // Straight-through estimator: d(x_q / s) / dx = 1.
   if (needed[0])
-    adj[0] = TernaryMatmulTransposedOp::create(b, getLoc(), getInput().getType(),
-                                               dy[0], getWeight());
+    adj[0] = TernaryMatmulTransposedOp::create(b, getLoc(), dy[0],
+                                               getWeight());
   return success();
 }
 
 LogicalResult LoraOp::buildAdjoint(OpBuilder &b, ArrayRef<Value> dy,
                                    ArrayRef<bool> needed,
                                    SmallVectorImpl<Value> &adj) {
-  auto f32 = [&](Value v) {
-    auto t = cast<RankedTensorType>(v.getType());
-    return RankedTensorType::get(t.getShape(), b.getF32Type());
-  };
   auto grad = LoraGradOp::create(
-      b, getLoc(),
-      TypeRange{getInput().getType(), f32(getLoraA()), f32(getLoraB())},
-      getInput(), getLoraA(), getLoraB(), dy[0], getScalingAttr());
+      b, getLoc(), getInput(), getLoraA(), getLoraB(), dy[0], getScalingAttr());
   takeNeeded(grad, needed, adj);
   return success();
 }
@@ -84,8 +77,8 @@ LogicalResult LoraOp::buildAdjoint(OpBuilder &b, ArrayRef<Value> dy,
 LogicalResult SquaredReluMulOp::buildAdjoint(OpBuilder &b, ArrayRef<Value> dy,
                                              ArrayRef<bool> needed,
                                              SmallVectorImpl<Value> &adj) {
-  auto grad = SquaredReluMulGradOp::create(
-      b, getLoc(), TypeRange{getType(), getType()}, getGate(), getUp(), dy[0]);
+  auto grad = SquaredReluMulGradOp::create(b, getLoc(), getGate(),
+                                           getUp(), dy[0]);
   takeNeeded(grad, needed, adj);
   return success();
 }
@@ -96,7 +89,7 @@ LogicalResult RopeOp::buildAdjoint(OpBuilder &b, ArrayRef<Value> dy,
   adj.assign(2, Value());
   if (!needed[0])
     return success();
-  auto inv = RopeOp::create(b, getLoc(), getType(), dy[0], getPosition(),
+  auto inv = RopeOp::create(b, getLoc(), dy[0], getPosition(),
                             getHeadDimAttr(), getThetaAttr(), getPeriodAttr(),
                             getInverse() ? UnitAttr() : b.getUnitAttr());
   adj[0] = inv;
@@ -109,10 +102,7 @@ LogicalResult CausalAttentionOp::buildAdjoint(OpBuilder &b, ArrayRef<Value> dy,
   if (dy[1])
     return emitOpError("lse has no adjoint");
   auto grad = CausalAttentionGradOp::create(
-      b, getLoc(),
-      TypeRange{getQuery().getType(), getKey().getType(),
-                getValue().getType()},
-      getQuery(), getKey(), getValue(), getResult(), getLse(), dy[0],
+      b, getLoc(), getQuery(), getKey(), getValue(), getResult(), getLse(), dy[0],
       getHeadDimAttr(), getSeqLenAttr(), getScaleAttr());
   takeNeeded(grad, needed, adj);
   return success();
@@ -127,8 +117,7 @@ LogicalResult CrossEntropyOp::buildAdjoint(OpBuilder &b, ArrayRef<Value> dy,
   if (failed(checkFrozen(*this, needed, {1, 2})))
     return failure();
   if (needed[0])
-    adj[0] = CrossEntropyGradOp::create(b, getLoc(), getInput().getType(),
-                                        getInput(), getWeight(), getLabels(),
+    adj[0] = CrossEntropyGradOp::create(b, getLoc(), getInput(), getWeight(), getLabels(),
                                         getLse(), dy[0]);
   return success();
 }
@@ -138,8 +127,7 @@ LogicalResult MeanLossOp::buildAdjoint(OpBuilder &b, ArrayRef<Value> dy,
                                        SmallVectorImpl<Value> &adj) {
   adj.assign(2, Value());
   if (needed[0])
-    adj[0] = MeanLossGradOp::create(b, getLoc(), getLoss().getType(), dy[0],
-                                    getLabels());
+    adj[0] = MeanLossGradOp::create(b, getLoc(), dy[0], getLabels());
   return success();
 }
 

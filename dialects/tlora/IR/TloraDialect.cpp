@@ -120,8 +120,6 @@ LogicalResult TernaryWeightOp::verify() {
   float scale = getScale().convertToFloat();
   if (!(scale > 0.0f) || !std::isfinite(scale))
     return emitOpError("scale must be positive and finite, got ") << scale;
-  if (getSource() != "packed" && getSource() != "master")
-    return emitOpError("source must be \"packed\" or \"master\"");
   return success();
 }
 
@@ -534,3 +532,190 @@ MicrokernelCallOp::verifySymbolUses(SymbolTableCollection &symbols) {
   }
   return success();
 }
+
+//===----------------------------------------------------------------------===//
+// Result types (InferTypeOpInterface): builders take no result types, and a
+// result that differs from the inferred one fails to verify.
+//===----------------------------------------------------------------------===//
+
+/// Size `i` of a ranked tensor of rank `rank`, or failure.
+static FailureOr<int64_t> dimOf(std::optional<Location> loc, Type type,
+                                int64_t rank, unsigned i, StringRef what) {
+  auto t = dyn_cast<RankedTensorType>(type);
+  if (!t || t.getRank() != rank)
+    return emitOptionalError(loc, what, " must have rank ", rank, ", got ",
+                             type);
+  return t.getDimSize(i);
+}
+
+/// f32 [rows x features], rows taken from dim 0 of `rowsOf` (dynamic when
+/// it has none).
+static Type activationType(Type rowsOf, int64_t features) {
+  int64_t rows = ShapedType::kDynamic;
+  if (auto t = dyn_cast<RankedTensorType>(rowsOf); t && t.getRank() >= 1)
+    rows = t.getDimSize(0);
+  return RankedTensorType::get({rows, features},
+                               Float32Type::get(rowsOf.getContext()));
+}
+
+/// f32 [rows], rows from dim 0 of `rowsOf`.
+static Type perTokenType(Type rowsOf) {
+  return RankedTensorType::get({cast<RankedTensorType>(rowsOf).getDimSize(0)},
+                               Float32Type::get(rowsOf.getContext()));
+}
+
+static Type scalarType(MLIRContext *ctx) {
+  return RankedTensorType::get({1}, Float32Type::get(ctx));
+}
+
+#define TLORA_INFER(Op)                                                        \
+  LogicalResult Op::inferReturnTypes(MLIRContext *ctx,                         \
+                                     std::optional<Location> loc,              \
+                                     Op::Adaptor a,                            \
+                                     SmallVectorImpl<Type> &types)
+
+TLORA_INFER(EmbedOp) {
+  auto d = dimOf(loc, a.getTable().getType(), 2, 1, "table");
+  if (failed(d))
+    return failure();
+  types.push_back(activationType(a.getIds().getType(), *d));
+  return success();
+}
+
+TLORA_INFER(RMSNormOp) {
+  types.push_back(a.getInput().getType());
+  return success();
+}
+
+TLORA_INFER(TernaryLinearOp) {
+  types.push_back(activationType(
+      a.getInput().getType(),
+      cast<TernaryType>(a.getWeight().getType()).getOutFeatures()));
+  return success();
+}
+
+TLORA_INFER(QuantizeOp) {
+  auto k = dimOf(loc, a.getInput().getType(), 2, 1, "input");
+  if (failed(k))
+    return failure();
+  types.push_back(QuantizedActType::get(ctx, *k));
+  return success();
+}
+
+TLORA_INFER(TernaryMatmulOp) {
+  // Quantized activations do not carry their token count.
+  types.push_back(activationType(
+      Float32Type::get(ctx),
+      cast<TernaryType>(a.getWeight().getType()).getOutFeatures()));
+  return success();
+}
+
+/// Any token count matches: quantized activations do not carry theirs.
+bool TernaryMatmulOp::isCompatibleReturnTypes(TypeRange inferred,
+                                              TypeRange actual) {
+  auto a = dyn_cast<RankedTensorType>(inferred.front());
+  auto b = dyn_cast<RankedTensorType>(actual.front());
+  return inferred.size() == 1 && actual.size() == 1 && a && b &&
+         a.getRank() == 2 && b.getRank() == 2 &&
+         a.getDimSize(1) == b.getDimSize(1) &&
+         a.getElementType() == b.getElementType();
+}
+
+TLORA_INFER(LoraOp) {
+  auto n = dimOf(loc, a.getLoraB().getType(), 2, 0, "lora_B");
+  if (failed(n))
+    return failure();
+  types.push_back(activationType(a.getInput().getType(), *n));
+  return success();
+}
+
+TLORA_INFER(DenseOp) {
+  auto n = dimOf(loc, a.getWeight().getType(), 2, 0, "weight");
+  if (failed(n))
+    return failure();
+  types.push_back(activationType(a.getInput().getType(), *n));
+  return success();
+}
+
+TLORA_INFER(RopeOp) {
+  types.push_back(a.getInput().getType());
+  return success();
+}
+
+TLORA_INFER(AttentionOp) {
+  types.push_back(a.getQuery().getType());
+  return success();
+}
+
+TLORA_INFER(LossScaleOp) {
+  types.push_back(scalarType(ctx));
+  return success();
+}
+
+TLORA_INFER(CausalAttentionOp) {
+  auto dq = dimOf(loc, a.getQuery().getType(), 2, 1, "query");
+  int64_t hd = a.getHeadDim();
+  if (failed(dq))
+    return failure();
+  if (hd <= 0 || *dq % hd != 0)
+    return emitOptionalError(loc, "head_dim ", hd, " must divide ", *dq);
+  types.push_back(a.getQuery().getType());
+  types.push_back(activationType(a.getQuery().getType(), *dq / hd));
+  return success();
+}
+
+TLORA_INFER(CausalAttentionGradOp) {
+  types.append({a.getQuery().getType(), a.getKey().getType(),
+                a.getValue().getType()});
+  return success();
+}
+
+TLORA_INFER(RMSNormGradOp) {
+  types.push_back(a.getInput().getType());
+  return success();
+}
+
+TLORA_INFER(TernaryMatmulTransposedOp) {
+  types.push_back(activationType(
+      a.getInput().getType(),
+      cast<TernaryType>(a.getWeight().getType()).getInFeatures()));
+  return success();
+}
+
+TLORA_INFER(LoraGradOp) {
+  auto f32 = Float32Type::get(ctx);
+  types.push_back(a.getInput().getType());
+  for (Value w : {a.getLoraA(), a.getLoraB()})
+    types.push_back(cast<RankedTensorType>(w.getType()).clone(f32));
+  return success();
+}
+
+TLORA_INFER(SquaredReluMulGradOp) {
+  types.append({a.getGate().getType(), a.getUp().getType()});
+  return success();
+}
+
+TLORA_INFER(CrossEntropyOp) {
+  if (failed(dimOf(loc, a.getInput().getType(), 2, 0, "input")))
+    return failure();
+  Type perToken = perTokenType(a.getInput().getType());
+  types.append({perToken, perToken});
+  return success();
+}
+
+TLORA_INFER(CrossEntropyGradOp) {
+  types.push_back(a.getInput().getType());
+  return success();
+}
+
+TLORA_INFER(MeanLossOp) {
+  types.push_back(scalarType(ctx));
+  return success();
+}
+
+TLORA_INFER(MeanLossGradOp) {
+  types.push_back(perTokenType(a.getLabels().getType()));
+  return success();
+}
+
+#undef TLORA_INFER

@@ -5,6 +5,7 @@
 
 include "dialects/tlora/IR/TloraTypes.td"
 include "dialects/tlora/IR/TloraInterfaces.td"
+include "mlir/Interfaces/InferTypeOpInterface.td"
 include "mlir/Interfaces/SideEffectInterfaces.td"
 include "mlir/IR/SymbolInterfaces.td"
 include "mlir/IR/BuiltinAttributes.td"
@@ -39,10 +40,10 @@ def Tlora_TernaryWeightOp : Tlora_Op<"ternary_weight", [Pure]> {
   let summary = "a frozen ternary parameter with its scale gamma, by name";
   let description = [{
     `scale` is gamma: y = (x_q . W_t^T) * gamma / s. `source` records how the
-    checkpoint stores it: "packed" (HF 2-bit codes) or "master" (float
-    weights ternarized at compile time as clamp(round(W / gamma), -1, 1)).
+    checkpoint stores it: packed (HF 2-bit codes) or master (float weights
+    ternarized at compile time as clamp(round(W / gamma), -1, 1)).
   }];
-  let arguments = (ins StrAttr:$name, F32Attr:$scale, StrAttr:$source);
+  let arguments = (ins StrAttr:$name, F32Attr:$scale, Tlora_WeightSource:$source);
   let results = (outs Tlora_TernaryType:$result);
   let assemblyFormat = "$name `scale` `(` $scale `)` `source` `(` $source `)` attr-dict `:` qualified(type($result))";
   let hasVerifier = 1;
@@ -59,7 +60,7 @@ def Tlora_KVCacheOp : Tlora_Op<"kv_cache", [Pure]> {
 // Compute
 //===----------------------------------------------------------------------===//
 
-def Tlora_EmbedOp : Tlora_Op<"embed", [Pure, Tlora_Differentiable]> {
+def Tlora_EmbedOp : Tlora_Op<"embed", [InferTypeOpAdaptor, Pure, Tlora_Differentiable]> {
   let summary = "rows of an embedding table, as f32";
   let arguments = (ins Tlora_FloatWeight:$table, Tlora_Ids:$ids);
   let results = (outs Tlora_Activation:$result);
@@ -67,7 +68,7 @@ def Tlora_EmbedOp : Tlora_Op<"embed", [Pure, Tlora_Differentiable]> {
   let hasVerifier = 1;
 }
 
-def Tlora_RMSNormOp : Tlora_Op<"rms_norm", [Pure, Tlora_Differentiable]> {
+def Tlora_RMSNormOp : Tlora_Op<"rms_norm", [InferTypeOpAdaptor, Pure, Tlora_Differentiable]> {
   let summary = "w * x / sqrt(mean(x^2) + eps) over the last dimension";
   let arguments = (ins Tlora_Activation:$input, Tlora_FloatWeight:$weight, F32Attr:$epsilon);
   let results = (outs Tlora_Activation:$result);
@@ -75,7 +76,7 @@ def Tlora_RMSNormOp : Tlora_Op<"rms_norm", [Pure, Tlora_Differentiable]> {
   let hasVerifier = 1;
 }
 
-def Tlora_TernaryLinearOp : Tlora_Op<"ternary_linear", [Pure, Tlora_Differentiable]> {
+def Tlora_TernaryLinearOp : Tlora_Op<"ternary_linear", [InferTypeOpAdaptor, Pure, Tlora_Differentiable]> {
   let summary = "BitLinear: per-token int8 quantization of x, then x_q . W_t^T * gamma / s";
   let arguments = (ins Tlora_Activation:$input, Tlora_TernaryType:$weight);
   let results = (outs Tlora_Activation:$result);
@@ -83,7 +84,7 @@ def Tlora_TernaryLinearOp : Tlora_Op<"ternary_linear", [Pure, Tlora_Differentiab
   let hasVerifier = 1;
 }
 
-def Tlora_QuantizeOp : Tlora_Op<"quantize", [Pure]> {
+def Tlora_QuantizeOp : Tlora_Op<"quantize", [InferTypeOpAdaptor, Pure]> {
   let summary = "per-token absmax int8 quantization: s = 127 / max(max|x|, 1e-5)";
   let arguments = (ins Tlora_Activation:$input);
   let results = (outs Tlora_QuantizedActType:$result);
@@ -91,7 +92,7 @@ def Tlora_QuantizeOp : Tlora_Op<"quantize", [Pure]> {
   let hasVerifier = 1;
 }
 
-def Tlora_TernaryMatmulOp : Tlora_Op<"ternary_matmul", [Pure]> {
+def Tlora_TernaryMatmulOp : Tlora_Op<"ternary_matmul", [InferTypeOpAdaptorWithIsCompatible, Pure]> {
   let summary = "exact int32 product of int8 activations and ternary weights, scaled by gamma / s";
   let arguments = (ins Tlora_QuantizedActType:$input, Tlora_TernaryType:$weight);
   let results = (outs Tlora_Activation:$result);
@@ -99,7 +100,7 @@ def Tlora_TernaryMatmulOp : Tlora_Op<"ternary_matmul", [Pure]> {
   let hasVerifier = 1;
 }
 
-def Tlora_LoraOp : Tlora_Op<"lora", [Pure, Tlora_Differentiable]> {
+def Tlora_LoraOp : Tlora_Op<"lora", [InferTypeOpAdaptor, Pure, Tlora_Differentiable]> {
   let summary = "a LoRA adapter's contribution: scaling * (x . A^T) . B^T";
   let description = [{
     As PEFT defines it, on the unquantized input x. A is [r x in], B is
@@ -113,7 +114,7 @@ def Tlora_LoraOp : Tlora_Op<"lora", [Pure, Tlora_Differentiable]> {
   let hasCanonicalizer = 1;
 }
 
-def Tlora_DenseOp : Tlora_Op<"dense", [Pure]> {
+def Tlora_DenseOp : Tlora_Op<"dense", [InferTypeOpAdaptor, Pure]> {
   let summary = "x . W^T with a float weight (the LM head), for the last `rows` tokens";
   let arguments = (ins Tlora_Activation:$input, Tlora_HeadWeight:$weight, Index:$rows);
   let results = (outs Tlora_Activation:$result);
@@ -121,7 +122,7 @@ def Tlora_DenseOp : Tlora_Op<"dense", [Pure]> {
   let hasVerifier = 1;
 }
 
-def Tlora_RopeOp : Tlora_Op<"rope", [Pure, Tlora_Differentiable]> {
+def Tlora_RopeOp : Tlora_Op<"rope", [InferTypeOpAdaptor, Pure, Tlora_Differentiable]> {
   let summary = "rotate-half rotary embedding of each head, positions pos .. pos+T-1";
   let description = [{
     With `period` = S, positions restart every S tokens (a batch of
@@ -143,7 +144,7 @@ def Tlora_KVAppendOp : Tlora_Op<"kv_append", [MemoryEffects<[MemWrite]>]> {
   let hasVerifier = 1;
 }
 
-def Tlora_AttentionOp : Tlora_Op<"attention", [MemoryEffects<[MemRead]>,
+def Tlora_AttentionOp : Tlora_Op<"attention", [InferTypeOpAdaptor, MemoryEffects<[MemRead]>,
     AllTypesMatch<["keys", "values"]>]> {
   let summary = "causal softmax attention of T queries over cache positions 0 .. pos+t";
   let description = [{
@@ -158,7 +159,7 @@ def Tlora_AttentionOp : Tlora_Op<"attention", [MemoryEffects<[MemRead]>,
   let hasVerifier = 1;
 }
 
-def Tlora_SquaredReluMulOp : Tlora_Op<"squared_relu_mul", [Pure, Tlora_Differentiable,
+def Tlora_SquaredReluMulOp : Tlora_Op<"squared_relu_mul", [DeclareOpInterfaceMethods<InferTypeOpInterface>, Pure, Tlora_Differentiable,
     AllTypesMatch<["gate", "up", "result"]>]> {
   let summary = "relu(gate)^2 * up, the relu2 gated MLP";
   let arguments = (ins Tlora_Activation:$gate, Tlora_Activation:$up);
@@ -194,14 +195,14 @@ def Tlora_TrainStateOp : Tlora_Op<"train_state", [Pure]> {
   let assemblyFormat = "attr-dict `:` qualified(type($result))";
 }
 
-def Tlora_LossScaleOp : Tlora_Op<"loss_scale", [Pure]> {
+def Tlora_LossScaleOp : Tlora_Op<"loss_scale", [InferTypeOpAdaptor, Pure]> {
   let summary = "the seed of the backward: d(step loss) / d(loss), from the hyper block";
   let arguments = (ins StaticShapeTensorOf<[F32]>:$hyper);
   let results = (outs Tlora_Scalar:$result);
   let assemblyFormat = "$hyper attr-dict `:` qualified(type($hyper)) `->` qualified(type($result))";
 }
 
-def Tlora_CausalAttentionOp : Tlora_Op<"causal_attention", [Pure,
+def Tlora_CausalAttentionOp : Tlora_Op<"causal_attention", [InferTypeOpAdaptor, Pure,
     Tlora_Differentiable, AllTypesMatch<["key", "value"]>]> {
   let summary = "causal softmax attention within each sequence of a packed batch";
   let description = [{
@@ -217,7 +218,7 @@ def Tlora_CausalAttentionOp : Tlora_Op<"causal_attention", [Pure,
   let hasVerifier = 1;
 }
 
-def Tlora_CausalAttentionGradOp : Tlora_Op<"causal_attention_grad", [Pure]> {
+def Tlora_CausalAttentionGradOp : Tlora_Op<"causal_attention_grad", [InferTypeOpAdaptor, Pure]> {
   let summary = "adjoints of causal_attention's query, key and value";
   let arguments = (ins Tlora_Activation:$query, Tlora_Activation:$key,
                    Tlora_Activation:$value, Tlora_Activation:$output,
@@ -229,7 +230,7 @@ def Tlora_CausalAttentionGradOp : Tlora_Op<"causal_attention_grad", [Pure]> {
   let hasVerifier = 1;
 }
 
-def Tlora_RMSNormGradOp : Tlora_Op<"rms_norm_grad", [Pure]> {
+def Tlora_RMSNormGradOp : Tlora_Op<"rms_norm_grad", [InferTypeOpAdaptor, Pure]> {
   let summary = "adjoint of rms_norm's input";
   let arguments = (ins Tlora_Activation:$input, Tlora_FloatWeight:$weight,
                    Tlora_Activation:$resultGrad, F32Attr:$epsilon);
@@ -238,7 +239,7 @@ def Tlora_RMSNormGradOp : Tlora_Op<"rms_norm_grad", [Pure]> {
   let hasVerifier = 1;
 }
 
-def Tlora_TernaryMatmulTransposedOp : Tlora_Op<"ternary_matmul_transposed", [Pure]> {
+def Tlora_TernaryMatmulTransposedOp : Tlora_Op<"ternary_matmul_transposed", [InferTypeOpAdaptor, Pure]> {
   let summary = "dX = dY . W_t * gamma, on the packed ternary weights";
   let description = [{
     The backward product of a frozen ternary layer (straight-through
@@ -250,7 +251,7 @@ def Tlora_TernaryMatmulTransposedOp : Tlora_Op<"ternary_matmul_transposed", [Pur
   let hasVerifier = 1;
 }
 
-def Tlora_LoraGradOp : Tlora_Op<"lora_grad", [Pure]> {
+def Tlora_LoraGradOp : Tlora_Op<"lora_grad", [InferTypeOpAdaptor, Pure]> {
   let summary = "adjoints of a LoRA branch: input, lora_A and lora_B";
   let arguments = (ins Tlora_Activation:$input, Tlora_FloatWeight:$loraA,
                    Tlora_FloatWeight:$loraB, Tlora_Activation:$resultGrad,
@@ -262,7 +263,7 @@ def Tlora_LoraGradOp : Tlora_Op<"lora_grad", [Pure]> {
   let hasVerifier = 1;
 }
 
-def Tlora_SquaredReluMulGradOp : Tlora_Op<"squared_relu_mul_grad", [Pure]> {
+def Tlora_SquaredReluMulGradOp : Tlora_Op<"squared_relu_mul_grad", [InferTypeOpAdaptor, Pure]> {
   let summary = "adjoints of squared_relu_mul's gate and up";
   let arguments = (ins Tlora_Activation:$gate, Tlora_Activation:$up,
                    Tlora_Activation:$resultGrad);
@@ -271,7 +272,7 @@ def Tlora_SquaredReluMulGradOp : Tlora_Op<"squared_relu_mul_grad", [Pure]> {
   let hasVerifier = 1;
 }
 
-def Tlora_CrossEntropyOp : Tlora_Op<"cross_entropy", [Pure, Tlora_Differentiable]> {
+def Tlora_CrossEntropyOp : Tlora_Op<"cross_entropy", [InferTypeOpAdaptor, Pure, Tlora_Differentiable]> {
   let summary = "next-token cross entropy fused with the LM head, per token";
   let description = [{
     loss[t] = logsumexp(x[t] . W^T) - (x[t] . W^T)[labels[t]], 0 where
@@ -285,7 +286,7 @@ def Tlora_CrossEntropyOp : Tlora_Op<"cross_entropy", [Pure, Tlora_Differentiable
   let hasVerifier = 1;
 }
 
-def Tlora_CrossEntropyGradOp : Tlora_Op<"cross_entropy_grad", [Pure]> {
+def Tlora_CrossEntropyGradOp : Tlora_Op<"cross_entropy_grad", [InferTypeOpAdaptor, Pure]> {
   let summary = "adjoint of cross_entropy's input, fused with the LM head";
   let arguments = (ins Tlora_Activation:$input, Tlora_FloatWeight:$weight,
                    Tlora_Ids:$labels, Tlora_PerToken:$lse,
@@ -295,7 +296,7 @@ def Tlora_CrossEntropyGradOp : Tlora_Op<"cross_entropy_grad", [Pure]> {
   let hasVerifier = 1;
 }
 
-def Tlora_MeanLossOp : Tlora_Op<"mean_loss", [Pure, Tlora_Differentiable]> {
+def Tlora_MeanLossOp : Tlora_Op<"mean_loss", [InferTypeOpAdaptor, Pure, Tlora_Differentiable]> {
   let summary = "mean of the per-token losses over the tokens with a label";
   let arguments = (ins Tlora_PerToken:$loss, Tlora_Ids:$labels);
   let results = (outs Tlora_Scalar:$result);
@@ -303,7 +304,7 @@ def Tlora_MeanLossOp : Tlora_Op<"mean_loss", [Pure, Tlora_Differentiable]> {
   let hasVerifier = 1;
 }
 
-def Tlora_MeanLossGradOp : Tlora_Op<"mean_loss_grad", [Pure]> {
+def Tlora_MeanLossGradOp : Tlora_Op<"mean_loss_grad", [InferTypeOpAdaptor, Pure]> {
   let summary = "adjoint of mean_loss: seed / count where labelled, else 0";
   let arguments = (ins Tlora_Scalar:$resultGrad, Tlora_Ids:$labels);
   let results = (outs Tlora_PerToken:$lossGrad);

@@ -57,6 +57,14 @@ def Tlora_OptimizerAttr : EnumAttr<Tlora_Dialect, Tlora_Optimizer, "optimizer"> 
   let assemblyFormat = "`<` $value `>`";
 }
 
+def Tlora_WeightSource : I32EnumAttr<"WeightSource",
+    "how a checkpoint stores a ternary weight", [
+    I32EnumAttrCase<"Packed", 0, "packed">, // HF 2-bit codes
+    I32EnumAttrCase<"Master", 1, "master">  // floats, ternarized at compile time
+  ]> {
+  let cppNamespace = "::mlir::tlora";
+}
+
 def Tlora_SlotAttr : Tlora_Attr<"Slot", "slot"> {
   let summary = "where a dispatch operand lives: a memory space, an offset and a size";
   let description = [{

@@ -17,9 +17,7 @@ struct DecomposeTernaryLinear : OpRewritePattern<TernaryLinearOp> {
   using OpRewritePattern::OpRewritePattern;
   LogicalResult matchAndRewrite(TernaryLinearOp op,
                                 PatternRewriter &rewriter) const override {
-    auto qType = QuantizedActType::get(
-        getContext(), op.getWeight().getType().getInFeatures());
-    Value q = QuantizeOp::create(rewriter, op.getLoc(), qType, op.getInput());
+    Value q = QuantizeOp::create(rewriter, op.getLoc(), op.getInput());
     rewriter.replaceOpWithNewOp<TernaryMatmulOp>(op, op.getType(), q,
                                                  op.getWeight());
     return success();

@@ -77,7 +77,7 @@ struct DifferentiatePass
     Value hyper =
         HyperOp::create(b, loc, RankedTensorType::get({16}, f32));
     Value seed =
-        LossScaleOp::create(b, loc, RankedTensorType::get({1}, f32), hyper);
+        LossScaleOp::create(b, loc, hyper);
     llvm::DenseMap<Value, Value> adjoint;
     adjoint[loss] = seed;
     auto accumulate = [&](Value v, Value g) {

@@ -25,7 +25,7 @@
 func.func @step(%ids: tensor<?xi32>, %labels: tensor<?xi32>) -> tensor<1xf32> attributes {tlora.max_tokens = 8 : i64, tlora.optimizer = #tlora.optimizer<adamw>} {
   %table = tlora.weight "embed" : tensor<32x16xbf16>
   %h = tlora.embed %table[%ids] : tensor<32x16xbf16>, tensor<?xi32> -> tensor<?x16xf32>
-  %w = tlora.ternary_weight "w" scale(1.0) source("packed") : !tlora.ternary<outFeatures = 16, inFeatures = 16>
+  %w = tlora.ternary_weight "w" scale(1.0) source(packed) : !tlora.ternary<outFeatures = 16, inFeatures = 16>
   %y = tlora.ternary_linear %h, %w : tensor<?x16xf32>, !tlora.ternary<outFeatures = 16, inFeatures = 16> -> tensor<?x16xf32>
   %a = tlora.trainable "a" : tensor<2x16xf32>
   %b = tlora.trainable "b" : tensor<16x2xf32>
@@ -52,7 +52,7 @@ func.func @step(%ids: tensor<?xi32>, %labels: tensor<?xi32>) -> tensor<1xf32> at
 func.func @two_layers(%ids: tensor<?xi32>, %labels: tensor<?xi32>) -> tensor<1xf32> attributes {tlora.max_tokens = 8 : i64, tlora.optimizer = #tlora.optimizer<sgd>} {
   %table = tlora.weight "embed" : tensor<32x16xf32>
   %h = tlora.embed %table[%ids] : tensor<32x16xf32>, tensor<?xi32> -> tensor<?x16xf32>
-  %w = tlora.ternary_weight "w" scale(1.0) source("packed") : !tlora.ternary<outFeatures = 16, inFeatures = 16>
+  %w = tlora.ternary_weight "w" scale(1.0) source(packed) : !tlora.ternary<outFeatures = 16, inFeatures = 16>
   %a = tlora.trainable "a" : tensor<2x16xf32>
   %b = tlora.trainable "b" : tensor<16x2xf32>
   %y = tlora.ternary_linear %h, %w : tensor<?x16xf32>, !tlora.ternary<outFeatures = 16, inFeatures = 16> -> tensor<?x16xf32>

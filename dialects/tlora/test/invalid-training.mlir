@@ -10,6 +10,17 @@ func.func @ce_labels(%x: tensor<8x16xf32>, %w: tensor<32x16xf32>, %l: tensor<4xi
 
 // -----
 
+// Result types are inferred from the operands (InferTypeOpInterface): a
+// per-token loss has the input's token count, dynamic here.
+func.func @ce_result_rows(%x: tensor<?x16xf32>, %w: tensor<32x16xf32>, %l: tensor<?xi32>) {
+  // expected-error @+2 {{failed to infer returned types}}
+  // expected-error @+1 {{inferred type(s) 'tensor<?xf32>', 'tensor<?xf32>' are incompatible with return type(s) of operation 'tensor<8xf32>', 'tensor<8xf32>'}}
+  %loss, %lse = tlora.cross_entropy %x, %w, %l : (tensor<?x16xf32>, tensor<32x16xf32>, tensor<?xi32>) -> (tensor<8xf32>, tensor<8xf32>)
+  return
+}
+
+// -----
+
 func.func @ce_grad_weight(%x: tensor<8x16xf32>, %w: tensor<32x8xf32>, %l: tensor<8xi32>, %lse: tensor<8xf32>, %g: tensor<8xf32>) {
   // expected-error @+1 {{weight must be [vocab x 16]}}
   %dx = tlora.cross_entropy_grad %x, %w, %l, %lse, %g : (tensor<8x16xf32>, tensor<32x8xf32>, tensor<8xi32>, tensor<8xf32>, tensor<8xf32>) -> tensor<8x16xf32>

@@ -2,7 +2,7 @@
 // RUN: tlc-opt %s -split-input-file -verify-diagnostics
 
 func.func @bad_linear(%x: tensor<?x16xf32>) {
-  %w = tlora.ternary_weight "w" scale(1.0) source("packed") : !tlora.ternary<outFeatures = 8, inFeatures = 32>
+  %w = tlora.ternary_weight "w" scale(1.0) source(packed) : !tlora.ternary<outFeatures = 8, inFeatures = 32>
   // expected-error @+1 {{input features 16 != weight in_features 32}}
   %y = tlora.ternary_linear %x, %w : tensor<?x16xf32>, !tlora.ternary<outFeatures = 8, inFeatures = 32> -> tensor<?x8xf32>
   return
@@ -12,15 +12,15 @@ func.func @bad_linear(%x: tensor<?x16xf32>) {
 
 func.func @bad_scale() {
   // expected-error @+1 {{scale must be positive and finite}}
-  %w = tlora.ternary_weight "w" scale(-1.0) source("packed") : !tlora.ternary<outFeatures = 8, inFeatures = 32>
+  %w = tlora.ternary_weight "w" scale(-1.0) source(packed) : !tlora.ternary<outFeatures = 8, inFeatures = 32>
   return
 }
 
 // -----
 
 func.func @bad_source() {
-  // expected-error @+1 {{source must be "packed" or "master"}}
-  %w = tlora.ternary_weight "w" scale(1.0) source("fp8") : !tlora.ternary<outFeatures = 8, inFeatures = 32>
+  // expected-error @+1 {{expected string or keyword containing one of the following enum values for attribute 'source' [packed, master]}}
+  %w = tlora.ternary_weight "w" scale(1.0) source(fp8) : !tlora.ternary<outFeatures = 8, inFeatures = 32>
   return
 }
 

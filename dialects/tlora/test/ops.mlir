@@ -10,8 +10,8 @@ func.func @layer(%ids: tensor<?xi32>, %pos: index, %rows: index) -> tensor<?x32x
   %nw = tlora.weight "norm" : tensor<16xf32>
   // CHECK: tlora.rms_norm %{{.*}}, %{{.*}} eps(9.99999997E-7)
   %h = tlora.rms_norm %x, %nw eps(1.0e-6) : tensor<?x16xf32>, tensor<16xf32> -> tensor<?x16xf32>
-  // CHECK: tlora.ternary_weight "q" scale(5.000000e-01) source("packed") : !tlora.ternary<outFeatures = 16, inFeatures = 16>
-  %w = tlora.ternary_weight "q" scale(0.5) source("packed") : !tlora.ternary<outFeatures = 16, inFeatures = 16>
+  // CHECK: tlora.ternary_weight "q" scale(5.000000e-01) source(packed) : !tlora.ternary<outFeatures = 16, inFeatures = 16>
+  %w = tlora.ternary_weight "q" scale(0.5) source(packed) : !tlora.ternary<outFeatures = 16, inFeatures = 16>
   // CHECK: tlora.ternary_linear
   %q = tlora.ternary_linear %h, %w : tensor<?x16xf32>, !tlora.ternary<outFeatures = 16, inFeatures = 16> -> tensor<?x16xf32>
   // CHECK: tlora.quantize %{{.*}} : tensor<?x16xf32> -> !tlora.qact<features = 16>

@@ -15,8 +15,8 @@
 func.func @prefill(%x: tensor<?x32xf32>) -> tensor<?x64xf32> attributes {tlora.max_tokens = 8 : i64} {
   %nw = tlora.weight "n" : tensor<32xf32>
   %h = tlora.rms_norm %x, %nw eps(1.0e-5) : tensor<?x32xf32>, tensor<32xf32> -> tensor<?x32xf32>
-  %w1 = tlora.ternary_weight "a" scale(1.0) source("packed") : !tlora.ternary<outFeatures = 64, inFeatures = 32>
-  %w2 = tlora.ternary_weight "b" scale(1.0) source("packed") : !tlora.ternary<outFeatures = 64, inFeatures = 32>
+  %w1 = tlora.ternary_weight "a" scale(1.0) source(packed) : !tlora.ternary<outFeatures = 64, inFeatures = 32>
+  %w2 = tlora.ternary_weight "b" scale(1.0) source(packed) : !tlora.ternary<outFeatures = 64, inFeatures = 32>
   %q1 = tlora.quantize %h : tensor<?x32xf32> -> !tlora.qact<features = 32>
   %y1 = tlora.ternary_matmul %q1, %w1 : !tlora.qact<features = 32>, !tlora.ternary<outFeatures = 64, inFeatures = 32> -> tensor<?x64xf32>
   %q2 = tlora.quantize %x : tensor<?x32xf32> -> !tlora.qact<features = 32>
@@ -38,11 +38,11 @@ func.func @prefill(%x: tensor<?x32xf32>) -> tensor<?x64xf32> attributes {tlora.m
 // CHECK: tlora.microkernel_call @tlc_k_ternary_matmul_group3
 func.func @decode(%x: tensor<?x64xf32>) -> (tensor<?x64xf32>, tensor<?x128xf32>, tensor<?x16xf32>) attributes {tlora.max_tokens = 1 : i64} {
   %q = tlora.quantize %x : tensor<?x64xf32> -> !tlora.qact<features = 64>
-  %wq = tlora.ternary_weight "q" scale(1.0) source("packed") : !tlora.ternary<outFeatures = 64, inFeatures = 64>
+  %wq = tlora.ternary_weight "q" scale(1.0) source(packed) : !tlora.ternary<outFeatures = 64, inFeatures = 64>
   %a = tlora.ternary_matmul %q, %wq : !tlora.qact<features = 64>, !tlora.ternary<outFeatures = 64, inFeatures = 64> -> tensor<?x64xf32>
-  %wk = tlora.ternary_weight "k" scale(1.0) source("packed") : !tlora.ternary<outFeatures = 128, inFeatures = 64>
+  %wk = tlora.ternary_weight "k" scale(1.0) source(packed) : !tlora.ternary<outFeatures = 128, inFeatures = 64>
   %b = tlora.ternary_matmul %q, %wk : !tlora.qact<features = 64>, !tlora.ternary<outFeatures = 128, inFeatures = 64> -> tensor<?x128xf32>
-  %wv = tlora.ternary_weight "v" scale(1.0) source("packed") : !tlora.ternary<outFeatures = 16, inFeatures = 64>
+  %wv = tlora.ternary_weight "v" scale(1.0) source(packed) : !tlora.ternary<outFeatures = 16, inFeatures = 64>
   %c = tlora.ternary_matmul %q, %wv : !tlora.qact<features = 64>, !tlora.ternary<outFeatures = 16, inFeatures = 64> -> tensor<?x16xf32>
   return %a, %b, %c : tensor<?x64xf32>, tensor<?x128xf32>, tensor<?x16xf32>
 }
@@ -72,7 +72,7 @@ func.func @adapter(%x: tensor<?x64xf32>) -> tensor<?x32xf32> attributes {tlora.m
 // CHECK-NOT: add_d64
 // CHECK: tlora.microkernel_call @tlc_k_ternary_lora(
 func.func @lora_fused(%x: tensor<?x32xf32>) -> tensor<?x64xf32> attributes {tlora.max_tokens = 8 : i64} {
-  %w = tlora.ternary_weight "w" scale(1.0) source("packed") : !tlora.ternary<outFeatures = 64, inFeatures = 32>
+  %w = tlora.ternary_weight "w" scale(1.0) source(packed) : !tlora.ternary<outFeatures = 64, inFeatures = 32>
   %q = tlora.quantize %x : tensor<?x32xf32> -> !tlora.qact<features = 32>
   %y = tlora.ternary_matmul %q, %w : !tlora.qact<features = 32>, !tlora.ternary<outFeatures = 64, inFeatures = 32> -> tensor<?x64xf32>
   %a = tlora.trainable "a" : tensor<4x32xf32>
