@@ -1,5 +1,5 @@
 /*
- * Entry points that the llvm-cpu kernel templates call: thin adapters from the
+ * Microkernels that the llvm-cpu kernels call: thin adapters from the
  * buffer layouts the compiler plans to the microkernels of ternary.c, plus the
  * float (LM head) product. Compiled to LLVM bitcode with ternary.c and linked
  * into every generated module, so the runtime itself holds no model math.
@@ -10,6 +10,7 @@
  *   ternary parameter: [64-byte header: f32 gamma][codes, ternary.h layout]
  */
 #include "mathf.h"
+#include "simd.h"
 #include "ternary.h"
 
 #include <stdint.h>
@@ -51,37 +52,6 @@ static inline float bf16_to_f32(uint16_t v) {
   return f;
 }
 
-#if defined(__AVX512F__)
-#include <immintrin.h>
-#define TLC_DENSE_LANES 16
-typedef __m512 vf;
-static inline vf vzero(void) { return _mm512_setzero_ps(); }
-static inline vf vload(const float *p) { return _mm512_loadu_ps(p); }
-static inline vf vload_bf16(const uint16_t *p) {
-  __m256i h = _mm256_loadu_si256((const __m256i *)p);
-  return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(h), 16));
-}
-static inline vf vfma(vf a, vf b, vf c) { return _mm512_fmadd_ps(a, b, c); }
-static inline float vsum(vf v) { return _mm512_reduce_add_ps(v); }
-#elif defined(__AVX2__)
-#include <immintrin.h>
-#define TLC_DENSE_LANES 8
-typedef __m256 vf;
-static inline vf vzero(void) { return _mm256_setzero_ps(); }
-static inline vf vload(const float *p) { return _mm256_loadu_ps(p); }
-static inline vf vload_bf16(const uint16_t *p) {
-  __m128i h = _mm_loadu_si128((const __m128i *)p);
-  return _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(h), 16));
-}
-static inline vf vfma(vf a, vf b, vf c) { return _mm256_fmadd_ps(a, b, c); }
-static inline float vsum(vf v) {
-  __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
-  s = _mm_add_ps(s, _mm_movehl_ps(s, s));
-  s = _mm_add_ss(s, _mm_movehdup_ps(s));
-  return _mm_cvtss_f32(s);
-}
-#endif
-
 /*
  * The LM head: y[r][n] = sum_k x[T - rows + r][k] * W[n][k] for r < rows and
  * n in the tiles [begin, end) of TLC_DENSE_TILE_N, float32 accumulation.
@@ -89,31 +59,31 @@ static inline float vsum(vf v) {
  * in four independent accumulators (one chain would be FMA-latency bound);
  * further x rows reuse those W rows from L1.
  */
-#ifdef TLC_DENSE_LANES
+#ifdef TLC_VF_LANES
 /* The next four rows (contiguous) one iteration ahead: 4 x the row bytes
  * consumed per step, spread over the steps of this iteration. */
 #define TLC_DENSE_PREFETCH(p)                                                  \
-  _mm_prefetch((const char *)(p), _MM_HINT_T0);                                \
-  _mm_prefetch((const char *)(p) + 64, _MM_HINT_T0);
+  TLC_PREFETCH(p);                                                             \
+  TLC_PREFETCH((const char *)(p) + 64);
 #define TLC_DENSE_VECTOR_ROWS(VLOADW)                                          \
-  if (K % TLC_DENSE_LANES == 0)                                                \
+  if (K % TLC_VF_LANES == 0)                                                   \
     for (; n + 4 <= n1; n += 4)                                                \
       for (int64_t r = 0; r < rows; ++r) {                                     \
         const float *xr = x0 + r * K;                                          \
-        vf a0 = vzero(), a1 = vzero(), a2 = vzero(), a3 = vzero();             \
-        for (int64_t k = 0; k < K; k += TLC_DENSE_LANES) {                     \
+        tlc_vf a0 = tlc_vf_zero(), a1 = a0, a2 = a0, a3 = a0;                   \
+        for (int64_t k = 0; k < K; k += TLC_VF_LANES) {                        \
           TLC_DENSE_PREFETCH(w + (n + 4) * K + 4 * k)                          \
-          vf xv = vload(xr + k);                                               \
-          a0 = vfma(xv, VLOADW(w + (n + 0) * K + k), a0);                      \
-          a1 = vfma(xv, VLOADW(w + (n + 1) * K + k), a1);                      \
-          a2 = vfma(xv, VLOADW(w + (n + 2) * K + k), a2);                      \
-          a3 = vfma(xv, VLOADW(w + (n + 3) * K + k), a3);                      \
+          tlc_vf xv = tlc_vf_load(xr + k);                                     \
+          a0 = tlc_vf_fma(xv, VLOADW(w + (n + 0) * K + k), a0);                      \
+          a1 = tlc_vf_fma(xv, VLOADW(w + (n + 1) * K + k), a1);                      \
+          a2 = tlc_vf_fma(xv, VLOADW(w + (n + 2) * K + k), a2);                      \
+          a3 = tlc_vf_fma(xv, VLOADW(w + (n + 3) * K + k), a3);                      \
         }                                                                      \
         float *yr = y + r * N + n;                                             \
-        yr[0] = vsum(a0);                                                      \
-        yr[1] = vsum(a1);                                                      \
-        yr[2] = vsum(a2);                                                      \
-        yr[3] = vsum(a3);                                                      \
+        yr[0] = tlc_vf_sum(a0);                                                      \
+        yr[1] = tlc_vf_sum(a1);                                                      \
+        yr[2] = tlc_vf_sum(a2);                                                      \
+        yr[3] = tlc_vf_sum(a3);                                                      \
       }
 #else
 #define TLC_DENSE_VECTOR_ROWS(VLOADW)
@@ -139,26 +109,15 @@ static inline float vsum(vf v) {
   }
 
 #define TLC_LOAD_F32(v) (v)
-TLC_DEFINE_DENSE(tlc_k_dense_bf16, uint16_t, vload_bf16, bf16_to_f32)
-TLC_DEFINE_DENSE(tlc_k_dense_f32, float, vload, TLC_LOAD_F32)
+TLC_DEFINE_DENSE(tlc_k_dense_bf16, uint16_t, tlc_vf_load_bf16, bf16_to_f32)
+TLC_DEFINE_DENSE(tlc_k_dense_f32, float, tlc_vf_load, TLC_LOAD_F32)
 
 /*
  * The int8 LM head (lossy option): W is [N][K] int8 followed by N float row
  * scales; y[r][n] = scale[n] * sum_k x[r][k] * W[n][k].
  */
-#if defined(__AVX512F__)
-static inline vf vload_i8(const int8_t *p) {
-  return _mm512_cvtepi32_ps(
-      _mm512_cvtepi8_epi32(_mm_loadu_si128((const __m128i *)p)));
-}
-#elif defined(__AVX2__)
-static inline vf vload_i8(const int8_t *p) {
-  return _mm256_cvtepi32_ps(
-      _mm256_cvtepi8_epi32(_mm_loadl_epi64((const __m128i *)p)));
-}
-#endif
 #define TLC_LOAD_I8(v) ((float)(v))
-TLC_DEFINE_DENSE(tlc_k_dense_i8_unscaled, int8_t, vload_i8, TLC_LOAD_I8)
+TLC_DEFINE_DENSE(tlc_k_dense_i8_unscaled, int8_t, tlc_vf_load_i8, TLC_LOAD_I8)
 
 void tlc_k_dense_i8(const float *x, const int8_t *w, float *y, int64_t TM,
                     int64_t K, int64_t N, int64_t T, int64_t rows,

@@ -20,7 +20,6 @@
 #define tlc_memset memset
 #endif
 
-#define TLC_AI static inline __attribute__((always_inline, unused))
 #define TLC_NOINLINE static __attribute__((noinline))
 
 /* ------------------------------------------------------------------------------ */

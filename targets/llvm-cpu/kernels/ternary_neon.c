@@ -14,7 +14,6 @@
 
 #if defined(TLC_ISA_NEON)
 
-#define TLC_AI static inline __attribute__((always_inline))
 
 int tlc_ternary_isa(void) {
 #if defined(TLC_ISA_I8MM)

@@ -8,25 +8,29 @@
  * fixed column units, fixed summation orders), never on [begin, end), so a
  * thread pool may split the items anyhow and get the same bits.
  */
+#include "mathf.h"
+#include "simd.h"
 #include "ternary.h"
 #include "tlc/train_abi.h"
-#include "mathf.h"
 
 #include <stdint.h>
 
-#if defined(__AVX512F__)
-#include <immintrin.h>
+/* The x86 builds keep a few hand-tiled paths of their own (ternary decode,
+ * attention dots); everything else is written against simd.h's float
+ * vectors (TR_L lanes), so NEON builds take the same vector paths. */
+#if defined(TLC_ISA_AVX512)
 #define TR_AVX512 1
-#elif defined(__AVX2__) && defined(__FMA__)
-#include <immintrin.h>
+#elif defined(TLC_ISA_AVX2)
 #define TR_AVX2 1
+#endif
+#if defined(TLC_VF_LANES)
+#define TR_L TLC_VF_LANES
 #endif
 
 /* -ffreestanding turns off the memcpy builtin: name it explicitly. */
 #define tr_memcpy __builtin_memcpy
-#define TR_AI static inline __attribute__((always_inline, unused))
 
-TR_AI int64_t tr_min(int64_t a, int64_t b) { return a < b ? a : b; }
+TLC_AI int64_t tr_min(int64_t a, int64_t b) { return a < b ? a : b; }
 
 static inline float tr_bf16_to_f32(uint16_t v) {
   uint32_t u = (uint32_t)v << 16;
@@ -68,53 +72,6 @@ static double tr_log(double x) {
   const double ln2_lo = 1.90821492927058770002e-10;
   return (double)e * ln2_hi + ((double)e * ln2_lo + 2.0 * f * p);
 }
-
-/* One float FMA (as the vector paths do) for scalar tails. */
-#if defined(TR_AVX512) || defined(TR_AVX2)
-TR_AI float tr_fma1(float a, float b, float c) {
-  __m128 r = _mm_fmadd_ss(_mm_set_ss(a), _mm_set_ss(b), _mm_set_ss(c));
-  return _mm_cvtss_f32(r);
-}
-#else
-TR_AI float tr_fma1(float a, float b, float c) { return a * b + c; }
-#endif
-
-#if defined(TR_AVX512)
-#define TR_L 16
-typedef __m512 tr_vf;
-TR_AI tr_vf tr_zero(void) { return _mm512_setzero_ps(); }
-TR_AI tr_vf tr_load(const float *p) { return _mm512_loadu_ps(p); }
-TR_AI void tr_store(float *p, tr_vf v) { _mm512_storeu_ps(p, v); }
-TR_AI tr_vf tr_set1(float v) { return _mm512_set1_ps(v); }
-TR_AI tr_vf tr_load_bf16(const uint16_t *p) {
-  __m256i h = _mm256_loadu_si256((const __m256i *)p);
-  return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(h), 16));
-}
-TR_AI tr_vf tr_fma(tr_vf a, tr_vf b, tr_vf c) {
-  return _mm512_fmadd_ps(a, b, c);
-}
-TR_AI float tr_sum(tr_vf v) { return _mm512_reduce_add_ps(v); }
-#elif defined(TR_AVX2)
-#define TR_L 8
-typedef __m256 tr_vf;
-TR_AI tr_vf tr_zero(void) { return _mm256_setzero_ps(); }
-TR_AI tr_vf tr_load(const float *p) { return _mm256_loadu_ps(p); }
-TR_AI void tr_store(float *p, tr_vf v) { _mm256_storeu_ps(p, v); }
-TR_AI tr_vf tr_set1(float v) { return _mm256_set1_ps(v); }
-TR_AI tr_vf tr_load_bf16(const uint16_t *p) {
-  __m128i h = _mm_loadu_si128((const __m128i *)p);
-  return _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(h), 16));
-}
-TR_AI tr_vf tr_fma(tr_vf a, tr_vf b, tr_vf c) {
-  return _mm256_fmadd_ps(a, b, c);
-}
-TR_AI float tr_sum(tr_vf v) {
-  __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
-  s = _mm_add_ps(s, _mm_movehl_ps(s, s));
-  s = _mm_add_ss(s, _mm_movehdup_ps(s));
-  return _mm_cvtss_f32(s);
-}
-#endif
 
 /* ------------------------------------------------------------------------ */
 /* RMSNorm backward: sums in double.                                        */
@@ -210,7 +167,7 @@ static void tmt_decode(const uint8_t *codes, int64_t K, int64_t n0,
 
 #if defined(TR_AVX512)
 /* nt tokens x nv vectors of 16 columns, fma over the slab's rows. */
-TR_AI void tmt_tile(const float *slab, int64_t nb, const float *dy, int64_t N,
+TLC_AI void tmt_tile(const float *slab, int64_t nb, const float *dy, int64_t N,
                     float *dx, int64_t K, int nt, int nv, int first) {
   __m512 acc[6][4];
   for (int i = 0; i < nt; ++i)
@@ -233,7 +190,7 @@ TR_AI void tmt_tile(const float *slab, int64_t nb, const float *dy, int64_t N,
 }
 #define TMT_TB 6
 
-TR_AI void tmt_tokens(const float *slab, int64_t nb, const float *dy,
+TLC_AI void tmt_tokens(const float *slab, int64_t nb, const float *dy,
                       int64_t N, float *dx, int64_t K, int64_t T, int nv,
                       int first) {
   int64_t t = 0;
@@ -252,27 +209,28 @@ static void tmt_slab(const float *slab, int64_t nb, const float *dy, int64_t N,
   default: tmt_tokens(slab, nb, dy, N, dx, K, T, 1, first); break;
   }
 }
-#elif defined(TR_AVX2)
-/* nt tokens x one 16-column block (2 ymm). */
-TR_AI void tmt_tile(const float *slab, int64_t nb, const float *dy, int64_t N,
+#elif defined(TR_L)
+/* nt tokens x one 16-column block (16 / TR_L vectors). */
+#define TMT_NV (16 / TR_L)
+TLC_AI void tmt_tile(const float *slab, int64_t nb, const float *dy, int64_t N,
                     float *dx, int64_t K, int nt, int first) {
-  __m256 acc[6][2];
+  tlc_vf acc[6][TMT_NV];
   for (int i = 0; i < nt; ++i)
-    for (int v = 0; v < 2; ++v)
-      acc[i][v] = first ? _mm256_setzero_ps()
-                        : _mm256_loadu_ps(dx + i * K + 8 * v);
+    for (int v = 0; v < TMT_NV; ++v)
+      acc[i][v] = first ? tlc_vf_zero() : tlc_vf_load(dx + i * K + TR_L * v);
   for (int64_t n = 0; n < nb; ++n) {
-    __m256 w0 = _mm256_load_ps(slab + n * TMT_UNIT);
-    __m256 w1 = _mm256_load_ps(slab + n * TMT_UNIT + 8);
+    tlc_vf w[TMT_NV];
+    for (int v = 0; v < TMT_NV; ++v)
+      w[v] = tlc_vf_load(slab + n * TMT_UNIT + TR_L * v);
     for (int i = 0; i < nt; ++i) {
-      __m256 d = _mm256_broadcast_ss(dy + i * N + n);
-      acc[i][0] = _mm256_fmadd_ps(d, w0, acc[i][0]);
-      acc[i][1] = _mm256_fmadd_ps(d, w1, acc[i][1]);
+      tlc_vf d = tlc_vf_set1(dy[i * N + n]);
+      for (int v = 0; v < TMT_NV; ++v)
+        acc[i][v] = tlc_vf_fma(d, w[v], acc[i][v]);
     }
   }
   for (int i = 0; i < nt; ++i)
-    for (int v = 0; v < 2; ++v)
-      _mm256_storeu_ps(dx + i * K + 8 * v, acc[i][v]);
+    for (int v = 0; v < TMT_NV; ++v)
+      tlc_vf_store(dx + i * K + TR_L * v, acc[i][v]);
 }
 #define TMT_TB 6
 
@@ -646,22 +604,22 @@ void tlc_k_causal_attention_grad(const float *q, const float *k,
  * head arrives at a fraction of the memory bandwidth). */
 #define CE_KC 512
 #define TR_CE_LOGITS_FN(SUF, WTYPE, VLOADW, LOAD)                              \
-  TR_AI void ce_micro_##SUF(const float *const *xr, const WTYPE *const *wr,    \
-                            int64_t k0, int64_t k1, tr_vf *part, int first,    \
+  TLC_AI void ce_micro_##SUF(const float *const *xr, const WTYPE *const *wr,    \
+                            int64_t k0, int64_t k1, tlc_vf *part, int first,    \
                             const WTYPE *pf) {                                 \
-    tr_vf acc[CE_TT][CE_TV];                                                   \
+    tlc_vf acc[CE_TT][CE_TV];                                                   \
     for (int i = 0; i < CE_TT; ++i)                                            \
       for (int j = 0; j < CE_TV; ++j)                                          \
-        acc[i][j] = first ? tr_zero() : part[i * CE_TV + j];                   \
+        acc[i][j] = first ? tlc_vf_zero() : part[i * CE_TV + j];                   \
     for (int64_t k = k0; k < k1; k += TR_L) {                                  \
-      _mm_prefetch((const char *)(pf + k), _MM_HINT_T0);                       \
-      tr_vf wv[CE_TV];                                                         \
+      TLC_PREFETCH(pf + k);                                                            \
+      tlc_vf wv[CE_TV];                                                         \
       for (int j = 0; j < CE_TV; ++j)                                          \
         wv[j] = VLOADW(wr[j] + k);                                             \
       for (int i = 0; i < CE_TT; ++i) {                                        \
-        tr_vf xv = tr_load(xr[i] + k);                                         \
+        tlc_vf xv = tlc_vf_load(xr[i] + k);                                         \
         for (int j = 0; j < CE_TV; ++j)                                        \
-          acc[i][j] = tr_fma(xv, wv[j], acc[i][j]);                            \
+          acc[i][j] = tlc_vf_fma(xv, wv[j], acc[i][j]);                            \
       }                                                                        \
     }                                                                          \
     for (int i = 0; i < CE_TT; ++i)                                            \
@@ -672,7 +630,7 @@ void tlc_k_causal_attention_grad(const float *q, const float *k,
   static __attribute__((noinline)) void ce_logits_##SUF(                       \
       const float *x, const WTYPE *w, int64_t K, int64_t t0, int64_t nt,       \
       int64_t v0, int64_t nv, int64_t V, float z[CE_TB][CE_VB]) {              \
-    tr_vf part[CE_TB / CE_TT][CE_VB / CE_TV][CE_TT * CE_TV];                   \
+    tlc_vf part[CE_TB / CE_TT][CE_VB / CE_TV][CE_TT * CE_TV];                   \
     int64_t KV = K / TR_L * TR_L, c = 0;                                       \
     /* the next tile's rows (the last tile's: its own) */                      \
     int64_t vn = v0 + nv < V ? v0 + nv : v0, nn = tr_min(CE_VB, V - vn);       \
@@ -696,32 +654,32 @@ void tlc_k_causal_attention_grad(const float *q, const float *k,
       for (int64_t j = 0; j < nv; ++j) {                                       \
         const float *xi = x + (t0 + i) * K;                                    \
         const WTYPE *wj = w + (v0 + j) * K;                                    \
-        tr_vf a = part[i / CE_TT][j / CE_TV][i % CE_TT * CE_TV + j % CE_TV];   \
-        float s = tr_sum(a);                                                   \
+        tlc_vf a = part[i / CE_TT][j / CE_TV][i % CE_TT * CE_TV + j % CE_TV];   \
+        float s = tlc_vf_sum(a);                                                   \
         for (int64_t k = KV; k < K; ++k)                                       \
-          s = tr_fma1(xi[k], LOAD(wj[k]), s);                                  \
+          s = tlc_fma1(xi[k], LOAD(wj[k]), s);                                  \
         z[i][j] = s;                                                           \
       }                                                                        \
   }
 /* dx[i][k..] += sum_j g[i][j] w[j][k..] for nt tokens, nv rows, NV vectors. */
 #define TR_CE_AXPY(VLOADW)                                                     \
-  tr_vf acc[CE_TT][CE_AV];                                                     \
+  tlc_vf acc[CE_TT][CE_AV];                                                     \
   for (int i = 0; i < nt; ++i)                                                 \
     for (int a = 0; a < NV; ++a)                                               \
-      acc[i][a] = tr_load(dx + i * K + k + a * TR_L);                          \
+      acc[i][a] = tlc_vf_load(dx + i * K + k + a * TR_L);                          \
   for (int64_t j = 0; j < nv; ++j) {                                           \
-    tr_vf wv[CE_AV];                                                           \
+    tlc_vf wv[CE_AV];                                                           \
     for (int a = 0; a < NV; ++a)                                               \
       wv[a] = VLOADW(w + j * K + k + a * TR_L);                                \
     for (int i = 0; i < nt; ++i) {                                             \
-      tr_vf gv = tr_set1(g[i][j]);                                             \
+      tlc_vf gv = tlc_vf_set1(g[i][j]);                                             \
       for (int a = 0; a < NV; ++a)                                             \
-        acc[i][a] = tr_fma(gv, wv[a], acc[i][a]);                              \
+        acc[i][a] = tlc_vf_fma(gv, wv[a], acc[i][a]);                              \
     }                                                                          \
   }                                                                            \
   for (int i = 0; i < nt; ++i)                                                 \
     for (int a = 0; a < NV; ++a)                                               \
-      tr_store(dx + i * K + k + a * TR_L, acc[i][a]);
+      tlc_vf_store(dx + i * K + k + a * TR_L, acc[i][a]);
 #else
 #define TR_CE_LOGITS_FN(SUF, WTYPE, VLOADW, LOAD)                              \
   static __attribute__((noinline)) void ce_logits_##SUF(                       \
@@ -821,12 +779,12 @@ static void ce_online(const float *z, int64_t nv, int64_t lab, float *m,
 #if defined(TR_L)
 /* The axpy tiles: CE_TT tokens x NV vectors, NV = CE_AV, then 1 (tail). */
 #define TR_CE_AXPY_FN(SUF, WTYPE, VLOADW, LOAD)                                \
-  TR_AI void ce_axpy_tile_##SUF(const WTYPE *w, int64_t K, int64_t nv,         \
+  TLC_AI void ce_axpy_tile_##SUF(const WTYPE *w, int64_t K, int64_t nv,         \
                                 const float g[][CE_VB], float *dx, int64_t k,  \
                                 int nt, int NV) {                              \
     TR_CE_AXPY(VLOADW)                                                         \
   }                                                                            \
-  TR_AI void ce_axpy_cols_##SUF(const WTYPE *w, int64_t K, int64_t nv,         \
+  TLC_AI void ce_axpy_cols_##SUF(const WTYPE *w, int64_t K, int64_t nv,         \
                                 const float g[][CE_VB], float *dx, int nt) {   \
     int64_t k = 0;                                                             \
     for (; k + CE_AV * TR_L <= K; k += CE_AV * TR_L)                           \
@@ -837,7 +795,7 @@ static void ce_online(const float *z, int64_t nv, int64_t lab, float *m,
       for (int i = 0; i < nt; ++i) {                                           \
         float a = dx[i * K + k];                                               \
         for (int64_t j = 0; j < nv; ++j)                                       \
-          a = tr_fma1(g[i][j], LOAD(w[j * K + k]), a);                         \
+          a = tlc_fma1(g[i][j], LOAD(w[j * K + k]), a);                         \
         dx[i * K + k] = a;                                                     \
       }                                                                        \
   }                                                                            \
@@ -862,8 +820,8 @@ static void ce_online(const float *z, int64_t nv, int64_t lab, float *m,
   }
 #endif
 
-TR_DEFINE_CE(bf16, uint16_t, tr_load_bf16, tr_bf16_to_f32)
-TR_DEFINE_CE(f32, float, tr_load, TR_LOAD_F32)
+TR_DEFINE_CE(bf16, uint16_t, tlc_vf_load_bf16, tr_bf16_to_f32)
+TR_DEFINE_CE(f32, float, tlc_vf_load, TR_LOAD_F32)
 
 void tlc_k_loss_mean(const float *loss, const int32_t *labels, float *out,
                      int64_t T, int64_t begin, int64_t end) {
