@@ -34,6 +34,7 @@
 #include "mlir/Transforms/Passes.h"
 
 #include "llvm/ADT/StringSet.h"
+#include "llvm/BinaryFormat/Magic.h"
 #include "llvm/Object/ArchiveWriter.h"
 #include "llvm/Support/FileSystem.h"
 #include "llvm/Support/FormatVariadic.h"
@@ -219,12 +220,6 @@ struct Driver {
         return fail("unknown device '" + opts.device + "' (tlc devices lists "
                     "them: " + names + ")");
       }
-      if (d->os == "ios")
-        return fail("device " + d->name +
-                    " runs iOS, which forbids loading code at run time: it "
-                    "needs its kernels as a static library of Mach-O "
-                    "objects; --output-format=static-lib writes ELF objects "
-                    "(Linux, Android) only so far");
       opts.target = d->cpu;
       defaultThreads = d->threads;
       if (opts.train && opts.train->memoryBudget == 0)
@@ -427,10 +422,20 @@ struct Driver {
         calls += "  if ((s = tlc_static_library_register(\"" + x.image +
                  "\", " + x.image + ")))\n    return s;\n";
       }
+    // Mach-O objects (iOS) go in a Darwin archive, ELF ones in a GNU one.
+    size_t macho = 0;
+    for (const llvm::NewArchiveMember &m : members)
+      macho += llvm::identify_magic(m.Buf->getBuffer()) ==
+               llvm::file_magic::macho_object;
+    if (macho != 0 && macho != members.size())
+      return fail(archive + ": cannot put Mach-O (iOS) and ELF objects in one "
+                            "static library; compile them separately"),
+             false;
     if (llvm::Error e = llvm::writeArchive(
             archive, members, llvm::SymtabWritingMode::NormalSymtab,
-            llvm::object::Archive::K_GNU, /*Deterministic=*/true,
-            /*Thin=*/false))
+            macho ? llvm::object::Archive::K_DARWIN
+                  : llvm::object::Archive::K_GNU,
+            /*Deterministic=*/true, /*Thin=*/false))
       return fail(archive + ": " + llvm::toString(std::move(e))), false;
     std::string sym = staticSymbolBase(), guard = sym;
     for (char &c : guard)

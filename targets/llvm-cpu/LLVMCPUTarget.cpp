@@ -24,6 +24,9 @@ namespace tlc::llvmcpu {
 namespace {
 
 /// Features a host must have, as LLVM and the runtime's checks spell them.
+/// iOS 16 and later on 64-bit ARM (every iPhone with dotprod).
+constexpr const char *kIOSTriple = "arm64-apple-ios16.0";
+
 constexpr const char *kCheckedFeatures[] = {
     "avx2",     "fma",        "f16c",       "avx512f", "avx512bw",
     "avx512vl", "avx512vnni", "avx512bf16", "avxvnni", "dotprod",
@@ -52,20 +55,28 @@ bool on(const llvm::StringMap<bool> &f, const char *name) {
   return it != f.end() && it->second;
 }
 
+/// The LLVM triple of `arch` on Linux/Android, or on iOS (Mach-O).
+const char *tripleOf(llvm::StringRef arch, bool ios) {
+  if (ios)
+    return kIOSTriple;
+  return arch == "aarch64" ? "aarch64-unknown-linux-gnu"
+                           : "x86_64-unknown-linux-gnu";
+}
+
 CpuTarget makeTarget(llvm::StringRef arch, std::string cpu,
-                     const llvm::StringMap<bool> &features) {
+                     const llvm::StringMap<bool> &features, bool ios = false) {
   CpuTarget t;
   t.cpu = std::move(cpu);
   t.features = joinFeatures(features, &t.needs);
+  t.triple = tripleOf(arch, ios);
+  t.staticOnly = ios;
   if (arch == "aarch64") {
-    t.triple = "aarch64-unknown-linux-gnu";
     t.arch = "aarch64";
     t.isa = on(features, "i8mm") && on(features, "dotprod")
                 ? MicrokernelIsa::NeonI8mm
             : on(features, "dotprod") ? MicrokernelIsa::NeonDotprod
                                       : MicrokernelIsa::Neon;
   } else {
-    t.triple = "x86_64-unknown-linux-gnu";
     t.arch = "x86_64";
     t.isa = on(features, "avx512vnni") && on(features, "avx512bw")
                 ? MicrokernelIsa::Avx512
@@ -155,14 +166,16 @@ FailureOr<std::vector<CpuTarget>> parseCpuTarget(llvm::StringRef spec,
       return failure();
     return std::vector<CpuTarget>{makeTarget("x86_64", cpu, features)};
   }
-  if (arch == "aarch64" || arch == "arm64") {
+  bool ios = arch == "aarch64-ios" || arch == "arm64-ios";
+  if (arch == "aarch64" || arch == "arm64" || ios) {
     features["neon"] = true;
     if (!feats.empty()) {
       std::string cpu = "generic";
       if (!parseFeatures(spec, feats, &features, &cpu, error) ||
-          !checkCpu("aarch64-unknown-linux-gnu", cpu, spec, error))
+          !checkCpu(tripleOf("aarch64", ios), cpu, spec, error))
         return failure();
-      return std::vector<CpuTarget>{makeTarget("aarch64", cpu, features)};
+      return std::vector<CpuTarget>{
+          makeTarget("aarch64", cpu, features, ios)};
     }
     // Run-time dispatch: the runtime takes the first variant the CPU runs.
     std::vector<CpuTarget> variants;
@@ -170,13 +183,14 @@ FailureOr<std::vector<CpuTarget>> parseCpuTarget(llvm::StringRef spec,
     dot["dotprod"] = true;
     mm["dotprod"] = true;
     mm["i8mm"] = true;
-    variants.push_back(makeTarget("aarch64", "generic", mm));
-    variants.push_back(makeTarget("aarch64", "generic", dot));
-    variants.push_back(makeTarget("aarch64", "generic", features));
+    variants.push_back(makeTarget("aarch64", "generic", mm, ios));
+    variants.push_back(makeTarget("aarch64", "generic", dot, ios));
+    variants.push_back(makeTarget("aarch64", "generic", features, ios));
     return variants;
   }
   *error = "unknown target '" + spec.str() +
-           "' (expected host, x86-64[:FEATURES] or aarch64[:FEATURES])";
+           "' (expected host, x86-64[:FEATURES], aarch64[:FEATURES] or "
+           "aarch64-ios[:FEATURES])";
   return failure();
 }
 
@@ -254,6 +268,13 @@ public:
     for (const CpuTarget &t : variants_) {
       ExecutableImage exe;
       bool isStatic = !options.staticPrefix.empty();
+      if (t.staticOnly && !isStatic) {
+        *error = "target " + spec_ +
+                 ": iOS forbids loading code at run time, so its kernels "
+                 "must be linked into the app: compile with "
+                 "--output-format=static-lib";
+        return failure();
+      }
       std::string symbol =
           isStatic ? options.staticPrefix + "_" + std::to_string(out->size())
                    : "";
@@ -291,7 +312,8 @@ void registerLLVMCPUTargetBackend() {
   tlc::TargetBackendFactory f;
   f.matches = [](llvm::StringRef name) {
     return name == "host" || name == "x86-64" || name == "x86_64" ||
-           name == "aarch64" || name == "arm64";
+           name == "aarch64" || name == "arm64" || name == "aarch64-ios" ||
+           name == "arm64-ios";
   };
   f.create = [](llvm::StringRef spec,
                 std::string *error) -> std::unique_ptr<tlc::TargetBackend> {
@@ -301,7 +323,8 @@ void registerLLVMCPUTargetBackend() {
     return std::make_unique<LLVMCPUTargetBackend>(spec.str(),
                                                   std::move(*variants));
   };
-  f.help = "host, x86-64[:FEATURES], aarch64[:FEATURES]";
+  f.help = "host, x86-64[:FEATURES], aarch64[:FEATURES], "
+           "aarch64-ios[:FEATURES] (Mach-O, static-lib only)";
   tlc::registerTargetBackend(std::move(f));
 }
 

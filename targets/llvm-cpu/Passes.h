@@ -39,12 +39,15 @@ struct CpuTarget {
   std::string features;           // LLVM form: "+avx2,+fma,..."
   std::vector<std::string> needs; // features the host must have to run it
   MicrokernelIsa isa = MicrokernelIsa::Avx2;
+  bool staticOnly = false; // iOS: no code loading, static libraries only
 };
 
-/// Parses `host`, `x86-64[:feat,...]` or `aarch64[:feat,...]` (features with
-/// or without +) into the variants to build, the most capable first. Plain
-/// `aarch64` gives three: dotprod+i8mm, dotprod, and baseline NEON, so one
-/// module runs on every ARMv8 core and picks the best at load time.
+/// Parses `host`, `x86-64[:feat,...]`, `aarch64[:feat,...]` or
+/// `aarch64-ios[:feat,...]` (features with or without +; iOS gives Mach-O
+/// objects for static libraries) into the variants to build, the most
+/// capable first. Plain `aarch64` gives three: dotprod+i8mm, dotprod, and
+/// baseline NEON, so one module runs on every ARMv8 core and picks the best
+/// at load time.
 mlir::FailureOr<std::vector<CpuTarget>> parseCpuTarget(llvm::StringRef spec,
                                                        std::string *error);
 

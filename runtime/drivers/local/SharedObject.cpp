@@ -10,6 +10,8 @@
 #include <dlfcn.h>
 #if defined(__aarch64__) && defined(__linux__)
 #include <sys/auxv.h>
+#elif defined(__aarch64__) && defined(__APPLE__)
+#include <sys/sysctl.h>
 #endif
 #include <sys/mman.h>
 #include <unistd.h>
@@ -150,6 +152,22 @@ bool hostHasFeature(const std::string &f) {
     return (hwcap2 & (1ul << 13)) != 0;
   if (f == "fp16")
     return (hwcap & (1ul << 9)) != 0; // ASIMDHP
+#elif defined(__aarch64__) && defined(__APPLE__)
+  // Darwin's sysctl flags (hw.optional.arm.FEAT_*); every arm64 Apple core
+  // has NEON.
+  auto flag = [](const char *name) {
+    int value = 0;
+    size_t size = sizeof value;
+    return sysctlbyname(name, &value, &size, nullptr, 0) == 0 && value != 0;
+  };
+  if (f == "neon")
+    return true;
+  if (f == "dotprod")
+    return flag("hw.optional.arm.FEAT_DotProd");
+  if (f == "i8mm")
+    return flag("hw.optional.arm.FEAT_I8MM");
+  if (f == "fp16")
+    return flag("hw.optional.arm.FEAT_FP16");
 #endif
   return false;
 }
