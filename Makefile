@@ -8,7 +8,8 @@ APT_PACKAGES = cmake ninja-build ccache clang-22 lld-22 liblld-22-dev \
   llvm-22-dev llvm-22-tools libmlir-22-dev mlir-22-tools libclang-rt-22-dev \
   flatbuffers-compiler libflatbuffers-dev nlohmann-json3-dev libgtest-dev \
   python3-numpy libc6-dev-arm64-cross libstdc++-12-dev-arm64-cross \
-  libgcc-12-dev-arm64-cross qemu-user
+  libgcc-12-dev-arm64-cross qemu-user spirv-tools mesa-vulkan-drivers \
+  libvulkan-dev
 PYTHON ?= python3
 PY_PACKAGES = numpy safetensors tokenizers lit
 MODEL ?= models/tiny-bitnet-docs

@@ -20,10 +20,12 @@
 #include "mlir/Dialect/ControlFlow/IR/ControlFlow.h"
 #include "mlir/Dialect/Func/Extensions/InlinerExtension.h"
 #include "mlir/Dialect/Func/IR/FuncOps.h"
+#include "mlir/Dialect/GPU/IR/GPUDialect.h"
 #include "mlir/Dialect/LLVMIR/LLVMDialect.h"
 #include "mlir/Dialect/Math/IR/Math.h"
 #include "mlir/Dialect/MemRef/IR/MemRef.h"
 #include "mlir/Dialect/SCF/IR/SCF.h"
+#include "mlir/Dialect/SPIRV/IR/SPIRVDialect.h"
 #include "mlir/Dialect/Vector/IR/VectorOps.h"
 #include "mlir/IR/MLIRContext.h"
 #include "mlir/Pass/PassInstrumentation.h"
@@ -52,7 +54,8 @@ void registerCompilerDialects(DialectRegistry &registry) {
   registry
       .insert<tlora::TloraDialect, func::FuncDialect, arith::ArithDialect,
               scf::SCFDialect, memref::MemRefDialect, vector::VectorDialect,
-              math::MathDialect, cf::ControlFlowDialect, LLVM::LLVMDialect>();
+              math::MathDialect, cf::ControlFlowDialect, LLVM::LLVMDialect,
+              gpu::GPUDialect, spirv::SPIRVDialect>();
   func::registerInlinerExtension(registry);
   tlora::registerExternalModels(registry);
   registerBuiltinDialectTranslation(registry);

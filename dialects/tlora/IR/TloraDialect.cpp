@@ -475,8 +475,8 @@ LogicalResult AccumulateGradOp::verify() {
 }
 
 /// A dispatch names a function of the `kernels` module whose buffer
-/// arguments (all but T, pos, rows, begin, end) match its operands and
-/// results, and has one binding per operand and result once planned.
+/// arguments (those before the scalars) match its operands and results, and
+/// has one binding per operand and result once planned.
 LogicalResult
 DispatchOp::verifySymbolUses(SymbolTableCollection &symbols) {
   unsigned buffers = getNumOperands() + getNumResults();
@@ -497,10 +497,18 @@ DispatchOp::verifySymbolUses(SymbolTableCollection &symbols) {
   auto fn = dyn_cast<FunctionOpInterface>(kernel);
   if (!fn)
     return emitOpError("kernel ") << getKernel() << " is not a function";
-  unsigned args = fn.getNumArguments();
-  if (args < 5 || args - 5 != buffers)
+  // Kernels take their buffers (memrefs or pointers), then scalars (T,
+  // pos, rows: integers, or one block marked tlora.scalars) whose number
+  // and form are the target's.
+  unsigned kernelBuffers = 0;
+  for (auto [i, t] : llvm::enumerate(fn.getArgumentTypes())) {
+    if (t.isIntOrIndexOrFloat() || fn.getArgAttr(i, attr::kScalars))
+      break;
+    ++kernelBuffers;
+  }
+  if (kernelBuffers != buffers)
     return emitOpError("kernel ")
-           << getKernel() << " takes " << (args < 5 ? 0 : args - 5)
+           << getKernel() << " takes " << kernelBuffers
            << " buffers, the dispatch passes " << buffers;
   return success();
 }

@@ -50,6 +50,9 @@ inline constexpr llvm::StringLiteral kLayer = "tlora.layer";
 inline constexpr llvm::StringLiteral kRecomputed = "tlora.recomputed";
 /// Kernel functions of the @kernels module that dispatches call.
 inline constexpr llvm::StringLiteral kKernel = "tlora.kernel";
+/// A kernel argument holding the call's scalars as a block (GPU push
+/// constants), not a buffer of the dispatch.
+inline constexpr llvm::StringLiteral kScalars = "tlora.scalars";
 } // namespace mlir::tlora::attr
 
 #endif // TLORA_IR_TLORADIALECT_H

@@ -1,0 +1,25 @@
+// Passes shared by the GPU targets (vulkan-spirv today; cuda, rocm, metal
+// next): one kernel formation for all of them.
+#ifndef TLC_GPU_PASSES_TD
+#define TLC_GPU_PASSES_TD
+
+include "mlir/Pass/PassBase.td"
+
+def FormGPUDispatchesPass : Pass<"tlc-gpu-form-dispatches", "::mlir::ModuleOp"> {
+  let summary = "Turns tlora compute ops into dispatches of per-shape GPU kernels";
+  let description = [{
+    Each compute op of an entry function becomes a `tlora.dispatch` of a
+    `gpu.func` in the nested `gpu.module @kernels`, built with MLIR builders
+    once per shape and token capacity. A kernel takes its buffers (memrefs),
+    then the scalars T, pos and rows (i32); the dispatch's workload is its
+    number of workgroups in x, of `kWorkgroupSize` invocations each. An op
+    without a GPU kernel is an error naming it: nothing falls back to the
+    CPU silently.
+  }];
+  let dependentDialects = [
+    "::mlir::tlora::TloraDialect", "::mlir::gpu::GPUDialect",
+    "::mlir::scf::SCFDialect", "::mlir::memref::MemRefDialect",
+    "::mlir::math::MathDialect", "::mlir::arith::ArithDialect"];
+}
+
+#endif // TLC_GPU_PASSES_TD

@@ -1,0 +1,229 @@
+// The vulkan-spirv target backend: the GPU kernels of targets/gpu lowered to
+// one SPIR-V module (Vulkan 1.1 compute, SPIR-V 1.3) through MLIR's SPIR-V
+// dialect. Buffers are storage buffers at (set 0, binding i); the scalars
+// T, pos, rows are one push-constant block.
+#include "targets/gpu/Passes.h"
+
+#include "compiler/target/TargetBackend.h"
+#include "dialects/tlora/Transforms/Passes.h"
+#include "mlir/Conversion/GPUToSPIRV/GPUToSPIRVPass.h"
+#include "mlir/Conversion/MathToSPIRV/MathToSPIRVPass.h"
+#include "mlir/Dialect/GPU/Transforms/Passes.h"
+#include "mlir/Dialect/SPIRV/IR/SPIRVDialect.h"
+#include "mlir/Dialect/SPIRV/IR/SPIRVOps.h"
+#include "mlir/Dialect/SPIRV/IR/TargetAndABI.h"
+#include "mlir/Dialect/SPIRV/Transforms/Passes.h"
+#include "mlir/Target/SPIRV/Serialization.h"
+#include "llvm/Support/raw_ostream.h"
+
+#include <cstring>
+
+namespace tlc::vulkan {
+#define GEN_PASS_DECL
+#define GEN_PASS_DEF_LOWERGPUKERNELSTOSPIRVPASS
+#include "targets/vulkan-spirv/Passes.h.inc"
+#define GEN_PASS_REGISTRATION
+#include "targets/vulkan-spirv/Passes.h.inc"
+} // namespace tlc::vulkan
+
+using namespace mlir;
+
+namespace {
+/// Trailing i32 scalars -> one memref<4xi32> argument (loads of 0, 1, 2),
+/// which becomes the push-constant block after the SPIR-V conversion.
+void packScalars(gpu::GPUFuncOp fn) {
+  MLIRContext *ctx = fn.getContext();
+  unsigned n = fn.getFunctionType().getNumInputs(),
+           first = n - tlc::gpu::kKernelScalars;
+  auto type = MemRefType::get({4}, IntegerType::get(ctx, 32));
+  fn.insertArgument(n, type,
+                    DictionaryAttr::get(ctx, {NamedAttribute(
+                                                 mlir::tlora::attr::kScalars,
+                                                 UnitAttr::get(ctx))}),
+                    fn.getLoc());
+  Value block = fn.getArgument(n);
+  OpBuilder b = OpBuilder::atBlockBegin(&fn.getBody().front());
+  llvm::BitVector erase(n + 1);
+  for (unsigned i = 0; i < tlc::gpu::kKernelScalars; ++i) {
+    Value at = arith::ConstantIndexOp::create(b, fn.getLoc(), i);
+    Value v = memref::LoadOp::create(b, fn.getLoc(), block, at);
+    fn.getArgument(first + i).replaceAllUsesWith(v);
+    erase.set(first + i);
+  }
+  (void)fn.eraseArguments(erase);
+}
+
+/// The storage-buffer variable of each kernel's scalars (its last binding)
+/// -> a push-constant variable without set and binding; the pointer types
+/// derived from it follow.
+void scalarsToPushConstants(spirv::ModuleOp module,
+                            const llvm::StringMap<unsigned> &scalarBinding) {
+  for (auto var : llvm::make_early_inc_range(
+           module.getOps<spirv::GlobalVariableOp>())) {
+    auto binding = var.getBinding();
+    StringRef name = var.getSymName();
+    size_t at = name.rfind("_arg_");
+    if (!binding || at == StringRef::npos)
+      continue;
+    auto it = scalarBinding.find(name.take_front(at));
+    if (it == scalarBinding.end() || it->second != *binding)
+      continue;
+    auto ptr = cast<spirv::PointerType>(var.getType());
+    auto pushType = spirv::PointerType::get(ptr.getPointeeType(),
+                                            spirv::StorageClass::PushConstant);
+    var.setType(pushType);
+    var->removeAttr(var.getBindingAttrName());
+    var->removeAttr(var.getDescriptorSetAttrName());
+    module.walk([&](spirv::AddressOfOp addr) {
+      if (addr.getVariable() != name)
+        return;
+      addr.getPointer().setType(pushType);
+      SmallVector<Value> work{addr.getPointer()};
+      while (!work.empty()) {
+        Value v = work.pop_back_val();
+        for (Operation *user : v.getUsers())
+          if (auto chain = dyn_cast<spirv::AccessChainOp>(user)) {
+            auto old = cast<spirv::PointerType>(chain.getType());
+            chain.getResult().setType(spirv::PointerType::get(
+                old.getPointeeType(), spirv::StorageClass::PushConstant));
+            work.push_back(chain.getResult());
+          }
+      }
+    });
+  }
+}
+
+struct LowerGPUKernelsToSPIRVPass
+    : tlc::vulkan::impl::LowerGPUKernelsToSPIRVPassBase<
+          LowerGPUKernelsToSPIRVPass> {
+  void runOnOperation() override {
+    ModuleOp top = getOperation();
+    MLIRContext *ctx = &getContext();
+    llvm::StringMap<unsigned> scalarBinding;
+    top.walk([&](gpu::GPUFuncOp fn) {
+      if (!fn.isKernel())
+        return;
+      packScalars(fn);
+      scalarBinding[fn.getName()] = fn.getFunctionType().getNumInputs() - 1;
+      SmallVector<int32_t> size(3, 1);
+      if (auto known = fn.getKnownBlockSizeAttr())
+        size.assign(known.asArrayRef().begin(), known.asArrayRef().end());
+      fn->setAttr(spirv::getEntryPointABIAttrName(),
+                  spirv::getEntryPointABIAttr(ctx, size));
+    });
+    OpPassManager pm("builtin.module");
+    GpuSPIRVAttachTargetOptions target;
+    target.spirvVersion = "v1.3";
+    target.spirvCapabilities = {"Shader"};
+    target.spirvExtensions = {"SPV_KHR_storage_buffer_storage_class"};
+    target.clientApi = "Vulkan";
+    pm.addPass(createGpuSPIRVAttachTarget(target));
+    pm.addPass(createConvertMathToSPIRVPass());
+    pm.addPass(createConvertGPUToSPIRVPass());
+    OpPassManager &spv = pm.nest<spirv::ModuleOp>();
+    spv.addPass(spirv::createSPIRVLowerABIAttributesPass());
+    spv.addPass(spirv::createSPIRVUpdateVCEPass());
+    if (failed(runPipeline(pm, top)))
+      return signalPassFailure();
+    for (auto m : top.getOps<spirv::ModuleOp>())
+      scalarsToPushConstants(m, scalarBinding);
+    // The gpu.module is what the SPIR-V came from; nothing uses it now.
+    for (auto m : llvm::make_early_inc_range(top.getOps<gpu::GPUModuleOp>()))
+      m.erase();
+  }
+};
+
+/// Ternary weights on the GPU: row-major 2-bit codes (value + 1), four per
+/// byte along in_features, after a 64-byte header holding gamma.
+int64_t rowMajorBytes(int64_t outFeatures, int64_t inFeatures) {
+  return 64 + outFeatures * ((inFeatures + 3) / 4);
+}
+void rowMajorPack(const int8_t *codes, int64_t outFeatures, int64_t inFeatures,
+                  float gamma, uint8_t *out) {
+  std::memcpy(out, &gamma, sizeof gamma);
+  int64_t rowBytes = (inFeatures + 3) / 4;
+  for (int64_t n = 0; n < outFeatures; ++n)
+    for (int64_t k = 0; k < inFeatures; ++k)
+      out[64 + n * rowBytes + k / 4] |=
+          (uint8_t)((codes[n * inFeatures + k] + 1) << (2 * (k % 4)));
+}
+const tlc::TernaryEncoding kRowMajor = {"t2-rows", rowMajorBytes,
+                                        rowMajorPack};
+
+class VulkanSPIRVTargetBackend final : public tlc::TargetBackend {
+public:
+  explicit VulkanSPIRVTargetBackend(std::string spec) : spec_(std::move(spec)) {}
+  std::string spec() const override { return spec_; }
+  const tlc::TernaryEncoding &ternaryEncoding() const override {
+    return kRowMajor;
+  }
+  const tlc::MatrixEncoding *matrixEncoding(llvm::StringRef) const override {
+    return nullptr;
+  }
+  void buildLoweringPipeline(OpPassManager &pm) const override {
+    pm.addPass(tlc::gpu::createFormGPUDispatchesPass());
+    pm.addPass(mlir::tlora::createPlanMemoryPass());
+  }
+  void buildKernelPipeline(OpPassManager &pm) const override {
+    pm.addPass(tlc::vulkan::createLowerGPUKernelsToSPIRVPass());
+  }
+  LogicalResult serialize(ModuleOp program, const tlc::SerializeOptions &options,
+                          std::vector<tlc::ExecutableImage> *out,
+                          std::string *error) const override {
+    if (!options.staticPrefix.empty()) {
+      *error = "target " + spec_ + ": SPIR-V executables are not static "
+               "libraries; --output-format=static-lib is for CPU targets";
+      return failure();
+    }
+    for (auto m : program.getOps<spirv::ModuleOp>()) {
+      tlc::ExecutableImage exe;
+      SmallVector<uint32_t> words;
+      if (failed(spirv::serialize(m, words))) {
+        *error = "internal error: SPIR-V serialization failed";
+        return failure();
+      }
+      exe.image.assign((const char *)words.data(), words.size() * 4);
+      for (auto ep : m.getOps<spirv::EntryPointOp>())
+        exe.kernels.push_back(ep.getFn().str());
+      if (options.wantSource) {
+        llvm::raw_string_ostream os(exe.source);
+        m.print(os);
+      }
+      exe.target = "vulkan";
+      exe.cpu = "spirv1.3";
+      exe.format = "spirv";
+      exe.fileExt = "spv";
+      out->push_back(std::move(exe));
+    }
+    if (out->empty()) {
+      *error = "internal error: no SPIR-V module";
+      return failure();
+    }
+    return success();
+  }
+
+private:
+  std::string spec_;
+};
+} // namespace
+
+namespace tlc::vulkan {
+void registerVulkanSPIRVTargetBackend() {
+  tlc::gpu::registerTlcGPUPasses();
+  registerTlcVulkanPasses();
+  tlc::TargetBackendFactory f;
+  f.matches = [](llvm::StringRef name) { return name == "vulkan-spirv"; };
+  f.create = [](llvm::StringRef spec,
+                std::string *error) -> std::unique_ptr<tlc::TargetBackend> {
+    if (spec != "vulkan-spirv") {
+      *error = "target vulkan-spirv takes no options yet, got '" +
+               spec.str() + "'";
+      return nullptr;
+    }
+    return std::make_unique<VulkanSPIRVTargetBackend>(spec.str());
+  };
+  f.help = "vulkan-spirv (partial: kernels of embed, rms_norm, "
+           "squared_relu_mul, kv_append, add)";
+  tlc::registerTargetBackend(std::move(f));
+}
+} // namespace tlc::vulkan
