@@ -204,13 +204,17 @@ tlc_status_t verifyModule(tlc_module_t *m) {
     const auto *e = exes->Get(i);
     if (!e->image() || !e->kernels() || !e->entry_points())
       continue;
-    for (tlc::hal::Driver *d : tlc::hal::drivers())
-      if (d->canRun(*e, &why)) {
+    for (tlc::hal::Driver *d : tlc::hal::drivers()) {
+      std::string reason; // empty: not this driver's kind of executable
+      if (d->canRun(*e, &reason)) {
         m->exe = e;
         m->exeIndex = i;
         m->driver = d;
         break;
       }
+      if (!reason.empty())
+        why = reason;
+    }
   }
   if (!m->exe)
     return makeStatus(TLC_STATUS_INCOMPATIBLE, "%s: no executable runs here: %s", p, why.c_str());

@@ -7,6 +7,9 @@
 #include "runtime/src/ThreadPool.h"
 #include "runtime/src/hal/Device.h"
 #include "runtime/src/module_generated.h"
+#if defined(TLC_HAVE_VULKAN_DRIVER)
+#include "runtime/drivers/vulkan/VulkanDevice.h"
+#endif
 
 #include <cstdlib>
 #include <map>
@@ -278,7 +281,9 @@ public:
   bool canRun(const fb::Executable &e, std::string *why) override {
     std::string target = e.target() ? e.target()->str() : "";
     if (target != hostTarget()) {
-      *why = "none is built for " + std::string(hostTarget());
+      // Another CPU's executable; a GPU's is its driver's to explain.
+      if (target == "x86_64" || target == "aarch64")
+        *why = "none is built for " + std::string(hostTarget());
       return false;
     }
     std::string format = e.format() ? e.format()->str() : "";
@@ -313,7 +318,14 @@ public:
 
 std::vector<Driver *> &drivers() {
   static LocalDriver local;
-  static std::vector<Driver *> list = {&local};
+  static std::vector<Driver *> list = [] {
+    std::vector<Driver *> l;
+#if defined(TLC_HAVE_VULKAN_DRIVER)
+    l.push_back(&vulkanDriver()); // a GPU executable first, when one runs
+#endif
+    l.push_back(&local);
+    return l;
+  }();
   return list;
 }
 

@@ -143,7 +143,8 @@ class Driver {
 public:
   virtual ~Driver() = default;
   virtual const char *name() const = 0;
-  /// Whether this driver's device runs `def`; otherwise `why` says why.
+  /// Whether this driver's device runs `def`; otherwise `why` says why,
+  /// or stays empty when `def` is not this driver's kind of executable.
   virtual bool canRun(const fb::Executable &def, std::string *why) = 0;
   virtual tlc_status_t createDevice(std::unique_ptr<Device> *out) = 0;
 };

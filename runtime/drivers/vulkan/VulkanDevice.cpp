@@ -1,0 +1,737 @@
+// The Vulkan driver: runs "spirv" executables (targets/vulkan-spirv) on a
+// Vulkan 1.1 device. The loader is opened at run time (libvulkan.so.1 or
+// libvulkan.so, or $TLC_VULKAN_LOADER), so the runtime links no Vulkan
+// library and starts without one. $TLC_VULKAN_DEVICE picks a device by
+// index; $TLC_VULKAN_MAX_BUFFER_RANGE caps the storage buffer range (to
+// emulate Adreno's 128 MiB on any driver). Buffers are storage buffers bound as (buffer, offset, range);
+// the scalars T, pos, rows are push constants.
+//
+// This first version keeps every buffer host-visible (lavapipe, integrated
+// and phone GPUs have such memory for all of it) and records the Vulkan
+// command buffer at each submission; device-local memory with staging
+// uploads comes with the GPU end-to-end path.
+#include "runtime/drivers/vulkan/VulkanDevice.h"
+
+#include "runtime/src/module_generated.h"
+
+#define VK_NO_PROTOTYPES
+#include <vulkan/vulkan.h>
+
+#include <dlfcn.h>
+
+#include <cstdlib>
+#include <cstring>
+#include <map>
+#include <new>
+
+namespace tlc::hal {
+namespace {
+
+tlc_status_t error(const std::string &message,
+                   tlc_status_code_t code = TLC_STATUS_FAILED_PRECONDITION) {
+  return tlc_status_create(code, ("Vulkan: " + message).c_str());
+}
+
+tlc_status_t check(VkResult r, const char *what) {
+  if (r == VK_SUCCESS)
+    return nullptr;
+  tlc_status_code_t code = r == VK_ERROR_OUT_OF_HOST_MEMORY ||
+                                   r == VK_ERROR_OUT_OF_DEVICE_MEMORY
+                               ? TLC_STATUS_OUT_OF_MEMORY
+                               : TLC_STATUS_INTERNAL;
+  return error(std::string(what) + " failed (VkResult " + std::to_string(r) +
+                   ")",
+               code);
+}
+
+/// The Vulkan entry points tlc uses, loaded from the loader library.
+struct Api {
+  void *library = nullptr;
+#define TLC_VK_FNS(X)                                                          \
+  X(CreateInstance)                                                            \
+  X(DestroyInstance) X(EnumeratePhysicalDevices)                               \
+  X(GetPhysicalDeviceProperties) X(GetPhysicalDeviceQueueFamilyProperties)     \
+  X(GetPhysicalDeviceMemoryProperties) X(CreateDevice) X(GetDeviceProcAddr)    \
+  X(DestroyDevice) X(GetDeviceQueue) X(CreateBuffer) X(DestroyBuffer)          \
+  X(GetBufferMemoryRequirements) X(AllocateMemory) X(FreeMemory)               \
+  X(BindBufferMemory) X(MapMemory) X(CreateShaderModule)                       \
+  X(DestroyShaderModule) X(CreateDescriptorSetLayout)                          \
+  X(DestroyDescriptorSetLayout) X(CreatePipelineLayout)                        \
+  X(DestroyPipelineLayout) X(CreateComputePipelines) X(DestroyPipeline)        \
+  X(CreateDescriptorPool) X(DestroyDescriptorPool) X(AllocateDescriptorSets)   \
+  X(UpdateDescriptorSets) X(CreateCommandPool) X(DestroyCommandPool)           \
+  X(AllocateCommandBuffers) X(BeginCommandBuffer) X(EndCommandBuffer)          \
+  X(ResetCommandBuffer) X(CmdBindPipeline) X(CmdBindDescriptorSets)           \
+  X(CmdPushConstants) X(CmdDispatch) X(CmdPipelineBarrier) X(QueueSubmit)      \
+  X(CreateFence) X(DestroyFence) X(WaitForFences) X(ResetFences)               \
+  X(DeviceWaitIdle)
+#define TLC_VK_MEMBER(name) PFN_vk##name name = nullptr;
+  TLC_VK_FNS(TLC_VK_MEMBER)
+#undef TLC_VK_MEMBER
+  PFN_vkGetInstanceProcAddr GetInstanceProcAddr = nullptr;
+
+  /// Opens the loader and the global entry points; `why` on failure.
+  bool open(std::string *why) {
+    // Linux names the loader libvulkan.so.1, Android libvulkan.so.
+    const char *path = std::getenv("TLC_VULKAN_LOADER");
+    bool given = path && *path;
+    if (!given)
+      path = "libvulkan.so.1";
+    library = dlopen(path, RTLD_NOW | RTLD_LOCAL);
+    if (!library && !given && (library = dlopen("libvulkan.so", RTLD_NOW |
+                                                                    RTLD_LOCAL)))
+      path = "libvulkan.so";
+    if (!library) {
+      *why = std::string("no Vulkan loader (") + path + ": " + dlerror() + ")";
+      return false;
+    }
+    GetInstanceProcAddr =
+        (PFN_vkGetInstanceProcAddr)dlsym(library, "vkGetInstanceProcAddr");
+    CreateInstance = GetInstanceProcAddr
+                         ? (PFN_vkCreateInstance)GetInstanceProcAddr(
+                               nullptr, "vkCreateInstance")
+                         : nullptr;
+    if (!CreateInstance) {
+      *why = std::string(path) + " is not a Vulkan loader";
+      return false;
+    }
+    return true;
+  }
+  /// Instance-level entry points (device-level ones resolve through the
+  /// instance too, which the loader dispatches).
+  bool load(VkInstance instance, std::string *why) {
+#define TLC_VK_LOAD(name)                                                      \
+  if (!name)                                                                   \
+    name = (PFN_vk##name)GetInstanceProcAddr(instance, "vk" #name);            \
+  if (!name) {                                                                 \
+    *why = "the Vulkan loader lacks vk" #name;                                 \
+    return false;                                                              \
+  }
+    TLC_VK_FNS(TLC_VK_LOAD)
+#undef TLC_VK_LOAD
+    return true;
+  }
+};
+
+/// One Vulkan instance, physical device and logical device with one
+/// compute queue, shared by every Device of the process.
+struct Context {
+  Api vk;
+  VkInstance instance = VK_NULL_HANDLE;
+  VkPhysicalDevice physical = VK_NULL_HANDLE;
+  VkPhysicalDeviceProperties properties{};
+  VkPhysicalDeviceMemoryProperties memory{};
+  VkDevice device = VK_NULL_HANDLE;
+  VkQueue queue = VK_NULL_HANDLE;
+  uint32_t queueFamily = 0;
+  uint64_t maxBufferRange = 0; // maxStorageBufferRange, or the env cap
+  std::string why;             // why there is no usable device
+  bool ok = false;
+
+  Context() { ok = init(); }
+  bool init() {
+    if (!vk.open(&why))
+      return false;
+    VkApplicationInfo app{VK_STRUCTURE_TYPE_APPLICATION_INFO};
+    app.pApplicationName = "tlc";
+    app.apiVersion = VK_API_VERSION_1_1;
+    VkInstanceCreateInfo ici{VK_STRUCTURE_TYPE_INSTANCE_CREATE_INFO};
+    ici.pApplicationInfo = &app;
+    VkResult r = vk.CreateInstance(&ici, nullptr, &instance);
+    if (r != VK_SUCCESS) {
+      why = "vkCreateInstance failed (VkResult " + std::to_string(r) +
+            "): no Vulkan 1.1 driver";
+      return false;
+    }
+    if (!vk.load(instance, &why))
+      return false;
+    uint32_t count = 0;
+    vk.EnumeratePhysicalDevices(instance, &count, nullptr);
+    std::vector<VkPhysicalDevice> devices(count);
+    if (count)
+      vk.EnumeratePhysicalDevices(instance, &count, devices.data());
+    // $TLC_VULKAN_DEVICE picks by index; otherwise the first discrete GPU,
+    // else the first device with a compute queue.
+    int wanted = -1;
+    if (const char *s = std::getenv("TLC_VULKAN_DEVICE"))
+      wanted = std::atoi(s);
+    int best = -1, bestScore = -1;
+    for (uint32_t i = 0; i < count; ++i) {
+      VkPhysicalDeviceProperties p;
+      vk.GetPhysicalDeviceProperties(devices[i], &p);
+      uint32_t families = 0;
+      vk.GetPhysicalDeviceQueueFamilyProperties(devices[i], &families, nullptr);
+      std::vector<VkQueueFamilyProperties> fam(families);
+      vk.GetPhysicalDeviceQueueFamilyProperties(devices[i], &families,
+                                                fam.data());
+      int compute = -1;
+      for (uint32_t f = 0; f < families && compute < 0; ++f)
+        if (fam[f].queueFlags & VK_QUEUE_COMPUTE_BIT)
+          compute = (int)f;
+      if (compute < 0 || p.apiVersion < VK_API_VERSION_1_1)
+        continue;
+      int score = wanted == (int)i ? 3
+                  : p.deviceType == VK_PHYSICAL_DEVICE_TYPE_DISCRETE_GPU ? 2
+                                                                          : 1;
+      if (score > bestScore) {
+        best = (int)i, bestScore = score;
+        queueFamily = (uint32_t)compute;
+      }
+    }
+    if (best < 0) {
+      why = count ? "no Vulkan 1.1 device with a compute queue"
+                  : "no Vulkan device";
+      return false;
+    }
+    physical = devices[best];
+    vk.GetPhysicalDeviceProperties(physical, &properties);
+    vk.GetPhysicalDeviceMemoryProperties(physical, &memory);
+    maxBufferRange = properties.limits.maxStorageBufferRange;
+    if (const char *cap = std::getenv("TLC_VULKAN_MAX_BUFFER_RANGE"))
+      if (uint64_t c = std::strtoull(cap, nullptr, 10); c && c < maxBufferRange)
+        maxBufferRange = c;
+    float priority = 1.0f;
+    VkDeviceQueueCreateInfo qci{VK_STRUCTURE_TYPE_DEVICE_QUEUE_CREATE_INFO};
+    qci.queueFamilyIndex = queueFamily;
+    qci.queueCount = 1;
+    qci.pQueuePriorities = &priority;
+    VkDeviceCreateInfo dci{VK_STRUCTURE_TYPE_DEVICE_CREATE_INFO};
+    dci.queueCreateInfoCount = 1;
+    dci.pQueueCreateInfos = &qci;
+    r = vk.CreateDevice(physical, &dci, nullptr, &device);
+    if (r != VK_SUCCESS) {
+      why = "vkCreateDevice failed (VkResult " + std::to_string(r) + ")";
+      return false;
+    }
+    vk.GetDeviceQueue(device, queueFamily, 0, &queue);
+    return true;
+  }
+  /// A host-visible, coherent memory type among `bits`, device-local first.
+  int memoryType(uint32_t bits) const {
+    const VkMemoryPropertyFlags host = VK_MEMORY_PROPERTY_HOST_VISIBLE_BIT |
+                                       VK_MEMORY_PROPERTY_HOST_COHERENT_BIT;
+    for (VkMemoryPropertyFlags want :
+         {host | VK_MEMORY_PROPERTY_DEVICE_LOCAL_BIT, host})
+      for (uint32_t i = 0; i < memory.memoryTypeCount; ++i)
+        if ((bits & (1u << i)) &&
+            (memory.memoryTypes[i].propertyFlags & want) == want)
+          return (int)i;
+    return -1;
+  }
+};
+
+Context &context() {
+  static Context c;
+  return c;
+}
+
+class VulkanBuffer final : public Buffer {
+public:
+  explicit VulkanBuffer(Context &c) : c_(c) {}
+  ~VulkanBuffer() override {
+    if (buffer)
+      c_.vk.DestroyBuffer(c_.device, buffer, nullptr);
+    if (memory)
+      c_.vk.FreeMemory(c_.device, memory, nullptr);
+  }
+  tlc_status_t init(uint64_t size) {
+    size_ = size;
+    VkBufferCreateInfo bci{VK_STRUCTURE_TYPE_BUFFER_CREATE_INFO};
+    bci.size = size ? size : 4;
+    bci.usage = VK_BUFFER_USAGE_STORAGE_BUFFER_BIT |
+                VK_BUFFER_USAGE_TRANSFER_SRC_BIT |
+                VK_BUFFER_USAGE_TRANSFER_DST_BIT;
+    bci.sharingMode = VK_SHARING_MODE_EXCLUSIVE;
+    if (tlc_status_t s = check(c_.vk.CreateBuffer(c_.device, &bci, nullptr,
+                                                  &buffer),
+                               "vkCreateBuffer"))
+      return s;
+    VkMemoryRequirements req;
+    c_.vk.GetBufferMemoryRequirements(c_.device, buffer, &req);
+    int type = c_.memoryType(req.memoryTypeBits);
+    if (type < 0)
+      return error("the device has no host-visible memory for a buffer");
+    VkMemoryAllocateInfo mai{VK_STRUCTURE_TYPE_MEMORY_ALLOCATE_INFO};
+    mai.allocationSize = req.size;
+    mai.memoryTypeIndex = (uint32_t)type;
+    if (tlc_status_t s = check(c_.vk.AllocateMemory(c_.device, &mai, nullptr,
+                                                    &memory),
+                               "vkAllocateMemory"))
+      return s;
+    if (tlc_status_t s =
+            check(c_.vk.BindBufferMemory(c_.device, buffer, memory, 0),
+                  "vkBindBufferMemory"))
+      return s;
+    void *p = nullptr;
+    if (tlc_status_t s = check(
+            c_.vk.MapMemory(c_.device, memory, 0, VK_WHOLE_SIZE, 0, &p),
+            "vkMapMemory"))
+      return s;
+    mapped_ = (uint8_t *)p;
+    std::memset(mapped_, 0, size);
+    return nullptr;
+  }
+  uint8_t *hostPointer() override { return mapped_; }
+  VkBuffer buffer = VK_NULL_HANDLE;
+
+private:
+  Context &c_;
+  VkDeviceMemory memory = VK_NULL_HANDLE;
+  uint8_t *mapped_ = nullptr;
+};
+
+class VulkanAllocator final : public Allocator {
+public:
+  explicit VulkanAllocator(Context &c) : c_(c) {}
+  tlc_status_t allocate(MemoryKind, uint64_t size,
+                        std::unique_ptr<Buffer> *out) override {
+    std::unique_ptr<VulkanBuffer> b(new (std::nothrow) VulkanBuffer(c_));
+    if (!b)
+      return tlc_status_create(TLC_STATUS_OUT_OF_MEMORY, "out of memory");
+    if (tlc_status_t s = b->init(size))
+      return s;
+    *out = std::move(b);
+    return nullptr;
+  }
+
+private:
+  Context &c_;
+};
+
+/// A kernel's pipeline for a number of storage-buffer bindings.
+struct Pipeline {
+  VkDescriptorSetLayout setLayout = VK_NULL_HANDLE;
+  VkPipelineLayout layout = VK_NULL_HANDLE;
+  VkPipeline pipeline = VK_NULL_HANDLE;
+};
+
+class VulkanExecutable final : public Executable {
+public:
+  explicit VulkanExecutable(Context &c) : c_(c) {}
+  ~VulkanExecutable() override {
+    for (auto &[key, p] : pipelines_) {
+      c_.vk.DestroyPipeline(c_.device, p.pipeline, nullptr);
+      c_.vk.DestroyPipelineLayout(c_.device, p.layout, nullptr);
+      c_.vk.DestroyDescriptorSetLayout(c_.device, p.setLayout, nullptr);
+    }
+    if (module)
+      c_.vk.DestroyShaderModule(c_.device, module, nullptr);
+  }
+  uint32_t kernelCount() const override { return (uint32_t)names.size(); }
+
+  /// The pipeline of kernel `k` with `bindings` buffers (created once).
+  tlc_status_t pipeline(uint32_t k, uint32_t bindings, Pipeline **out) {
+    auto key = std::make_pair(k, bindings);
+    auto it = pipelines_.find(key);
+    if (it != pipelines_.end()) {
+      *out = &it->second;
+      return nullptr;
+    }
+    Pipeline p;
+    std::vector<VkDescriptorSetLayoutBinding> b(bindings);
+    for (uint32_t i = 0; i < bindings; ++i)
+      b[i] = {i, VK_DESCRIPTOR_TYPE_STORAGE_BUFFER, 1,
+              VK_SHADER_STAGE_COMPUTE_BIT, nullptr};
+    VkDescriptorSetLayoutCreateInfo dl{
+        VK_STRUCTURE_TYPE_DESCRIPTOR_SET_LAYOUT_CREATE_INFO};
+    dl.bindingCount = bindings;
+    dl.pBindings = b.data();
+    if (tlc_status_t s = check(c_.vk.CreateDescriptorSetLayout(
+                                   c_.device, &dl, nullptr, &p.setLayout),
+                               "vkCreateDescriptorSetLayout"))
+      return s;
+    VkPushConstantRange push{VK_SHADER_STAGE_COMPUTE_BIT, 0,
+                             4 * sizeof(int32_t)};
+    VkPipelineLayoutCreateInfo pl{VK_STRUCTURE_TYPE_PIPELINE_LAYOUT_CREATE_INFO};
+    pl.setLayoutCount = 1;
+    pl.pSetLayouts = &p.setLayout;
+    pl.pushConstantRangeCount = 1;
+    pl.pPushConstantRanges = &push;
+    if (tlc_status_t s = check(
+            c_.vk.CreatePipelineLayout(c_.device, &pl, nullptr, &p.layout),
+            "vkCreatePipelineLayout"))
+      return s;
+    VkComputePipelineCreateInfo cp{
+        VK_STRUCTURE_TYPE_COMPUTE_PIPELINE_CREATE_INFO};
+    cp.stage = {VK_STRUCTURE_TYPE_PIPELINE_SHADER_STAGE_CREATE_INFO};
+    cp.stage.stage = VK_SHADER_STAGE_COMPUTE_BIT;
+    cp.stage.module = module;
+    cp.stage.pName = names[k].c_str();
+    cp.layout = p.layout;
+    if (tlc_status_t s = check(c_.vk.CreateComputePipelines(
+                                   c_.device, VK_NULL_HANDLE, 1, &cp, nullptr,
+                                   &p.pipeline),
+                               "vkCreateComputePipelines"))
+      return s;
+    *out = &(pipelines_[key] = p);
+    return nullptr;
+  }
+
+  VkShaderModule module = VK_NULL_HANDLE;
+  std::vector<std::string> names;
+
+private:
+  Context &c_;
+  std::map<std::pair<uint32_t, uint32_t>, Pipeline> pipelines_;
+};
+
+struct RecordedDispatch {
+  Pipeline *pipeline;
+  VkDescriptorSet set;
+  int64_t tokensFactor, constant;
+  uint32_t groupsY, groupsZ;
+  std::vector<BufferRange> bindings;
+  std::vector<DynamicSpace> dynamic;
+};
+
+class VulkanCommandBuffer final : public CommandBuffer {
+public:
+  VulkanCommandBuffer(Context &c, VulkanExecutable &exe) : c_(c), exe_(exe) {}
+  ~VulkanCommandBuffer() override {
+    for (VkDescriptorPool p : pools_)
+      c_.vk.DestroyDescriptorPool(c_.device, p, nullptr);
+  }
+  tlc_status_t dispatch(const DispatchDesc &d) override {
+    if (d.kernel >= exe_.kernelCount())
+      return error("dispatch of kernel " + std::to_string(d.kernel) +
+                       " of an executable with " +
+                       std::to_string(exe_.kernelCount()),
+                   TLC_STATUS_INVALID_ARGUMENT);
+    RecordedDispatch r{nullptr, VK_NULL_HANDLE, d.tokensFactor, d.constant,
+                       d.groupsY, d.groupsZ, d.bindings, d.dynamic};
+    r.dynamic.resize(r.bindings.size(), DynamicSpace::None);
+    for (const BufferRange &b : d.bindings)
+      if (tlc_status_t s = checkRange(b))
+        return s;
+    if (tlc_status_t s = exe_.pipeline(d.kernel, (uint32_t)d.bindings.size(),
+                                       &r.pipeline))
+      return s;
+    // One descriptor set per dispatch, from a pool per dispatch (few sets:
+    // the module's dispatch lists are short).
+    VkDescriptorPoolSize size{VK_DESCRIPTOR_TYPE_STORAGE_BUFFER,
+                              (uint32_t)std::max<size_t>(1, d.bindings.size())};
+    VkDescriptorPoolCreateInfo pci{VK_STRUCTURE_TYPE_DESCRIPTOR_POOL_CREATE_INFO};
+    pci.maxSets = 1;
+    pci.poolSizeCount = 1;
+    pci.pPoolSizes = &size;
+    VkDescriptorPool pool;
+    if (tlc_status_t s = check(
+            c_.vk.CreateDescriptorPool(c_.device, &pci, nullptr, &pool),
+            "vkCreateDescriptorPool"))
+      return s;
+    pools_.push_back(pool);
+    VkDescriptorSetAllocateInfo ai{
+        VK_STRUCTURE_TYPE_DESCRIPTOR_SET_ALLOCATE_INFO};
+    ai.descriptorPool = pool;
+    ai.descriptorSetCount = 1;
+    ai.pSetLayouts = &r.pipeline->setLayout;
+    if (tlc_status_t s = check(c_.vk.AllocateDescriptorSets(c_.device, &ai,
+                                                            &r.set),
+                               "vkAllocateDescriptorSets"))
+      return s;
+    write(r, r.bindings);
+    recorded_.push_back(std::move(r));
+    return nullptr;
+  }
+  /// Points the set's bindings at `ranges`.
+  void write(const RecordedDispatch &r, const std::vector<BufferRange> &ranges) {
+    std::vector<VkDescriptorBufferInfo> infos(ranges.size());
+    std::vector<VkWriteDescriptorSet> writes;
+    for (size_t i = 0; i < ranges.size(); ++i) {
+      if (!ranges[i].buffer)
+        continue; // a per-call space, set at submission
+      auto *b = static_cast<VulkanBuffer *>(ranges[i].buffer);
+      infos[i] = {b->buffer, ranges[i].offset,
+                  ranges[i].length ? ranges[i].length : VK_WHOLE_SIZE};
+      VkWriteDescriptorSet w{VK_STRUCTURE_TYPE_WRITE_DESCRIPTOR_SET};
+      w.dstSet = r.set;
+      w.dstBinding = (uint32_t)i;
+      w.descriptorCount = 1;
+      w.descriptorType = VK_DESCRIPTOR_TYPE_STORAGE_BUFFER;
+      w.pBufferInfo = &infos[i];
+      writes.push_back(w);
+    }
+    if (!writes.empty())
+      c_.vk.UpdateDescriptorSets(c_.device, (uint32_t)writes.size(),
+                                 writes.data(), 0, nullptr);
+  }
+  tlc_status_t checkRange(const BufferRange &b) {
+    if (!b.buffer)
+      return nullptr;
+    if (b.offset > b.buffer->size() || b.length > b.buffer->size() - b.offset)
+      return error("binding outside its buffer", TLC_STATUS_INVALID_ARGUMENT);
+    if (b.offset % c_.properties.limits.minStorageBufferOffsetAlignment)
+      return error("binding offset " + std::to_string(b.offset) +
+                       " is not a multiple of the device's storage buffer "
+                       "alignment " +
+                       std::to_string(
+                           c_.properties.limits.minStorageBufferOffsetAlignment),
+                   TLC_STATUS_INCOMPATIBLE);
+    if (b.length > c_.maxBufferRange)
+      return error("a binding of " + std::to_string(b.length) +
+                       " bytes exceeds the device's storage buffer range (" +
+                       std::to_string(c_.maxBufferRange) + " bytes)",
+                   TLC_STATUS_INCOMPATIBLE);
+    return nullptr;
+  }
+  std::vector<RecordedDispatch> &recorded() { return recorded_; }
+
+private:
+  Context &c_;
+  VulkanExecutable &exe_;
+  std::vector<VkDescriptorPool> pools_;
+  std::vector<RecordedDispatch> recorded_;
+};
+
+class VulkanFence final : public Fence {
+public:
+  VulkanFence(Context &c, VkFence f) : c_(c), fence_(f) {}
+  ~VulkanFence() override {
+    if (!waited_)
+      (void)wait();
+  }
+  tlc_status_t wait() override {
+    if (waited_)
+      return nullptr;
+    waited_ = true;
+    return check(c_.vk.WaitForFences(c_.device, 1, &fence_, VK_TRUE,
+                                     UINT64_MAX),
+                 "vkWaitForFences");
+  }
+
+private:
+  Context &c_;
+  VkFence fence_;
+  bool waited_ = false;
+};
+
+class VulkanQueue final : public Queue {
+public:
+  explicit VulkanQueue(Context &c) : c_(c) {}
+  ~VulkanQueue() override {
+    if (fence_)
+      c_.vk.DestroyFence(c_.device, fence_, nullptr);
+    if (pool_)
+      c_.vk.DestroyCommandPool(c_.device, pool_, nullptr);
+  }
+  tlc_status_t init() {
+    VkCommandPoolCreateInfo pci{VK_STRUCTURE_TYPE_COMMAND_POOL_CREATE_INFO};
+    pci.flags = VK_COMMAND_POOL_CREATE_RESET_COMMAND_BUFFER_BIT;
+    pci.queueFamilyIndex = c_.queueFamily;
+    if (tlc_status_t s = check(
+            c_.vk.CreateCommandPool(c_.device, &pci, nullptr, &pool_),
+            "vkCreateCommandPool"))
+      return s;
+    VkCommandBufferAllocateInfo ai{
+        VK_STRUCTURE_TYPE_COMMAND_BUFFER_ALLOCATE_INFO};
+    ai.commandPool = pool_;
+    ai.level = VK_COMMAND_BUFFER_LEVEL_PRIMARY;
+    ai.commandBufferCount = 1;
+    if (tlc_status_t s = check(
+            c_.vk.AllocateCommandBuffers(c_.device, &ai, &commands_),
+            "vkAllocateCommandBuffers"))
+      return s;
+    VkFenceCreateInfo fci{VK_STRUCTURE_TYPE_FENCE_CREATE_INFO};
+    return check(c_.vk.CreateFence(c_.device, &fci, nullptr, &fence_),
+                 "vkCreateFence");
+  }
+  tlc_status_t submit(CommandBuffer &cb, const CallArgs &args, KernelProfile *,
+                      std::unique_ptr<Fence> *out) override {
+    auto &recorded = static_cast<VulkanCommandBuffer &>(cb);
+    // Per-call spaces move with the call: rewrite those descriptors.
+    for (RecordedDispatch &r : recorded.recorded()) {
+      std::vector<BufferRange> ranges(r.bindings.size());
+      bool any = false;
+      for (size_t i = 0; i < r.bindings.size(); ++i) {
+        const BufferRange *call = r.dynamic[i] == DynamicSpace::Input    ? &args.input
+                                  : r.dynamic[i] == DynamicSpace::Output ? &args.output
+                                  : r.dynamic[i] == DynamicSpace::Labels ? &args.labels
+                                                                         : nullptr;
+        if (!call)
+          continue;
+        BufferRange b = *call;
+        b.offset += r.bindings[i].offset;
+        b.length = r.bindings[i].length;
+        if (tlc_status_t s = recorded.checkRange(b))
+          return s;
+        ranges[i] = b;
+        any = true;
+      }
+      if (any)
+        recorded.write(r, ranges);
+    }
+    if (tlc_status_t s = check(c_.vk.ResetCommandBuffer(commands_, 0),
+                               "vkResetCommandBuffer"))
+      return s;
+    VkCommandBufferBeginInfo bi{VK_STRUCTURE_TYPE_COMMAND_BUFFER_BEGIN_INFO};
+    bi.flags = VK_COMMAND_BUFFER_USAGE_ONE_TIME_SUBMIT_BIT;
+    if (tlc_status_t s = check(c_.vk.BeginCommandBuffer(commands_, &bi),
+                               "vkBeginCommandBuffer"))
+      return s;
+    const int32_t push[4] = {(int32_t)args.T, (int32_t)args.pos,
+                             (int32_t)args.rows, 0};
+    VkMemoryBarrier barrier{VK_STRUCTURE_TYPE_MEMORY_BARRIER};
+    barrier.srcAccessMask = VK_ACCESS_SHADER_WRITE_BIT;
+    barrier.dstAccessMask = VK_ACCESS_SHADER_READ_BIT | VK_ACCESS_SHADER_WRITE_BIT;
+    for (const RecordedDispatch &r : recorded.recorded()) {
+      int64_t groups = r.tokensFactor * args.T + r.constant;
+      if (groups <= 0)
+        continue;
+      c_.vk.CmdBindPipeline(commands_, VK_PIPELINE_BIND_POINT_COMPUTE,
+                            r.pipeline->pipeline);
+      c_.vk.CmdBindDescriptorSets(commands_, VK_PIPELINE_BIND_POINT_COMPUTE,
+                                  r.pipeline->layout, 0, 1, &r.set, 0,
+                                  nullptr);
+      c_.vk.CmdPushConstants(commands_, r.pipeline->layout,
+                             VK_SHADER_STAGE_COMPUTE_BIT, 0, sizeof push,
+                             push);
+      c_.vk.CmdDispatch(commands_, (uint32_t)groups, r.groupsY, r.groupsZ);
+      // Each dispatch sees the writes of the ones before it.
+      c_.vk.CmdPipelineBarrier(commands_, VK_PIPELINE_STAGE_COMPUTE_SHADER_BIT,
+                               VK_PIPELINE_STAGE_COMPUTE_SHADER_BIT, 0, 1,
+                               &barrier, 0, nullptr, 0, nullptr);
+    }
+    if (tlc_status_t s = check(c_.vk.EndCommandBuffer(commands_),
+                               "vkEndCommandBuffer"))
+      return s;
+    if (tlc_status_t s = check(c_.vk.ResetFences(c_.device, 1, &fence_),
+                               "vkResetFences"))
+      return s;
+    VkSubmitInfo si{VK_STRUCTURE_TYPE_SUBMIT_INFO};
+    si.commandBufferCount = 1;
+    si.pCommandBuffers = &commands_;
+    if (tlc_status_t s = check(c_.vk.QueueSubmit(c_.queue, 1, &si, fence_),
+                               "vkQueueSubmit"))
+      return s;
+    out->reset(new (std::nothrow) VulkanFence(c_, fence_));
+    if (!*out) {
+      (void)check(c_.vk.WaitForFences(c_.device, 1, &fence_, VK_TRUE,
+                                      UINT64_MAX),
+                  "vkWaitForFences");
+      return tlc_status_create(TLC_STATUS_OUT_OF_MEMORY, "out of memory");
+    }
+    return nullptr;
+  }
+  // Buffers are host-visible and coherent: copies are memcpy, ordered by
+  // the caller's waits on the fences of earlier submissions.
+  tlc_status_t write(const void *src, const BufferRange &dst) override {
+    if (!dst.buffer || !dst.buffer->hostPointer())
+      return error("write to a buffer that is not host-visible");
+    std::memcpy(dst.buffer->hostPointer() + dst.offset, src, dst.length);
+    return nullptr;
+  }
+  tlc_status_t read(const BufferRange &src, void *dst) override {
+    if (!src.buffer || !src.buffer->hostPointer())
+      return error("read from a buffer that is not host-visible");
+    std::memcpy(dst, src.buffer->hostPointer() + src.offset, src.length);
+    return nullptr;
+  }
+
+private:
+  Context &c_;
+  VkCommandPool pool_ = VK_NULL_HANDLE;
+  VkCommandBuffer commands_ = VK_NULL_HANDLE;
+  VkFence fence_ = VK_NULL_HANDLE;
+};
+
+class VulkanDevice final : public Device {
+public:
+  explicit VulkanDevice(Context &c) : c_(c), allocator_(c) {}
+  const char *name() const override { return c_.properties.deviceName; }
+  Allocator &allocator() override { return allocator_; }
+  tlc_status_t mapParameters(const uint8_t *data, uint64_t size,
+                             std::unique_ptr<Buffer> *out) override {
+    if (tlc_status_t s = allocator_.allocate(MemoryKind::DeviceLocal, size, out))
+      return s;
+    std::memcpy((*out)->hostPointer(), data, size);
+    return nullptr;
+  }
+  tlc_status_t loadExecutable(const fb::Executable &def,
+                              std::unique_ptr<Executable> *out) override {
+    std::unique_ptr<VulkanExecutable> exe(new (std::nothrow)
+                                              VulkanExecutable(c_));
+    if (!exe)
+      return tlc_status_create(TLC_STATUS_OUT_OF_MEMORY, "out of memory");
+    if (!def.image() || def.image()->size() % 4 != 0 ||
+        def.image()->size() < 20)
+      return error("the executable's SPIR-V image is malformed",
+                   TLC_STATUS_INVALID_FILE);
+    // Copied into words: the module's bytes need not be 4-byte aligned.
+    std::vector<uint32_t> words(def.image()->size() / 4);
+    std::memcpy(words.data(), def.image()->data(), def.image()->size());
+    if (words[0] != 0x07230203u)
+      return error("the executable's image is not SPIR-V",
+                   TLC_STATUS_INVALID_FILE);
+    VkShaderModuleCreateInfo sci{VK_STRUCTURE_TYPE_SHADER_MODULE_CREATE_INFO};
+    sci.codeSize = words.size() * 4;
+    sci.pCode = words.data();
+    if (tlc_status_t s = check(
+            c_.vk.CreateShaderModule(c_.device, &sci, nullptr, &exe->module),
+            "vkCreateShaderModule"))
+      return s;
+    if (def.kernels())
+      for (const auto *k : *def.kernels())
+        exe->names.push_back(k->str());
+    *out = std::move(exe);
+    return nullptr;
+  }
+  tlc_status_t createCommandBuffer(Executable &exe,
+                                   std::unique_ptr<CommandBuffer> *out) override {
+    out->reset(new (std::nothrow) VulkanCommandBuffer(
+        c_, static_cast<VulkanExecutable &>(exe)));
+    return *out ? nullptr
+                : tlc_status_create(TLC_STATUS_OUT_OF_MEMORY, "out of memory");
+  }
+  tlc_status_t createQueue(const DeviceOptions &,
+                           std::unique_ptr<Queue> *out) override {
+    std::unique_ptr<VulkanQueue> q(new (std::nothrow) VulkanQueue(c_));
+    if (!q)
+      return tlc_status_create(TLC_STATUS_OUT_OF_MEMORY, "out of memory");
+    if (tlc_status_t s = q->init())
+      return s;
+    *out = std::move(q);
+    return nullptr;
+  }
+
+private:
+  Context &c_;
+  VulkanAllocator allocator_;
+};
+
+class VulkanDriver final : public Driver {
+public:
+  const char *name() const override { return "vulkan"; }
+  bool canRun(const fb::Executable &e, std::string *why) override {
+    std::string target = e.target() ? e.target()->str() : "";
+    std::string format = e.format() ? e.format()->str() : "";
+    if (target != "vulkan")
+      return false; // not a Vulkan executable: another driver's to explain
+    if (format != "spirv") {
+      *why = "Vulkan executable format '" + format + "' is not SPIR-V";
+      return false;
+    }
+    Context &c = context();
+    if (!c.ok) {
+      *why = c.why;
+      return false;
+    }
+    return true;
+  }
+  tlc_status_t createDevice(std::unique_ptr<Device> *out) override {
+    Context &c = context();
+    if (!c.ok)
+      return error(c.why, TLC_STATUS_INCOMPATIBLE);
+    out->reset(new (std::nothrow) VulkanDevice(c));
+    return *out ? nullptr
+                : tlc_status_create(TLC_STATUS_OUT_OF_MEMORY, "out of memory");
+  }
+};
+
+} // namespace
+
+Driver &vulkanDriver() {
+  static VulkanDriver driver;
+  return driver;
+}
+
+} // namespace tlc::hal
