@@ -358,7 +358,9 @@ struct Driver {
       if (!opts.dumpIRDir.empty())
         for (const ExecutableImage &x : target.executables) {
           char name[64];
-          snprintf(name, sizeof name, "/%02d-llvm-ir.ll", dumpCounter++);
+          snprintf(name, sizeof name, "/%02d-%s.%s", dumpCounter++,
+                   x.sourceExt == "ll" ? "llvm-ir" : "executable",
+                   x.sourceExt.c_str());
           std::error_code ec;
           llvm::raw_fd_ostream os(opts.dumpIRDir + name, ec);
           if (!ec)
@@ -486,7 +488,7 @@ struct Driver {
           return true;
         };
         if (!write(stem + "." + x.fileExt, x.image) ||
-            (!x.source.empty() && !write(stem + ".ll", x.source)))
+            (!x.source.empty() && !write(stem + "." + x.sourceExt, x.source)))
           return false;
       }
     return true;

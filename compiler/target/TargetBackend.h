@@ -50,6 +50,7 @@ struct ExecutableImage {
   std::string object;   // static libraries: the relocatable object
   std::string source;   // a text form where one exists (LLVM IR here)
   std::string fileExt;  // extension of the binary for --dump-executables
+  std::string sourceExt = "ll"; // extension of `source` ("mlir" for SPIR-V)
 };
 
 struct SerializeOptions {

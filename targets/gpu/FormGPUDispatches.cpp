@@ -13,7 +13,9 @@
 #include "llvm/ADT/StringExtras.h"
 #include "llvm/Support/FormatVariadic.h"
 
+#include <cmath>
 #include <functional>
+#include <limits>
 
 namespace tlc::gpu {
 #define GEN_PASS_DEF_FORMGPUDISPATCHESPASS
@@ -109,6 +111,131 @@ Value loadWeight(OpBuilder &b, Location loc, Value buffer, Type element,
   return arith::BitcastOp::create(b, loc, b.getF32Type(), bits);
 }
 
+Value i32Const(OpBuilder &b, Location loc, int32_t v) {
+  return arith::ConstantIntOp::create(b, loc, v, 32);
+}
+
+Value toIndex(OpBuilder &b, Location loc, Value v) {
+  return arith::IndexCastOp::create(b, loc, b.getIndexType(), v);
+}
+
+/// Scratch for workgroupReduce: one slot per invocation and the result.
+Value reduceScratch(OpBuilder &b, Location loc) {
+  return allocWorkgroup(b, loc, kWorkgroupSize + 1, b.getF32Type());
+}
+
+/// Combines one value per invocation over the workgroup in a fixed order
+/// (invocation 0 folds the kWorkgroupSize values in lane order, so results
+/// do not depend on scheduling); every invocation gets the result.
+Value workgroupReduce(OpBuilder &b, Location loc, Value scratch, Value lane,
+                      Value v,
+                      function_ref<Value(OpBuilder &, Location, Value, Value)>
+                          combine) {
+  memref::StoreOp::create(b, loc, v, scratch, lane);
+  gpu::BarrierOp::create(b, loc);
+  Value zero = indexConst(b, loc, 0), result = indexConst(b, loc, kWorkgroupSize);
+  Value first = arith::CmpIOp::create(b, loc, arith::CmpIPredicate::eq, lane,
+                                      zero);
+  scf::IfOp::create(b, loc, first, [&](OpBuilder &b, Location loc) {
+    Value init = memref::LoadOp::create(b, loc, scratch, zero);
+    auto fold = scf::ForOp::create(
+        b, loc, indexConst(b, loc, 1), result, indexConst(b, loc, 1),
+        ValueRange{init},
+        [&](OpBuilder &b, Location loc, Value i, ValueRange acc) {
+          Value x = memref::LoadOp::create(b, loc, scratch, i);
+          scf::YieldOp::create(b, loc, combine(b, loc, acc[0], x));
+        });
+    memref::StoreOp::create(b, loc, fold.getResult(0), scratch, result);
+    scf::YieldOp::create(b, loc);
+  });
+  gpu::BarrierOp::create(b, loc);
+  return memref::LoadOp::create(b, loc, scratch, result);
+}
+
+Value addF(OpBuilder &b, Location loc, Value x, Value y) {
+  return arith::AddFOp::create(b, loc, x, y);
+}
+Value maxF(OpBuilder &b, Location loc, Value x, Value y) {
+  return arith::MaximumFOp::create(b, loc, x, y);
+}
+
+/// `fn(b)` only in invocations where `cond` holds.
+void when(OpBuilder &b, Location loc, Value cond,
+          function_ref<void(OpBuilder &, Location)> fn) {
+  scf::IfOp::create(b, loc, cond, [&](OpBuilder &b, Location loc) {
+    fn(b, loc);
+    scf::YieldOp::create(b, loc);
+  });
+}
+
+/// sin(x) and cos(x) in f32 for |x| < 8192, the same on every GPU: Cody-Waite
+/// reduction by pi/2 (Cephes' three-part constant; j * DP1 is exact) and
+/// Cephes' minimax polynomials on [-pi/4, pi/4] (about 1 ulp). GPUs' own
+/// sin/cos lose accuracy fast outside [-pi, pi], and RoPE angles reach
+/// thousands of radians.
+std::pair<Value, Value> sinCos(OpBuilder &b, Location loc, Value x) {
+  auto c = [&](float v) { return f32Const(b, loc, v); };
+  auto mul = [&](Value p, Value q) -> Value {
+    return arith::MulFOp::create(b, loc, p, q);
+  };
+  auto add = [&](Value p, Value q) -> Value {
+    return arith::AddFOp::create(b, loc, p, q);
+  };
+  auto sub = [&](Value p, Value q) -> Value {
+    return arith::SubFOp::create(b, loc, p, q);
+  };
+  Value j = math::RoundEvenOp::create(b, loc, mul(x, c(0.63661977236758134f)));
+  Value y = sub(sub(sub(x, mul(j, c(1.5703125f))),
+                    mul(j, c(4.837512969970703125e-4f))),
+                mul(j, c(7.54978995489188216e-8f)));
+  Value z = mul(y, y);
+  Value sinY = add(
+      y, mul(mul(z, y),
+             add(c(-1.6666654611e-1f),
+                 mul(z, add(c(8.3321608736e-3f), mul(z, c(-1.9515295891e-4f)))))));
+  Value cosY = add(
+      sub(c(1.0f), mul(c(0.5f), z)),
+      mul(mul(z, z),
+          add(c(4.166664568298827e-2f),
+              mul(z, add(c(-1.388731625493765e-3f),
+                         mul(z, c(2.443315711809948e-5f)))))));
+  // Quadrant q = j mod 4: sin = s, c, -s, -c; cos = c, -s, -c, s.
+  Value q = arith::AndIOp::create(
+      b, loc, arith::FPToSIOp::create(b, loc, b.getI32Type(), j),
+      i32Const(b, loc, 3));
+  auto is = [&](int v) -> Value {
+    return arith::CmpIOp::create(b, loc, arith::CmpIPredicate::eq, q,
+                                 i32Const(b, loc, v));
+  };
+  Value negS = arith::NegFOp::create(b, loc, sinY);
+  Value negC = arith::NegFOp::create(b, loc, cosY);
+  auto pick = [&](Value v0, Value v1, Value v2, Value v3) -> Value {
+    Value r = arith::SelectOp::create(b, loc, is(2), v2, v3);
+    r = arith::SelectOp::create(b, loc, is(1), v1, r);
+    return arith::SelectOp::create(b, loc, is(0), v0, r);
+  };
+  return {pick(sinY, cosY, negS, negC), pick(cosY, negS, negC, sinY)};
+}
+
+/// table[i] for an index i < table.size(), from constants (a select chain:
+/// SPIR-V has no constant arrays that memref can index).
+Value constantAt(OpBuilder &b, Location loc, ArrayRef<float> table, Value i) {
+  Value r = f32Const(b, loc, table.back());
+  for (int64_t k = (int64_t)table.size() - 2; k >= 0; --k)
+    r = arith::SelectOp::create(
+        b, loc,
+        arith::CmpIOp::create(b, loc, arith::CmpIPredicate::eq, i,
+                              indexConst(b, loc, k)),
+        f32Const(b, loc, table[k]), r);
+  return r;
+}
+
+/// Sign-extended byte `i` (0..3) of a 32-bit word.
+Value byteOf(OpBuilder &b, Location loc, Value word, int i) {
+  Value up = arith::ShLIOp::create(b, loc, word, i32Const(b, loc, 24 - 8 * i));
+  return arith::ShRSIOp::create(b, loc, up, i32Const(b, loc, 24));
+}
+
 //===----------------------------------------------------------------------===//
 // Kernels
 //===----------------------------------------------------------------------===//
@@ -139,8 +266,8 @@ KernelSpec embedKernel(EmbedOp e, int64_t tm) {
 }
 
 /// out[t, :] = w * x[t, :] / sqrt(mean(x[t, :]^2) + eps): each invocation
-/// sums its strided squares, invocation 0 adds the kWorkgroupSize partial
-/// sums in order (deterministic), then all scale their elements.
+/// sums its strided squares, workgroupReduce adds them, all scale their
+/// elements.
 KernelSpec rmsNormKernel(RMSNormOp n, int64_t tm) {
   int64_t D = dim(n.getInput(), 1);
   auto wt = cast<ShapedType>(n.getWeight().getType());
@@ -155,8 +282,7 @@ KernelSpec rmsNormKernel(RMSNormOp n, int64_t tm) {
   k.buffers = {rowsOf(tm, D, f32), weightBuffer(wt), rowsOf(tm, D, f32)};
   k.body = [=](OpBuilder &b, Location loc, const KernelArgs &a) {
     Value x = a.buffers[0], w = a.buffers[1], out = a.buffers[2];
-    Value partial = allocWorkgroup(b, loc, kWorkgroupSize, b.getF32Type());
-    Value zero = indexConst(b, loc, 0), one = indexConst(b, loc, 1);
+    Value scratch = reduceScratch(b, loc);
     Value fzero = f32Const(b, loc, 0.0f);
     auto sum = scf::ForOp::create(
         b, loc, a.lane, indexConst(b, loc, D),
@@ -167,32 +293,14 @@ KernelSpec rmsNormKernel(RMSNormOp n, int64_t tm) {
               b, loc, acc[0], arith::MulFOp::create(b, loc, v, v));
           scf::YieldOp::create(b, loc, s);
         });
-    memref::StoreOp::create(b, loc, sum.getResult(0), partial, a.lane);
-    gpu::BarrierOp::create(b, loc);
-    Value first = arith::CmpIOp::create(b, loc, arith::CmpIPredicate::eq,
-                                        a.lane, zero);
-    scf::IfOp::create(b, loc, first, [&](OpBuilder &b, Location loc) {
-      auto total = scf::ForOp::create(
-          b, loc, zero, indexConst(b, loc, kWorkgroupSize), one,
-          ValueRange{fzero},
-          [&](OpBuilder &b, Location loc, Value i, ValueRange acc) {
-            Value p = memref::LoadOp::create(b, loc, partial, i);
-            scf::YieldOp::create(b, loc,
-                                 ValueRange{arith::AddFOp::create(
-                                     b, loc, acc[0], p)});
-          });
-      Value mean = arith::DivFOp::create(b, loc, total.getResult(0),
-                                         f32Const(b, loc, (float)D));
-      Value r = arith::DivFOp::create(
-          b, loc, f32Const(b, loc, 1.0f),
-          math::SqrtOp::create(b, loc,
-                               arith::AddFOp::create(b, loc, mean,
-                                                     f32Const(b, loc, eps))));
-      memref::StoreOp::create(b, loc, r, partial, zero);
-      scf::YieldOp::create(b, loc);
-    });
-    gpu::BarrierOp::create(b, loc);
-    Value r = memref::LoadOp::create(b, loc, partial, zero);
+    Value total = workgroupReduce(b, loc, scratch, a.lane, sum.getResult(0),
+                                  addF);
+    Value mean = arith::DivFOp::create(b, loc, total, f32Const(b, loc, (float)D));
+    Value r = arith::DivFOp::create(
+        b, loc, f32Const(b, loc, 1.0f),
+        math::SqrtOp::create(b, loc,
+                             arith::AddFOp::create(b, loc, mean,
+                                                   f32Const(b, loc, eps))));
     forLanes(b, loc, a.lane, D, [&](OpBuilder &b, Value d) {
       Value v = memref::LoadOp::create(b, loc, x, {a.unit, d});
       Value wf = loadWeight(b, loc, w, et, {d}, d);
@@ -239,6 +347,350 @@ KernelSpec kvAppendKernel(int64_t S, int64_t D, int64_t tm, MLIRContext *ctx) {
   return k;
 }
 
+/// Quantized activations on the GPU: [TM x K/4] words of four int8 values
+/// (byte i of word w is x_q[4w + i]), then TM words holding 1/s as f32.
+Type qactBuffer(int64_t tm, int64_t K, MLIRContext *ctx) {
+  return MemRefType::get({tm * K / 4 + tm}, IntegerType::get(ctx, 32));
+}
+
+/// x_q = clamp(roundeven(x * s), -128, 127), s = 127 / max(max|x|, 1e-5),
+/// as the CPU kernels and transformers compute it; one token per workgroup.
+KernelSpec quantizeKernel(int64_t K, int64_t tm, MLIRContext *ctx) {
+  KernelSpec k;
+  k.name = llvm::formatv("quantize_k{0}", K);
+  k.buffers = {rowsOf(tm, K, Float32Type::get(ctx)), qactBuffer(tm, K, ctx)};
+  k.body = [=](OpBuilder &b, Location loc, const KernelArgs &a) {
+    Value x = a.buffers[0], q = a.buffers[1];
+    auto partial = scf::ForOp::create(
+        b, loc, a.lane, indexConst(b, loc, K),
+        indexConst(b, loc, kWorkgroupSize), ValueRange{f32Const(b, loc, 0)},
+        [&](OpBuilder &b, Location loc, Value i, ValueRange acc) {
+          Value v = math::AbsFOp::create(
+              b, loc, memref::LoadOp::create(b, loc, x, {a.unit, i}));
+          scf::YieldOp::create(b, loc, maxF(b, loc, acc[0], v));
+        });
+    Value amax = workgroupReduce(b, loc, reduceScratch(b, loc), a.lane,
+                                 partial.getResult(0), maxF);
+    Value scale = arith::DivFOp::create(
+        b, loc, f32Const(b, loc, 127.0f),
+        maxF(b, loc, amax, f32Const(b, loc, 1e-5f)));
+    Value first = arith::CmpIOp::create(b, loc, arith::CmpIPredicate::eq,
+                                        a.lane, indexConst(b, loc, 0));
+    when(b, loc, first, [&](OpBuilder &b, Location loc) {
+      Value inv = arith::DivFOp::create(b, loc, f32Const(b, loc, 1.0f), scale);
+      Value at = arith::AddIOp::create(b, loc, indexConst(b, loc, tm * K / 4),
+                                       a.unit);
+      memref::StoreOp::create(
+          b, loc, arith::BitcastOp::create(b, loc, b.getI32Type(), inv), q, at);
+    });
+    Value lo = f32Const(b, loc, -128.0f), hi = f32Const(b, loc, 127.0f);
+    forLanes(b, loc, a.lane, K / 4, [&](OpBuilder &b, Value w) {
+      Value word = i32Const(b, loc, 0);
+      for (int i = 0; i < 4; ++i) {
+        Value at = arith::AddIOp::create(
+            b, loc, arith::MulIOp::create(b, loc, w, indexConst(b, loc, 4)),
+            indexConst(b, loc, i));
+        Value v = arith::MulFOp::create(
+            b, loc, memref::LoadOp::create(b, loc, x, {a.unit, at}), scale);
+        Value r = maxF(b, loc,
+                       arith::MinimumFOp::create(
+                           b, loc, math::RoundEvenOp::create(b, loc, v), hi),
+                       lo);
+        Value byte = arith::AndIOp::create(
+            b, loc, arith::FPToSIOp::create(b, loc, b.getI32Type(), r),
+            i32Const(b, loc, 255));
+        word = arith::OrIOp::create(
+            b, loc, word,
+            arith::ShLIOp::create(b, loc, byte, i32Const(b, loc, 8 * i)));
+      }
+      Value at = arith::AddIOp::create(
+          b, loc, arith::MulIOp::create(b, loc, a.unit, indexConst(b, loc, K / 4)),
+          w);
+      memref::StoreOp::create(b, loc, word, q, at);
+    });
+  };
+  return k;
+}
+
+/// y[t, n] = (x_q[t] . W_t[n]) * gamma / s[t], exact in int32. The weights
+/// are the backend's t2-rows encoding: 16 words of header (gamma first),
+/// then per row K/16 words of sixteen 2-bit codes (value + 1), code k%16 at
+/// bits 2 (k%16). One invocation per output; workgroups cover 64 outputs
+/// of one token.
+KernelSpec ternaryMatmulKernel(int64_t N, int64_t K, int64_t tm,
+                               MLIRContext *ctx) {
+  KernelSpec k;
+  k.name = llvm::formatv("ternary_matmul_n{0}_k{1}", N, K);
+  Type i32 = IntegerType::get(ctx, 32);
+  k.buffers = {qactBuffer(tm, K, ctx), MemRefType::get({16 + N * K / 16}, i32),
+               rowsOf(tm, N, Float32Type::get(ctx))};
+  int64_t blocks = (N + kWorkgroupSize - 1) / kWorkgroupSize;
+  k.tokensFactor = blocks;
+  k.body = [=](OpBuilder &b, Location loc, const KernelArgs &a) {
+    Value q = a.buffers[0], w = a.buffers[1], y = a.buffers[2];
+    Value nb = indexConst(b, loc, blocks);
+    Value t = arith::DivUIOp::create(b, loc, a.unit, nb);
+    Value n = arith::AddIOp::create(
+        b, loc,
+        arith::MulIOp::create(b, loc, arith::RemUIOp::create(b, loc, a.unit, nb),
+                              indexConst(b, loc, kWorkgroupSize)),
+        a.lane);
+    Value inRange = arith::CmpIOp::create(b, loc, arith::CmpIPredicate::ult, n,
+                                          indexConst(b, loc, N));
+    when(b, loc, inRange, [&](OpBuilder &b, Location loc) {
+      Value wRow = arith::AddIOp::create(
+          b, loc, indexConst(b, loc, 16),
+          arith::MulIOp::create(b, loc, n, indexConst(b, loc, K / 16)));
+      Value qRow = arith::MulIOp::create(b, loc, t, indexConst(b, loc, K / 4));
+      auto dot = scf::ForOp::create(
+          b, loc, indexConst(b, loc, 0), indexConst(b, loc, K / 16),
+          indexConst(b, loc, 1), ValueRange{i32Const(b, loc, 0)},
+          [&](OpBuilder &b, Location loc, Value j, ValueRange acc) {
+            Value codes = memref::LoadOp::create(
+                b, loc, w, ValueRange{arith::AddIOp::create(b, loc, wRow, j)});
+            Value sum = acc[0];
+            for (int part = 0; part < 4; ++part) {
+              Value at = arith::AddIOp::create(
+                  b, loc, qRow,
+                  arith::AddIOp::create(
+                      b, loc,
+                      arith::MulIOp::create(b, loc, j, indexConst(b, loc, 4)),
+                      indexConst(b, loc, part)));
+              Value xs = memref::LoadOp::create(b, loc, q, at);
+              for (int i = 0; i < 4; ++i) {
+                int kk = 4 * part + i;
+                Value code = arith::AndIOp::create(
+                    b, loc,
+                    arith::ShRUIOp::create(b, loc, codes,
+                                           i32Const(b, loc, 2 * kk)),
+                    i32Const(b, loc, 3));
+                Value weight =
+                    arith::SubIOp::create(b, loc, code, i32Const(b, loc, 1));
+                sum = arith::AddIOp::create(
+                    b, loc, sum,
+                    arith::MulIOp::create(b, loc, byteOf(b, loc, xs, i),
+                                          weight));
+              }
+            }
+            scf::YieldOp::create(b, loc, sum);
+          });
+      Value gamma = arith::BitcastOp::create(
+          b, loc, b.getF32Type(),
+          memref::LoadOp::create(b, loc, w, indexConst(b, loc, 0)));
+      Value inv = arith::BitcastOp::create(
+          b, loc, b.getF32Type(),
+          memref::LoadOp::create(
+              b, loc, q,
+              ValueRange{arith::AddIOp::create(
+                  b, loc, indexConst(b, loc, tm * K / 4), t)}));
+      Value scale = arith::MulFOp::create(b, loc, gamma, inv);
+      Value acc = arith::SIToFPOp::create(b, loc, b.getF32Type(),
+                                          dot.getResult(0));
+      memref::StoreOp::create(b, loc, arith::MulFOp::create(b, loc, acc, scale),
+                              y, {t, n});
+    });
+  };
+  return k;
+}
+
+/// The LM head: y[r, n] = x[T - rows + r] . W[n] for r < rows (f32 sums
+/// in k order); one invocation per vocabulary row n.
+KernelSpec denseKernel(DenseOp d, int64_t tm) {
+  auto wt = cast<ShapedType>(d.getWeight().getType());
+  int64_t N = wt.getDimSize(0), K = wt.getDimSize(1);
+  Type et = wt.getElementType(), f32 = Float32Type::get(d.getContext());
+  KernelSpec k;
+  k.name = llvm::formatv("dense_n{0}_k{1}_{2}", N, K,
+                         et.isBF16() ? "bf16" : "f32");
+  k.buffers = {rowsOf(tm, K, f32), weightBuffer(wt), rowsOf(tm, N, f32)};
+  k.tokensFactor = 0;
+  k.constant = (N + kWorkgroupSize - 1) / kWorkgroupSize;
+  k.body = [=](OpBuilder &b, Location loc, const KernelArgs &a) {
+    Value n = arith::AddIOp::create(
+        b, loc,
+        arith::MulIOp::create(b, loc, a.unit, indexConst(b, loc, kWorkgroupSize)),
+        a.lane);
+    Value inRange = arith::CmpIOp::create(b, loc, arith::CmpIPredicate::ult, n,
+                                          indexConst(b, loc, N));
+    when(b, loc, inRange, [&](OpBuilder &b, Location loc) {
+      Value first = arith::SubIOp::create(b, loc, a.T, a.rows);
+      Value row = arith::MulIOp::create(b, loc, n, indexConst(b, loc, K));
+      scf::ForOp::create(
+          b, loc, indexConst(b, loc, 0), a.rows, indexConst(b, loc, 1),
+          ValueRange{}, [&](OpBuilder &b, Location loc, Value r, ValueRange) {
+            Value t = arith::AddIOp::create(b, loc, first, r);
+            auto dot = scf::ForOp::create(
+                b, loc, indexConst(b, loc, 0), indexConst(b, loc, K),
+                indexConst(b, loc, 1), ValueRange{f32Const(b, loc, 0)},
+                [&](OpBuilder &b, Location loc, Value kk, ValueRange acc) {
+                  Value xv = memref::LoadOp::create(b, loc, a.buffers[0],
+                                                    {t, kk});
+                  Value wv = loadWeight(b, loc, a.buffers[1], et, {n, kk},
+                                        arith::AddIOp::create(b, loc, row, kk));
+                  scf::YieldOp::create(
+                      b, loc,
+                      ValueRange{arith::AddFOp::create(
+                          b, loc, acc[0],
+                          arith::MulFOp::create(b, loc, xv, wv))});
+                });
+            memref::StoreOp::create(b, loc, dot.getResult(0), a.buffers[2],
+                                    {r, n});
+            scf::YieldOp::create(b, loc);
+          });
+    });
+  };
+  return k;
+}
+
+/// Rotary embedding (rotate_half) of every head of x at positions
+/// pos + (t mod period); inv_freq as transformers computes it in float32
+/// (host), the angle's sin and cos by sinCos. One token per workgroup.
+KernelSpec ropeKernel(RopeOp r, int64_t tm) {
+  int64_t D = dim(r.getInput(), 1), hd = r.getHeadDim(), half = hd / 2;
+  double theta = r.getTheta().convertToDouble();
+  SmallVector<float> invFreq;
+  for (int64_t i = 0; i < half; ++i)
+    invFreq.push_back(
+        1.0f / std::pow((float)theta, (float)(2 * i) / (float)hd));
+  int64_t period = r.getPeriod() ? (int64_t)*r.getPeriod() : (int64_t)1 << 30;
+  float sign = r.getInverse() ? -1.0f : 1.0f;
+  Type f32 = Float32Type::get(r.getContext());
+  KernelSpec k;
+  k.name = llvm::formatv("rope_d{0}_hd{1}_theta{2}{3}{4}", D, hd,
+                         (int64_t)theta,
+                         r.getPeriod() ? "_p" + std::to_string(period) : "",
+                         r.getInverse() ? "_inv" : "");
+  k.buffers = {rowsOf(tm, D, f32), rowsOf(tm, D, f32)};
+  k.body = [=](OpBuilder &b, Location loc, const KernelArgs &a) {
+    Value p = arith::AddIOp::create(
+        b, loc, a.pos,
+        arith::RemUIOp::create(b, loc, a.unit, indexConst(b, loc, period)));
+    Value pf = arith::SIToFPOp::create(
+        b, loc, b.getF32Type(),
+        arith::IndexCastOp::create(b, loc, b.getI32Type(), p));
+    forLanes(b, loc, a.lane, D / 2, [&](OpBuilder &b, Value idx) {
+      Value head = arith::DivUIOp::create(b, loc, idx, indexConst(b, loc, half));
+      Value i = arith::RemUIOp::create(b, loc, idx, indexConst(b, loc, half));
+      Value angle =
+          arith::MulFOp::create(b, loc, pf, constantAt(b, loc, invFreq, i));
+      auto [sin0, cos] = sinCos(b, loc, angle);
+      Value sin = arith::MulFOp::create(b, loc, sin0, f32Const(b, loc, sign));
+      Value i1 = arith::AddIOp::create(
+          b, loc, arith::MulIOp::create(b, loc, head, indexConst(b, loc, hd)), i);
+      Value i2 = arith::AddIOp::create(b, loc, i1, indexConst(b, loc, half));
+      Value x1 = memref::LoadOp::create(b, loc, a.buffers[0], {a.unit, i1});
+      Value x2 = memref::LoadOp::create(b, loc, a.buffers[0], {a.unit, i2});
+      Value o1 = arith::SubFOp::create(b, loc,
+                                       arith::MulFOp::create(b, loc, x1, cos),
+                                       arith::MulFOp::create(b, loc, x2, sin));
+      Value o2 = arith::AddFOp::create(b, loc,
+                                       arith::MulFOp::create(b, loc, x2, cos),
+                                       arith::MulFOp::create(b, loc, x1, sin));
+      memref::StoreOp::create(b, loc, o1, a.buffers[1], {a.unit, i1});
+      memref::StoreOp::create(b, loc, o2, a.buffers[1], {a.unit, i2});
+    });
+  };
+  return k;
+}
+
+/// Causal attention over the KV cache: one workgroup per (token t, query
+/// head h); scores of positions 0 .. pos + t in workgroup memory; softmax
+/// as transformers' eager attention (scale, subtract the max, exp,
+/// normalize); sums in fixed orders.
+FailureOr<KernelSpec> attentionKernel(AttentionOp op, int64_t tm) {
+  auto c = op.getKeys().getType();
+  int64_t S = c.getMaxSeq(), HD = c.getHeadDim(), KVH = c.getKvHeads();
+  int64_t DQ = dim(op.getQuery(), 1), H = DQ / HD, DKV = KVH * HD;
+  // Vulkan guarantees 16 KiB of workgroup memory.
+  if ((S + kWorkgroupSize + 1) * 4 > 16384)
+    return op->emitOpError("GPU attention keeps the scores in 16 KiB of "
+                           "workgroup memory: at most ")
+           << 16384 / 4 - kWorkgroupSize - 1 << " cached positions, got " << S;
+  float scale = op.getScale().convertToFloat();
+  Type f32 = Float32Type::get(op.getContext());
+  KernelSpec k;
+  k.name = llvm::formatv("attention_s{0}_h{1}_kv{2}_hd{3}", S, H, KVH, HD);
+  k.buffers = {rowsOf(tm, DQ, f32), rowsOf(S, DKV, f32), rowsOf(S, DKV, f32),
+               rowsOf(tm, DQ, f32)};
+  k.tokensFactor = H;
+  k.body = [=](OpBuilder &b, Location loc, const KernelArgs &a) {
+    Value q = a.buffers[0], kc = a.buffers[1], vc = a.buffers[2],
+          out = a.buffers[3];
+    Value t = arith::DivUIOp::create(b, loc, a.unit, indexConst(b, loc, H));
+    Value h = arith::RemUIOp::create(b, loc, a.unit, indexConst(b, loc, H));
+    Value g = arith::DivUIOp::create(b, loc, h, indexConst(b, loc, H / KVH));
+    Value qBase = arith::MulIOp::create(b, loc, h, indexConst(b, loc, HD));
+    Value kBase = arith::MulIOp::create(b, loc, g, indexConst(b, loc, HD));
+    Value len = arith::AddIOp::create(
+        b, loc, arith::AddIOp::create(b, loc, a.pos, t), indexConst(b, loc, 1));
+    Value scores = allocWorkgroup(b, loc, S, b.getF32Type());
+    Value scratch = reduceScratch(b, loc);
+    Value step = indexConst(b, loc, kWorkgroupSize);
+    auto strided = [&](OpBuilder &b, Value init,
+                       function_ref<Value(OpBuilder &, Location, Value, Value)>
+                           fn) {
+      return scf::ForOp::create(
+                 b, loc, a.lane, len, step, ValueRange{init},
+                 [&](OpBuilder &b, Location loc, Value j, ValueRange acc) {
+                   scf::YieldOp::create(b, loc, fn(b, loc, j, acc[0]));
+                 })
+          .getResult(0);
+    };
+    Value ninf = f32Const(b, loc, -std::numeric_limits<float>::infinity());
+    Value localMax = strided(b, ninf, [&](OpBuilder &b, Location loc, Value j,
+                                          Value m) -> Value {
+      auto dot = scf::ForOp::create(
+          b, loc, indexConst(b, loc, 0), indexConst(b, loc, HD),
+          indexConst(b, loc, 1), ValueRange{f32Const(b, loc, 0)},
+          [&](OpBuilder &b, Location loc, Value d, ValueRange acc) {
+            Value qv = memref::LoadOp::create(
+                b, loc, q, {t, arith::AddIOp::create(b, loc, qBase, d)});
+            Value kv = memref::LoadOp::create(
+                b, loc, kc, {j, arith::AddIOp::create(b, loc, kBase, d)});
+            scf::YieldOp::create(
+                b, loc,
+                ValueRange{arith::AddFOp::create(
+                    b, loc, acc[0], arith::MulFOp::create(b, loc, qv, kv))});
+          });
+      Value sc = arith::MulFOp::create(b, loc, dot.getResult(0),
+                                       f32Const(b, loc, scale));
+      memref::StoreOp::create(b, loc, sc, scores, j);
+      return maxF(b, loc, m, sc);
+    });
+    Value m = workgroupReduce(b, loc, scratch, a.lane, localMax, maxF);
+    Value localSum = strided(b, f32Const(b, loc, 0), [&](OpBuilder &b,
+                                                         Location loc, Value j,
+                                                         Value acc) -> Value {
+      Value e = math::ExpOp::create(
+          b, loc,
+          arith::SubFOp::create(b, loc,
+                                memref::LoadOp::create(b, loc, scores, j), m));
+      memref::StoreOp::create(b, loc, e, scores, j);
+      return arith::AddFOp::create(b, loc, acc, e);
+    });
+    Value sum = workgroupReduce(b, loc, scratch, a.lane, localSum, addF);
+    Value inv = arith::DivFOp::create(b, loc, f32Const(b, loc, 1.0f), sum);
+    forLanes(b, loc, a.lane, HD, [&](OpBuilder &b, Value d) {
+      auto acc = scf::ForOp::create(
+          b, loc, indexConst(b, loc, 0), len, indexConst(b, loc, 1),
+          ValueRange{f32Const(b, loc, 0)},
+          [&](OpBuilder &b, Location loc, Value j, ValueRange acc) {
+            Value p = memref::LoadOp::create(b, loc, scores, j);
+            Value v = memref::LoadOp::create(
+                b, loc, vc, {j, arith::AddIOp::create(b, loc, kBase, d)});
+            scf::YieldOp::create(
+                b, loc,
+                ValueRange{arith::AddFOp::create(
+                    b, loc, acc[0], arith::MulFOp::create(b, loc, p, v))});
+          });
+      memref::StoreOp::create(
+          b, loc, arith::MulFOp::create(b, loc, acc.getResult(0), inv), out,
+          {t, arith::AddIOp::create(b, loc, qBase, d)});
+    });
+  };
+  return k;
+}
+
 /// The kernel of an op for `tm` tokens at most, or an error naming the op.
 FailureOr<KernelSpec> specFor(Operation *op, int64_t tm) {
   MLIRContext *ctx = op->getContext();
@@ -268,10 +720,34 @@ FailureOr<KernelSpec> specFor(Operation *op, int64_t tm) {
   } else if (auto a = dyn_cast<KVAppendOp>(op)) {
     auto c = a.getCache().getType();
     k = kvAppendKernel(c.getMaxSeq(), c.getKvHeads() * c.getHeadDim(), tm, ctx);
+  } else if (auto q = dyn_cast<QuantizeOp>(op)) {
+    int64_t K = q.getType().getFeatures();
+    if (K % 4 != 0)
+      return op->emitOpError("GPU quantization needs features % 4 == 0, got ")
+             << K;
+    k = quantizeKernel(K, tm, ctx);
+  } else if (auto m = dyn_cast<TernaryMatmulOp>(op)) {
+    auto w = m.getWeight().getType();
+    if (w.getInFeatures() % 16 != 0)
+      return op->emitOpError("the GPU ternary kernel needs in_features % 16 "
+                             "== 0, got ")
+             << w.getInFeatures();
+    k = ternaryMatmulKernel(w.getOutFeatures(), w.getInFeatures(), tm, ctx);
+  } else if (auto d = dyn_cast<DenseOp>(op)) {
+    Type et = d.getWeight().getType().getElementType();
+    if (!et.isF32() && !et.isBF16())
+      return op->emitOpError("GPU LM heads are f32 or bf16 (--lm-head=exact)");
+    k = denseKernel(d, tm);
+  } else if (auto r = dyn_cast<RopeOp>(op)) {
+    k = ropeKernel(r, tm);
+  } else if (auto a = dyn_cast<AttentionOp>(op)) {
+    auto spec = attentionKernel(a, tm);
+    if (failed(spec))
+      return failure();
+    k = *spec;
   } else {
-    return op->emitOpError("has no GPU kernel yet (GPU targets build "
-                           "embed, rms_norm, squared_relu_mul, kv_append "
-                           "and add so far)");
+    return op->emitOpError("has no GPU kernel yet (GPU targets build the "
+                           "inference ops but lora so far; training ops next)");
   }
   k.name += "_t" + std::to_string(tm);
   return k;

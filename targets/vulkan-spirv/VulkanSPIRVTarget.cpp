@@ -193,6 +193,7 @@ public:
       exe.cpu = "spirv1.3";
       exe.format = "spirv";
       exe.fileExt = "spv";
+      exe.sourceExt = "spirv.mlir";
       out->push_back(std::move(exe));
     }
     if (out->empty()) {
@@ -222,8 +223,7 @@ void registerVulkanSPIRVTargetBackend() {
     }
     return std::make_unique<VulkanSPIRVTargetBackend>(spec.str());
   };
-  f.help = "vulkan-spirv (partial: kernels of embed, rms_norm, "
-           "squared_relu_mul, kv_append, add)";
+  f.help = "vulkan-spirv (inference without adapters so far)";
   tlc::registerTargetBackend(std::move(f));
 }
 } // namespace tlc::vulkan

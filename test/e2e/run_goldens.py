@@ -31,6 +31,9 @@ def main():
     ap.add_argument("--goldens", default=os.path.join(HERE, "goldens"))
     ap.add_argument("--threads", default="2")
     ap.add_argument("--target", default="host", help="tlc compile --target")
+    ap.add_argument("--modules", help="run the modules DIR/<case>.tlm instead of compiling "
+                    "(a machine with tlc-run only)")
+    ap.add_argument("--compile-to", help="only compile every case to DIR/<case>.tlm")
     args = ap.parse_args()
     tlc = os.path.join(args.bin, "tlc")
     tlc_run = os.path.join(args.bin, "tlc-run")
@@ -41,9 +44,13 @@ def main():
     with tempfile.TemporaryDirectory() as tmp:
         for case in cases:
             folder = os.path.join(args.goldens, case)
-            module = os.path.join(tmp, case + ".tlm")
+            module = os.path.join(args.modules or args.compile_to or tmp, case + ".tlm")
             try:
-                run([tlc, "compile", folder, "-o", module, "--target", args.target])
+                if not args.modules:
+                    run([tlc, "compile", folder, "-o", module, "--target", args.target])
+                if args.compile_to:
+                    print("%s: compiled" % case)
+                    continue
                 ids = np.load(os.path.join(folder, "input_ids.npy")).astype(np.int64).tolist()
                 out = os.path.join(tmp, case + ".npy")
                 run([tlc_run, "logits", module, "--ids", ",".join(map(str, ids)), "-o", out,

@@ -26,11 +26,11 @@ func.func @rows(%x: tensor<?x80xf32>, %y: tensor<?x80xf32>) -> tensor<?x80xf32> 
 // read as 32-bit words (no 16-bit storage needed) and widened exactly.
 // CHECK-LABEL: func.func @norm
 // CHECK: gpu.func @rms_norm_d64_bf16_eps{{[0-9A-F]+}}_t2(%{{.*}}: memref<2x64xf32>, %{{.*}}: memref<32xi32>, %{{.*}}: memref<2x64xf32>
-// CHECK: %[[P:.*]] = memref.alloc() : memref<64xf32, 3>
+// CHECK: memref.alloc() : memref<65xf32, 3>
 // CHECK: gpu.barrier
 // CHECK: scf.if
-// CHECK: math.sqrt
 // CHECK: gpu.barrier
+// CHECK: math.sqrt
 // CHECK: arith.shli
 // CHECK: arith.bitcast %{{.*}} : i32 to f32
 func.func @norm(%x: tensor<?x64xf32>) -> tensor<?x64xf32> attributes {tlora.max_tokens = 2 : i64} {
@@ -39,3 +39,38 @@ func.func @norm(%x: tensor<?x64xf32>) -> tensor<?x64xf32> attributes {tlora.max_
   return %h : tensor<?x64xf32>
 }
 
+
+// -----
+
+// A decode step's ops and their workloads: quantize and rope one workgroup
+// per token; the ternary product ceil(N / 64) per token (int32 sums of
+// sign-extended bytes times code - 1); attention one per (token, head);
+// the LM head ceil(V / 64) for the rows wanted.
+// CHECK-LABEL: func.func @decode
+// CHECK: tlora.dispatch @kernels::@quantize_k64_t1({{.*}}) workload(1 * T + 0)
+// CHECK: tlora.dispatch @kernels::@ternary_matmul_n128_k64_t1({{.*}}) workload(2 * T + 0)
+// CHECK: tlora.dispatch @kernels::@rope_d128_hd16_theta10000_t1({{.*}}) workload(1 * T + 0)
+// CHECK: tlora.dispatch @kernels::@attention_s32_h8_kv8_hd16_t1({{.*}}) workload(8 * T + 0)
+// CHECK: tlora.dispatch @kernels::@dense_n100_k128_f32_t1({{.*}}) workload(0 * T + 2)
+// CHECK: gpu.func @quantize_k64_t1
+// CHECK: math.roundeven
+// CHECK: gpu.func @ternary_matmul_n128_k64_t1
+// CHECK: arith.shrsi
+// CHECK: arith.muli
+// CHECK: gpu.func @rope_d128_hd16_theta10000_t1
+// CHECK: math.roundeven
+// CHECK: gpu.func @attention_s32_h8_kv8_hd16_t1
+// CHECK: memref.alloc() : memref<32xf32, 3>
+// CHECK: math.exp
+func.func @decode(%x: tensor<?x64xf32>, %pos: index, %rows: index) -> tensor<?x100xf32> attributes {tlora.max_tokens = 1 : i64} {
+  %w = tlora.ternary_weight "w" scale(1.0) source(packed) : !tlora.ternary<outFeatures = 128, inFeatures = 64>
+  %q = tlora.quantize %x : tensor<?x64xf32> -> !tlora.qact<features = 64>
+  %y = tlora.ternary_matmul %q, %w : !tlora.qact<features = 64>, !tlora.ternary<outFeatures = 128, inFeatures = 64> -> tensor<?x128xf32>
+  %r = tlora.rope %y at %pos head_dim(16) theta(10000.0) : tensor<?x128xf32> -> tensor<?x128xf32>
+  %kc = tlora.kv_cache "layers.0.keys" : !tlora.kv_cache<maxSeq = 32, kvHeads = 8, headDim = 16>
+  %vc = tlora.kv_cache "layers.0.values" : !tlora.kv_cache<maxSeq = 32, kvHeads = 8, headDim = 16>
+  %o = tlora.attention %r, %kc, %vc at %pos scale(0.25) : tensor<?x128xf32>, !tlora.kv_cache<maxSeq = 32, kvHeads = 8, headDim = 16> -> tensor<?x128xf32>
+  %head = tlora.weight "head" : tensor<100x128xf32>
+  %l = tlora.dense %o, %head rows(%rows) : tensor<?x128xf32>, tensor<100x128xf32> -> tensor<?x100xf32>
+  return %l : tensor<?x100xf32>
+}

@@ -15,7 +15,7 @@
 // CHECK-DAG: spirv.GlobalVariable @embed_v100_d64_bf16_t8_arg_0 bind(0, 0) : !spirv.ptr<!spirv.struct<(!spirv.array<3200 x i32, stride=4> [0])>, StorageBuffer>
 // CHECK-DAG: spirv.GlobalVariable @embed_v100_d64_bf16_t8_arg_2 bind(0, 2) : !spirv.ptr<!spirv.struct<(!spirv.array<512 x f32, stride=4> [0])>, StorageBuffer>
 // CHECK-DAG: spirv.GlobalVariable @embed_v100_d64_bf16_t8_arg_3 : !spirv.ptr<!spirv.struct<(!spirv.array<4 x i32, stride=4> [0])>, PushConstant>
-// CHECK-DAG: spirv.GlobalVariable @{{.*}} : !spirv.ptr<!spirv.struct<(!spirv.array<64 x f32>)>, Workgroup>
+// CHECK-DAG: spirv.GlobalVariable @{{.*}} : !spirv.ptr<!spirv.struct<(!spirv.array<65 x f32>)>, Workgroup>
 // CHECK-DAG: spirv.EntryPoint "GLCompute" @rms_norm_d64_f32_eps{{[0-9A-F]+}}_t8
 // CHECK-DAG: spirv.ExecutionMode @add_d64_t8 "LocalSize", 64, 1, 1
 // CHECK-DAG: spirv.ExecutionMode @kv_append_s16_d64_t8 "LocalSize", 64, 1, 1

@@ -1,0 +1,38 @@
+#!/bin/sh
+# The golden checks of test/e2e/vulkan.test on a real GPU through its Vulkan
+# driver (the H200 machine: NVIDIA's driver is installed, the Vulkan loader
+# is not). Prepare here, then run there with the `device` tool:
+#
+#   here:  bench/gpu/vulkan_goldens_h200.sh prepare
+#   there: bench/gpu/vulkan_goldens_h200.sh run $OUT
+#          (carry build/bin/tlc-run build/bin/vulkan_test build/lib/libtlcrt.so
+#           build/lib/libtlctrain.so .device)
+set -eu
+cd "$(dirname "$0")/../.."
+case "${1:-}" in
+prepare)
+  mkdir -p .device/debs .device/modules
+  (cd .device/debs && apt-get download libvulkan1 libegl1 libglvnd0)
+  python3 test/e2e/run_goldens.py --bin build/bin --target vulkan-spirv \
+    --compile-to .device/modules
+  build/bin/tlc-opt targets/vulkan-spirv/test/Inputs/add.mlir \
+    -tlc-gpu-form-dispatches -tlc-vulkan-lower-to-spirv > .device/add.mlir
+  sed -n '/^  spirv.module/,/^  }$/p' .device/add.mlir > .device/add.spv.mlir
+  mlir-translate-22 --no-implicit-module --serialize-spirv .device/add.spv.mlir \
+    -o .device/add.spv
+  ;;
+run)
+  out=${2:-.}
+  for deb in .device/debs/*.deb; do dpkg -x "$deb" .device/root; done
+  export LD_LIBRARY_PATH="$PWD/.device/root/usr/lib/x86_64-linux-gnu:$PWD/build/lib"
+  nvidia-smi --query-gpu=name,driver_version --format=csv,noheader | tee "$out/gpu.txt"
+  ls /usr/share/vulkan/icd.d /etc/vulkan/icd.d 2>/dev/null | tee -a "$out/gpu.txt" || true
+  build/bin/vulkan_test .device/add.spv add_d80_t4 80 4 2>&1 | tee "$out/driver.txt"
+  python3 test/e2e/run_goldens.py --bin build/bin --modules .device/modules \
+    --threads 1 2>&1 | tee "$out/goldens.txt"
+  ;;
+*)
+  echo "usage: $0 prepare | run OUT" >&2
+  exit 2
+  ;;
+esac
