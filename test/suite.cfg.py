@@ -10,7 +10,8 @@ config.suffixes = [".mlir", ".test"]
 config.test_source_root = config.src_root
 config.test_exec_root = os.path.join(config.build_root, "test")
 config.excludes = ["build", "models", "goldens", "bench", "docs", "data", "lora-goldens",
-                   "Inputs", ".git", ".ci", "runtime", "compiler", "build-aarch64"]
+                   "Inputs", ".git", ".ci", "runtime", "compiler", "build-aarch64",
+                   ".device"]
 config.environment["PATH"] = os.pathsep.join(
     [config.tlc_bin, config.llvm_tools, config.environment.get("PATH", "")])
 for var in ["HOME", "TMPDIR"]:

@@ -227,10 +227,20 @@ struct Driver {
       defaultThreads = d->threads;
       if (opts.train && opts.train->memoryBudget == 0)
         opts.train->memoryBudget = d->trainMemoryBudgetMib << 20;
-      if (!d->gpu.empty())
-        llvm::errs() << "tlc: note: " << d->name << "'s GPU target " << d->gpu
-                     << " is not built by this tlc yet; the module runs on "
-                        "its CPU\n";
+      // The GPU executable joins the CPU one where this tlc builds it.
+      if (!d->gpu.empty()) {
+        std::string gpuError;
+        auto gpu = parseTargetList(d->gpu, &gpuError);
+        if (failed(gpu))
+          llvm::errs() << "tlc: note: " << d->name << "'s GPU target "
+                       << d->gpu << " is not built by this tlc yet; the "
+                       << "module runs on its CPU\n";
+        else if (opts.train && !gpu->front()->buildsTraining())
+          llvm::errs() << "tlc: note: " << d->gpu << " has no training "
+                       << "kernels yet; the module trains on the CPU\n";
+        else
+          opts.target += "," + d->gpu;
+      }
     }
     auto parsed = parseTargetList(opts.target, &error);
     if (failed(parsed))

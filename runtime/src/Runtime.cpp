@@ -200,22 +200,33 @@ tlc_status_t verifyModule(tlc_module_t *m) {
         m->needs[i] += (m->needs[i].empty() ? "" : ",") + f->str();
   // The first executable a driver of this runtime runs.
   std::string why = "the module has no executables";
-  for (uint32_t i = 0; i < exes->size() && !m->exe; ++i) {
-    const auto *e = exes->Get(i);
-    if (!e->image() || !e->kernels() || !e->entry_points())
+  // Drivers in preference order (a GPU first), each trying the module's
+  // executables in order; $TLC_DEVICE=cpu or gpu keeps one kind of driver.
+  const char *want = getenv("TLC_DEVICE");
+  std::string device = want ? want : "";
+  if (!device.empty() && device != "cpu" && device != "gpu")
+    return makeStatus(TLC_STATUS_INVALID_ARGUMENT,
+                      "TLC_DEVICE must be cpu or gpu, got '%s'", device.c_str());
+  for (tlc::hal::Driver *d : tlc::hal::drivers()) {
+    if (m->exe || (device == "cpu" && d->isGpu()) ||
+        (device == "gpu" && !d->isGpu()))
       continue;
-    for (tlc::hal::Driver *d : tlc::hal::drivers()) {
+    for (uint32_t i = 0; i < exes->size() && !m->exe; ++i) {
+      const auto *e = exes->Get(i);
+      if (!e->image() || !e->kernels() || !e->entry_points())
+        continue;
       std::string reason; // empty: not this driver's kind of executable
       if (d->canRun(*e, &reason)) {
         m->exe = e;
         m->exeIndex = i;
         m->driver = d;
-        break;
-      }
-      if (!reason.empty())
+      } else if (!reason.empty()) {
         why = reason;
+      }
     }
   }
+  if (!m->exe && device == "gpu" && why == "the module has no executables")
+    why = "it has no GPU executable (TLC_DEVICE=gpu)";
   if (!m->exe)
     return makeStatus(TLC_STATUS_INCOMPATIBLE, "%s: no executable runs here: %s", p, why.c_str());
   uint32_t kernelCount = m->exe->kernels()->size();

@@ -78,6 +78,30 @@ Value allocWorkgroup(OpBuilder &b, Location loc, int64_t n, Type element) {
   return memref::AllocOp::create(b, loc, type);
 }
 
+/// Folds `fn` over i = lane, lane + kWorkgroupSize, ... < n from `init`.
+/// An invocation with no element takes `init` from a branch: MLIR's SPIR-V
+/// conversion reads an scf.for's result from a variable only its body
+/// stores, so a loop that runs zero times would give an undefined value
+/// (lavapipe happens to read 0, NVIDIA reads garbage).
+Value stridedFold(OpBuilder &b, Location loc, Value lane, Value n, Value init,
+                  function_ref<Value(OpBuilder &, Location, Value, Value)> fn) {
+  Value any =
+      arith::CmpIOp::create(b, loc, arith::CmpIPredicate::ult, lane, n);
+  auto branch = scf::IfOp::create(
+      b, loc, any,
+      [&](OpBuilder &b, Location loc) {
+        auto loop = scf::ForOp::create(
+            b, loc, lane, n, indexConst(b, loc, kWorkgroupSize),
+            ValueRange{init},
+            [&](OpBuilder &b, Location loc, Value i, ValueRange acc) {
+              scf::YieldOp::create(b, loc, fn(b, loc, i, acc[0]));
+            });
+        scf::YieldOp::create(b, loc, loop.getResult(0));
+      },
+      [&](OpBuilder &b, Location loc) { scf::YieldOp::create(b, loc, init); });
+  return branch.getResult(0);
+}
+
 MemRefType rowsOf(int64_t tm, int64_t d, Type element) {
   return MemRefType::get({tm, d}, element);
 }
@@ -284,17 +308,14 @@ KernelSpec rmsNormKernel(RMSNormOp n, int64_t tm) {
     Value x = a.buffers[0], w = a.buffers[1], out = a.buffers[2];
     Value scratch = reduceScratch(b, loc);
     Value fzero = f32Const(b, loc, 0.0f);
-    auto sum = scf::ForOp::create(
-        b, loc, a.lane, indexConst(b, loc, D),
-        indexConst(b, loc, kWorkgroupSize), ValueRange{fzero},
-        [&](OpBuilder &b, Location loc, Value d, ValueRange acc) {
+    Value sum = stridedFold(
+        b, loc, a.lane, indexConst(b, loc, D), fzero,
+        [&](OpBuilder &b, Location loc, Value d, Value acc) -> Value {
           Value v = memref::LoadOp::create(b, loc, x, {a.unit, d});
-          Value s = arith::AddFOp::create(
-              b, loc, acc[0], arith::MulFOp::create(b, loc, v, v));
-          scf::YieldOp::create(b, loc, s);
+          return arith::AddFOp::create(b, loc, acc,
+                                       arith::MulFOp::create(b, loc, v, v));
         });
-    Value total = workgroupReduce(b, loc, scratch, a.lane, sum.getResult(0),
-                                  addF);
+    Value total = workgroupReduce(b, loc, scratch, a.lane, sum, addF);
     Value mean = arith::DivFOp::create(b, loc, total, f32Const(b, loc, (float)D));
     Value r = arith::DivFOp::create(
         b, loc, f32Const(b, loc, 1.0f),
@@ -361,16 +382,15 @@ KernelSpec quantizeKernel(int64_t K, int64_t tm, MLIRContext *ctx) {
   k.buffers = {rowsOf(tm, K, Float32Type::get(ctx)), qactBuffer(tm, K, ctx)};
   k.body = [=](OpBuilder &b, Location loc, const KernelArgs &a) {
     Value x = a.buffers[0], q = a.buffers[1];
-    auto partial = scf::ForOp::create(
-        b, loc, a.lane, indexConst(b, loc, K),
-        indexConst(b, loc, kWorkgroupSize), ValueRange{f32Const(b, loc, 0)},
-        [&](OpBuilder &b, Location loc, Value i, ValueRange acc) {
+    Value partial = stridedFold(
+        b, loc, a.lane, indexConst(b, loc, K), f32Const(b, loc, 0),
+        [&](OpBuilder &b, Location loc, Value i, Value acc) -> Value {
           Value v = math::AbsFOp::create(
               b, loc, memref::LoadOp::create(b, loc, x, {a.unit, i}));
-          scf::YieldOp::create(b, loc, maxF(b, loc, acc[0], v));
+          return maxF(b, loc, acc, v);
         });
     Value amax = workgroupReduce(b, loc, reduceScratch(b, loc), a.lane,
-                                 partial.getResult(0), maxF);
+                                 partial, maxF);
     Value scale = arith::DivFOp::create(
         b, loc, f32Const(b, loc, 127.0f),
         maxF(b, loc, amax, f32Const(b, loc, 1e-5f)));
@@ -625,16 +645,10 @@ FailureOr<KernelSpec> attentionKernel(AttentionOp op, int64_t tm) {
         b, loc, arith::AddIOp::create(b, loc, a.pos, t), indexConst(b, loc, 1));
     Value scores = allocWorkgroup(b, loc, S, b.getF32Type());
     Value scratch = reduceScratch(b, loc);
-    Value step = indexConst(b, loc, kWorkgroupSize);
     auto strided = [&](OpBuilder &b, Value init,
                        function_ref<Value(OpBuilder &, Location, Value, Value)>
                            fn) {
-      return scf::ForOp::create(
-                 b, loc, a.lane, len, step, ValueRange{init},
-                 [&](OpBuilder &b, Location loc, Value j, ValueRange acc) {
-                   scf::YieldOp::create(b, loc, fn(b, loc, j, acc[0]));
-                 })
-          .getResult(0);
+      return stridedFold(b, loc, a.lane, len, init, fn);
     };
     Value ninf = f32Const(b, loc, -std::numeric_limits<float>::infinity());
     Value localMax = strided(b, ninf, [&](OpBuilder &b, Location loc, Value j,

@@ -152,8 +152,13 @@ const tlc::TernaryEncoding kRowMajor = {"t2-rows", rowMajorBytes,
 
 class VulkanSPIRVTargetBackend final : public tlc::TargetBackend {
 public:
-  explicit VulkanSPIRVTargetBackend(std::string spec) : spec_(std::move(spec)) {}
+  explicit VulkanSPIRVTargetBackend(std::string spec) : spec_(std::move(spec)) {
+    profile_ = llvm::StringRef(spec_).split(':').second.str();
+    if (profile_.empty())
+      profile_ = "generic";
+  }
   std::string spec() const override { return spec_; }
+  bool buildsTraining() const override { return false; }
   const tlc::TernaryEncoding &ternaryEncoding() const override {
     return kRowMajor;
   }
@@ -190,7 +195,7 @@ public:
         m.print(os);
       }
       exe.target = "vulkan";
-      exe.cpu = "spirv1.3";
+      exe.cpu = profile_; // the GPU profile it was built for
       exe.format = "spirv";
       exe.fileExt = "spv";
       exe.sourceExt = "spirv.mlir";
@@ -204,7 +209,7 @@ public:
   }
 
 private:
-  std::string spec_;
+  std::string spec_, profile_;
 };
 } // namespace
 
@@ -216,14 +221,20 @@ void registerVulkanSPIRVTargetBackend() {
   f.matches = [](llvm::StringRef name) { return name == "vulkan-spirv"; };
   f.create = [](llvm::StringRef spec,
                 std::string *error) -> std::unique_ptr<tlc::TargetBackend> {
-    if (spec != "vulkan-spirv") {
-      *error = "target vulkan-spirv takes no options yet, got '" +
-               spec.str() + "'";
+    // vulkan-spirv[:PROFILE]: the GPU a device profile names (its limits
+    // select nothing yet: every kernel fits Vulkan 1.1's minimums).
+    auto [name, profile] = spec.split(':');
+    static const char *const kProfiles[] = {"generic", "adreno-830",
+                                            "adreno-750", "mali-g715"};
+    if (!profile.empty() &&
+        llvm::find(kProfiles, profile) == std::end(kProfiles)) {
+      *error = "unknown Vulkan profile '" + profile.str() +
+               "' (known: generic, adreno-830, adreno-750, mali-g715)";
       return nullptr;
     }
     return std::make_unique<VulkanSPIRVTargetBackend>(spec.str());
   };
-  f.help = "vulkan-spirv (inference without adapters so far)";
+  f.help = "vulkan-spirv[:PROFILE] (inference without adapters so far)";
   tlc::registerTargetBackend(std::move(f));
 }
 } // namespace tlc::vulkan

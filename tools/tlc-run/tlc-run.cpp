@@ -45,7 +45,8 @@ int usage() {
           "[--seed S] [--schedule constant|linear|cosine] [--warmup W] "
           "[--grad-accum G] [--max-grad-norm X] [--weight-decay D] "
           "[--log FILE.jsonl] [--shuffle false]\n"
-          "options for all: --threads N; logits, generate, bench: --adapter "
+          "options for all: --threads N, --device cpu|gpu (default: a GPU "
+          "executable where one runs); logits, generate, bench: --adapter "
           "DIR (a PEFT LoRA adapter, for modules compiled with --lora-rank or "
           "--train)\n");
   return 1;
@@ -226,6 +227,15 @@ int main(int argc, char **argv) {
       std::end(commands))
     return usage();
 
+  // --device cpu|gpu: which kind of executable runs (the runtime reads it
+  // from TLC_DEVICE); by default a GPU one where its driver finds a device.
+  if (a.has("--device")) {
+    std::string d = a.get("--device");
+    if (d != "cpu" && d != "gpu")
+      return fail("--device expects cpu or gpu, got '%s'", d.c_str());
+    setenv("TLC_DEVICE", d.c_str(), 1);
+    a.opts.erase("--device");
+  }
   tlc_module_t *module = nullptr;
   if (tlc_status_t s = tlc_module_load_file(a.module.c_str(), &module))
     return failStatus(s);

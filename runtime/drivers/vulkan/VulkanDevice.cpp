@@ -19,6 +19,7 @@
 
 #include <dlfcn.h>
 
+#include <cstdio>
 #include <cstdlib>
 #include <cstring>
 #include <map>
@@ -206,12 +207,15 @@ struct Context {
     vk.GetDeviceQueue(device, queueFamily, 0, &queue);
     return true;
   }
-  /// A host-visible, coherent memory type among `bits`, device-local first.
+  /// A host-visible, coherent memory type among `bits`, device-local first
+  /// (unless $TLC_VULKAN_HOST_MEMORY=1).
   int memoryType(uint32_t bits) const {
     const VkMemoryPropertyFlags host = VK_MEMORY_PROPERTY_HOST_VISIBLE_BIT |
                                        VK_MEMORY_PROPERTY_HOST_COHERENT_BIT;
+    const char *env = std::getenv("TLC_VULKAN_HOST_MEMORY");
+    bool hostOnly = env && *env == '1';
     for (VkMemoryPropertyFlags want :
-         {host | VK_MEMORY_PROPERTY_DEVICE_LOCAL_BIT, host})
+         {hostOnly ? host : host | VK_MEMORY_PROPERTY_DEVICE_LOCAL_BIT, host})
       for (uint32_t i = 0; i < memory.memoryTypeCount; ++i)
         if ((bits & (1u << i)) &&
             (memory.memoryTypes[i].propertyFlags & want) == want)
@@ -376,6 +380,7 @@ private:
 };
 
 struct RecordedDispatch {
+  uint32_t kernel;
   Pipeline *pipeline;
   VkDescriptorSet set;
   int64_t tokensFactor, constant;
@@ -397,7 +402,7 @@ public:
                        " of an executable with " +
                        std::to_string(exe_.kernelCount()),
                    TLC_STATUS_INVALID_ARGUMENT);
-    RecordedDispatch r{nullptr, VK_NULL_HANDLE, d.tokensFactor, d.constant,
+    RecordedDispatch r{d.kernel, nullptr, VK_NULL_HANDLE, d.tokensFactor, d.constant,
                        d.groupsY, d.groupsZ, d.bindings, d.dynamic};
     r.dynamic.resize(r.bindings.size(), DynamicSpace::None);
     for (const BufferRange &b : d.bindings)
@@ -475,6 +480,7 @@ public:
     return nullptr;
   }
   std::vector<RecordedDispatch> &recorded() { return recorded_; }
+  const std::string &kernelName(uint32_t k) const { return exe_.names[k]; }
 
 private:
   Context &c_;
@@ -539,6 +545,7 @@ public:
                       std::unique_ptr<Fence> *out) override {
     auto &recorded = static_cast<VulkanCommandBuffer &>(cb);
     // Per-call spaces move with the call: rewrite those descriptors.
+    std::vector<std::vector<BufferRange>> resolved;
     for (RecordedDispatch &r : recorded.recorded()) {
       std::vector<BufferRange> ranges(r.bindings.size());
       bool any = false;
@@ -559,6 +566,10 @@ public:
       }
       if (any)
         recorded.write(r, ranges);
+      for (size_t i = 0; i < ranges.size(); ++i)
+        if (!ranges[i].buffer)
+          ranges[i] = r.bindings[i];
+      resolved.push_back(std::move(ranges));
     }
     if (tlc_status_t s = check(c_.vk.ResetCommandBuffer(commands_, 0),
                                "vkResetCommandBuffer"))
@@ -573,7 +584,15 @@ public:
     VkMemoryBarrier barrier{VK_STRUCTURE_TYPE_MEMORY_BARRIER};
     barrier.srcAccessMask = VK_ACCESS_SHADER_WRITE_BIT;
     barrier.dstAccessMask = VK_ACCESS_SHADER_READ_BIT | VK_ACCESS_SHADER_WRITE_BIT;
+    // $TLC_VULKAN_SYNC_EACH=1 (debugging): one submission per dispatch.
+    // $TLC_VULKAN_DUMP=DIR (with SYNC_EACH): every binding after every
+    // dispatch, to compare devices.
+    const char *syncEnv = std::getenv("TLC_VULKAN_SYNC_EACH");
+    const char *dumpDir = std::getenv("TLC_VULKAN_DUMP");
+    bool syncEach = syncEnv && *syncEnv == '1';
+    size_t index = 0;
     for (const RecordedDispatch &r : recorded.recorded()) {
+      const std::vector<BufferRange> &ranges = resolved[index++];
       int64_t groups = r.tokensFactor * args.T + r.constant;
       if (groups <= 0)
         continue;
@@ -590,18 +609,24 @@ public:
       c_.vk.CmdPipelineBarrier(commands_, VK_PIPELINE_STAGE_COMPUTE_SHADER_BIT,
                                VK_PIPELINE_STAGE_COMPUTE_SHADER_BIT, 0, 1,
                                &barrier, 0, nullptr, 0, nullptr);
+      if (syncEach) {
+        if (tlc_status_t s = finish())
+          return s;
+        if (tlc_status_t s = check(c_.vk.WaitForFences(c_.device, 1, &fence_,
+                                                        VK_TRUE, UINT64_MAX),
+                                   "vkWaitForFences"))
+          return s;
+        if (dumpDir)
+          dump(dumpDir, recorded.kernelName(r.kernel), ranges);
+        if (tlc_status_t s = check(c_.vk.ResetCommandBuffer(commands_, 0),
+                                   "vkResetCommandBuffer"))
+          return s;
+        if (tlc_status_t s = check(c_.vk.BeginCommandBuffer(commands_, &bi),
+                                   "vkBeginCommandBuffer"))
+          return s;
+      }
     }
-    if (tlc_status_t s = check(c_.vk.EndCommandBuffer(commands_),
-                               "vkEndCommandBuffer"))
-      return s;
-    if (tlc_status_t s = check(c_.vk.ResetFences(c_.device, 1, &fence_),
-                               "vkResetFences"))
-      return s;
-    VkSubmitInfo si{VK_STRUCTURE_TYPE_SUBMIT_INFO};
-    si.commandBufferCount = 1;
-    si.pCommandBuffers = &commands_;
-    if (tlc_status_t s = check(c_.vk.QueueSubmit(c_.queue, 1, &si, fence_),
-                               "vkQueueSubmit"))
+    if (tlc_status_t s = finish())
       return s;
     out->reset(new (std::nothrow) VulkanFence(c_, fence_));
     if (!*out) {
@@ -611,6 +636,46 @@ public:
       return tlc_status_create(TLC_STATUS_OUT_OF_MEMORY, "out of memory");
     }
     return nullptr;
+  }
+  /// Writes each binding's bytes to DIR/<call>-<dispatch>-<kernel>-b<i>.bin.
+  void dump(const char *dir, const std::string &kernel,
+            const std::vector<BufferRange> &ranges) {
+    for (size_t i = 0; i < ranges.size(); ++i) {
+      const BufferRange &b = ranges[i];
+      if (!b.buffer || !b.length || b.length > (4u << 20) ||
+          !b.buffer->hostPointer())
+        continue;
+      char path[512];
+      snprintf(path, sizeof path, "%s/%04d-%s-b%zu.bin", dir, dumpCount_,
+               kernel.c_str(), i);
+      if (FILE *f = fopen(path, "wb")) {
+        fwrite(b.buffer->hostPointer() + b.offset, 1, b.length, f);
+        fclose(f);
+      }
+    }
+    ++dumpCount_;
+  }
+  int dumpCount_ = 0;
+
+  /// Ends the command buffer with the host's view of the writes and
+  /// submits it, signalling fence_.
+  tlc_status_t finish() {
+    VkMemoryBarrier toHost{VK_STRUCTURE_TYPE_MEMORY_BARRIER};
+    toHost.srcAccessMask = VK_ACCESS_SHADER_WRITE_BIT;
+    toHost.dstAccessMask = VK_ACCESS_HOST_READ_BIT;
+    c_.vk.CmdPipelineBarrier(commands_, VK_PIPELINE_STAGE_COMPUTE_SHADER_BIT,
+                             VK_PIPELINE_STAGE_HOST_BIT, 0, 1, &toHost, 0,
+                             nullptr, 0, nullptr);
+    if (tlc_status_t s = check(c_.vk.EndCommandBuffer(commands_),
+                               "vkEndCommandBuffer"))
+      return s;
+    if (tlc_status_t s = check(c_.vk.ResetFences(c_.device, 1, &fence_),
+                               "vkResetFences"))
+      return s;
+    VkSubmitInfo si{VK_STRUCTURE_TYPE_SUBMIT_INFO};
+    si.commandBufferCount = 1;
+    si.pCommandBuffers = &commands_;
+    return check(c_.vk.QueueSubmit(c_.queue, 1, &si, fence_), "vkQueueSubmit");
   }
   // Buffers are host-visible and coherent: copies are memcpy, ordered by
   // the caller's waits on the fences of earlier submissions.
@@ -701,6 +766,7 @@ private:
 class VulkanDriver final : public Driver {
 public:
   const char *name() const override { return "vulkan"; }
+  bool isGpu() const override { return true; }
   bool canRun(const fb::Executable &e, std::string *why) override {
     std::string target = e.target() ? e.target()->str() : "";
     std::string format = e.format() ? e.format()->str() : "";

@@ -143,6 +143,9 @@ class Driver {
 public:
   virtual ~Driver() = default;
   virtual const char *name() const = 0;
+  /// GPU drivers come first when choosing an executable; $TLC_DEVICE=cpu
+  /// or gpu keeps only one kind.
+  virtual bool isGpu() const { return false; }
   /// Whether this driver's device runs `def`; otherwise `why` says why,
   /// or stays empty when `def` is not this driver's kind of executable.
   virtual bool canRun(const fb::Executable &def, std::string *why) = 0;

@@ -27,6 +27,11 @@ func.func @rows(%x: tensor<?x80xf32>, %y: tensor<?x80xf32>) -> tensor<?x80xf32> 
 // CHECK-LABEL: func.func @norm
 // CHECK: gpu.func @rms_norm_d64_bf16_eps{{[0-9A-F]+}}_t2(%{{.*}}: memref<2x64xf32>, %{{.*}}: memref<32xi32>, %{{.*}}: memref<2x64xf32>
 // CHECK: memref.alloc() : memref<65xf32, 3>
+// An invocation without elements (64 > D is possible) takes the fold's
+// initial value from a branch, never from a loop that ran zero times.
+// CHECK: scf.if %{{.*}} -> (f32)
+// CHECK: scf.for
+// CHECK: } else {
 // CHECK: gpu.barrier
 // CHECK: scf.if
 // CHECK: gpu.barrier
