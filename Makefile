@@ -9,7 +9,7 @@ APT_PACKAGES = cmake ninja-build ccache clang-22 lld-22 liblld-22-dev \
   flatbuffers-compiler libflatbuffers-dev nlohmann-json3-dev libgtest-dev \
   python3-numpy libc6-dev-arm64-cross libstdc++-12-dev-arm64-cross \
   libgcc-12-dev-arm64-cross qemu-user spirv-tools mesa-vulkan-drivers \
-  libvulkan-dev
+  libvulkan-dev libspirv-cross-c-shared-dev pkg-config
 PYTHON ?= python3
 PY_PACKAGES = numpy safetensors tokenizers lit
 MODEL ?= models/tiny-bitnet-docs

@@ -15,6 +15,11 @@ prepare)
   (cd .device/debs && apt-get download libvulkan1 libegl1 libglvnd0)
   python3 test/e2e/run_goldens.py --bin build/bin --target vulkan-spirv \
     --compile-to .device/modules
+  mkdir -p .device/lora
+  for case in gqa-autobitlinear-tied gqa-online-master-headdim mha-noquant-bf16-sharded; do
+    build/bin/tlc compile test/e2e/goldens/$case --target vulkan-spirv \
+      --adapter test/e2e/lora-goldens/$case/adapter -o .device/lora/$case.tlm
+  done
   build/bin/tlc-opt targets/vulkan-spirv/test/Inputs/add.mlir \
     -tlc-gpu-form-dispatches -tlc-vulkan-lower-to-spirv > .device/add.mlir
   sed -n '/^  spirv.module/,/^  }$/p' .device/add.mlir > .device/add.spv.mlir
@@ -30,6 +35,13 @@ run)
   build/bin/vulkan_test .device/add.spv add_d80_t4 80 4 2>&1 | tee "$out/driver.txt"
   python3 test/e2e/run_goldens.py --bin build/bin --modules .device/modules \
     --threads 1 2>&1 | tee "$out/goldens.txt"
+  for m in .device/lora/*.tlm; do
+    case=$(basename "$m" .tlm)
+    ids=$(python3 -c "import numpy as np; print(','.join(map(str, np.load('test/e2e/lora-goldens/$case/input_ids.npy').tolist())))")
+    build/bin/tlc-run logits "$m" --ids "$ids" -o "$out/$case.npy"
+    echo "$case (LoRA): $(python3 test/e2e/check_logits.py "$out/$case.npy" \
+      test/e2e/lora-goldens/$case/logits.npy | head -1)" | tee -a "$out/goldens.txt"
+  done
   ;;
 *)
   echo "usage: $0 prepare | run OUT" >&2

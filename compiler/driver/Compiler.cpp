@@ -423,12 +423,15 @@ struct Driver {
     std::vector<std::string> memberNames;
     for (const CompiledTarget &t : targets)
       for (const ExecutableImage &x : t.executables)
-        memberNames.push_back(x.image + ".o");
+        if (!x.object.empty()) // GPU executables are not linked code
+          memberNames.push_back(x.image + ".o");
     std::vector<llvm::NewArchiveMember> members;
     std::string decls, calls;
     size_t i = 0;
     for (const CompiledTarget &t : targets)
       for (const ExecutableImage &x : t.executables) {
+        if (x.object.empty())
+          continue;
         const std::string &name = memberNames[i++];
         llvm::NewArchiveMember member(llvm::MemoryBufferRef(x.object, name));
         member.MemberName = name;
@@ -500,6 +503,9 @@ struct Driver {
         if (!write(stem + "." + x.fileExt, x.image) ||
             (!x.source.empty() && !write(stem + "." + x.sourceExt, x.source)))
           return false;
+        for (const auto &[kernel, text] : x.kernelSources)
+          if (!write(stem + "-" + kernel + "." + x.fileExt, text))
+            return false;
       }
     return true;
   }

@@ -51,6 +51,9 @@ struct ExecutableImage {
   std::string source;   // a text form where one exists (LLVM IR here)
   std::string fileExt;  // extension of the binary for --dump-executables
   std::string sourceExt = "ll"; // extension of `source` ("mlir" for SPIR-V)
+  /// Text forms per kernel where a target has them (MSL), as (name, text):
+  /// --dump-executables writes each as <stem>-<name>.<fileExt>.
+  std::vector<std::pair<std::string, std::string>> kernelSources;
 };
 
 struct SerializeOptions {

@@ -227,6 +227,14 @@ tlc_status_t verifyModule(tlc_module_t *m) {
   }
   if (!m->exe && device == "gpu" && why == "the module has no executables")
     why = "it has no GPU executable (TLC_DEVICE=gpu)";
+  if (!m->exe && why == "the module has no executables" && exes->size()) {
+    why = "this runtime has no driver for its executables (";
+    for (uint32_t i = 0; i < exes->size(); ++i) {
+      const auto *t = exes->Get(i)->target();
+      why += (i ? ", " : "") + std::string(t ? t->c_str() : "?");
+    }
+    why += ")";
+  }
   if (!m->exe)
     return makeStatus(TLC_STATUS_INCOMPATIBLE, "%s: no executable runs here: %s", p, why.c_str());
   uint32_t kernelCount = m->exe->kernels()->size();

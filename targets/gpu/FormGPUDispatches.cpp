@@ -7,6 +7,7 @@
 // row for the kernels below); its invocations stride over the row.
 #include "targets/gpu/Passes.h"
 
+#include "compiler/target/TargetBackend.h"
 #include "dialects/tlora/Transforms/Passes.h"
 #include "mlir/IR/Builders.h"
 #include "mlir/IR/SymbolTable.h"
@@ -14,6 +15,7 @@
 #include "llvm/Support/FormatVariadic.h"
 
 #include <cmath>
+#include <cstring>
 #include <functional>
 #include <limits>
 
@@ -25,6 +27,31 @@ namespace tlc::gpu {
 using namespace mlir;
 using namespace mlir::tlora;
 using namespace tlc::gpu;
+
+namespace {
+/// Ternary weights on the GPU: row-major 2-bit codes (value + 1), four per
+/// byte along in_features, after a 64-byte header holding gamma.
+int64_t rowMajorBytes(int64_t outFeatures, int64_t inFeatures) {
+  return 64 + outFeatures * ((inFeatures + 3) / 4);
+}
+void rowMajorPack(const int8_t *codes, int64_t outFeatures, int64_t inFeatures,
+                  float gamma, uint8_t *out) {
+  std::memcpy(out, &gamma, sizeof gamma);
+  int64_t rowBytes = (inFeatures + 3) / 4;
+  for (int64_t n = 0; n < outFeatures; ++n)
+    for (int64_t k = 0; k < inFeatures; ++k)
+      out[64 + n * rowBytes + k / 4] |=
+          (uint8_t)((codes[n * inFeatures + k] + 1) << (2 * (k % 4)));
+}
+
+
+} // namespace
+
+const tlc::TernaryEncoding &tlc::gpu::ternaryEncoding() {
+  static const tlc::TernaryEncoding e = {"t2-rows", rowMajorBytes,
+                                         rowMajorPack};
+  return e;
+}
 
 namespace {
 /// What a kernel body receives: its buffers (operands, then results), the
@@ -705,6 +732,65 @@ FailureOr<KernelSpec> attentionKernel(AttentionOp op, int64_t tm) {
   return k;
 }
 
+/// A LoRA adapter's contribution (PEFT): y[t] = scale * (x[t] A^T) B^T, A
+/// [R x K], B [N x R] (f32 or bf16). One token per workgroup: the R down
+/// products by workgroupReduce into workgroup memory, then each invocation
+/// its strided outputs, summed over r in order.
+KernelSpec loraKernel(LoraOp l, int64_t tm) {
+  auto at = cast<ShapedType>(l.getLoraA().getType());
+  auto bt = cast<ShapedType>(l.getLoraB().getType());
+  int64_t R = at.getDimSize(0), K = at.getDimSize(1), N = bt.getDimSize(0);
+  Type et = at.getElementType(), f32 = Float32Type::get(l.getContext());
+  float scale = l.getScaling().convertToFloat();
+  KernelSpec k;
+  k.name = llvm::formatv("lora_r{0}_k{1}_n{2}_{3}_s{4}", R, K, N,
+                         et.isBF16() ? "bf16" : "f32",
+                         llvm::utohexstr(llvm::bit_cast<uint32_t>(scale)));
+  k.buffers = {rowsOf(tm, K, f32), weightBuffer(at), weightBuffer(bt),
+               rowsOf(tm, N, f32)};
+  k.body = [=](OpBuilder &b, Location loc, const KernelArgs &a) {
+    Value scratch = reduceScratch(b, loc);
+    Value u = allocWorkgroup(b, loc, R, b.getF32Type());
+    for (int64_t r = 0; r < R; ++r) {
+      Value rowA = indexConst(b, loc, r * K);
+      Value partial = stridedFold(
+          b, loc, a.lane, indexConst(b, loc, K), f32Const(b, loc, 0),
+          [&](OpBuilder &b, Location loc, Value kk, Value acc) -> Value {
+            Value xv = memref::LoadOp::create(b, loc, a.buffers[0],
+                                              {a.unit, kk});
+            Value wv = loadWeight(b, loc, a.buffers[1], et,
+                                  {indexConst(b, loc, r), kk},
+                                  arith::AddIOp::create(b, loc, rowA, kk));
+            return arith::AddFOp::create(b, loc, acc,
+                                         arith::MulFOp::create(b, loc, xv, wv));
+          });
+      Value ur = workgroupReduce(b, loc, scratch, a.lane, partial, addF);
+      memref::StoreOp::create(b, loc, ur, u, indexConst(b, loc, r));
+    }
+    forLanes(b, loc, a.lane, N, [&](OpBuilder &b, Value n) {
+      Value rowB = arith::MulIOp::create(b, loc, n, indexConst(b, loc, R));
+      auto sum = scf::ForOp::create(
+          b, loc, indexConst(b, loc, 0), indexConst(b, loc, R),
+          indexConst(b, loc, 1), ValueRange{f32Const(b, loc, 0)},
+          [&](OpBuilder &b, Location loc, Value r, ValueRange acc) {
+            Value uv = memref::LoadOp::create(b, loc, u, r);
+            Value bv = loadWeight(b, loc, a.buffers[2], et, {n, r},
+                                  arith::AddIOp::create(b, loc, rowB, r));
+            scf::YieldOp::create(
+                b, loc,
+                ValueRange{arith::AddFOp::create(
+                    b, loc, acc[0], arith::MulFOp::create(b, loc, uv, bv))});
+          });
+      memref::StoreOp::create(
+          b, loc,
+          arith::MulFOp::create(b, loc, sum.getResult(0),
+                                f32Const(b, loc, scale)),
+          a.buffers[3], {a.unit, n});
+    });
+  };
+  return k;
+}
+
 /// The kernel of an op for `tm` tokens at most, or an error naming the op.
 FailureOr<KernelSpec> specFor(Operation *op, int64_t tm) {
   MLIRContext *ctx = op->getContext();
@@ -759,9 +845,14 @@ FailureOr<KernelSpec> specFor(Operation *op, int64_t tm) {
     if (failed(spec))
       return failure();
     k = *spec;
+  } else if (auto l = dyn_cast<LoraOp>(op)) {
+    if (l.getLoraA().getType().getElementType() !=
+        l.getLoraB().getType().getElementType())
+      return op->emitOpError("lora_A and lora_B must have one element type");
+    k = loraKernel(l, tm);
   } else {
     return op->emitOpError("has no GPU kernel yet (GPU targets build the "
-                           "inference ops but lora so far; training ops next)");
+                           "inference ops so far; training ops next)");
   }
   k.name += "_t" + std::to_string(tm);
   return k;

@@ -12,7 +12,16 @@
 #include "mlir/IR/BuiltinOps.h"
 #include "mlir/Pass/Pass.h"
 
+namespace tlc {
+struct TernaryEncoding;
+}
+
 namespace tlc::gpu {
+
+/// The ternary weight layout the GPU kernels read ("t2-rows"): a 64-byte
+/// header holding gamma, then per output row its 2-bit codes (value + 1),
+/// four per byte along in_features. Every GPU backend stores this.
+const tlc::TernaryEncoding &ternaryEncoding();
 
 /// Invocations per workgroup of every kernel (x; y and z are 1). A multiple
 /// of every GPU's subgroup size (32 NVIDIA, 64 AMD and Adreno, 4-16 Mali).

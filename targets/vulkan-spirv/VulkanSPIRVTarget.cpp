@@ -18,8 +18,9 @@
 
 #include <cstring>
 
+#include "targets/vulkan-spirv/Passes.h"
+
 namespace tlc::vulkan {
-#define GEN_PASS_DECL
 #define GEN_PASS_DEF_LOWERGPUKERNELSTOSPIRVPASS
 #include "targets/vulkan-spirv/Passes.h.inc"
 #define GEN_PASS_REGISTRATION
@@ -133,23 +134,6 @@ struct LowerGPUKernelsToSPIRVPass
   }
 };
 
-/// Ternary weights on the GPU: row-major 2-bit codes (value + 1), four per
-/// byte along in_features, after a 64-byte header holding gamma.
-int64_t rowMajorBytes(int64_t outFeatures, int64_t inFeatures) {
-  return 64 + outFeatures * ((inFeatures + 3) / 4);
-}
-void rowMajorPack(const int8_t *codes, int64_t outFeatures, int64_t inFeatures,
-                  float gamma, uint8_t *out) {
-  std::memcpy(out, &gamma, sizeof gamma);
-  int64_t rowBytes = (inFeatures + 3) / 4;
-  for (int64_t n = 0; n < outFeatures; ++n)
-    for (int64_t k = 0; k < inFeatures; ++k)
-      out[64 + n * rowBytes + k / 4] |=
-          (uint8_t)((codes[n * inFeatures + k] + 1) << (2 * (k % 4)));
-}
-const tlc::TernaryEncoding kRowMajor = {"t2-rows", rowMajorBytes,
-                                        rowMajorPack};
-
 class VulkanSPIRVTargetBackend final : public tlc::TargetBackend {
 public:
   explicit VulkanSPIRVTargetBackend(std::string spec) : spec_(std::move(spec)) {
@@ -160,7 +144,7 @@ public:
   std::string spec() const override { return spec_; }
   bool buildsTraining() const override { return false; }
   const tlc::TernaryEncoding &ternaryEncoding() const override {
-    return kRowMajor;
+    return tlc::gpu::ternaryEncoding();
   }
   const tlc::MatrixEncoding *matrixEncoding(llvm::StringRef) const override {
     return nullptr;
@@ -234,7 +218,7 @@ void registerVulkanSPIRVTargetBackend() {
     }
     return std::make_unique<VulkanSPIRVTargetBackend>(spec.str());
   };
-  f.help = "vulkan-spirv[:PROFILE] (inference without adapters so far)";
+  f.help = "vulkan-spirv[:PROFILE] (inference so far)";
   tlc::registerTargetBackend(std::move(f));
 }
 } // namespace tlc::vulkan
