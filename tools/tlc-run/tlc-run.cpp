@@ -52,6 +52,18 @@ int usage() {
   return 1;
 }
 
+/// The target of the executable this host runs ("x86_64", "vulkan").
+const char *selectedTarget(const tlc_module_t *module) {
+  for (size_t i = 0; i < tlc_module_executable_count(module); ++i) {
+    tlc_executable_info_t e;
+    if (tlc_status_t s = tlc_module_executable_info(module, i, &e))
+      tlc_status_free(s);
+    else if (e.selected)
+      return e.target;
+  }
+  return "?";
+}
+
 int fail(const char *fmt, const char *arg) {
   fprintf(stderr, "tlc-run: error: ");
   fprintf(stderr, fmt, arg);
@@ -485,9 +497,9 @@ int main(int argc, char **argv) {
     fflush(stdout);
     double t2 = now();
     fprintf(stderr,
-            "tlc-run: prompt %zu tokens in %.3f s (%.1f tok/s), generated %zu "
-            "tokens in %.3f s (%.1f tok/s)\n",
-            prompt.size(), t1 - t0, prompt.size() / std::max(t1 - t0, 1e-9),
+            "tlc-run: on %s: prompt %zu tokens in %.3f s (%.1f tok/s), "
+            "generated %zu tokens in %.3f s (%.1f tok/s)\n",
+            selectedTarget(module), prompt.size(), t1 - t0, prompt.size() / std::max(t1 - t0, 1e-9),
             out.size(), t2 - t1, out.size() / std::max(t2 - t1, 1e-9));
     return 0;
   }
@@ -524,10 +536,11 @@ int main(int argc, char **argv) {
     next = (int32_t)(std::max_element(logits, logits + vocab) - logits);
   }
   double t3 = now();
-  printf("{\"prompt_tokens\": %lld, \"gen_tokens\": %lld, \"threads\": %d, "
+  printf("{\"target\": \"%s\", \"prompt_tokens\": %lld, "
+         "\"gen_tokens\": %lld, \"threads\": %d, "
          "\"prefill_tok_s\": %.2f, \"decode_tok_s\": %.2f, "
          "\"peak_rss_bytes\": %lld}\n",
-         (long long)promptLen, (long long)genLen, (int)threads,
+         selectedTarget(module), (long long)promptLen, (long long)genLen, (int)threads,
          promptLen / std::max(t1 - t0, 1e-9), genLen / std::max(t3 - t2, 1e-9),
          (long long)peakRssBytes());
   return 0;
