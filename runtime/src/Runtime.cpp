@@ -524,10 +524,12 @@ struct DeviceBuffer {
   std::unique_ptr<Buffer> buffer;
   void *ptr = nullptr;
   size_t size = 0;
-  tlc_status_t allocate(tlc::hal::Device &device, size_t n) {
+  /// Host memory for what the host reads or writes (ids, logits, adapters,
+  /// training state); device-local for what only kernels touch (arena, KV).
+  tlc_status_t allocate(tlc::hal::Device &device, size_t n,
+                        tlc::hal::MemoryKind kind = tlc::hal::MemoryKind::Host) {
     size = n;
-    tlc_status_t st = device.allocator().allocate(
-        tlc::hal::MemoryKind::Host, n, &buffer);
+    tlc_status_t st = device.allocator().allocate(kind, n, &buffer);
     ptr = st ? nullptr : buffer->hostPointer();
     return st;
   }
@@ -610,7 +612,8 @@ static tlc_status_t bindEntry(tlc_module_t *m, const SpaceBuffers &spaces,
                               const tlc::fb::EntryPoint *def, BoundEntry *out) {
   out->def = def;
   tlc::hal::Device &device = *m->device;
-  if (tlc_status_t st = out->arena.allocate(device, def->arena_size()))
+  if (tlc_status_t st = out->arena.allocate(device, def->arena_size(),
+                                             tlc::hal::MemoryKind::DeviceLocal))
     return st;
   if (tlc_status_t st =
           device.createCommandBuffer(*m->executable, &out->commands))
@@ -689,7 +692,8 @@ extern "C" tlc_status_t tlc_session_create(tlc_module_t *m,
   tlc::hal::Device &device = *m->device;
   int64_t vocab = m->def->info()->vocab_size();
   SpaceBuffers spaces;
-  if (tlc_status_t st = s->kv.allocate(device, m->exe->kv_size()))
+  if (tlc_status_t st = s->kv.allocate(device, m->exe->kv_size(),
+                                        tlc::hal::MemoryKind::DeviceLocal))
     return withPath(m, st, "KV cache");
   spaces.kv = &s->kv;
   if (const auto *train = m->def->train()) { // zero adapters: the base model

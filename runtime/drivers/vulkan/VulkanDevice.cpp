@@ -207,15 +207,21 @@ struct Context {
     vk.GetDeviceQueue(device, queueFamily, 0, &queue);
     return true;
   }
-  /// A host-visible, coherent memory type among `bits`, device-local first
-  /// (unless $TLC_VULKAN_HOST_MEMORY=1).
-  int memoryType(uint32_t bits) const {
+  /// A host-visible, coherent memory type among `bits`. Host buffers (what
+  /// the host reads, such as logits) prefer cached system memory: reading
+  /// device memory through a PCIe BAR runs at a few MB/s. Device-local
+  /// buffers prefer device memory the host can map (every phone, ReBAR
+  /// GPUs), unless $TLC_VULKAN_HOST_MEMORY=1.
+  int memoryType(uint32_t bits, MemoryKind kind) const {
     const VkMemoryPropertyFlags host = VK_MEMORY_PROPERTY_HOST_VISIBLE_BIT |
                                        VK_MEMORY_PROPERTY_HOST_COHERENT_BIT;
     const char *env = std::getenv("TLC_VULKAN_HOST_MEMORY");
     bool hostOnly = env && *env == '1';
-    for (VkMemoryPropertyFlags want :
-         {hostOnly ? host : host | VK_MEMORY_PROPERTY_DEVICE_LOCAL_BIT, host})
+    VkMemoryPropertyFlags first =
+        kind == MemoryKind::Host || hostOnly
+            ? host | VK_MEMORY_PROPERTY_HOST_CACHED_BIT
+            : host | VK_MEMORY_PROPERTY_DEVICE_LOCAL_BIT;
+    for (VkMemoryPropertyFlags want : {first, host})
       for (uint32_t i = 0; i < memory.memoryTypeCount; ++i)
         if ((bits & (1u << i)) &&
             (memory.memoryTypes[i].propertyFlags & want) == want)
@@ -238,7 +244,7 @@ public:
     if (memory)
       c_.vk.FreeMemory(c_.device, memory, nullptr);
   }
-  tlc_status_t init(uint64_t size) {
+  tlc_status_t init(uint64_t size, MemoryKind kind) {
     size_ = size;
     VkBufferCreateInfo bci{VK_STRUCTURE_TYPE_BUFFER_CREATE_INFO};
     bci.size = size ? size : 4;
@@ -252,7 +258,7 @@ public:
       return s;
     VkMemoryRequirements req;
     c_.vk.GetBufferMemoryRequirements(c_.device, buffer, &req);
-    int type = c_.memoryType(req.memoryTypeBits);
+    int type = c_.memoryType(req.memoryTypeBits, kind);
     if (type < 0)
       return error("the device has no host-visible memory for a buffer");
     VkMemoryAllocateInfo mai{VK_STRUCTURE_TYPE_MEMORY_ALLOCATE_INFO};
@@ -287,12 +293,12 @@ private:
 class VulkanAllocator final : public Allocator {
 public:
   explicit VulkanAllocator(Context &c) : c_(c) {}
-  tlc_status_t allocate(MemoryKind, uint64_t size,
+  tlc_status_t allocate(MemoryKind kind, uint64_t size,
                         std::unique_ptr<Buffer> *out) override {
     std::unique_ptr<VulkanBuffer> b(new (std::nothrow) VulkanBuffer(c_));
     if (!b)
       return tlc_status_create(TLC_STATUS_OUT_OF_MEMORY, "out of memory");
-    if (tlc_status_t s = b->init(size))
+    if (tlc_status_t s = b->init(size, kind))
       return s;
     *out = std::move(b);
     return nullptr;
