@@ -519,7 +519,14 @@ private:
 
 class VulkanQueue final : public Queue {
 public:
-  explicit VulkanQueue(Context &c) : c_(c) {}
+  explicit VulkanQueue(Context &c) : c_(c) {
+    // Debugging, read once: $TLC_VULKAN_SYNC_EACH=1 submits each dispatch
+    // alone; with it, $TLC_VULKAN_DUMP=DIR writes every binding after
+    // every dispatch, to compare devices.
+    const char *sync = std::getenv("TLC_VULKAN_SYNC_EACH");
+    syncEach = sync && *sync == '1';
+    dumpDir = std::getenv("TLC_VULKAN_DUMP");
+  }
   ~VulkanQueue() override {
     if (fence_)
       c_.vk.DestroyFence(c_.device, fence_, nullptr);
@@ -591,11 +598,6 @@ public:
     barrier.srcAccessMask = VK_ACCESS_SHADER_WRITE_BIT;
     barrier.dstAccessMask = VK_ACCESS_SHADER_READ_BIT | VK_ACCESS_SHADER_WRITE_BIT;
     // $TLC_VULKAN_SYNC_EACH=1 (debugging): one submission per dispatch.
-    // $TLC_VULKAN_DUMP=DIR (with SYNC_EACH): every binding after every
-    // dispatch, to compare devices.
-    const char *syncEnv = std::getenv("TLC_VULKAN_SYNC_EACH");
-    const char *dumpDir = std::getenv("TLC_VULKAN_DUMP");
-    bool syncEach = syncEnv && *syncEnv == '1';
     size_t index = 0;
     for (const RecordedDispatch &r : recorded.recorded()) {
       const std::vector<BufferRange> &ranges = resolved[index++];
@@ -700,6 +702,8 @@ public:
 
 private:
   Context &c_;
+  bool syncEach = false;
+  const char *dumpDir = nullptr;
   VkCommandPool pool_ = VK_NULL_HANDLE;
   VkCommandBuffer commands_ = VK_NULL_HANDLE;
   VkFence fence_ = VK_NULL_HANDLE;
