@@ -20,6 +20,17 @@ prepare)
     build/bin/tlc compile test/e2e/goldens/$case --target vulkan-spirv \
       --adapter test/e2e/lora-goldens/$case/adapter -o .device/lora/$case.tlm
   done
+  # Training: PEFT gradient cases, a resume module, and the docs model
+  # (both executables) for a GPU-vs-CPU look at training speed.
+  python3 test/e2e/check_lora_grads.py --bin build/bin \
+    --compile-flag=--target=vulkan-spirv --save-modules .device/train
+  build/bin/tlc compile test/e2e/goldens/gqa-autobitlinear-tied \
+    --target vulkan-spirv --train --lora-rank 4 --lora-alpha 8 --seq-len 12 \
+    --batch 2 -o .device/train/resume.tlm
+  python3 -c "import numpy as np; np.save('.device/train/resume.npy', np.random.default_rng(5).integers(0, 512, size=(40, 12)).astype(np.int32))"
+  build/bin/tlc compile models/tiny-bitnet-docs --target x86-64,vulkan-spirv \
+    --train --lora-rank 8 --lora-alpha 16 --seq-len 128 --batch 4 \
+    -o .device/train/docs.tlm
   build/bin/tlc-opt targets/vulkan-spirv/test/Inputs/add.mlir \
     -tlc-gpu-form-dispatches -tlc-vulkan-lower-to-spirv > .device/add.mlir
   sed -n '/^  spirv.module/,/^  }$/p' .device/add.mlir > .device/add.spv.mlir
@@ -41,6 +52,18 @@ run)
     build/bin/tlc-run logits "$m" --ids "$ids" -o "$out/$case.npy"
     echo "$case (LoRA): $(python3 test/e2e/check_logits.py "$out/$case.npy" \
       test/e2e/lora-goldens/$case/logits.npy | head -1)" | tee -a "$out/goldens.txt"
+  done
+  python3 test/e2e/check_lora_grads.py --bin build/bin --modules .device/train \
+    --threads 1 2>&1 | tee "$out/train-grads.txt"
+  python3 test/e2e/train_resume.py --bin build/bin \
+    --module .device/train/resume.tlm --data .device/train/resume.npy \
+    --steps 1000 2>&1 | tee "$out/train-resume.txt"
+  for device in gpu cpu; do
+    rm -rf "$out/docs-$device"
+    build/bin/tlc-run train .device/train/docs.tlm --device $device \
+      --data demo/licenses.txt --steps 20 --lr 3e-3 --seed 1 --threads 8 \
+      --out "$out/docs-$device" --log "$out/docs-$device.jsonl" \
+      2>&1 | tail -3 | tee -a "$out/train-speed.txt"
   done
   ;;
 *)

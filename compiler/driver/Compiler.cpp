@@ -235,9 +235,6 @@ struct Driver {
           llvm::errs() << "tlc: note: " << d->name << "'s GPU target "
                        << d->gpu << " is not built by this tlc yet; the "
                        << "module runs on its CPU\n";
-        else if (opts.train && !gpu->front()->buildsTraining())
-          llvm::errs() << "tlc: note: " << d->gpu << " has no training "
-                       << "kernels yet; the module trains on the CPU\n";
         else
           opts.target += "," + d->gpu;
       }

@@ -69,8 +69,6 @@ public:
   virtual ~TargetBackend();
   /// The --target spelling this backend was created from ("aarch64").
   virtual std::string spec() const = 0;
-  /// Whether the backend has kernels for training steps (`--train`).
-  virtual bool buildsTraining() const { return true; }
   virtual const TernaryEncoding &ternaryEncoding() const = 0;
   /// The encoding of a quantized float dtype ("q6", "i8"), or null when the
   /// backend has none (bf16 and f32 are stored as they are).

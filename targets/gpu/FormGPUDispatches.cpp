@@ -5,6 +5,7 @@
 //
 // A workgroup of kWorkgroupSize invocations handles one work unit (a token
 // row for the kernels below); its invocations stride over the row.
+#include "targets/gpu/KernelBuilder.h"
 #include "targets/gpu/Passes.h"
 
 #include "compiler/target/TargetBackend.h"
@@ -54,239 +55,6 @@ const tlc::TernaryEncoding &tlc::gpu::ternaryEncoding() {
 }
 
 namespace {
-/// What a kernel body receives: its buffers (operands, then results), the
-/// call's scalars as indices, its work unit (workgroup id x) and its lane
-/// (invocation id x in the workgroup).
-struct KernelArgs {
-  ValueRange buffers;
-  Value T, pos, rows, unit, lane;
-};
-using KernelBody =
-    std::function<void(OpBuilder &, Location, const KernelArgs &)>;
-
-/// A kernel to build once per shape and the workload of its dispatches
-/// (workgroups = tokensFactor * T + constant).
-struct KernelSpec {
-  std::string name;
-  SmallVector<Type> buffers;
-  KernelBody body;
-  int64_t tokensFactor = 1, constant = 0;
-};
-
-int64_t dim(Value v, unsigned i) {
-  return cast<ShapedType>(v.getType()).getDimSize(i);
-}
-
-Value indexConst(OpBuilder &b, Location loc, int64_t v) {
-  return arith::ConstantIndexOp::create(b, loc, v);
-}
-
-Value f32Const(OpBuilder &b, Location loc, float v) {
-  return arith::ConstantOp::create(b, loc, b.getF32FloatAttr(v));
-}
-
-/// `for i = lane; i < n; i += kWorkgroupSize`: a workgroup's invocations
-/// sharing a row.
-void forLanes(OpBuilder &b, Location loc, Value lane, int64_t n,
-              function_ref<void(OpBuilder &, Value)> fn) {
-  auto loop = scf::ForOp::create(b, loc, lane, indexConst(b, loc, n),
-                                 indexConst(b, loc, kWorkgroupSize));
-  OpBuilder inner = OpBuilder::atBlockTerminator(loop.getBody());
-  fn(inner, loop.getInductionVar());
-}
-
-/// Memory shared by a workgroup (a memref.alloc in it: the form every GPU
-/// lowering of MLIR turns into workgroup variables). Address space 3 is
-/// workgroup memory in SPIR-V's Vulkan mapping, NVVM and ROCDL alike.
-Value allocWorkgroup(OpBuilder &b, Location loc, int64_t n, Type element) {
-  auto type = MemRefType::get(
-      {n}, element, MemRefLayoutAttrInterface(),
-      IntegerAttr::get(IntegerType::get(element.getContext(), 64), 3));
-  return memref::AllocOp::create(b, loc, type);
-}
-
-/// Folds `fn` over i = lane, lane + kWorkgroupSize, ... < n from `init`.
-/// An invocation with no element takes `init` from a branch: MLIR's SPIR-V
-/// conversion reads an scf.for's result from a variable only its body
-/// stores, so a loop that runs zero times would give an undefined value
-/// (lavapipe happens to read 0, NVIDIA reads garbage).
-Value stridedFold(OpBuilder &b, Location loc, Value lane, Value n, Value init,
-                  function_ref<Value(OpBuilder &, Location, Value, Value)> fn) {
-  Value any =
-      arith::CmpIOp::create(b, loc, arith::CmpIPredicate::ult, lane, n);
-  auto branch = scf::IfOp::create(
-      b, loc, any,
-      [&](OpBuilder &b, Location loc) {
-        auto loop = scf::ForOp::create(
-            b, loc, lane, n, indexConst(b, loc, kWorkgroupSize),
-            ValueRange{init},
-            [&](OpBuilder &b, Location loc, Value i, ValueRange acc) {
-              scf::YieldOp::create(b, loc, fn(b, loc, i, acc[0]));
-            });
-        scf::YieldOp::create(b, loc, loop.getResult(0));
-      },
-      [&](OpBuilder &b, Location loc) { scf::YieldOp::create(b, loc, init); });
-  return branch.getResult(0);
-}
-
-MemRefType rowsOf(int64_t tm, int64_t d, Type element) {
-  return MemRefType::get({tm, d}, element);
-}
-
-/// Float weights on the GPU: f32 as they are; bf16 as 32-bit words holding
-/// two values each (no 16-bit storage needed: every Vulkan device reads it).
-Type weightBuffer(ShapedType t) {
-  if (t.getElementType().isBF16())
-    return MemRefType::get({(t.getNumElements() + 1) / 2},
-                           IntegerType::get(t.getContext(), 32));
-  return MemRefType::get(t.getShape(), t.getElementType());
-}
-
-/// Element `flat` of a weight buffer of weightBuffer(t), as f32 (bf16: the
-/// high half of an f32 word, exactly).
-Value loadWeight(OpBuilder &b, Location loc, Value buffer, Type element,
-                 ValueRange indices, Value flat) {
-  if (!element.isBF16())
-    return memref::LoadOp::create(b, loc, buffer, indices);
-  Value word = memref::LoadOp::create(
-      b, loc, buffer,
-      ValueRange{arith::ShRUIOp::create(b, loc, flat, indexConst(b, loc, 1))});
-  Value odd = arith::AndIOp::create(
-      b, loc, arith::IndexCastOp::create(b, loc, b.getI32Type(), flat),
-      arith::ConstantIntOp::create(b, loc, 1, 32));
-  Value shift = arith::MulIOp::create(
-      b, loc, odd, arith::ConstantIntOp::create(b, loc, 16, 32));
-  Value half = arith::ShRUIOp::create(b, loc, word, shift);
-  Value bits = arith::ShLIOp::create(
-      b, loc, half, arith::ConstantIntOp::create(b, loc, 16, 32));
-  return arith::BitcastOp::create(b, loc, b.getF32Type(), bits);
-}
-
-Value i32Const(OpBuilder &b, Location loc, int32_t v) {
-  return arith::ConstantIntOp::create(b, loc, v, 32);
-}
-
-Value toIndex(OpBuilder &b, Location loc, Value v) {
-  return arith::IndexCastOp::create(b, loc, b.getIndexType(), v);
-}
-
-/// Scratch for workgroupReduce: one slot per invocation and the result.
-Value reduceScratch(OpBuilder &b, Location loc) {
-  return allocWorkgroup(b, loc, kWorkgroupSize + 1, b.getF32Type());
-}
-
-/// Combines one value per invocation over the workgroup in a fixed order
-/// (invocation 0 folds the kWorkgroupSize values in lane order, so results
-/// do not depend on scheduling); every invocation gets the result.
-Value workgroupReduce(OpBuilder &b, Location loc, Value scratch, Value lane,
-                      Value v,
-                      function_ref<Value(OpBuilder &, Location, Value, Value)>
-                          combine) {
-  memref::StoreOp::create(b, loc, v, scratch, lane);
-  gpu::BarrierOp::create(b, loc);
-  Value zero = indexConst(b, loc, 0), result = indexConst(b, loc, kWorkgroupSize);
-  Value first = arith::CmpIOp::create(b, loc, arith::CmpIPredicate::eq, lane,
-                                      zero);
-  scf::IfOp::create(b, loc, first, [&](OpBuilder &b, Location loc) {
-    Value init = memref::LoadOp::create(b, loc, scratch, zero);
-    auto fold = scf::ForOp::create(
-        b, loc, indexConst(b, loc, 1), result, indexConst(b, loc, 1),
-        ValueRange{init},
-        [&](OpBuilder &b, Location loc, Value i, ValueRange acc) {
-          Value x = memref::LoadOp::create(b, loc, scratch, i);
-          scf::YieldOp::create(b, loc, combine(b, loc, acc[0], x));
-        });
-    memref::StoreOp::create(b, loc, fold.getResult(0), scratch, result);
-    scf::YieldOp::create(b, loc);
-  });
-  gpu::BarrierOp::create(b, loc);
-  return memref::LoadOp::create(b, loc, scratch, result);
-}
-
-Value addF(OpBuilder &b, Location loc, Value x, Value y) {
-  return arith::AddFOp::create(b, loc, x, y);
-}
-Value maxF(OpBuilder &b, Location loc, Value x, Value y) {
-  return arith::MaximumFOp::create(b, loc, x, y);
-}
-
-/// `fn(b)` only in invocations where `cond` holds.
-void when(OpBuilder &b, Location loc, Value cond,
-          function_ref<void(OpBuilder &, Location)> fn) {
-  scf::IfOp::create(b, loc, cond, [&](OpBuilder &b, Location loc) {
-    fn(b, loc);
-    scf::YieldOp::create(b, loc);
-  });
-}
-
-/// sin(x) and cos(x) in f32 for |x| < 8192, the same on every GPU: Cody-Waite
-/// reduction by pi/2 (Cephes' three-part constant; j * DP1 is exact) and
-/// Cephes' minimax polynomials on [-pi/4, pi/4] (about 1 ulp). GPUs' own
-/// sin/cos lose accuracy fast outside [-pi, pi], and RoPE angles reach
-/// thousands of radians.
-std::pair<Value, Value> sinCos(OpBuilder &b, Location loc, Value x) {
-  auto c = [&](float v) { return f32Const(b, loc, v); };
-  auto mul = [&](Value p, Value q) -> Value {
-    return arith::MulFOp::create(b, loc, p, q);
-  };
-  auto add = [&](Value p, Value q) -> Value {
-    return arith::AddFOp::create(b, loc, p, q);
-  };
-  auto sub = [&](Value p, Value q) -> Value {
-    return arith::SubFOp::create(b, loc, p, q);
-  };
-  Value j = math::RoundEvenOp::create(b, loc, mul(x, c(0.63661977236758134f)));
-  Value y = sub(sub(sub(x, mul(j, c(1.5703125f))),
-                    mul(j, c(4.837512969970703125e-4f))),
-                mul(j, c(7.54978995489188216e-8f)));
-  Value z = mul(y, y);
-  Value sinY = add(
-      y, mul(mul(z, y),
-             add(c(-1.6666654611e-1f),
-                 mul(z, add(c(8.3321608736e-3f), mul(z, c(-1.9515295891e-4f)))))));
-  Value cosY = add(
-      sub(c(1.0f), mul(c(0.5f), z)),
-      mul(mul(z, z),
-          add(c(4.166664568298827e-2f),
-              mul(z, add(c(-1.388731625493765e-3f),
-                         mul(z, c(2.443315711809948e-5f)))))));
-  // Quadrant q = j mod 4: sin = s, c, -s, -c; cos = c, -s, -c, s.
-  Value q = arith::AndIOp::create(
-      b, loc, arith::FPToSIOp::create(b, loc, b.getI32Type(), j),
-      i32Const(b, loc, 3));
-  auto is = [&](int v) -> Value {
-    return arith::CmpIOp::create(b, loc, arith::CmpIPredicate::eq, q,
-                                 i32Const(b, loc, v));
-  };
-  Value negS = arith::NegFOp::create(b, loc, sinY);
-  Value negC = arith::NegFOp::create(b, loc, cosY);
-  auto pick = [&](Value v0, Value v1, Value v2, Value v3) -> Value {
-    Value r = arith::SelectOp::create(b, loc, is(2), v2, v3);
-    r = arith::SelectOp::create(b, loc, is(1), v1, r);
-    return arith::SelectOp::create(b, loc, is(0), v0, r);
-  };
-  return {pick(sinY, cosY, negS, negC), pick(cosY, negS, negC, sinY)};
-}
-
-/// table[i] for an index i < table.size(), from constants (a select chain:
-/// SPIR-V has no constant arrays that memref can index).
-Value constantAt(OpBuilder &b, Location loc, ArrayRef<float> table, Value i) {
-  Value r = f32Const(b, loc, table.back());
-  for (int64_t k = (int64_t)table.size() - 2; k >= 0; --k)
-    r = arith::SelectOp::create(
-        b, loc,
-        arith::CmpIOp::create(b, loc, arith::CmpIPredicate::eq, i,
-                              indexConst(b, loc, k)),
-        f32Const(b, loc, table[k]), r);
-  return r;
-}
-
-/// Sign-extended byte `i` (0..3) of a 32-bit word.
-Value byteOf(OpBuilder &b, Location loc, Value word, int i) {
-  Value up = arith::ShLIOp::create(b, loc, word, i32Const(b, loc, 24 - 8 * i));
-  return arith::ShRSIOp::create(b, loc, up, i32Const(b, loc, 24));
-}
-
 //===----------------------------------------------------------------------===//
 // Kernels
 //===----------------------------------------------------------------------===//
@@ -702,7 +470,7 @@ FailureOr<KernelSpec> attentionKernel(AttentionOp op, int64_t tm) {
     Value localSum = strided(b, f32Const(b, loc, 0), [&](OpBuilder &b,
                                                          Location loc, Value j,
                                                          Value acc) -> Value {
-      Value e = math::ExpOp::create(
+      Value e = expF(
           b, loc,
           arith::SubFOp::create(b, loc,
                                 memref::LoadOp::create(b, loc, scores, j), m));
@@ -851,8 +619,7 @@ FailureOr<KernelSpec> specFor(Operation *op, int64_t tm) {
       return op->emitOpError("lora_A and lora_B must have one element type");
     k = loraKernel(l, tm);
   } else {
-    return op->emitOpError("has no GPU kernel yet (GPU targets build the "
-                           "inference ops so far; training ops next)");
+    return op->emitOpError("has no GPU kernel yet");
   }
   k.name += "_t" + std::to_string(tm);
   return k;
@@ -871,11 +638,28 @@ struct FormGPUDispatchesPass
       if (!maxTokens)
         continue;
       int64_t tm = maxTokens.getInt();
+      Dispatcher dispatcher = [&](OpBuilder &b, const KernelSpec &spec,
+                                  ValueRange operands, TypeRange results) {
+        KernelSpec k = spec;
+        k.name += "_t" + std::to_string(tm);
+        if (!symbols.lookup(k.name))
+          build(symbols, k, b.getInsertionPoint()->getLoc());
+        return DispatchOp::create(
+            b, b.getInsertionPoint()->getLoc(), results,
+            SymbolRefAttr::get(ctx, "kernels",
+                               {FlatSymbolRefAttr::get(ctx, k.name)}),
+            operands, k.tokensFactor, k.constant, ArrayAttr());
+      };
       for (Operation &op : llvm::make_early_inc_range(func.getBody().front())) {
         if (isa<WeightOp, TernaryWeightOp, KVCacheOp, func::ReturnOp,
                 DispatchOp, TrainableOp, HyperOp, TrainStateOp, LossScaleOp,
                 arith::ConstantOp>(op))
           continue;
+        if (isTrainingOp(&op)) {
+          if (failed(formTrainingDispatches(&op, tm, dispatcher)))
+            return signalPassFailure();
+          continue;
+        }
         FailureOr<KernelSpec> spec = specFor(&op, tm);
         if (failed(spec))
           return signalPassFailure();

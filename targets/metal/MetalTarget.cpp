@@ -90,7 +90,6 @@ public:
   MetalTargetBackend(std::string spec, std::string family)
       : spec_(std::move(spec)), family_(std::move(family)) {}
   std::string spec() const override { return spec_; }
-  bool buildsTraining() const override { return false; }
   const tlc::TernaryEncoding &ternaryEncoding() const override {
     return tlc::gpu::ternaryEncoding();
   }

@@ -94,6 +94,20 @@ void scalarsToPushConstants(spirv::ModuleOp module,
   }
 }
 
+/// Decorates every float add, subtract, multiply and divide NoContraction:
+/// drivers then evaluate them as written (no fusing into fma, no algebraic
+/// rewrites; Mesa's NIR otherwise folds a - (a - b) into b), so kernels
+/// give the same results on every device and the error-free sums of the
+/// kernels stay error-free. Where a fused multiply-add is wanted, the
+/// kernels say so (math.fma).
+void exactFloatMath(spirv::ModuleOp module) {
+  module.walk([](Operation *op) {
+    if (isa<spirv::FAddOp, spirv::FSubOp, spirv::FMulOp, spirv::FDivOp,
+            spirv::FNegateOp>(op))
+      op->setAttr("no_contraction", UnitAttr::get(op->getContext()));
+  });
+}
+
 struct LowerGPUKernelsToSPIRVPass
     : tlc::vulkan::impl::LowerGPUKernelsToSPIRVPassBase<
           LowerGPUKernelsToSPIRVPass> {
@@ -126,8 +140,10 @@ struct LowerGPUKernelsToSPIRVPass
     spv.addPass(spirv::createSPIRVUpdateVCEPass());
     if (failed(runPipeline(pm, top)))
       return signalPassFailure();
-    for (auto m : top.getOps<spirv::ModuleOp>())
+    for (auto m : top.getOps<spirv::ModuleOp>()) {
       scalarsToPushConstants(m, scalarBinding);
+      exactFloatMath(m);
+    }
     // The gpu.module is what the SPIR-V came from; nothing uses it now.
     for (auto m : llvm::make_early_inc_range(top.getOps<gpu::GPUModuleOp>()))
       m.erase();
@@ -142,7 +158,6 @@ public:
       profile_ = "generic";
   }
   std::string spec() const override { return spec_; }
-  bool buildsTraining() const override { return false; }
   const tlc::TernaryEncoding &ternaryEncoding() const override {
     return tlc::gpu::ternaryEncoding();
   }

@@ -32,10 +32,16 @@ def run(cmd):
 def check_case(case, args, tmp):
     gold = os.path.join(args.lora_goldens, case)
     batch = np.load(os.path.join(gold, "train_ids.npy"))
-    module = os.path.join(tmp, case + ".tlm")
-    run([os.path.join(args.bin, "tlc"), "compile", os.path.join(args.goldens, case), "--train",
-         "-o", module, "--lora-rank", "4", "--lora-alpha", "8", "--seq-len", str(batch.shape[1]),
-         "--batch", str(batch.shape[0]), "--optimizer", "sgd"] + args.compile_flag)
+    if args.modules:
+        module = os.path.join(args.modules, case + ".tlm")
+    else:
+        module = os.path.join(args.save_modules or tmp, case + ".tlm")
+        run([os.path.join(args.bin, "tlc"), "compile", os.path.join(args.goldens, case), "--train",
+             "-o", module, "--lora-rank", "4", "--lora-alpha", "8", "--seq-len", str(batch.shape[1]),
+             "--batch", str(batch.shape[0]), "--optimizer", "sgd"] + args.compile_flag)
+        if args.save_modules:
+            print("%s: compiled %s" % (case, module))
+            return 0
     out = os.path.join(tmp, case + "-adapter")
     log = os.path.join(tmp, case + ".jsonl")
     run([os.path.join(args.bin, "tlc-run"), "train", module, "--data", os.path.join(gold, "train_ids.npy"),
@@ -71,7 +77,11 @@ def main():
     ap.add_argument("--lora-goldens", default=os.path.join(HERE, "lora-goldens"))
     ap.add_argument("--threads", default="2")
     ap.add_argument("--compile-flag", action="append", default=[], help="extra tlc compile flag")
+    ap.add_argument("--save-modules", help="only compile each case's module into this folder")
+    ap.add_argument("--modules", help="use the modules in this folder instead of compiling")
     args = ap.parse_args()
+    if args.save_modules:
+        os.makedirs(args.save_modules, exist_ok=True)
     cases = sorted(d for d in os.listdir(args.lora_goldens)
                    if os.path.isfile(os.path.join(args.lora_goldens, d, "grads.safetensors")))
     assert len(cases) >= 3, "expected 3 PEFT gradient cases, found %d" % len(cases)
@@ -79,6 +89,8 @@ def main():
     with tempfile.TemporaryDirectory() as tmp:
         for case in cases:
             failures += check_case(case, args, tmp)
+    if args.save_modules:
+        return
     print("lora gradients: %s" % ("PASS" if failures == 0 else "FAIL"))
     sys.exit(1 if failures else 0)
 

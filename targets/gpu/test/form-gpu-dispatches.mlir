@@ -66,7 +66,12 @@ func.func @norm(%x: tensor<?x64xf32>) -> tensor<?x64xf32> attributes {tlora.max_
 // CHECK: math.roundeven
 // CHECK: gpu.func @attention_s32_h8_kv8_hd16_t1
 // CHECK: memref.alloc() : memref<32xf32, 3>
-// CHECK: math.exp
+// exp is the CPU kernels' (2^n from the exponent bits times a polynomial),
+// not the device's looser one.
+// CHECK-NOT: math.exp
+// CHECK: arith.fptosi
+// CHECK: arith.shli
+// CHECK: arith.bitcast
 func.func @decode(%x: tensor<?x64xf32>, %pos: index, %rows: index) -> tensor<?x100xf32> attributes {tlora.max_tokens = 1 : i64} {
   %w = tlora.ternary_weight "w" scale(1.0) source(packed) : !tlora.ternary<outFeatures = 128, inFeatures = 64>
   %q = tlora.quantize %x : tensor<?x64xf32> -> !tlora.qact<features = 64>
@@ -78,4 +83,36 @@ func.func @decode(%x: tensor<?x64xf32>, %pos: index, %rows: index) -> tensor<?x1
   %head = tlora.weight "head" : tensor<100x128xf32>
   %l = tlora.dense %o, %head rows(%rows) : tensor<?x128xf32>, tensor<100x128xf32> -> tensor<?x100xf32>
   return %l : tensor<?x100xf32>
+}
+
+// -----
+
+// Training: a LoRA backward is two kernels (per-token rows, then the weight
+// gradients summed over tokens in order: no atomics); accumulation adds into
+// the gradient slot; the loss seed binds the whole hyper block (its
+// loss_scale field, word 6, would be a misaligned binding); the optimizer is
+// the gradient norm, then AdamW over the training state.
+// CHECK-LABEL: func.func @train_step
+// CHECK: %[[ROWS:.*]]:2 = tlora.dispatch @kernels::@lora_grad_rows_r4_k64_n32_s{{[0-9A-F]+}}_t8(%{{.*}}, %{{.*}}, %{{.*}}, %{{.*}}) workload(1 * T + 0) : {{.*}} -> (tensor<?x8xf32>, tensor<?x64xf32>)
+// CHECK: tlora.dispatch @kernels::@lora_grad_weights_r4_k64_n32_s{{[0-9A-F]+}}_t8(%{{.*}}, %{{.*}}, %[[ROWS]]#0) workload(0 * T + 2)
+// CHECK: %[[ACC:.*]] = tlora.trainable "a" {gradient}
+// CHECK: tlora.dispatch @kernels::@accumulate_n256_t8(%{{.*}}, %[[ACC]]) workload(0 * T + 4)
+// CHECK: %[[H:.*]] = tlora.hyper
+// CHECK-NOT: tlora.loss_scale
+// CHECK: tlora.dispatch @kernels::@mean_loss_grad_seed16_6_t8(%[[H]], %{{.*}}) workload(0 * T + 1)
+// CHECK: %[[S:.*]] = tlora.train_state : tensor<{{[0-9]+}}xf32>
+// CHECK: tlora.dispatch @kernels::@grad_norm_p{{[0-9]+}}_t8(%[[S]], %[[H]]) workload(0 * T + 1)
+// CHECK: tlora.dispatch @kernels::@adamw_p{{[0-9]+}}_t8(%[[S]], %[[H]])
+// CHECK: gpu.func @lora_grad_weights_r4_k64_n32_s{{[0-9A-F]+}}_t8(%{{.*}}: memref<8x64xf32>, %{{.*}}: memref<8x32xf32>, %{{.*}}: memref<8x8xf32>, %{{.*}}: memref<256xf32>, %{{.*}}: memref<128xf32>
+func.func @train_step(%x: tensor<?x64xf32>, %dy: tensor<?x32xf32>, %labels: tensor<?xi32>) -> (tensor<?x64xf32>, tensor<?xf32>) attributes {tlora.max_tokens = 8 : i64, tlora.optimizer = #tlora.optimizer<adamw>, tlora.seq_len = 4 : i64} {
+  %a = tlora.trainable "a" : tensor<4x64xf32>
+  %b = tlora.trainable "b" : tensor<32x4xf32>
+  %dx, %da, %db = tlora.lora_grad %x, %a, %b, %dy scaling(2.000000e+00) : (tensor<?x64xf32>, tensor<4x64xf32>, tensor<32x4xf32>, tensor<?x32xf32>) -> (tensor<?x64xf32>, tensor<4x64xf32>, tensor<32x4xf32>)
+  tlora.accumulate_grad %da into "a" : tensor<4x64xf32>
+  tlora.accumulate_grad %db into "b" : tensor<32x4xf32>
+  %h = tlora.hyper : tensor<16xf32>
+  %seed = tlora.loss_scale %h : tensor<16xf32> -> tensor<1xf32>
+  %dl = tlora.mean_loss_grad %seed, %labels : (tensor<1xf32>, tensor<?xi32>) -> tensor<?xf32>
+  tlora.optimizer_step <adamw>, %h : tensor<16xf32>
+  return %dx, %dl : tensor<?x64xf32>, tensor<?xf32>
 }

@@ -1,5 +1,6 @@
 // RUN: tlc-opt %s -tlc-gpu-form-dispatches -tlc-vulkan-lower-to-spirv > %t.mlir
 // RUN: FileCheck %s < %t.mlir
+// RUN: not grep -E "spirv.F(Add|Sub|Mul|Div) [^{]*: f32" %t.mlir
 // The SPIR-V module passes spirv-val for Vulkan 1.1.
 // RUN: sed -n '/^  spirv.module/,/^  }$/p' %t.mlir > %t.spv.mlir
 // RUN: mlir-translate --no-implicit-module --serialize-spirv %t.spv.mlir -o %t.spv
@@ -19,7 +20,11 @@
 // CHECK-DAG: spirv.EntryPoint "GLCompute" @rms_norm_d64_f32_eps{{[0-9A-F]+}}_t8
 // CHECK-DAG: spirv.ExecutionMode @add_d64_t8 "LocalSize", 64, 1, 1
 // CHECK-DAG: spirv.ExecutionMode @kv_append_s16_d64_t8 "LocalSize", 64, 1, 1
-// CHECK-NOT: gpu.module
+// Float arithmetic is decorated NoContraction (evaluated as written on
+// every driver); no float op goes without it.
+// CHECK-DAG: spirv.FAdd {{.*}} {no_contraction} : f32
+// CHECK-DAG: spirv.FMul {{.*}} {no_contraction} : f32
+// // CHECK-NOT: gpu.module
 func.func @prefill(%ids: tensor<?xi32>, %pos: index) -> tensor<?x64xf32> attributes {tlora.max_tokens = 8 : i64} {
   %table = tlora.weight "emb" : tensor<100x64xbf16>
   %x = tlora.embed %table[%ids] : tensor<100x64xbf16>, tensor<?xi32> -> tensor<?x64xf32>

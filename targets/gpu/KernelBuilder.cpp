@@ -1,0 +1,348 @@
+// Building blocks of the GPU kernels (KernelBuilder.h).
+#include "targets/gpu/KernelBuilder.h"
+
+#include "mlir/Dialect/Utils/StaticValueUtils.h"
+
+#include <algorithm>
+
+namespace tlc::gpu {
+
+int64_t dim(Value v, unsigned i) {
+  return cast<ShapedType>(v.getType()).getDimSize(i);
+}
+
+Value indexConst(OpBuilder &b, Location loc, int64_t v) {
+  return arith::ConstantIndexOp::create(b, loc, v);
+}
+
+Value f32Const(OpBuilder &b, Location loc, float v) {
+  return arith::ConstantOp::create(b, loc, b.getF32FloatAttr(v));
+}
+
+/// `for i = lane; i < n; i += kWorkgroupSize`: a workgroup's invocations
+/// sharing a row.
+void forLanes(OpBuilder &b, Location loc, Value lane, int64_t n,
+              function_ref<void(OpBuilder &, Value)> fn) {
+  auto loop = scf::ForOp::create(b, loc, lane, indexConst(b, loc, n),
+                                 indexConst(b, loc, kWorkgroupSize));
+  OpBuilder inner = OpBuilder::atBlockTerminator(loop.getBody());
+  fn(inner, loop.getInductionVar());
+}
+
+/// Memory shared by a workgroup (a memref.alloc in it: the form every GPU
+/// lowering of MLIR turns into workgroup variables). Address space 3 is
+/// workgroup memory in SPIR-V's Vulkan mapping, NVVM and ROCDL alike.
+Value allocWorkgroup(OpBuilder &b, Location loc, int64_t n, Type element) {
+  auto type = MemRefType::get(
+      {n}, element, MemRefLayoutAttrInterface(),
+      IntegerAttr::get(IntegerType::get(element.getContext(), 64), 3));
+  return memref::AllocOp::create(b, loc, type);
+}
+
+void forLanes(OpBuilder &b, Location loc, Value lane, Value n,
+              function_ref<void(OpBuilder &, Value)> fn) {
+  auto loop = scf::ForOp::create(b, loc, lane, n,
+                                 indexConst(b, loc, kWorkgroupSize));
+  OpBuilder inner = OpBuilder::atBlockTerminator(loop.getBody());
+  fn(inner, loop.getInductionVar());
+}
+
+void forGrid(OpBuilder &b, Location loc, const KernelArgs &a, int64_t groups,
+             int64_t n, function_ref<void(OpBuilder &, Value)> fn) {
+  Value first = arith::AddIOp::create(
+      b, loc,
+      arith::MulIOp::create(b, loc, a.unit, indexConst(b, loc, kWorkgroupSize)),
+      a.lane);
+  auto loop = scf::ForOp::create(b, loc, first, indexConst(b, loc, n),
+                                 indexConst(b, loc, groups * kWorkgroupSize));
+  OpBuilder inner = OpBuilder::atBlockTerminator(loop.getBody());
+  fn(inner, loop.getInductionVar());
+}
+
+int64_t gridGroups(int64_t n) {
+  return std::max<int64_t>(
+      1, std::min<int64_t>((n + kWorkgroupSize - 1) / kWorkgroupSize, 4096));
+}
+
+Value foldRange(OpBuilder &b, Location loc, Value lo, Value hi, Value init,
+                function_ref<Value(OpBuilder &, Location, Value, Value)> fn) {
+  auto body = [&](OpBuilder &b, Location loc) {
+    auto loop = scf::ForOp::create(
+        b, loc, lo, hi, indexConst(b, loc, 1), ValueRange{init},
+        [&](OpBuilder &b, Location loc, Value i, ValueRange acc) {
+          scf::YieldOp::create(b, loc, fn(b, loc, i, acc[0]));
+        });
+    return loop.getResult(0);
+  };
+  std::optional<int64_t> l = getConstantIntValue(lo), h = getConstantIntValue(hi);
+  if (l && h && *l < *h)
+    return body(b, loc);
+  Value any = arith::CmpIOp::create(b, loc, arith::CmpIPredicate::ult, lo, hi);
+  auto branch = scf::IfOp::create(
+      b, loc, any,
+      [&](OpBuilder &b, Location loc) {
+        scf::YieldOp::create(b, loc, body(b, loc));
+      },
+      [&](OpBuilder &b, Location loc) { scf::YieldOp::create(b, loc, init); });
+  return branch.getResult(0);
+}
+
+MemRefType flatOf(int64_t n, Type element) {
+  return MemRefType::get({n}, element);
+}
+
+/// Folds `fn` over i = lane, lane + kWorkgroupSize, ... < n from `init`.
+/// An invocation with no element takes `init` from a branch: MLIR's SPIR-V
+/// conversion reads an scf.for's result from a variable only its body
+/// stores, so a loop that runs zero times would give an undefined value
+/// (lavapipe happens to read 0, NVIDIA reads garbage).
+Value stridedFold(OpBuilder &b, Location loc, Value lane, Value n, Value init,
+                  function_ref<Value(OpBuilder &, Location, Value, Value)> fn) {
+  Value any =
+      arith::CmpIOp::create(b, loc, arith::CmpIPredicate::ult, lane, n);
+  auto branch = scf::IfOp::create(
+      b, loc, any,
+      [&](OpBuilder &b, Location loc) {
+        auto loop = scf::ForOp::create(
+            b, loc, lane, n, indexConst(b, loc, kWorkgroupSize),
+            ValueRange{init},
+            [&](OpBuilder &b, Location loc, Value i, ValueRange acc) {
+              scf::YieldOp::create(b, loc, fn(b, loc, i, acc[0]));
+            });
+        scf::YieldOp::create(b, loc, loop.getResult(0));
+      },
+      [&](OpBuilder &b, Location loc) { scf::YieldOp::create(b, loc, init); });
+  return branch.getResult(0);
+}
+
+MemRefType rowsOf(int64_t tm, int64_t d, Type element) {
+  return MemRefType::get({tm, d}, element);
+}
+
+/// Float weights on the GPU: f32 as they are; bf16 as 32-bit words holding
+/// two values each (no 16-bit storage needed: every Vulkan device reads it).
+Type weightBuffer(ShapedType t) {
+  if (t.getElementType().isBF16())
+    return MemRefType::get({(t.getNumElements() + 1) / 2},
+                           IntegerType::get(t.getContext(), 32));
+  return MemRefType::get(t.getShape(), t.getElementType());
+}
+
+/// Element `flat` of a weight buffer of weightBuffer(t), as f32 (bf16: the
+/// high half of an f32 word, exactly).
+Value loadWeight(OpBuilder &b, Location loc, Value buffer, Type element,
+                 ValueRange indices, Value flat) {
+  if (!element.isBF16())
+    return memref::LoadOp::create(b, loc, buffer, indices);
+  Value word = memref::LoadOp::create(
+      b, loc, buffer,
+      ValueRange{arith::ShRUIOp::create(b, loc, flat, indexConst(b, loc, 1))});
+  Value odd = arith::AndIOp::create(
+      b, loc, arith::IndexCastOp::create(b, loc, b.getI32Type(), flat),
+      arith::ConstantIntOp::create(b, loc, 1, 32));
+  Value shift = arith::MulIOp::create(
+      b, loc, odd, arith::ConstantIntOp::create(b, loc, 16, 32));
+  Value half = arith::ShRUIOp::create(b, loc, word, shift);
+  Value bits = arith::ShLIOp::create(
+      b, loc, half, arith::ConstantIntOp::create(b, loc, 16, 32));
+  return arith::BitcastOp::create(b, loc, b.getF32Type(), bits);
+}
+
+Value i32Const(OpBuilder &b, Location loc, int32_t v) {
+  return arith::ConstantIntOp::create(b, loc, v, 32);
+}
+
+Value toIndex(OpBuilder &b, Location loc, Value v) {
+  return arith::IndexCastOp::create(b, loc, b.getIndexType(), v);
+}
+
+/// Scratch for workgroupReduce: one slot per invocation and the result.
+Value reduceScratch(OpBuilder &b, Location loc) {
+  return allocWorkgroup(b, loc, kWorkgroupSize + 1, b.getF32Type());
+}
+
+/// Combines one value per invocation over the workgroup in a fixed order
+/// (invocation 0 folds the kWorkgroupSize values in lane order, so results
+/// do not depend on scheduling); every invocation gets the result.
+Value workgroupReduce(OpBuilder &b, Location loc, Value scratch, Value lane,
+                      Value v,
+                      function_ref<Value(OpBuilder &, Location, Value, Value)>
+                          combine) {
+  memref::StoreOp::create(b, loc, v, scratch, lane);
+  mlir::gpu::BarrierOp::create(b, loc);
+  Value zero = indexConst(b, loc, 0), result = indexConst(b, loc, kWorkgroupSize);
+  Value first = arith::CmpIOp::create(b, loc, arith::CmpIPredicate::eq, lane,
+                                      zero);
+  scf::IfOp::create(b, loc, first, [&](OpBuilder &b, Location loc) {
+    Value init = memref::LoadOp::create(b, loc, scratch, zero);
+    auto fold = scf::ForOp::create(
+        b, loc, indexConst(b, loc, 1), result, indexConst(b, loc, 1),
+        ValueRange{init},
+        [&](OpBuilder &b, Location loc, Value i, ValueRange acc) {
+          Value x = memref::LoadOp::create(b, loc, scratch, i);
+          scf::YieldOp::create(b, loc, combine(b, loc, acc[0], x));
+        });
+    memref::StoreOp::create(b, loc, fold.getResult(0), scratch, result);
+    scf::YieldOp::create(b, loc);
+  });
+  mlir::gpu::BarrierOp::create(b, loc);
+  return memref::LoadOp::create(b, loc, scratch, result);
+}
+
+Value addF(OpBuilder &b, Location loc, Value x, Value y) {
+  return arith::AddFOp::create(b, loc, x, y);
+}
+Value maxF(OpBuilder &b, Location loc, Value x, Value y) {
+  return arith::MaximumFOp::create(b, loc, x, y);
+}
+
+/// `fn(b)` only in invocations where `cond` holds.
+void when(OpBuilder &b, Location loc, Value cond,
+          function_ref<void(OpBuilder &, Location)> fn) {
+  scf::IfOp::create(b, loc, cond, [&](OpBuilder &b, Location loc) {
+    fn(b, loc);
+    scf::YieldOp::create(b, loc);
+  });
+}
+
+/// sin(x) and cos(x) in f32 for |x| < 8192, the same on every GPU: Cody-Waite
+/// reduction by pi/2 (Cephes' three-part constant; j * DP1 is exact) and
+/// Cephes' minimax polynomials on [-pi/4, pi/4] (about 1 ulp). GPUs' own
+/// sin/cos lose accuracy fast outside [-pi, pi], and RoPE angles reach
+/// thousands of radians.
+std::pair<Value, Value> sinCos(OpBuilder &b, Location loc, Value x) {
+  auto c = [&](float v) { return f32Const(b, loc, v); };
+  auto mul = [&](Value p, Value q) -> Value {
+    return arith::MulFOp::create(b, loc, p, q);
+  };
+  auto add = [&](Value p, Value q) -> Value {
+    return arith::AddFOp::create(b, loc, p, q);
+  };
+  auto sub = [&](Value p, Value q) -> Value {
+    return arith::SubFOp::create(b, loc, p, q);
+  };
+  Value j = math::RoundEvenOp::create(b, loc, mul(x, c(0.63661977236758134f)));
+  Value y = sub(sub(sub(x, mul(j, c(1.5703125f))),
+                    mul(j, c(4.837512969970703125e-4f))),
+                mul(j, c(7.54978995489188216e-8f)));
+  Value z = mul(y, y);
+  Value sinY = add(
+      y, mul(mul(z, y),
+             add(c(-1.6666654611e-1f),
+                 mul(z, add(c(8.3321608736e-3f), mul(z, c(-1.9515295891e-4f)))))));
+  Value cosY = add(
+      sub(c(1.0f), mul(c(0.5f), z)),
+      mul(mul(z, z),
+          add(c(4.166664568298827e-2f),
+              mul(z, add(c(-1.388731625493765e-3f),
+                         mul(z, c(2.443315711809948e-5f)))))));
+  // Quadrant q = j mod 4: sin = s, c, -s, -c; cos = c, -s, -c, s.
+  Value q = arith::AndIOp::create(
+      b, loc, arith::FPToSIOp::create(b, loc, b.getI32Type(), j),
+      i32Const(b, loc, 3));
+  auto is = [&](int v) -> Value {
+    return arith::CmpIOp::create(b, loc, arith::CmpIPredicate::eq, q,
+                                 i32Const(b, loc, v));
+  };
+  Value negS = arith::NegFOp::create(b, loc, sinY);
+  Value negC = arith::NegFOp::create(b, loc, cosY);
+  auto pick = [&](Value v0, Value v1, Value v2, Value v3) -> Value {
+    Value r = arith::SelectOp::create(b, loc, is(2), v2, v3);
+    r = arith::SelectOp::create(b, loc, is(1), v1, r);
+    return arith::SelectOp::create(b, loc, is(0), v0, r);
+  };
+  return {pick(sinY, cosY, negS, negC), pick(cosY, negS, negC, sinY)};
+}
+
+Value expF(OpBuilder &b, Location loc, Value x) {
+  auto c = [&](float v) { return f32Const(b, loc, v); };
+  auto mul = [&](Value p, Value q) -> Value {
+    return arith::MulFOp::create(b, loc, p, q);
+  };
+  auto add = [&](Value p, Value q) -> Value {
+    return arith::AddFOp::create(b, loc, p, q);
+  };
+  x = arith::MaximumFOp::create(
+      b, loc, arith::MinimumFOp::create(b, loc, x, c(88.0f)), c(-87.0f));
+  Value y = add(mul(x, c(1.44269504088896341f)), c(0.5f));
+  // floor(y) as an integer: truncate, minus one where that rounded up.
+  Value ni = arith::FPToSIOp::create(b, loc, b.getI32Type(), y);
+  Value up = arith::CmpFOp::create(
+      b, loc, arith::CmpFPredicate::OGT,
+      arith::SIToFPOp::create(b, loc, b.getF32Type(), ni), y);
+  ni = arith::SubIOp::create(
+      b, loc, ni, arith::ExtUIOp::create(b, loc, b.getI32Type(), up));
+  Value n = arith::SIToFPOp::create(b, loc, b.getF32Type(), ni);
+  Value r = add(arith::SubFOp::create(b, loc, x, mul(n, c(0.693359375f))),
+                mul(n, c(2.12194440e-4f)));
+  Value p = c(1.9875691500e-4f);
+  for (float k : {1.3981999507e-3f, 8.3334519073e-3f, 4.1665795894e-2f,
+                  1.6666665459e-1f, 5.0000001201e-1f})
+    p = add(mul(p, r), c(k));
+  p = add(add(mul(mul(p, r), r), r), c(1.0f));
+  Value bits = arith::ShLIOp::create(
+      b, loc, arith::AddIOp::create(b, loc, ni, i32Const(b, loc, 127)),
+      i32Const(b, loc, 23));
+  return mul(p, arith::BitcastOp::create(b, loc, b.getF32Type(), bits));
+}
+
+Value logF(OpBuilder &b, Location loc, Value x) {
+  auto c = [&](float v) { return f32Const(b, loc, v); };
+  auto mul = [&](Value p, Value q) -> Value {
+    return arith::MulFOp::create(b, loc, p, q);
+  };
+  auto add = [&](Value p, Value q) -> Value {
+    return arith::AddFOp::create(b, loc, p, q);
+  };
+  // x = 2^e m, m in [0.5, 1); then m in [sqrt(1/2), sqrt(2)) - 1.
+  Value bits = arith::BitcastOp::create(b, loc, b.getI32Type(), x);
+  Value e = arith::SubIOp::create(
+      b, loc,
+      arith::AndIOp::create(
+          b, loc, arith::ShRUIOp::create(b, loc, bits, i32Const(b, loc, 23)),
+          i32Const(b, loc, 0xff)),
+      i32Const(b, loc, 126));
+  Value m = arith::BitcastOp::create(
+      b, loc, b.getF32Type(),
+      arith::OrIOp::create(
+          b, loc,
+          arith::AndIOp::create(b, loc, bits, i32Const(b, loc, 0x807fffff)),
+          i32Const(b, loc, 0x3f000000)));
+  Value small = arith::CmpFOp::create(b, loc, arith::CmpFPredicate::OLT, m,
+                                      c(0.707106781186547524f));
+  e = arith::SubIOp::create(
+      b, loc, e, arith::ExtUIOp::create(b, loc, b.getI32Type(), small));
+  m = arith::SubFOp::create(
+      b, loc, arith::SelectOp::create(b, loc, small, add(m, m), m), c(1.0f));
+  Value ef = arith::SIToFPOp::create(b, loc, b.getF32Type(), e);
+  Value z = mul(m, m);
+  Value p = c(7.0376836292e-2f);
+  for (float k : {-1.1514610310e-1f, 1.1676998740e-1f, -1.2420140846e-1f,
+                  1.4249322787e-1f, -1.6668057665e-1f, 2.0000714765e-1f,
+                  -2.4999993993e-1f, 3.3333331174e-1f})
+    p = add(mul(p, m), c(k));
+  Value y = add(mul(mul(p, m), z), mul(ef, c(-2.12194440e-4f)));
+  y = add(y, mul(z, c(-0.5f)));
+  return add(add(m, y), mul(ef, c(0.693359375f)));
+}
+
+/// table[i] for an index i < table.size(), from constants (a select chain:
+/// SPIR-V has no constant arrays that memref can index).
+Value constantAt(OpBuilder &b, Location loc, ArrayRef<float> table, Value i) {
+  Value r = f32Const(b, loc, table.back());
+  for (int64_t k = (int64_t)table.size() - 2; k >= 0; --k)
+    r = arith::SelectOp::create(
+        b, loc,
+        arith::CmpIOp::create(b, loc, arith::CmpIPredicate::eq, i,
+                              indexConst(b, loc, k)),
+        f32Const(b, loc, table[k]), r);
+  return r;
+}
+
+/// Sign-extended byte `i` (0..3) of a 32-bit word.
+Value byteOf(OpBuilder &b, Location loc, Value word, int i) {
+  Value up = arith::ShLIOp::create(b, loc, word, i32Const(b, loc, 24 - 8 * i));
+  return arith::ShRSIOp::create(b, loc, up, i32Const(b, loc, 24));
+}
+
+} // namespace tlc::gpu

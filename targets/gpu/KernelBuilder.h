@@ -1,0 +1,155 @@
+// Building blocks of the GPU kernels (gpu.func bodies built with MLIR
+// builders): what a kernel receives, its spec, and the loops, reductions
+// and loads every kernel shares. Used by FormGPUDispatches (inference) and
+// TrainingKernels (backward and optimizer).
+#ifndef TLC_TARGETS_GPU_KERNELBUILDER_H
+#define TLC_TARGETS_GPU_KERNELBUILDER_H
+
+#include "targets/gpu/Passes.h"
+
+#include <functional>
+#include <string>
+
+namespace tlc::gpu {
+using namespace mlir;
+
+/// What a kernel body receives: its buffers (operands, then results), the
+/// call's scalars as indices, its work unit (workgroup id x) and its lane
+/// (invocation id x in the workgroup).
+struct KernelArgs {
+  ValueRange buffers;
+  Value T, pos, rows, unit, lane;
+};
+using KernelBody =
+    std::function<void(OpBuilder &, Location, const KernelArgs &)>;
+
+/// A kernel to build once per shape and the workload of its dispatches
+/// (workgroups = tokensFactor * T + constant).
+struct KernelSpec {
+  std::string name;
+  SmallVector<Type> buffers;
+  KernelBody body;
+  int64_t tokensFactor = 1, constant = 0;
+};
+
+
+int64_t dim(Value v, unsigned i);
+
+Value indexConst(OpBuilder &b, Location loc, int64_t v);
+
+Value f32Const(OpBuilder &b, Location loc, float v);
+
+/// `for i = lane; i < n; i += kWorkgroupSize`: a workgroup's invocations
+/// sharing a row.
+void forLanes(OpBuilder &b, Location loc, Value lane, int64_t n,
+              function_ref<void(OpBuilder &, Value)> fn);
+
+/// Memory shared by a workgroup (a memref.alloc in it: the form every GPU
+/// lowering of MLIR turns into workgroup variables). Address space 3 is
+/// workgroup memory in SPIR-V's Vulkan mapping, NVVM and ROCDL alike.
+Value allocWorkgroup(OpBuilder &b, Location loc, int64_t n, Type element);
+
+/// forLanes up to a run-time bound.
+void forLanes(OpBuilder &b, Location loc, Value lane, Value n,
+              function_ref<void(OpBuilder &, Value)> fn);
+
+/// `for i = unit * kWorkgroupSize + lane; i < n; i += groups *
+/// kWorkgroupSize`: `groups` workgroups sharing a flat range.
+void forGrid(OpBuilder &b, Location loc, const KernelArgs &a, int64_t groups,
+             int64_t n, function_ref<void(OpBuilder &, Value)> fn);
+
+/// Workgroups for forGrid over n elements: one element per invocation, at
+/// most 4096 workgroups (within every device's 65535 limit).
+int64_t gridGroups(int64_t n);
+
+/// Folds `fn` over i in [lo, hi) in order, from `init`; `init` when the
+/// range is empty (guarded: see stridedFold).
+Value foldRange(OpBuilder &b, Location loc, Value lo, Value hi, Value init,
+                function_ref<Value(OpBuilder &, Location, Value, Value)> fn);
+
+/// A flat buffer of n elements.
+MemRefType flatOf(int64_t n, Type element);
+
+/// Folds `fn` over i = lane, lane + kWorkgroupSize, ... < n from `init`.
+/// An invocation with no element takes `init` from a branch: MLIR's SPIR-V
+/// conversion reads an scf.for's result from a variable only its body
+/// stores, so a loop that runs zero times would give an undefined value
+/// (lavapipe happens to read 0, NVIDIA reads garbage).
+Value stridedFold(OpBuilder &b, Location loc, Value lane, Value n, Value init,
+                  function_ref<Value(OpBuilder &, Location, Value, Value)> fn);
+
+MemRefType rowsOf(int64_t tm, int64_t d, Type element);
+
+/// Float weights on the GPU: f32 as they are; bf16 as 32-bit words holding
+/// two values each (no 16-bit storage needed: every Vulkan device reads it).
+Type weightBuffer(ShapedType t);
+
+/// Element `flat` of a weight buffer of weightBuffer(t), as f32 (bf16: the
+/// high half of an f32 word, exactly).
+Value loadWeight(OpBuilder &b, Location loc, Value buffer, Type element,
+                 ValueRange indices, Value flat);
+
+Value i32Const(OpBuilder &b, Location loc, int32_t v);
+
+Value toIndex(OpBuilder &b, Location loc, Value v);
+
+/// Scratch for workgroupReduce: one slot per invocation and the result.
+Value reduceScratch(OpBuilder &b, Location loc);
+
+/// Combines one value per invocation over the workgroup in a fixed order
+/// (invocation 0 folds the kWorkgroupSize values in lane order, so results
+/// do not depend on scheduling); every invocation gets the result.
+Value workgroupReduce(OpBuilder &b, Location loc, Value scratch, Value lane,
+                      Value v,
+                      function_ref<Value(OpBuilder &, Location, Value, Value)>
+                          combine);
+
+Value addF(OpBuilder &b, Location loc, Value x, Value y);
+
+Value maxF(OpBuilder &b, Location loc, Value x, Value y);
+
+/// `fn(b)` only in invocations where `cond` holds.
+void when(OpBuilder &b, Location loc, Value cond,
+          function_ref<void(OpBuilder &, Location)> fn);
+
+/// sin(x) and cos(x) in f32 for |x| < 8192, the same on every GPU: Cody-Waite
+/// reduction by pi/2 (Cephes' three-part constant; j * DP1 is exact) and
+/// Cephes' minimax polynomials on [-pi/4, pi/4] (about 1 ulp). GPUs' own
+/// sin/cos lose accuracy fast outside [-pi, pi], and RoPE angles reach
+/// thousands of radians.
+std::pair<Value, Value> sinCos(OpBuilder &b, Location loc, Value x);
+
+/// exp(x) in f32 as the CPU kernels compute it (tlc_expf of
+/// targets/llvm-cpu/kernels/mathf.h: 2^n times a Cephes polynomial, ~2
+/// ulp, x clamped to [-87, 88]). GPUs' own exp is looser (Vulkan allows
+/// 3 + 2|x| ulp; lavapipe's is ~1e-6 relative), enough to flip an int8
+/// activation rounding downstream.
+Value expF(OpBuilder &b, Location loc, Value x);
+
+/// log(x) in f32 for normal x > 0 (Cephes' logf, ~1 ulp).
+Value logF(OpBuilder &b, Location loc, Value x);
+
+/// table[i] for an index i < table.size(), from constants (a select chain:
+/// SPIR-V has no constant arrays that memref can index).
+Value constantAt(OpBuilder &b, Location loc, ArrayRef<float> table, Value i);
+
+/// Sign-extended byte `i` (0..3) of a 32-bit word.
+Value byteOf(OpBuilder &b, Location loc, Value word, int i);
+
+/// Builds `spec`'s kernel on first use and dispatches it at `b` on
+/// `operands` (buffers read, or updated in place) with `results`.
+using Dispatcher = std::function<tlora::DispatchOp(
+    OpBuilder &b, const KernelSpec &spec, ValueRange operands,
+    TypeRange results)>;
+
+/// Whether `op` is a training op: a backward, loss or optimizer op.
+bool isTrainingOp(Operation *op);
+
+/// Replaces training op `op` (of a function of at most `tm` tokens per
+/// call) by dispatches of its kernels, or emits an error naming it.
+LogicalResult formTrainingDispatches(Operation *op, int64_t tm,
+                                     const Dispatcher &dispatch);
+
+} // namespace tlc::gpu
+
+#endif // TLC_TARGETS_GPU_KERNELBUILDER_H

@@ -1,0 +1,1095 @@
+// The GPU kernels of LoRA training: the backward ops, the fused cross
+// entropy, the mean loss and the optimizer (the contracts of the CPU's
+// targets/llvm-cpu/kernels/train.h, built as gpu.func kernels).
+//
+// No atomics: every sum runs in a fixed order (a lane's strided elements,
+// then workgroupReduce in lane order, or one invocation's loop), so a step
+// gives the same bits on every call and a resumed run matches an
+// uninterrupted one. Ops whose sums cross tokens take two kernels (LoRA
+// weights, attention's keys and values).
+#include "targets/gpu/KernelBuilder.h"
+
+#include "dialects/tlora/Transforms/Passes.h"
+#include "llvm/ADT/StringExtras.h"
+#include "llvm/Support/FormatVariadic.h"
+
+#include <limits>
+
+using namespace mlir;
+using namespace mlir::tlora;
+
+namespace tlc::gpu {
+namespace {
+
+/// Terse arithmetic for kernel bodies (f32 unless named i...).
+struct E {
+  OpBuilder &b;
+  Location loc;
+  Value c(int64_t v) { return indexConst(b, loc, v); }
+  Value f(float v) { return f32Const(b, loc, v); }
+  Value add(Value x, Value y) { return arith::AddFOp::create(b, loc, x, y); }
+  Value sub(Value x, Value y) { return arith::SubFOp::create(b, loc, x, y); }
+  Value mul(Value x, Value y) { return arith::MulFOp::create(b, loc, x, y); }
+  Value div(Value x, Value y) { return arith::DivFOp::create(b, loc, x, y); }
+  Value max(Value x, Value y) { return arith::MaximumFOp::create(b, loc, x, y); }
+  Value min(Value x, Value y) { return arith::MinimumFOp::create(b, loc, x, y); }
+  /// x * y + acc, rounded once.
+  Value fma(Value x, Value y, Value acc) {
+    return math::FmaOp::create(b, loc, x, y, acc);
+  }
+  Value exp(Value x) { return expF(b, loc, x); }
+  Value log(Value x) { return logF(b, loc, x); }
+  Value sqrt(Value x) { return math::SqrtOp::create(b, loc, x); }
+  Value iadd(Value x, Value y) { return arith::AddIOp::create(b, loc, x, y); }
+  Value isub(Value x, Value y) { return arith::SubIOp::create(b, loc, x, y); }
+  Value imul(Value x, Value y) { return arith::MulIOp::create(b, loc, x, y); }
+  Value idiv(Value x, Value y) { return arith::DivUIOp::create(b, loc, x, y); }
+  Value irem(Value x, Value y) { return arith::RemUIOp::create(b, loc, x, y); }
+  Value ult(Value x, Value y) {
+    return arith::CmpIOp::create(b, loc, arith::CmpIPredicate::ult, x, y);
+  }
+  Value ieq(Value x, Value y) {
+    return arith::CmpIOp::create(b, loc, arith::CmpIPredicate::eq, x, y);
+  }
+  Value fgt(Value x, Value y) {
+    return arith::CmpFOp::create(b, loc, arith::CmpFPredicate::OGT, x, y);
+  }
+  Value feq(Value x, Value y) {
+    return arith::CmpFOp::create(b, loc, arith::CmpFPredicate::OEQ, x, y);
+  }
+  Value sel(Value c, Value x, Value y) {
+    return arith::SelectOp::create(b, loc, c, x, y);
+  }
+  Value ld(Value buffer, ValueRange at) {
+    return memref::LoadOp::create(b, loc, buffer, at);
+  }
+  void st(Value v, Value buffer, ValueRange at) {
+    memref::StoreOp::create(b, loc, v, buffer, at);
+  }
+  /// labels[t] >= 0 (an i32 label).
+  Value valid(Value label) {
+    return arith::CmpIOp::create(b, loc, arith::CmpIPredicate::sge, label,
+                                 i32Const(b, loc, 0));
+  }
+  /// Word i of a buffer of f32 words, read as i32.
+  Value bitsAt(Value buffer, int64_t i) {
+    return arith::BitcastOp::create(b, loc, b.getI32Type(), ld(buffer, c(i)));
+  }
+};
+
+/// A kernel body's builder and location as an E.
+#define TLC_E(b, loc) E e{b, loc}
+
+Type f32Of(MLIRContext *ctx) { return Float32Type::get(ctx); }
+Type i32Of(MLIRContext *ctx) { return IntegerType::get(ctx, 32); }
+std::string hexOf(float v) {
+  return llvm::utohexstr(llvm::bit_cast<uint32_t>(v));
+}
+const char *suffixOf(Type et) { return et.isBF16() ? "bf16" : "f32"; }
+
+/// a . b over d in [0, n) for rows at (ra, aBase) and (rb, bBase).
+Value dotRows(OpBuilder &b, Location loc, Value x, Value rx, Value xBase,
+              Value y, Value ry, Value yBase, int64_t n) {
+  TLC_E(b, loc);
+  return foldRange(b, loc, e.c(0), e.c(n), e.f(0),
+                   [&](OpBuilder &b, Location loc, Value d, Value acc) {
+                     TLC_E(b, loc);
+                     return e.fma(e.ld(x, {rx, e.iadd(xBase, d)}), e.ld(y, {ry, e.iadd(yBase, d)}), acc);
+                   });
+}
+
+/// x . y as an unevaluated sum hi + lo, nearly as exact as in double:
+/// Ogita-Rump-Oishi Dot2 (products split by fma, sums by TwoSum).
+std::pair<Value, Value> dotRowsExact(OpBuilder &b, Location loc, Value x,
+                                     Value rx, Value xBase, Value y, Value ry,
+                                     Value yBase, int64_t n) {
+  TLC_E(b, loc);
+  auto loop = scf::ForOp::create(
+      b, loc, e.c(0), e.c(n), e.c(1), ValueRange{e.f(0), e.f(0)},
+      [&](OpBuilder &b, Location loc, Value d, ValueRange acc) {
+        TLC_E(b, loc);
+        Value xv = e.ld(x, {rx, e.iadd(xBase, d)});
+        Value yv = e.ld(y, {ry, e.iadd(yBase, d)});
+        Value p = e.mul(xv, yv);
+        Value pErr = e.fma(xv, yv, arith::NegFOp::create(b, loc, p));
+        Value sum = e.add(acc[0], p);
+        Value z = e.sub(sum, acc[0]);
+        Value sErr = e.add(e.sub(acc[0], e.sub(sum, z)), e.sub(p, z));
+        scf::YieldOp::create(
+            b, loc, ValueRange{sum, e.add(acc[1], e.add(sErr, pErr))});
+      });
+  Value s = loop.getResult(0), c = loop.getResult(1);
+  Value hi = e.add(s, c);
+  return {hi, e.sub(c, e.sub(hi, s))};
+}
+
+/// The fields of tlc_train_hyper_t (runtime/include/tlc/train_abi.h) as
+/// f32 word indices.
+enum Hyper : int64_t {
+  kLr = 0, kBeta1, kBeta2, kEps, kWeightDecay, kMaxGradNorm, kLossScale,
+  kStepSize, kBiasCorrection2Sqrt, kApply, kGradNorm, kHyperWords = 16
+};
+
+//===----------------------------------------------------------------------===//
+// Kernels
+//===----------------------------------------------------------------------===//
+
+/// dx = r w dy - x r^3 sum(w dy x) / D, r = 1/sqrt(mean(x^2) + eps); one
+/// token per workgroup.
+KernelSpec rmsNormGradKernel(RMSNormGradOp op, int64_t tm) {
+  int64_t D = dim(op.getInput(), 1);
+  auto wt = cast<ShapedType>(op.getWeight().getType());
+  Type et = wt.getElementType(), f32 = f32Of(op.getContext());
+  float eps = op.getEpsilon().convertToFloat();
+  KernelSpec k;
+  k.name = llvm::formatv("rms_norm_grad_d{0}_{1}_eps{2}", D, suffixOf(et),
+                         hexOf(eps));
+  k.buffers = {rowsOf(tm, D, f32), weightBuffer(wt), rowsOf(tm, D, f32),
+               rowsOf(tm, D, f32)};
+  k.body = [=](OpBuilder &b, Location loc, const KernelArgs &a) {
+    TLC_E(b, loc);
+    Value x = a.buffers[0], w = a.buffers[1], dy = a.buffers[2],
+          dx = a.buffers[3];
+    auto wdy = [&](OpBuilder &b, Location loc, Value d) {
+      TLC_E(b, loc);
+      return e.mul(loadWeight(b, loc, w, et, {d}, d), e.ld(dy, {a.unit, d}));
+    };
+    Value scratch = reduceScratch(b, loc);
+    Value ss = stridedFold(b, loc, a.lane, e.c(D), e.f(0),
+                           [&](OpBuilder &b, Location loc, Value d, Value acc) {
+                             TLC_E(b, loc);
+                             Value v = e.ld(x, {a.unit, d});
+                             return e.fma(v, v, acc);
+                           });
+    Value sd = stridedFold(b, loc, a.lane, e.c(D), e.f(0),
+                           [&](OpBuilder &b, Location loc, Value d, Value acc) {
+                             TLC_E(b, loc);
+                             return e.fma(wdy(b, loc, d), e.ld(x, {a.unit, d}), acc);
+                           });
+    Value sumSq = workgroupReduce(b, loc, scratch, a.lane, ss, addF);
+    Value sumWdyX = workgroupReduce(b, loc, scratch, a.lane, sd, addF);
+    Value r = e.div(e.f(1), e.sqrt(e.add(e.div(sumSq, e.f((float)D)),
+                                         e.f(eps))));
+    Value c = e.div(e.mul(e.mul(e.mul(r, r), r), sumWdyX), e.f((float)D));
+    forLanes(b, loc, a.lane, D, [&](OpBuilder &b, Value d) {
+      TLC_E(b, loc);
+      e.st(e.sub(e.mul(r, wdy(b, loc, d)), e.mul(e.ld(x, {a.unit, d}), c)),
+           dx, {a.unit, d});
+    });
+  };
+  return k;
+}
+
+/// dx[t, k] = gamma * sum_n dy[t, n] W[n, k] on the t2-rows codes, n
+/// ascending; one invocation per (t, k), workgroups over 64 columns.
+KernelSpec ternaryMatmulTransposedKernel(int64_t N, int64_t K, int64_t tm,
+                                         MLIRContext *ctx) {
+  KernelSpec k;
+  k.name = llvm::formatv("ternary_matmul_t_n{0}_k{1}", N, K);
+  k.buffers = {rowsOf(tm, N, f32Of(ctx)), flatOf(16 + N * K / 16, i32Of(ctx)),
+               rowsOf(tm, K, f32Of(ctx))};
+  int64_t blocks = (K + kWorkgroupSize - 1) / kWorkgroupSize;
+  k.tokensFactor = blocks;
+  k.body = [=](OpBuilder &b, Location loc, const KernelArgs &a) {
+    TLC_E(b, loc);
+    Value dy = a.buffers[0], w = a.buffers[1], dx = a.buffers[2];
+    Value t = e.idiv(a.unit, e.c(blocks));
+    Value col = e.iadd(e.imul(e.irem(a.unit, e.c(blocks)), e.c(kWorkgroupSize)),
+                       a.lane);
+    when(b, loc, e.ult(col, e.c(K)), [&](OpBuilder &b, Location loc) {
+      TLC_E(b, loc);
+      Value word = e.iadd(e.c(16), e.idiv(col, e.c(16)));
+      Value shift = arith::MulIOp::create(
+          b, loc,
+          arith::IndexCastOp::create(b, loc, b.getI32Type(),
+                                     e.irem(col, e.c(16))),
+          i32Const(b, loc, 2));
+      Value sum = foldRange(
+          b, loc, e.c(0), e.c(N), e.f(0),
+          [&](OpBuilder &b, Location loc, Value n, Value acc) {
+            TLC_E(b, loc);
+            Value codes = e.ld(w, e.iadd(word, e.imul(n, e.c(K / 16))));
+            Value code = arith::AndIOp::create(
+                b, loc, arith::ShRUIOp::create(b, loc, codes, shift),
+                i32Const(b, loc, 3));
+            Value g = e.ld(dy, {t, n});
+            Value v = e.sel(
+                arith::CmpIOp::create(b, loc, arith::CmpIPredicate::eq, code,
+                                      i32Const(b, loc, 2)),
+                g,
+                e.sel(arith::CmpIOp::create(b, loc, arith::CmpIPredicate::eq,
+                                            code, i32Const(b, loc, 0)),
+                      arith::NegFOp::create(b, loc, g), e.f(0)));
+            return e.add(acc, v);
+          });
+      Value gamma = arith::BitcastOp::create(b, loc, b.getF32Type(),
+                                             e.ld(w, e.c(0)));
+      e.st(e.mul(sum, gamma), dx, {t, col});
+    });
+  };
+  return k;
+}
+
+/// LoRA backward, per token (one workgroup each): u = x A^T and
+/// du = scale dy B into ud[t] = [u, du], and dx = du A.
+KernelSpec loraGradRowsKernel(int64_t R, int64_t K, int64_t N, float scale,
+                              int64_t tm, MLIRContext *ctx) {
+  Type f32 = f32Of(ctx);
+  KernelSpec k;
+  k.name = llvm::formatv("lora_grad_rows_r{0}_k{1}_n{2}_s{3}", R, K, N,
+                         hexOf(scale));
+  k.buffers = {rowsOf(tm, K, f32), flatOf(R * K, f32), flatOf(N * R, f32),
+               rowsOf(tm, N, f32), rowsOf(tm, 2 * R, f32), rowsOf(tm, K, f32)};
+  k.body = [=](OpBuilder &b, Location loc, const KernelArgs &a) {
+    TLC_E(b, loc);
+    Value x = a.buffers[0], A = a.buffers[1], B = a.buffers[2],
+          dy = a.buffers[3], ud = a.buffers[4], dx = a.buffers[5];
+    Value scratch = reduceScratch(b, loc);
+    SmallVector<Value> u, du;
+    for (int64_t r = 0; r < R; ++r) {
+      Value pu = stridedFold(
+          b, loc, a.lane, e.c(K), e.f(0),
+          [&](OpBuilder &b, Location loc, Value kk, Value acc) {
+            TLC_E(b, loc);
+            return e.fma(e.ld(x, {a.unit, kk}), e.ld(A, e.iadd(e.c(r * K), kk)), acc);
+          });
+      u.push_back(workgroupReduce(b, loc, scratch, a.lane, pu, addF));
+      Value pd = stridedFold(
+          b, loc, a.lane, e.c(N), e.f(0),
+          [&](OpBuilder &b, Location loc, Value n, Value acc) {
+            TLC_E(b, loc);
+            return e.fma(e.ld(dy, {a.unit, n}), e.ld(B, e.iadd(e.imul(n, e.c(R)),
+                                                   e.c(r))), acc);
+          });
+      du.push_back(
+          e.mul(workgroupReduce(b, loc, scratch, a.lane, pd, addF),
+                e.f(scale)));
+    }
+    when(b, loc, e.ieq(a.lane, e.c(0)), [&](OpBuilder &b, Location loc) {
+      TLC_E(b, loc);
+      for (int64_t r = 0; r < R; ++r) {
+        e.st(u[r], ud, {a.unit, e.c(r)});
+        e.st(du[r], ud, {a.unit, e.c(R + r)});
+      }
+    });
+    forLanes(b, loc, a.lane, K, [&](OpBuilder &b, Value kk) {
+      TLC_E(b, loc);
+      Value s = e.f(0);
+      for (int64_t r = 0; r < R; ++r)
+        s = e.add(s, e.mul(du[r], e.ld(A, e.iadd(e.c(r * K), kk))));
+      e.st(s, dx, {a.unit, kk});
+    });
+  };
+  return k;
+}
+
+/// LoRA weight gradients over all tokens (t ascending): workgroups
+/// [0, ceil(K/64)) give 64 columns k of dA[r][k] = sum_t du[t][r] x[t][k],
+/// the next ceil(N/64) 64 rows n of dB[n][r] = scale sum_t dy[t][n] u[t][r].
+KernelSpec loraGradWeightsKernel(int64_t R, int64_t K, int64_t N, float scale,
+                                 int64_t tm, MLIRContext *ctx) {
+  Type f32 = f32Of(ctx);
+  KernelSpec k;
+  k.name = llvm::formatv("lora_grad_weights_r{0}_k{1}_n{2}_s{3}", R, K, N,
+                         hexOf(scale));
+  k.buffers = {rowsOf(tm, K, f32), rowsOf(tm, N, f32), rowsOf(tm, 2 * R, f32),
+               flatOf(R * K, f32), flatOf(N * R, f32)};
+  int64_t unitsA = (K + kWorkgroupSize - 1) / kWorkgroupSize;
+  k.tokensFactor = 0;
+  k.constant = unitsA + (N + kWorkgroupSize - 1) / kWorkgroupSize;
+  k.body = [=](OpBuilder &b, Location loc, const KernelArgs &a) {
+    TLC_E(b, loc);
+    Value x = a.buffers[0], dy = a.buffers[1], ud = a.buffers[2],
+          dA = a.buffers[3], dB = a.buffers[4];
+    // Per r: the sum over tokens of ud[t][udCol] * other[t][at].
+    auto overTokens = [&](OpBuilder &b, Location loc, Value other, Value at,
+                          Value udCol) {
+      TLC_E(b, loc);
+      return foldRange(b, loc, e.c(0), a.T, e.f(0),
+                       [&](OpBuilder &b, Location loc, Value t, Value acc) {
+                         TLC_E(b, loc);
+                         return e.fma(e.ld(ud, {t, udCol}), e.ld(other, {t, at}), acc);
+                       });
+    };
+    auto forR = [&](OpBuilder &b, Location loc,
+                    function_ref<void(OpBuilder &, Location, Value)> fn) {
+      scf::ForOp::create(b, loc, indexConst(b, loc, 0), indexConst(b, loc, R),
+                         indexConst(b, loc, 1), ValueRange{},
+                         [&](OpBuilder &b, Location loc, Value r, ValueRange) {
+                           fn(b, loc, r);
+                           scf::YieldOp::create(b, loc);
+                         });
+    };
+    scf::IfOp::create(
+        b, loc, e.ult(a.unit, e.c(unitsA)),
+        [&](OpBuilder &b, Location loc) {
+          TLC_E(b, loc);
+          Value col = e.iadd(e.imul(a.unit, e.c(kWorkgroupSize)), a.lane);
+          when(b, loc, e.ult(col, e.c(K)), [&](OpBuilder &b, Location loc) {
+            forR(b, loc, [&](OpBuilder &b, Location loc, Value r) {
+              TLC_E(b, loc);
+              Value s = overTokens(b, loc, x, col, e.iadd(e.c(R), r));
+              e.st(s, dA, e.iadd(e.imul(r, e.c(K)), col));
+            });
+          });
+          scf::YieldOp::create(b, loc);
+        },
+        [&](OpBuilder &b, Location loc) {
+          TLC_E(b, loc);
+          Value n = e.iadd(
+              e.imul(e.isub(a.unit, e.c(unitsA)), e.c(kWorkgroupSize)),
+              a.lane);
+          when(b, loc, e.ult(n, e.c(N)), [&](OpBuilder &b, Location loc) {
+            forR(b, loc, [&](OpBuilder &b, Location loc, Value r) {
+              TLC_E(b, loc);
+              Value s = overTokens(b, loc, dy, n, r);
+              e.st(e.mul(s, e.f(scale)), dB, e.iadd(e.imul(n, e.c(R)), r));
+            });
+          });
+          scf::YieldOp::create(b, loc);
+        });
+  };
+  return k;
+}
+
+/// Forward m = relu(g)^2 u: dg = dm u 2 relu(g), du = dm relu(g)^2.
+KernelSpec squaredReluMulGradKernel(int64_t D, int64_t tm, MLIRContext *ctx) {
+  KernelSpec k;
+  k.name = llvm::formatv("squared_relu_mul_grad_d{0}", D);
+  Type rows = rowsOf(tm, D, f32Of(ctx));
+  k.buffers = {rows, rows, rows, rows, rows};
+  k.body = [=](OpBuilder &b, Location loc, const KernelArgs &a) {
+    forLanes(b, loc, a.lane, D, [&](OpBuilder &b, Value d) {
+      TLC_E(b, loc);
+      Value r = e.max(e.ld(a.buffers[0], {a.unit, d}), e.f(0));
+      Value dm = e.ld(a.buffers[2], {a.unit, d});
+      e.st(e.mul(e.mul(dm, e.ld(a.buffers[1], {a.unit, d})), e.mul(e.f(2), r)),
+           a.buffers[3], {a.unit, d});
+      e.st(e.mul(dm, e.mul(r, r)), a.buffers[4], {a.unit, d});
+    });
+  };
+  return k;
+}
+
+/// Shapes of causal attention over packed sequences of S tokens.
+struct AttentionShape {
+  int64_t H, KVH, HD, S;
+  float scale;
+  int64_t DQ() const { return H * HD; }
+  int64_t DKV() const { return KVH * HD; }
+  std::string key() const {
+    return llvm::formatv("s{0}_h{1}_kv{2}_hd{3}_sc{4}", S, H, KVH, HD,
+                         hexOf(scale));
+  }
+};
+
+/// Vulkan guarantees 16 KiB of workgroup memory: `arrays` arrays of S
+/// floats and the reduction scratch must fit.
+LogicalResult checkWorkgroupMemory(Operation *op, int64_t S, int arrays) {
+  int64_t most = (16384 / 4 - kWorkgroupSize - 1) / arrays;
+  if (S <= most)
+    return success();
+  return op->emitOpError("the GPU kernel keeps ")
+         << arrays << " row(s) of scores in 16 KiB of workgroup memory: "
+         << "seq_len at most " << most << ", got " << S;
+}
+
+/// Forward with lse, workgroup (token t, head h): keys of t's sequence up
+/// to t; eager softmax (scale, minus max, exp, / sum) as the CPU kernel;
+/// lse[t][h] = max + log(sum).
+KernelSpec causalAttentionKernel(const AttentionShape &s, int64_t tm,
+                                 MLIRContext *ctx) {
+  Type f32 = f32Of(ctx);
+  KernelSpec k;
+  k.name = "causal_attention_" + s.key();
+  k.buffers = {rowsOf(tm, s.DQ(), f32), rowsOf(tm, s.DKV(), f32),
+               rowsOf(tm, s.DKV(), f32), rowsOf(tm, s.DQ(), f32),
+               rowsOf(tm, s.H, f32)};
+  k.tokensFactor = s.H;
+  k.body = [=](OpBuilder &b, Location loc, const KernelArgs &a) {
+    TLC_E(b, loc);
+    Value q = a.buffers[0], kb = a.buffers[1], vb = a.buffers[2],
+          o = a.buffers[3], lse = a.buffers[4];
+    Value t = e.idiv(a.unit, e.c(s.H)), h = e.irem(a.unit, e.c(s.H));
+    Value qBase = e.imul(h, e.c(s.HD));
+    Value kBase = e.imul(e.idiv(h, e.c(s.H / s.KVH)), e.c(s.HD));
+    Value j0 = e.imul(e.idiv(t, e.c(s.S)), e.c(s.S));
+    Value len = e.iadd(e.isub(t, j0), e.c(1));
+    Value scores = allocWorkgroup(b, loc, s.S, b.getF32Type());
+    Value scratch = reduceScratch(b, loc);
+    Value ninf = e.f(-std::numeric_limits<float>::infinity());
+    // Scores as hi + lo (dotRowsExact): softmax weights of near-equal top
+    // scores in the hundreds would otherwise carry the f32 rounding of the
+    // scores (1e-5 relative), enough to flip int8 activation roundings
+    // downstream.
+    Value scoresLo = allocWorkgroup(b, loc, s.S, b.getF32Type());
+    Value localMax = stridedFold(
+        b, loc, a.lane, len, ninf,
+        [&](OpBuilder &b, Location loc, Value j, Value m) {
+          TLC_E(b, loc);
+          auto [hi, lo] = dotRowsExact(b, loc, q, t, qBase, kb, e.iadd(j0, j),
+                                       kBase, s.HD);
+          Value sc = e.mul(hi, e.f(s.scale));
+          e.st(sc, scores, j);
+          e.st(e.mul(lo, e.f(s.scale)), scoresLo, j);
+          return e.max(m, sc);
+        });
+    Value m = workgroupReduce(b, loc, scratch, a.lane, localMax, maxF);
+    Value localSum = stridedFold(
+        b, loc, a.lane, len, e.f(0),
+        [&](OpBuilder &b, Location loc, Value j, Value acc) {
+          TLC_E(b, loc);
+          Value x = e.exp(e.add(e.sub(e.ld(scores, j), m), e.ld(scoresLo, j)));
+          e.st(x, scores, j);
+          return e.add(acc, x);
+        });
+    Value sum = workgroupReduce(b, loc, scratch, a.lane, localSum, addF);
+    forLanes(b, loc, a.lane, s.HD, [&](OpBuilder &b, Value d) {
+      TLC_E(b, loc);
+      Value col = e.iadd(kBase, d);
+      Value acc = foldRange(
+          b, loc, e.c(0), len, e.f(0),
+          [&](OpBuilder &b, Location loc, Value j, Value acc) {
+            TLC_E(b, loc);
+            return e.fma(e.ld(scores, j), e.ld(vb, {e.iadd(j0, j), col}), acc);
+          });
+      e.st(e.div(acc, sum), o, {t, e.iadd(qBase, d)});
+    });
+    when(b, loc, e.ieq(a.lane, e.c(0)), [&](OpBuilder &b, Location loc) {
+      TLC_E(b, loc);
+      e.st(e.add(m, e.log(sum)), lse, {t, h});
+    });
+  };
+  return k;
+}
+
+/// Backward, query side: workgroup (query i, head h); with
+/// p_j = exp(scale q_i.k_j - lse_i), D_i = dout_i.o_i and
+/// ds_j = p_j (dout_i.v_j - D_i): dq_i = scale sum_j ds_j k_j (j ascending).
+KernelSpec causalAttentionGradQKernel(const AttentionShape &s, int64_t tm,
+                                      MLIRContext *ctx) {
+  Type f32 = f32Of(ctx);
+  Type qRows = rowsOf(tm, s.DQ(), f32), kvRows = rowsOf(tm, s.DKV(), f32);
+  KernelSpec k;
+  k.name = "causal_attention_grad_q_" + s.key();
+  k.buffers = {qRows, kvRows, kvRows, qRows, rowsOf(tm, s.H, f32), qRows,
+               qRows};
+  k.tokensFactor = s.H;
+  k.body = [=](OpBuilder &b, Location loc, const KernelArgs &a) {
+    TLC_E(b, loc);
+    Value q = a.buffers[0], kb = a.buffers[1], vb = a.buffers[2],
+          o = a.buffers[3], lse = a.buffers[4], dout = a.buffers[5],
+          dq = a.buffers[6];
+    Value t = e.idiv(a.unit, e.c(s.H)), h = e.irem(a.unit, e.c(s.H));
+    Value qBase = e.imul(h, e.c(s.HD));
+    Value kBase = e.imul(e.idiv(h, e.c(s.H / s.KVH)), e.c(s.HD));
+    Value j0 = e.imul(e.idiv(t, e.c(s.S)), e.c(s.S));
+    Value len = e.iadd(e.isub(t, j0), e.c(1));
+    Value ds = allocWorkgroup(b, loc, s.S, b.getF32Type());
+    Value scratch = reduceScratch(b, loc);
+    Value partial = stridedFold(
+        b, loc, a.lane, e.c(s.HD), e.f(0),
+        [&](OpBuilder &b, Location loc, Value d, Value acc) {
+          TLC_E(b, loc);
+          Value at = e.iadd(qBase, d);
+          return e.fma(e.ld(dout, {t, at}), e.ld(o, {t, at}), acc);
+        });
+    Value Di = workgroupReduce(b, loc, scratch, a.lane, partial, addF);
+    Value l = e.ld(lse, {t, h});
+    forLanes(b, loc, a.lane, len, [&](OpBuilder &b, Value j) {
+      TLC_E(b, loc);
+      Value key = e.iadd(j0, j);
+      Value p = e.exp(e.sub(
+          e.mul(dotRows(b, loc, q, t, qBase, kb, key, kBase, s.HD),
+                e.f(s.scale)),
+          l));
+      Value dp = dotRows(b, loc, dout, t, qBase, vb, key, kBase, s.HD);
+      e.st(e.mul(p, e.sub(dp, Di)), ds, j);
+    });
+    mlir::gpu::BarrierOp::create(b, loc);
+    forLanes(b, loc, a.lane, s.HD, [&](OpBuilder &b, Value d) {
+      TLC_E(b, loc);
+      Value col = e.iadd(kBase, d);
+      Value acc = foldRange(
+          b, loc, e.c(0), len, e.f(0),
+          [&](OpBuilder &b, Location loc, Value j, Value acc) {
+            TLC_E(b, loc);
+            return e.fma(e.ld(ds, j), e.ld(kb, {e.iadd(j0, j), col}), acc);
+          });
+      e.st(e.mul(acc, e.f(s.scale)), dq, {t, e.iadd(qBase, d)});
+    });
+  };
+  return k;
+}
+
+/// Backward, key side: workgroup (key j, kv head g); for each query head h
+/// of the group and query i in [j, end of j's sequence): p and ds as the
+/// query side computes them, then dk_j = scale sum ds q_i and
+/// dv_j = sum p dout_i (h, then i, ascending).
+KernelSpec causalAttentionGradKVKernel(const AttentionShape &s, int64_t tm,
+                                       MLIRContext *ctx) {
+  Type f32 = f32Of(ctx);
+  Type qRows = rowsOf(tm, s.DQ(), f32), kvRows = rowsOf(tm, s.DKV(), f32);
+  KernelSpec k;
+  k.name = "causal_attention_grad_kv_" + s.key();
+  k.buffers = {qRows, kvRows, kvRows, qRows, rowsOf(tm, s.H, f32), qRows,
+               kvRows, kvRows};
+  k.tokensFactor = s.KVH;
+  int64_t G = s.H / s.KVH;
+  k.body = [=](OpBuilder &b, Location loc, const KernelArgs &a) {
+    TLC_E(b, loc);
+    Value q = a.buffers[0], kb = a.buffers[1], vb = a.buffers[2],
+          o = a.buffers[3], lse = a.buffers[4], dout = a.buffers[5],
+          dk = a.buffers[6], dv = a.buffers[7];
+    Value j = e.idiv(a.unit, e.c(s.KVH)), g = e.irem(a.unit, e.c(s.KVH));
+    Value kBase = e.imul(g, e.c(s.HD));
+    Value end = e.imul(e.iadd(e.idiv(j, e.c(s.S)), e.c(1)), e.c(s.S));
+    Value count = e.isub(end, j);
+    Value p = allocWorkgroup(b, loc, s.S, b.getF32Type());
+    Value ds = allocWorkgroup(b, loc, s.S, b.getF32Type());
+    forLanes(b, loc, a.lane, s.HD, [&](OpBuilder &b, Value d) {
+      TLC_E(b, loc);
+      e.st(e.f(0), dk, {j, e.iadd(kBase, d)});
+      e.st(e.f(0), dv, {j, e.iadd(kBase, d)});
+    });
+    scf::ForOp::create(
+        b, loc, e.c(0), e.c(G), e.c(1), ValueRange{},
+        [&](OpBuilder &b, Location loc, Value hh, ValueRange) {
+          TLC_E(b, loc);
+          Value h = e.iadd(e.imul(g, e.c(G)), hh);
+          Value qBase = e.imul(h, e.c(s.HD));
+          forLanes(b, loc, a.lane, count, [&](OpBuilder &b, Value i) {
+            TLC_E(b, loc);
+            Value ti = e.iadd(j, i);
+            Value pi = e.exp(e.sub(
+                e.mul(dotRows(b, loc, q, ti, qBase, kb, j, kBase, s.HD),
+                      e.f(s.scale)),
+                e.ld(lse, {ti, h})));
+            Value Di = dotRows(b, loc, dout, ti, qBase, o, ti, qBase, s.HD);
+            Value dp = dotRows(b, loc, dout, ti, qBase, vb, j, kBase, s.HD);
+            e.st(pi, p, i);
+            e.st(e.mul(pi, e.sub(dp, Di)), ds, i);
+          });
+          mlir::gpu::BarrierOp::create(b, loc);
+          forLanes(b, loc, a.lane, s.HD, [&](OpBuilder &b, Value d) {
+            TLC_E(b, loc);
+            Value col = e.iadd(qBase, d), out = e.iadd(kBase, d);
+            auto over = [&](Value weights, Value rows) {
+              return foldRange(
+                  b, loc, e.c(0), count, e.f(0),
+                  [&](OpBuilder &b, Location loc, Value i, Value acc) {
+                    TLC_E(b, loc);
+                    return e.fma(e.ld(weights, i), e.ld(rows, {e.iadd(j, i), col}), acc);
+                  });
+            };
+            e.st(e.add(e.ld(dk, {j, out}), e.mul(over(ds, q), e.f(s.scale))),
+                 dk, {j, out});
+            e.st(e.add(e.ld(dv, {j, out}), over(p, dout)), dv, {j, out});
+          });
+          mlir::gpu::BarrierOp::create(b, loc);
+          scf::YieldOp::create(b, loc);
+        });
+  };
+  return k;
+}
+
+/// Cross entropy fused with the LM head, one token per workgroup: each
+/// invocation runs an online max / sum of exp over its strided rows v of
+/// z_v = x[t] . w[v] (k ascending) and catches the label's logit; the
+/// workgroup combines them in lane order. Ignored tokens: loss = lse = 0.
+KernelSpec crossEntropyKernel(CrossEntropyOp op, int64_t tm) {
+  auto wt = cast<ShapedType>(op.getWeight().getType());
+  int64_t V = wt.getDimSize(0), K = wt.getDimSize(1);
+  Type et = wt.getElementType();
+  MLIRContext *ctx = op.getContext();
+  KernelSpec k;
+  k.name = llvm::formatv("cross_entropy_v{0}_k{1}_{2}", V, K, suffixOf(et));
+  k.buffers = {rowsOf(tm, K, f32Of(ctx)), weightBuffer(wt),
+               flatOf(tm, i32Of(ctx)), flatOf(tm, f32Of(ctx)),
+               flatOf(tm, f32Of(ctx))};
+  k.body = [=](OpBuilder &b, Location loc, const KernelArgs &a) {
+    TLC_E(b, loc);
+    Value x = a.buffers[0], w = a.buffers[1], labels = a.buffers[2],
+          loss = a.buffers[3], lse = a.buffers[4];
+    Value scratch = reduceScratch(b, loc);
+    Value label = e.ld(labels, a.unit);
+    Value labelAt = arith::IndexCastOp::create(b, loc, b.getIndexType(), label);
+    Value ninf = e.f(-std::numeric_limits<float>::infinity());
+    Value first = e.ieq(a.lane, e.c(0));
+    scf::IfOp::create(
+        b, loc, e.valid(label),
+        [&](OpBuilder &b, Location loc) {
+          TLC_E(b, loc);
+          // Per invocation (m, s, z_label) over v = lane, lane + 64, ...
+          Value inits[] = {ninf, e.f(0), e.f(0)};
+          auto some = scf::IfOp::create(
+              b, loc, e.ult(a.lane, e.c(V)),
+              [&](OpBuilder &b, Location loc) {
+                TLC_E(b, loc);
+                auto loop = scf::ForOp::create(
+                    b, loc, a.lane, e.c(V), e.c(kWorkgroupSize),
+                    ValueRange(inits),
+                    [&](OpBuilder &b, Location loc, Value v, ValueRange acc) {
+                      TLC_E(b, loc);
+                      Value row = e.imul(v, e.c(K));
+                      Value z = foldRange(
+                          b, loc, e.c(0), e.c(K), e.f(0),
+                          [&](OpBuilder &b, Location loc, Value kk, Value s) {
+                            TLC_E(b, loc);
+                            return e.add(
+                                s, e.mul(e.ld(x, {a.unit, kk}),
+                                         loadWeight(b, loc, w, et, {v, kk},
+                                                    e.iadd(row, kk))));
+                          });
+                      Value m = e.max(acc[0], z);
+                      Value kept = e.sel(e.feq(acc[0], ninf), e.f(0),
+                                         e.mul(acc[1], e.exp(e.sub(acc[0], m))));
+                      Value sum = e.add(kept, e.exp(e.sub(z, m)));
+                      Value zl = e.sel(e.ieq(v, labelAt), z, acc[2]);
+                      scf::YieldOp::create(b, loc, ValueRange{m, sum, zl});
+                    });
+                scf::YieldOp::create(b, loc, loop.getResults());
+              },
+              [&](OpBuilder &b, Location loc) {
+                scf::YieldOp::create(b, loc, ValueRange(inits));
+              });
+          Value m = workgroupReduce(b, loc, scratch, a.lane, some.getResult(0),
+                                    maxF);
+          Value mine = e.sel(e.feq(some.getResult(0), ninf), e.f(0),
+                             e.mul(some.getResult(1),
+                                   e.exp(e.sub(some.getResult(0), m))));
+          Value sum = workgroupReduce(b, loc, scratch, a.lane, mine, addF);
+          Value zl = workgroupReduce(b, loc, scratch, a.lane, some.getResult(2),
+                                     addF);
+          when(b, loc, first, [&](OpBuilder &b, Location loc) {
+            TLC_E(b, loc);
+            Value l = e.add(m, e.log(sum));
+            e.st(l, lse, a.unit);
+            e.st(e.sub(l, zl), loss, a.unit);
+          });
+          scf::YieldOp::create(b, loc);
+        },
+        [&](OpBuilder &b, Location loc) {
+          when(b, loc, first, [&](OpBuilder &b, Location loc) {
+            TLC_E(b, loc);
+            e.st(e.f(0), lse, a.unit);
+            e.st(e.f(0), loss, a.unit);
+          });
+          scf::YieldOp::create(b, loc);
+        });
+  };
+  return k;
+}
+
+/// Its backward, one token per workgroup: dx[t] = dloss[t] sum_v
+/// (exp(z_v - lse[t]) - [v == label]) w[v], 64 rows v at a time (their
+/// factors in workgroup memory, then each invocation its columns k, v
+/// ascending); 0 for ignored tokens.
+KernelSpec crossEntropyGradKernel(CrossEntropyGradOp op, int64_t tm) {
+  auto wt = cast<ShapedType>(op.getWeight().getType());
+  int64_t V = wt.getDimSize(0), K = wt.getDimSize(1);
+  Type et = wt.getElementType();
+  MLIRContext *ctx = op.getContext();
+  KernelSpec k;
+  k.name = llvm::formatv("cross_entropy_grad_v{0}_k{1}_{2}", V, K,
+                         suffixOf(et));
+  k.buffers = {rowsOf(tm, K, f32Of(ctx)), weightBuffer(wt),
+               flatOf(tm, i32Of(ctx)), flatOf(tm, f32Of(ctx)),
+               flatOf(tm, f32Of(ctx)), rowsOf(tm, K, f32Of(ctx))};
+  int64_t chunks = (V + kWorkgroupSize - 1) / kWorkgroupSize;
+  k.body = [=](OpBuilder &b, Location loc, const KernelArgs &a) {
+    TLC_E(b, loc);
+    Value x = a.buffers[0], w = a.buffers[1], labels = a.buffers[2],
+          lse = a.buffers[3], dloss = a.buffers[4], dx = a.buffers[5];
+    Value factors = allocWorkgroup(b, loc, kWorkgroupSize, b.getF32Type());
+    Value label = e.ld(labels, a.unit);
+    Value labelAt = arith::IndexCastOp::create(b, loc, b.getIndexType(), label);
+    forLanes(b, loc, a.lane, K, [&](OpBuilder &b, Value kk) {
+      TLC_E(b, loc);
+      e.st(e.f(0), dx, {a.unit, kk});
+    });
+    when(b, loc, e.valid(label), [&](OpBuilder &b, Location loc) {
+      TLC_E(b, loc);
+      Value l = e.ld(lse, a.unit), c = e.ld(dloss, a.unit);
+      scf::ForOp::create(
+          b, loc, e.c(0), e.c(chunks), e.c(1), ValueRange{},
+          [&](OpBuilder &b, Location loc, Value chunk, ValueRange) {
+            TLC_E(b, loc);
+            Value v0 = e.imul(chunk, e.c(kWorkgroupSize));
+            Value v = e.iadd(v0, a.lane);
+            auto factor = scf::IfOp::create(
+                b, loc, e.ult(v, e.c(V)),
+                [&](OpBuilder &b, Location loc) {
+                  TLC_E(b, loc);
+                  Value row = e.imul(v, e.c(K));
+                  Value z = foldRange(
+                      b, loc, e.c(0), e.c(K), e.f(0),
+                      [&](OpBuilder &b, Location loc, Value kk, Value s) {
+                        TLC_E(b, loc);
+                        return e.add(s, e.mul(e.ld(x, {a.unit, kk}),
+                                              loadWeight(b, loc, w, et,
+                                                         {v, kk},
+                                                         e.iadd(row, kk))));
+                      });
+                  Value p = e.sub(e.exp(e.sub(z, l)),
+                                  e.sel(e.ieq(v, labelAt), e.f(1), e.f(0)));
+                  scf::YieldOp::create(b, loc, e.mul(p, c));
+                },
+                [&](OpBuilder &b, Location loc) {
+                  scf::YieldOp::create(b, loc, f32Const(b, loc, 0));
+                });
+            e.st(factor.getResult(0), factors, a.lane);
+            mlir::gpu::BarrierOp::create(b, loc);
+            Value rows = arith::MinUIOp::create(b, loc, e.c(kWorkgroupSize),
+                                                e.isub(e.c(V), v0));
+            forLanes(b, loc, a.lane, K, [&](OpBuilder &b, Value kk) {
+              TLC_E(b, loc);
+              Value acc = foldRange(
+                  b, loc, e.c(0), rows, e.ld(dx, {a.unit, kk}),
+                  [&](OpBuilder &b, Location loc, Value jj, Value acc) {
+                    TLC_E(b, loc);
+                    Value vv = e.iadd(v0, jj);
+                    return e.add(acc,
+                                 e.mul(e.ld(factors, jj),
+                                       loadWeight(b, loc, w, et, {vv, kk},
+                                                  e.iadd(e.imul(vv, e.c(K)),
+                                                         kk))));
+                  });
+              e.st(acc, dx, {a.unit, kk});
+            });
+            mlir::gpu::BarrierOp::create(b, loc);
+            scf::YieldOp::create(b, loc);
+          });
+    });
+  };
+  return k;
+}
+
+/// Per-token labels' count and (optionally) loss sum over t < T, reduced.
+Value validCount(OpBuilder &b, Location loc, const KernelArgs &a,
+                 Value scratch, Value labels) {
+  TLC_E(b, loc);
+  Value part = stridedFold(b, loc, a.lane, a.T, e.f(0),
+                           [&](OpBuilder &b, Location loc, Value t, Value acc) {
+                             TLC_E(b, loc);
+                             return e.add(acc, e.sel(e.valid(e.ld(labels, t)),
+                                                     e.f(1), e.f(0)));
+                           });
+  return workgroupReduce(b, loc, scratch, a.lane, part, addF);
+}
+
+/// out[0] = mean of loss[t] over valid t < T, or 0; one workgroup.
+KernelSpec meanLossKernel(int64_t tm, MLIRContext *ctx) {
+  KernelSpec k;
+  k.name = "mean_loss";
+  k.buffers = {flatOf(tm, f32Of(ctx)), flatOf(tm, i32Of(ctx)),
+               flatOf(1, f32Of(ctx))};
+  k.tokensFactor = 0;
+  k.constant = 1;
+  k.body = [=](OpBuilder &b, Location loc, const KernelArgs &a) {
+    TLC_E(b, loc);
+    Value loss = a.buffers[0], labels = a.buffers[1], out = a.buffers[2];
+    Value scratch = reduceScratch(b, loc);
+    Value part = stridedFold(
+        b, loc, a.lane, a.T, e.f(0),
+        [&](OpBuilder &b, Location loc, Value t, Value acc) {
+          TLC_E(b, loc);
+          return e.add(acc, e.sel(e.valid(e.ld(labels, t)), e.ld(loss, t),
+                                  e.f(0)));
+        });
+    Value sum = workgroupReduce(b, loc, scratch, a.lane, part, addF);
+    Value count = validCount(b, loc, a, scratch, labels);
+    when(b, loc, e.ieq(a.lane, e.c(0)), [&](OpBuilder &b, Location loc) {
+      TLC_E(b, loc);
+      e.st(e.sel(e.fgt(count, e.f(0)), e.div(sum, count), e.f(0)), out,
+           e.c(0));
+    });
+  };
+  return k;
+}
+
+/// dloss[t] = seed[at] / count for valid t < T, else 0; one workgroup.
+/// `seed` is a buffer of `seedWords` floats (the hyper block, when the
+/// seed is its loss_scale field: views that start inside it would break
+/// the device's binding alignment).
+KernelSpec meanLossGradKernel(int64_t tm, int64_t seedWords, int64_t at,
+                              MLIRContext *ctx) {
+  KernelSpec k;
+  k.name = llvm::formatv("mean_loss_grad_seed{0}_{1}", seedWords, at);
+  k.buffers = {flatOf(seedWords, f32Of(ctx)), flatOf(tm, i32Of(ctx)),
+               flatOf(tm, f32Of(ctx))};
+  k.tokensFactor = 0;
+  k.constant = 1;
+  k.body = [=](OpBuilder &b, Location loc, const KernelArgs &a) {
+    TLC_E(b, loc);
+    Value seed = a.buffers[0], labels = a.buffers[1], dloss = a.buffers[2];
+    Value count = validCount(b, loc, a, reduceScratch(b, loc), labels);
+    Value c = e.sel(e.fgt(count, e.f(0)), e.div(e.ld(seed, e.c(at)), count),
+                    e.f(0));
+    forLanes(b, loc, a.lane, a.T, [&](OpBuilder &b, Value t) {
+      TLC_E(b, loc);
+      e.st(e.sel(e.valid(e.ld(labels, t)), c, e.f(0)), dloss, t);
+    });
+  };
+  return k;
+}
+
+/// acc[i] += g[i] over n elements.
+KernelSpec accumulateKernel(int64_t n, MLIRContext *ctx) {
+  KernelSpec k;
+  k.name = llvm::formatv("accumulate_n{0}", n);
+  k.buffers = {flatOf(n, f32Of(ctx)), flatOf(n, f32Of(ctx))};
+  k.tokensFactor = 0;
+  k.constant = gridGroups(n);
+  int64_t groups = k.constant;
+  k.body = [=](OpBuilder &b, Location loc, const KernelArgs &a) {
+    forGrid(b, loc, a, groups, n, [&](OpBuilder &b, Value i) {
+      TLC_E(b, loc);
+      e.st(e.add(e.ld(a.buffers[1], i), e.ld(a.buffers[0], i)), a.buffers[1],
+           i);
+    });
+  };
+  return k;
+}
+
+/// `fn` only when the hyper block's `apply` is set (uniform).
+void whenApplying(OpBuilder &b, Location loc, Value hyper,
+                  function_ref<void(OpBuilder &, Location)> fn) {
+  TLC_E(b, loc);
+  Value apply = arith::CmpIOp::create(b, loc, arith::CmpIPredicate::ne,
+                                      e.bitsAt(hyper, kApply),
+                                      i32Const(b, loc, 0));
+  when(b, loc, apply, fn);
+}
+
+/// hyper.grad_norm = sqrt(sum of the P gradients squared), when applying;
+/// one workgroup.
+KernelSpec gradNormKernel(int64_t P, int64_t stateWords, MLIRContext *ctx) {
+  KernelSpec k;
+  k.name = llvm::formatv("grad_norm_p{0}", P);
+  k.buffers = {flatOf(stateWords, f32Of(ctx)), flatOf(kHyperWords, f32Of(ctx))};
+  k.tokensFactor = 0;
+  k.constant = 1;
+  k.body = [=](OpBuilder &b, Location loc, const KernelArgs &a) {
+    Value state = a.buffers[0], hyper = a.buffers[1];
+    whenApplying(b, loc, hyper, [&](OpBuilder &b, Location loc) {
+      TLC_E(b, loc);
+      Value part = stridedFold(
+          b, loc, a.lane, e.c(P), e.f(0),
+          [&](OpBuilder &b, Location loc, Value i, Value acc) {
+            TLC_E(b, loc);
+            Value g = e.ld(state, e.iadd(e.c(P), i));
+            return e.fma(g, g, acc);
+          });
+      Value sum =
+          workgroupReduce(b, loc, reduceScratch(b, loc), a.lane, part, addF);
+      when(b, loc, e.ieq(a.lane, e.c(0)), [&](OpBuilder &b, Location loc) {
+        TLC_E(b, loc);
+        e.st(e.sqrt(sum), hyper, e.c(kGradNorm));
+      });
+    });
+  };
+  return k;
+}
+
+/// torch.optim.AdamW or SGD over the training state, after clipping as
+/// torch's clip_grad_norm_; the gradients are zeroed (train.c's formulas).
+KernelSpec optimizerKernel(StringRef kind, int64_t P, int64_t stateWords,
+                           MLIRContext *ctx) {
+  KernelSpec k;
+  bool adamw = kind == "adamw";
+  k.name = llvm::formatv("{0}_p{1}", kind, P);
+  k.buffers = {flatOf(stateWords, f32Of(ctx)), flatOf(kHyperWords, f32Of(ctx))};
+  k.tokensFactor = 0;
+  k.constant = gridGroups(P);
+  int64_t groups = k.constant;
+  k.body = [=](OpBuilder &b, Location loc, const KernelArgs &a) {
+    Value state = a.buffers[0], hyper = a.buffers[1];
+    whenApplying(b, loc, hyper, [&](OpBuilder &b, Location loc) {
+      TLC_E(b, loc);
+      auto h = [&](int64_t field) { return e.ld(hyper, e.c(field)); };
+      Value maxNorm = h(kMaxGradNorm);
+      Value clip = e.sel(
+          e.fgt(maxNorm, e.f(0)),
+          e.min(e.div(maxNorm, e.add(h(kGradNorm), e.f(1e-6f))), e.f(1)),
+          e.f(1));
+      Value lr = h(kLr), wd = h(kWeightDecay);
+      Value decay = e.sub(e.f(1), e.mul(lr, wd));
+      Value beta2 = h(kBeta2), b1 = e.sub(e.f(1), h(kBeta1)),
+            b2 = e.sub(e.f(1), beta2);
+      Value bc2 = h(kBiasCorrection2Sqrt), eps = h(kEps), step = h(kStepSize);
+      forGrid(b, loc, a, groups, P, [&](OpBuilder &b, Value i) {
+        TLC_E(b, loc);
+        Value gi = e.iadd(e.c(P), i);
+        Value p = e.ld(state, i), g = e.mul(e.ld(state, gi), clip);
+        if (adamw) {
+          Value mi = e.iadd(e.c(2 * P), i), vi = e.iadd(e.c(3 * P), i);
+          Value m0 = e.ld(state, mi);
+          Value m = e.add(m0, e.mul(b1, e.sub(g, m0)));
+          Value v = e.add(e.mul(e.ld(state, vi), beta2), e.mul(e.mul(b2, g), g));
+          Value denom = e.add(e.div(e.sqrt(v), bc2), eps);
+          e.st(e.sub(e.mul(p, decay), e.mul(step, e.div(m, denom))), state, i);
+          e.st(m, state, mi);
+          e.st(v, state, vi);
+        } else {
+          Value gw = e.add(g, e.mul(wd, p));
+          e.st(e.sub(p, e.mul(lr, gw)), state, i);
+        }
+        e.st(e.f(0), state, gi);
+      });
+    });
+  };
+  return k;
+}
+
+/// The f32 adapters LoRA training needs, or an error.
+LogicalResult checkF32Adapters(Operation *op, Value a, Value b) {
+  auto isF32 = [](Value v) {
+    return cast<ShapedType>(v.getType()).getElementType().isF32();
+  };
+  if (isF32(a) && isF32(b))
+    return success();
+  return op->emitOpError("trains float32 adapters only");
+}
+
+LogicalResult checkHead(Operation *op, Value w) {
+  Type et = cast<ShapedType>(w.getType()).getElementType();
+  if (et.isF32() || et.isBF16())
+    return success();
+  return op->emitOpError("needs a bf16 or f32 LM head");
+}
+
+} // namespace
+
+bool isTrainingOp(Operation *op) {
+  return isa<RMSNormGradOp, TernaryMatmulTransposedOp, LoraGradOp,
+             SquaredReluMulGradOp, CausalAttentionOp, CausalAttentionGradOp,
+             CrossEntropyOp, CrossEntropyGradOp, MeanLossOp, MeanLossGradOp,
+             AccumulateGradOp, OptimizerStepOp>(op);
+}
+
+LogicalResult formTrainingDispatches(Operation *op, int64_t tm,
+                                     const Dispatcher &dispatch) {
+  MLIRContext *ctx = op->getContext();
+  OpBuilder b(op);
+  Location loc = op->getLoc();
+  auto replaceWith = [&](ValueRange values) {
+    op->replaceAllUsesWith(values);
+    op->erase();
+    return success();
+  };
+  // One kernel on the op's operands and results.
+  auto single = [&](const KernelSpec &spec) {
+    return replaceWith(
+        dispatch(b, spec, op->getOperands(), op->getResultTypes())
+            .getResults());
+  };
+  auto shapeOf = [&](Value query, Value key, int64_t headDim, int64_t seqLen,
+                     APFloat scale) {
+    return AttentionShape{dim(query, 1) / headDim, dim(key, 1) / headDim,
+                          headDim, seqLen, scale.convertToFloat()};
+  };
+
+  if (auto g = dyn_cast<RMSNormGradOp>(op))
+    return single(rmsNormGradKernel(g, tm));
+  if (auto m = dyn_cast<TernaryMatmulTransposedOp>(op)) {
+    auto w = m.getWeight().getType();
+    if (w.getInFeatures() % 16 != 0)
+      return op->emitOpError("the GPU ternary kernel needs in_features % 16 "
+                             "== 0, got ")
+             << w.getInFeatures();
+    return single(ternaryMatmulTransposedKernel(w.getOutFeatures(),
+                                                w.getInFeatures(), tm, ctx));
+  }
+  if (auto l = dyn_cast<LoraGradOp>(op)) {
+    if (failed(checkF32Adapters(op, l.getLoraA(), l.getLoraB())))
+      return failure();
+    int64_t R = dim(l.getLoraA(), 0), K = dim(l.getLoraA(), 1),
+            N = dim(l.getLoraB(), 0);
+    float scale = l.getScaling().convertToFloat();
+    auto ud = RankedTensorType::get({ShapedType::kDynamic, 2 * R},
+                                    b.getF32Type());
+    auto rows = dispatch(b, loraGradRowsKernel(R, K, N, scale, tm, ctx),
+                         {l.getInput(), l.getLoraA(), l.getLoraB(),
+                          l.getResultGrad()},
+                         {ud, l.getInputGrad().getType()});
+    auto weights = dispatch(
+        b, loraGradWeightsKernel(R, K, N, scale, tm, ctx),
+        {l.getInput(), l.getResultGrad(), rows.getResult(0)},
+        {l.getLoraAGrad().getType(), l.getLoraBGrad().getType()});
+    return replaceWith({rows.getResult(1), weights.getResult(0),
+                        weights.getResult(1)});
+  }
+  if (auto g = dyn_cast<SquaredReluMulGradOp>(op))
+    return single(squaredReluMulGradKernel(dim(g.getGate(), 1), tm, ctx));
+  if (auto a = dyn_cast<CausalAttentionOp>(op)) {
+    AttentionShape s = shapeOf(a.getQuery(), a.getKey(), a.getHeadDim(),
+                               a.getSeqLen(), a.getScale());
+    if (failed(checkWorkgroupMemory(op, s.S, 2)))
+      return failure();
+    return single(causalAttentionKernel(s, tm, ctx));
+  }
+  if (auto a = dyn_cast<CausalAttentionGradOp>(op)) {
+    AttentionShape s = shapeOf(a.getQuery(), a.getKey(), a.getHeadDim(),
+                               a.getSeqLen(), a.getScale());
+    if (failed(checkWorkgroupMemory(op, s.S, 2)))
+      return failure();
+    if (tm % s.S != 0)
+      return op->emitOpError("tokens per step (")
+             << tm << ") must be a multiple of seq_len " << s.S;
+    auto dq = dispatch(b, causalAttentionGradQKernel(s, tm, ctx),
+                       op->getOperands(), {a.getQueryGrad().getType()});
+    auto dkv = dispatch(b, causalAttentionGradKVKernel(s, tm, ctx),
+                        op->getOperands(),
+                        {a.getKeyGrad().getType(), a.getValueGrad().getType()});
+    return replaceWith({dq.getResult(0), dkv.getResult(0), dkv.getResult(1)});
+  }
+  if (auto c = dyn_cast<CrossEntropyOp>(op)) {
+    if (failed(checkHead(op, c.getWeight())))
+      return failure();
+    return single(crossEntropyKernel(c, tm));
+  }
+  if (auto c = dyn_cast<CrossEntropyGradOp>(op)) {
+    if (failed(checkHead(op, c.getWeight())))
+      return failure();
+    return single(crossEntropyGradKernel(c, tm));
+  }
+  if (isa<MeanLossOp>(op))
+    return single(meanLossKernel(tm, ctx));
+  if (auto g = dyn_cast<MeanLossGradOp>(op)) {
+    // The loss scale is a field of the hyper block: bind the whole block.
+    auto scaleOp = g.getResultGrad().getDefiningOp<LossScaleOp>();
+    Value seed = scaleOp ? scaleOp->getOperand(0) : g.getResultGrad();
+    KernelSpec spec = scaleOp ? meanLossGradKernel(tm, kHyperWords,
+                                                   kLossScale, ctx)
+                              : meanLossGradKernel(tm, 1, 0, ctx);
+    auto d = dispatch(b, spec, {seed, g.getLabels()}, op->getResultTypes());
+    (void)replaceWith(d.getResults());
+    if (scaleOp && scaleOp->use_empty())
+      scaleOp->erase();
+    return success();
+  }
+  if (auto a = dyn_cast<AccumulateGradOp>(op)) {
+    auto type = cast<RankedTensorType>(a.getGrad().getType());
+    Value acc = TrainableOp::create(b, loc, type, a.getNameAttr(),
+                                    b.getUnitAttr());
+    dispatch(b, accumulateKernel(type.getNumElements(), ctx),
+             {a.getGrad(), acc}, {});
+    return replaceWith({});
+  }
+  if (auto o = dyn_cast<OptimizerStepOp>(op)) {
+    int64_t total;
+    trainStateLayout(op->getParentOfType<func::FuncOp>(), &total);
+    StringRef kind = stringifyOptimizer(o.getKind());
+    int64_t words = trainStateElements(total, kind);
+    Value state = TrainStateOp::create(
+        b, loc, RankedTensorType::get({words}, b.getF32Type()));
+    dispatch(b, gradNormKernel(total, words, ctx), {state, o.getHyper()}, {});
+    dispatch(b, optimizerKernel(kind, total, words, ctx),
+             {state, o.getHyper()}, {});
+    return replaceWith({});
+  }
+  return op->emitOpError("is not a training op");
+}
+
+} // namespace tlc::gpu
