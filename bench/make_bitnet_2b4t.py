@@ -8,6 +8,9 @@ bf16 embeddings and norms, tied head, hidden 2560, intermediate 6912,
 tokenizer.json from test/data. For benchmarks only: the text is noise.
 
   python3 bench/make_bitnet_2b4t.py OUT_DIR [--layers N]
+
+--hidden/--intermediate/--heads/--kv-heads shrink the layers (tests use a
+1-layer model whose 128256-row embedding still exceeds 128 MiB).
 """
 import argparse
 import gzip
@@ -37,8 +40,12 @@ def main():
     ap.add_argument("out")
     ap.add_argument("--layers", type=int, default=30)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--hidden", type=int, default=2560)
+    ap.add_argument("--intermediate", type=int, default=6912)
+    ap.add_argument("--heads", type=int, default=20)
+    ap.add_argument("--kv-heads", type=int, default=5)
     args = ap.parse_args()
-    D, I, H, KV, V = 2560, 6912, 20, 5, 128256
+    D, I, H, KV, V = args.hidden, args.intermediate, args.heads, args.kv_heads, 128256
     hd = D // H
     rng = np.random.default_rng(args.seed)
     os.makedirs(args.out, exist_ok=True)

@@ -41,7 +41,8 @@ TLC_SAME_SPACE(Labels);
 #undef TLC_SAME_SPACE
 
 constexpr uint32_t kModuleVersion = 2;
-constexpr uint64_t kParamAlign = 64, kDataAlign = 4096;
+// Parameters start 256-aligned: every GPU's storage buffer offset alignment.
+constexpr uint64_t kParamAlign = 256, kDataAlign = 4096;
 
 static uint64_t alignUp(uint64_t v, uint64_t a) { return (v + a - 1) / a * a; }
 
@@ -166,11 +167,16 @@ buildEntryPoints(flatbuffers::FlatBufferBuilder &fbb,
         tlc::fb::Space space;
         uint64_t offset = s.getOffset();
         int index = -1;
+        bool rows = false; // a row range of a float parameter
         // The dialect's Space enum mirrors the schema's (static_asserts).
         space = (tlc::fb::Space)s.getSpace();
         if (s.getSpace() == mlir::tlora::Space::Param) {
           std::string name = s.getName().getValue().str();
           std::string key = ternaryKey(name, *target.backend);
+          if (auto r = dyn_cast_or_null<WeightRowsOp>(def)) {
+            rows = true;
+            def = r.getSource().getDefiningOp();
+          }
           if (auto w = dyn_cast_or_null<WeightOp>(def))
             key = floatKey(name, w, *target.backend);
           auto p = paramIndex.find(key);
@@ -183,8 +189,8 @@ buildEntryPoints(flatbuffers::FlatBufferBuilder &fbb,
           offset = kvOffset.lookup(s.getName().getValue());
         }
         uint64_t size = s.getSize();
-        if (space == tlc::fb::Space_Param)
-          size = params[index].size;
+        if (space == tlc::fb::Space_Param && !rows)
+          size = params[index].size; // a whole parameter, as stored
         bindings.push_back(CreateBinding(fbb, space, offset, size, index));
       }
       dispatches.push_back(CreateDispatch(fbb, it->second,

@@ -302,8 +302,7 @@ tlc_status_t verifyModule(tlc_module_t *m) {
           if (b->index() < 0 || (uint32_t)b->index() >= params->size())
             return makeStatus(TLC_STATUS_INVALID_FILE, "%s: %s dispatch %u binds parameter %d of %u", p,
                               en, d, b->index(), params->size());
-          off = 0;
-          limit = params->Get(b->index())->size();
+          limit = params->Get(b->index())->size(); // offset: a row range
           break;
         case tlc::fb::Space_Input:
           limit = 4ull * ep->max_tokens();
@@ -646,7 +645,8 @@ static tlc_status_t bindEntry(tlc_module_t *m, const SpaceBuffers &spaces,
         in(spaces.hyper);
         break;
       case tlc::fb::Space_Param:
-        r = {m->params.get(), m->def->parameters()->Get(b->index())->offset(),
+        r = {m->params.get(),
+             m->def->parameters()->Get(b->index())->offset() + b->offset(),
              b->size()};
         break;
       case tlc::fb::Space_Input:

@@ -60,25 +60,26 @@ namespace {
 //===----------------------------------------------------------------------===//
 
 /// out[t, :] = table[ids[t], :] as f32; one token per workgroup.
-KernelSpec embedKernel(EmbedOp e, int64_t tm) {
+KernelSpec embedKernel(EmbedOp e, int64_t tm, int64_t maxBinding) {
   auto table = cast<ShapedType>(e.getTable().getType());
   int64_t V = table.getDimSize(0), D = table.getDimSize(1);
   Type et = table.getElementType(), f32 = Float32Type::get(e.getContext());
   KernelSpec k;
   k.name = llvm::formatv("embed_v{0}_d{1}_{2}", V, D, et.isBF16() ? "bf16"
                                                                    : "f32");
-  k.buffers = {weightBuffer(table),
-               MemRefType::get({tm}, IntegerType::get(e.getContext(), 32)),
-               rowsOf(tm, D, f32)};
+  RowChunks chunks = rowChunks(table, maxBinding);
+  addWeightChunks(k, 0, table, chunks);
+  k.buffers.append({MemRefType::get({tm}, IntegerType::get(e.getContext(), 32)),
+                    rowsOf(tm, D, f32)});
   k.body = [=](OpBuilder &b, Location loc, const KernelArgs &a) {
+    int64_t n = chunks.count();
+    ValueRange w = a.buffers.take_front(n);
     Value id = arith::IndexCastOp::create(
         b, loc, b.getIndexType(),
-        memref::LoadOp::create(b, loc, a.buffers[1], a.unit));
-    Value row = arith::MulIOp::create(b, loc, id, indexConst(b, loc, D));
+        memref::LoadOp::create(b, loc, a.buffers[n], a.unit));
     forLanes(b, loc, a.lane, D, [&](OpBuilder &b, Value d) {
-      Value v = loadWeight(b, loc, a.buffers[0], et, {id, d},
-                           arith::AddIOp::create(b, loc, row, d));
-      memref::StoreOp::create(b, loc, v, a.buffers[2], {a.unit, d});
+      Value v = loadWeightAt(b, loc, w, chunks, et, id, d);
+      memref::StoreOp::create(b, loc, v, a.buffers[n + 1], {a.unit, d});
     });
   };
   return k;
@@ -310,17 +311,23 @@ KernelSpec ternaryMatmulKernel(int64_t N, int64_t K, int64_t tm,
 
 /// The LM head: y[r, n] = x[T - rows + r] . W[n] for r < rows (f32 sums
 /// in k order); one invocation per vocabulary row n.
-KernelSpec denseKernel(DenseOp d, int64_t tm) {
+KernelSpec denseKernel(DenseOp d, int64_t tm, int64_t maxBinding) {
   auto wt = cast<ShapedType>(d.getWeight().getType());
   int64_t N = wt.getDimSize(0), K = wt.getDimSize(1);
   Type et = wt.getElementType(), f32 = Float32Type::get(d.getContext());
   KernelSpec k;
   k.name = llvm::formatv("dense_n{0}_k{1}_{2}", N, K,
                          et.isBF16() ? "bf16" : "f32");
-  k.buffers = {rowsOf(tm, K, f32), weightBuffer(wt), rowsOf(tm, N, f32)};
+  k.buffers = {rowsOf(tm, K, f32)};
+  RowChunks chunks = rowChunks(wt, maxBinding);
+  addWeightChunks(k, 1, wt, chunks);
+  k.buffers.push_back(rowsOf(tm, N, f32));
   k.tokensFactor = 0;
   k.constant = (N + kWorkgroupSize - 1) / kWorkgroupSize;
   k.body = [=](OpBuilder &b, Location loc, const KernelArgs &a) {
+    int64_t c = chunks.count();
+    Value x = a.buffers[0], y = a.buffers[1 + c];
+    ValueRange w = a.buffers.slice(1, c);
     Value n = arith::AddIOp::create(
         b, loc,
         arith::MulIOp::create(b, loc, a.unit, indexConst(b, loc, kWorkgroupSize)),
@@ -329,7 +336,6 @@ KernelSpec denseKernel(DenseOp d, int64_t tm) {
                                           indexConst(b, loc, N));
     when(b, loc, inRange, [&](OpBuilder &b, Location loc) {
       Value first = arith::SubIOp::create(b, loc, a.T, a.rows);
-      Value row = arith::MulIOp::create(b, loc, n, indexConst(b, loc, K));
       scf::ForOp::create(
           b, loc, indexConst(b, loc, 0), a.rows, indexConst(b, loc, 1),
           ValueRange{}, [&](OpBuilder &b, Location loc, Value r, ValueRange) {
@@ -338,18 +344,15 @@ KernelSpec denseKernel(DenseOp d, int64_t tm) {
                 b, loc, indexConst(b, loc, 0), indexConst(b, loc, K),
                 indexConst(b, loc, 1), ValueRange{f32Const(b, loc, 0)},
                 [&](OpBuilder &b, Location loc, Value kk, ValueRange acc) {
-                  Value xv = memref::LoadOp::create(b, loc, a.buffers[0],
-                                                    {t, kk});
-                  Value wv = loadWeight(b, loc, a.buffers[1], et, {n, kk},
-                                        arith::AddIOp::create(b, loc, row, kk));
+                  Value xv = memref::LoadOp::create(b, loc, x, {t, kk});
+                  Value wv = loadWeightAt(b, loc, w, chunks, et, n, kk);
                   scf::YieldOp::create(
                       b, loc,
                       ValueRange{arith::AddFOp::create(
                           b, loc, acc[0],
                           arith::MulFOp::create(b, loc, xv, wv))});
                 });
-            memref::StoreOp::create(b, loc, dot.getResult(0), a.buffers[2],
-                                    {r, n});
+            memref::StoreOp::create(b, loc, dot.getResult(0), y, {r, n});
             scf::YieldOp::create(b, loc);
           });
     });
@@ -560,11 +563,11 @@ KernelSpec loraKernel(LoraOp l, int64_t tm) {
 }
 
 /// The kernel of an op for `tm` tokens at most, or an error naming the op.
-FailureOr<KernelSpec> specFor(Operation *op, int64_t tm) {
+FailureOr<KernelSpec> specFor(Operation *op, int64_t tm, int64_t maxBinding) {
   MLIRContext *ctx = op->getContext();
   KernelSpec k;
   if (auto e = dyn_cast<EmbedOp>(op)) {
-    k = embedKernel(e, tm);
+    k = embedKernel(e, tm, maxBinding);
   } else if (auto n = dyn_cast<RMSNormOp>(op)) {
     k = rmsNormKernel(n, tm);
   } else if (auto m = dyn_cast<SquaredReluMulOp>(op)) {
@@ -605,7 +608,7 @@ FailureOr<KernelSpec> specFor(Operation *op, int64_t tm) {
     Type et = d.getWeight().getType().getElementType();
     if (!et.isF32() && !et.isBF16())
       return op->emitOpError("GPU LM heads are f32 or bf16 (--lm-head=exact)");
-    k = denseKernel(d, tm);
+    k = denseKernel(d, tm, maxBinding);
   } else if (auto r = dyn_cast<RopeOp>(op)) {
     k = ropeKernel(r, tm);
   } else if (auto a = dyn_cast<AttentionOp>(op)) {
@@ -627,9 +630,10 @@ FailureOr<KernelSpec> specFor(Operation *op, int64_t tm) {
 
 struct FormGPUDispatchesPass
     : tlc::gpu::impl::FormGPUDispatchesPassBase<FormGPUDispatchesPass> {
+  using FormGPUDispatchesPassBase::FormGPUDispatchesPassBase;
+
   void runOnOperation() override {
     ModuleOp top = getOperation();
-    MLIRContext *ctx = &getContext();
     gpu::GPUModuleOp kernels = getOrCreateKernels(top);
     SymbolTable symbols(kernels);
     for (auto func : top.getOps<func::FuncOp>()) {
@@ -642,43 +646,93 @@ struct FormGPUDispatchesPass
                                   ValueRange operands, TypeRange results) {
         KernelSpec k = spec;
         k.name += "_t" + std::to_string(tm);
-        if (!symbols.lookup(k.name))
-          build(symbols, k, b.getInsertionPoint()->getLoc());
-        return DispatchOp::create(
-            b, b.getInsertionPoint()->getLoc(), results,
-            SymbolRefAttr::get(ctx, "kernels",
-                               {FlatSymbolRefAttr::get(ctx, k.name)}),
-            operands, k.tokensFactor, k.constant, ArrayAttr());
+        return dispatch(b, symbols, k, operands, results, tm);
       };
       for (Operation &op : llvm::make_early_inc_range(func.getBody().front())) {
-        if (isa<WeightOp, TernaryWeightOp, KVCacheOp, func::ReturnOp,
-                DispatchOp, TrainableOp, HyperOp, TrainStateOp, LossScaleOp,
-                arith::ConstantOp>(op))
+        if (isa<WeightOp, WeightRowsOp, TernaryWeightOp, KVCacheOp,
+                func::ReturnOp, DispatchOp, TrainableOp, HyperOp,
+                TrainStateOp, LossScaleOp, arith::ConstantOp>(op))
           continue;
         if (isTrainingOp(&op)) {
-          if (failed(formTrainingDispatches(&op, tm, dispatcher)))
+          if (failed(formTrainingDispatches(&op, tm, maxBindingBytes,
+                                            dispatcher)))
             return signalPassFailure();
           continue;
         }
-        FailureOr<KernelSpec> spec = specFor(&op, tm);
+        FailureOr<KernelSpec> spec = specFor(&op, tm, maxBindingBytes);
         if (failed(spec))
           return signalPassFailure();
-        if (!symbols.lookup(spec->name))
-          build(symbols, *spec, op.getLoc());
         SmallVector<Value> buffers;
         for (Value v : op.getOperands())
           if (!isa<IndexType>(v.getType()))
             buffers.push_back(v);
         OpBuilder b(&op);
-        auto dispatch = DispatchOp::create(
-            b, op.getLoc(), op.getResultTypes(),
-            SymbolRefAttr::get(ctx, "kernels",
-                               {FlatSymbolRefAttr::get(ctx, spec->name)}),
-            buffers, spec->tokensFactor, spec->constant, ArrayAttr());
-        op.replaceAllUsesWith(dispatch.getResults());
+        auto d = dispatch(b, symbols, *spec, buffers, op.getResultTypes(), tm);
+        if (!d)
+          return signalPassFailure();
+        op.replaceAllUsesWith(d.getResults());
         op.erase();
       }
     }
+  }
+
+  /// A dispatch of `spec` (built on first use) on `operands`, the row-chunked
+  /// ones replaced by views of their chunks; null after an error when a
+  /// binding would exceed max-binding-bytes.
+  DispatchOp dispatch(OpBuilder &b, SymbolTable &symbols, const KernelSpec &spec,
+                      ValueRange operands, TypeRange results, int64_t tm) {
+    Location loc = b.getInsertionPoint()->getLoc();
+    SmallVector<Value> buffers;
+    for (auto [i, v] : llvm::enumerate(operands)) {
+      const RowChunks *chunks = nullptr;
+      for (auto &[operand, c] : spec.rowChunked)
+        if (operand == i)
+          chunks = &c;
+      if (!chunks || chunks->count() == 1) {
+        buffers.push_back(v);
+        continue;
+      }
+      auto wt = cast<RankedTensorType>(v.getType());
+      if (chunks->perChunk == 0) {
+        emitError(loc) << "a row of " << wt << " is larger than one binding "
+                       << "may be (" << (int64_t)maxBindingBytes << " bytes)";
+        return nullptr;
+      }
+      for (int64_t c = 0; c < chunks->count(); ++c)
+        buffers.push_back(WeightRowsOp::create(
+            b, loc,
+            RankedTensorType::get({chunks->rowsIn(c), chunks->cols},
+                                  wt.getElementType()),
+            v, chunks->first(c)));
+    }
+    if (maxBindingBytes > 0) {
+      SmallVector<Type> types(ValueRange(buffers).getTypes());
+      types.append(results.begin(), results.end());
+      for (Type t : types) {
+        int64_t bytes = mlir::tlora::bufferBytes(t, tm);
+        if (auto kv = dyn_cast<KVCacheType>(t))
+          bytes = 4 * kv.getMaxSeq() * kv.getKvHeads() * kv.getHeadDim();
+        if (bytes > maxBindingBytes) {
+          emitError(loc) << "kernel " << spec.name << " would bind " << bytes
+                         << " bytes (" << t << "), over the target's "
+                         << (int64_t)maxBindingBytes
+                         << "-byte storage buffer range (only weights and the "
+                            "training state are split into ranges"
+                         << (isa<KVCacheType>(t)
+                                 ? "; --max-seq-len makes the KV cache smaller)"
+                                 : ")");
+          return nullptr;
+        }
+      }
+    }
+    if (!symbols.lookup(spec.name))
+      build(symbols, spec, loc);
+    MLIRContext *ctx = b.getContext();
+    return DispatchOp::create(
+        b, loc, results,
+        SymbolRefAttr::get(ctx, "kernels",
+                           {FlatSymbolRefAttr::get(ctx, spec.name)}),
+        buffers, spec.tokensFactor, spec.constant, ArrayAttr());
   }
 
   gpu::GPUModuleOp getOrCreateKernels(ModuleOp top) {

@@ -4,6 +4,7 @@
 #include "mlir/Dialect/Utils/StaticValueUtils.h"
 
 #include <algorithm>
+#include <numeric>
 
 namespace tlc::gpu {
 
@@ -146,6 +147,61 @@ Value loadWeight(OpBuilder &b, Location loc, Value buffer, Type element,
   Value bits = arith::ShLIOp::create(
       b, loc, half, arith::ConstantIntOp::create(b, loc, 16, 32));
   return arith::BitcastOp::create(b, loc, b.getF32Type(), bits);
+}
+
+RowChunks rowChunks(ShapedType weight, int64_t maxBindingBytes) {
+  RowChunks c;
+  c.rows = weight.getDimSize(0);
+  c.cols = weight.getDimSize(1);
+  int64_t rowBytes = c.cols * (weight.getElementType().isBF16() ? 2 : 4);
+  if (maxBindingBytes <= 0 || c.rows * rowBytes <= maxBindingBytes) {
+    c.perChunk = c.rows;
+    return c;
+  }
+  // Rows per chunk: a multiple of `step` so every chunk starts 256-aligned.
+  int64_t step = 256 / std::gcd(rowBytes, (int64_t)256);
+  c.perChunk = maxBindingBytes / rowBytes / step * step;
+  return c;
+}
+
+void addWeightChunks(KernelSpec &k, unsigned operand, ShapedType weight,
+                     const RowChunks &chunks) {
+  for (int64_t i = 0; i < chunks.count(); ++i)
+    k.buffers.push_back(weightBuffer(RankedTensorType::get(
+        {chunks.rowsIn(i), chunks.cols}, weight.getElementType())));
+  k.rowChunked.push_back({operand, chunks});
+  if (chunks.count() > 1)
+    k.name += "_rows" + std::to_string(chunks.perChunk);
+}
+
+Value loadWeightAt(OpBuilder &b, Location loc, ValueRange chunks,
+                   const RowChunks &c, Type element, Value row, Value col) {
+  auto load = [&](OpBuilder &b, int64_t i) -> Value {
+    Value local = arith::SubIOp::create(b, loc, row, indexConst(b, loc, c.first(i)));
+    Value flat = arith::AddIOp::create(
+        b, loc, arith::MulIOp::create(b, loc, local, indexConst(b, loc, c.cols)),
+        col);
+    return loadWeight(b, loc, chunks[i], element, {local, col}, flat);
+  };
+  // if row < end(0) chunk 0 else if row < end(1) chunk 1 ... else the last.
+  std::function<Value(OpBuilder &, int64_t)> from = [&](OpBuilder &b,
+                                                        int64_t i) -> Value {
+    if (i + 1 == (int64_t)chunks.size())
+      return load(b, i);
+    Value inside = arith::CmpIOp::create(
+        b, loc, arith::CmpIPredicate::ult, row,
+        indexConst(b, loc, c.first(i) + c.rowsIn(i)));
+    auto branch = scf::IfOp::create(
+        b, loc, inside,
+        [&](OpBuilder &b, Location loc) {
+          scf::YieldOp::create(b, loc, load(b, i));
+        },
+        [&](OpBuilder &b, Location loc) {
+          scf::YieldOp::create(b, loc, from(b, i + 1));
+        });
+    return branch.getResult(0);
+  };
+  return from(b, 0);
 }
 
 Value i32Const(OpBuilder &b, Location loc, int32_t v) {

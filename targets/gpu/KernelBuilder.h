@@ -7,6 +7,7 @@
 
 #include "targets/gpu/Passes.h"
 
+#include <algorithm>
 #include <functional>
 #include <string>
 
@@ -23,14 +24,41 @@ struct KernelArgs {
 using KernelBody =
     std::function<void(OpBuilder &, Location, const KernelArgs &)>;
 
+/// A [rows x cols] float weight bound as consecutive row ranges ("chunks"),
+/// so that no binding exceeds the target's storage buffer range (Vulkan
+/// guarantees 128 MiB; Adreno has no more). Chunks start at multiples of
+/// 256 bytes (every device's storage buffer offset alignment).
+struct RowChunks {
+  int64_t rows = 0, cols = 0, perChunk = 0; // perChunk 0: a row is too big
+  int64_t count() const { return perChunk ? (rows + perChunk - 1) / perChunk : 0; }
+  int64_t first(int64_t c) const { return c * perChunk; }
+  int64_t rowsIn(int64_t c) const { return std::min(perChunk, rows - first(c)); }
+};
+
+/// The chunks of `weight` ([rows x cols], bf16 or f32) for bindings of at
+/// most `maxBindingBytes` (0: no limit, one chunk).
+RowChunks rowChunks(ShapedType weight, int64_t maxBindingBytes);
+
 /// A kernel to build once per shape and the workload of its dispatches
-/// (workgroups = tokensFactor * T + constant).
+/// (workgroups = tokensFactor * T + constant). `rowChunked` maps an operand
+/// (by its index among the op's buffer operands) that the kernel reads as
+/// several row-chunk buffers, in place of one, to its chunks.
 struct KernelSpec {
   std::string name;
   SmallVector<Type> buffers;
   KernelBody body;
   int64_t tokensFactor = 1, constant = 0;
+  SmallVector<std::pair<unsigned, RowChunks>> rowChunked;
 };
+
+/// Declares operand `operand` of `k` a row-chunked weight: appends its chunk
+/// buffers to k.buffers, records it and names the kernel after it.
+void addWeightChunks(KernelSpec &k, unsigned operand, ShapedType weight,
+                     const RowChunks &chunks);
+
+/// weight[row, col] as f32 from its chunk buffers (one: loadWeight).
+Value loadWeightAt(OpBuilder &b, Location loc, ValueRange chunks,
+                   const RowChunks &c, Type element, Value row, Value col);
 
 
 int64_t dim(Value v, unsigned i);
@@ -146,8 +174,10 @@ using Dispatcher = std::function<tlora::DispatchOp(
 bool isTrainingOp(Operation *op);
 
 /// Replaces training op `op` (of a function of at most `tm` tokens per
-/// call) by dispatches of its kernels, or emits an error naming it.
+/// call) by dispatches of its kernels, or emits an error naming it;
+/// `maxBinding` as FormGPUDispatches' max-binding-bytes.
 LogicalResult formTrainingDispatches(Operation *op, int64_t tm,
+                                     int64_t maxBinding,
                                      const Dispatcher &dispatch);
 
 } // namespace tlc::gpu

@@ -16,6 +16,12 @@ def FormGPUDispatchesPass : Pass<"tlc-gpu-form-dispatches", "::mlir::ModuleOp"> 
     without a GPU kernel is an error naming it: nothing falls back to the
     CPU silently.
   }];
+  let options = [
+    Option<"maxBindingBytes", "max-binding-bytes", "int64_t", "0",
+           "largest storage buffer range one binding may cover (0: no "
+           "limit); LM head and embedding weights over it are bound as row "
+           "ranges, anything else over it is an error">
+  ];
   let dependentDialects = [
     "::mlir::tlora::TloraDialect", "::mlir::gpu::GPUDialect",
     "::mlir::scf::SCFDialect", "::mlir::memref::MemRefDialect",

@@ -597,20 +597,25 @@ KernelSpec causalAttentionGradKVKernel(const AttentionShape &s, int64_t tm,
 /// invocation runs an online max / sum of exp over its strided rows v of
 /// z_v = x[t] . w[v] (k ascending) and catches the label's logit; the
 /// workgroup combines them in lane order. Ignored tokens: loss = lse = 0.
-KernelSpec crossEntropyKernel(CrossEntropyOp op, int64_t tm) {
+KernelSpec crossEntropyKernel(CrossEntropyOp op, int64_t tm,
+                              int64_t maxBinding) {
   auto wt = cast<ShapedType>(op.getWeight().getType());
   int64_t V = wt.getDimSize(0), K = wt.getDimSize(1);
   Type et = wt.getElementType();
   MLIRContext *ctx = op.getContext();
   KernelSpec k;
   k.name = llvm::formatv("cross_entropy_v{0}_k{1}_{2}", V, K, suffixOf(et));
-  k.buffers = {rowsOf(tm, K, f32Of(ctx)), weightBuffer(wt),
-               flatOf(tm, i32Of(ctx)), flatOf(tm, f32Of(ctx)),
-               flatOf(tm, f32Of(ctx))};
+  k.buffers = {rowsOf(tm, K, f32Of(ctx))};
+  RowChunks chunks = rowChunks(wt, maxBinding);
+  addWeightChunks(k, 1, wt, chunks);
+  k.buffers.append({flatOf(tm, i32Of(ctx)), flatOf(tm, f32Of(ctx)),
+                    flatOf(tm, f32Of(ctx))});
   k.body = [=](OpBuilder &b, Location loc, const KernelArgs &a) {
     TLC_E(b, loc);
-    Value x = a.buffers[0], w = a.buffers[1], labels = a.buffers[2],
-          loss = a.buffers[3], lse = a.buffers[4];
+    int64_t c = chunks.count();
+    ValueRange w = a.buffers.slice(1, c);
+    Value x = a.buffers[0], labels = a.buffers[1 + c],
+          loss = a.buffers[2 + c], lse = a.buffers[3 + c];
     Value scratch = reduceScratch(b, loc);
     Value label = e.ld(labels, a.unit);
     Value labelAt = arith::IndexCastOp::create(b, loc, b.getIndexType(), label);
@@ -631,15 +636,14 @@ KernelSpec crossEntropyKernel(CrossEntropyOp op, int64_t tm) {
                     ValueRange(inits),
                     [&](OpBuilder &b, Location loc, Value v, ValueRange acc) {
                       TLC_E(b, loc);
-                      Value row = e.imul(v, e.c(K));
                       Value z = foldRange(
                           b, loc, e.c(0), e.c(K), e.f(0),
                           [&](OpBuilder &b, Location loc, Value kk, Value s) {
                             TLC_E(b, loc);
                             return e.add(
                                 s, e.mul(e.ld(x, {a.unit, kk}),
-                                         loadWeight(b, loc, w, et, {v, kk},
-                                                    e.iadd(row, kk))));
+                                         loadWeightAt(b, loc, w, chunks, et,
+                                                      v, kk)));
                           });
                       Value m = e.max(acc[0], z);
                       Value kept = e.sel(e.feq(acc[0], ninf), e.f(0),
@@ -685,7 +689,8 @@ KernelSpec crossEntropyKernel(CrossEntropyOp op, int64_t tm) {
 /// (exp(z_v - lse[t]) - [v == label]) w[v], 64 rows v at a time (their
 /// factors in workgroup memory, then each invocation its columns k, v
 /// ascending); 0 for ignored tokens.
-KernelSpec crossEntropyGradKernel(CrossEntropyGradOp op, int64_t tm) {
+KernelSpec crossEntropyGradKernel(CrossEntropyGradOp op, int64_t tm,
+                                  int64_t maxBinding) {
   auto wt = cast<ShapedType>(op.getWeight().getType());
   int64_t V = wt.getDimSize(0), K = wt.getDimSize(1);
   Type et = wt.getElementType();
@@ -693,14 +698,18 @@ KernelSpec crossEntropyGradKernel(CrossEntropyGradOp op, int64_t tm) {
   KernelSpec k;
   k.name = llvm::formatv("cross_entropy_grad_v{0}_k{1}_{2}", V, K,
                          suffixOf(et));
-  k.buffers = {rowsOf(tm, K, f32Of(ctx)), weightBuffer(wt),
-               flatOf(tm, i32Of(ctx)), flatOf(tm, f32Of(ctx)),
-               flatOf(tm, f32Of(ctx)), rowsOf(tm, K, f32Of(ctx))};
+  k.buffers = {rowsOf(tm, K, f32Of(ctx))};
+  RowChunks wchunks = rowChunks(wt, maxBinding);
+  addWeightChunks(k, 1, wt, wchunks);
+  k.buffers.append({flatOf(tm, i32Of(ctx)), flatOf(tm, f32Of(ctx)),
+                    flatOf(tm, f32Of(ctx)), rowsOf(tm, K, f32Of(ctx))});
   int64_t chunks = (V + kWorkgroupSize - 1) / kWorkgroupSize;
   k.body = [=](OpBuilder &b, Location loc, const KernelArgs &a) {
     TLC_E(b, loc);
-    Value x = a.buffers[0], w = a.buffers[1], labels = a.buffers[2],
-          lse = a.buffers[3], dloss = a.buffers[4], dx = a.buffers[5];
+    int64_t c = wchunks.count();
+    ValueRange w = a.buffers.slice(1, c);
+    Value x = a.buffers[0], labels = a.buffers[1 + c], lse = a.buffers[2 + c],
+          dloss = a.buffers[3 + c], dx = a.buffers[4 + c];
     Value factors = allocWorkgroup(b, loc, kWorkgroupSize, b.getF32Type());
     Value label = e.ld(labels, a.unit);
     Value labelAt = arith::IndexCastOp::create(b, loc, b.getIndexType(), label);
@@ -721,15 +730,13 @@ KernelSpec crossEntropyGradKernel(CrossEntropyGradOp op, int64_t tm) {
                 b, loc, e.ult(v, e.c(V)),
                 [&](OpBuilder &b, Location loc) {
                   TLC_E(b, loc);
-                  Value row = e.imul(v, e.c(K));
                   Value z = foldRange(
                       b, loc, e.c(0), e.c(K), e.f(0),
                       [&](OpBuilder &b, Location loc, Value kk, Value s) {
                         TLC_E(b, loc);
                         return e.add(s, e.mul(e.ld(x, {a.unit, kk}),
-                                              loadWeight(b, loc, w, et,
-                                                         {v, kk},
-                                                         e.iadd(row, kk))));
+                                              loadWeightAt(b, loc, w, wchunks,
+                                                           et, v, kk)));
                       });
                   Value p = e.sub(e.exp(e.sub(z, l)),
                                   e.sel(e.ieq(v, labelAt), e.f(1), e.f(0)));
@@ -751,9 +758,8 @@ KernelSpec crossEntropyGradKernel(CrossEntropyGradOp op, int64_t tm) {
                     Value vv = e.iadd(v0, jj);
                     return e.add(acc,
                                  e.mul(e.ld(factors, jj),
-                                       loadWeight(b, loc, w, et, {vv, kk},
-                                                  e.iadd(e.imul(vv, e.c(K)),
-                                                         kk))));
+                                       loadWeightAt(b, loc, w, wchunks, et,
+                                                    vv, kk)));
                   });
               e.st(acc, dx, {a.unit, kk});
             });
@@ -862,29 +868,66 @@ void whenApplying(OpBuilder &b, Location loc, Value hyper,
   when(b, loc, apply, fn);
 }
 
-/// hyper.grad_norm = sqrt(sum of the P gradients squared), when applying;
-/// one workgroup.
-KernelSpec gradNormKernel(int64_t P, int64_t stateWords, MLIRContext *ctx) {
+/// The sum of squares of n gradients `grads` (one workgroup), when applying.
+Value sumOfSquares(OpBuilder &b, Location loc, const KernelArgs &a,
+                   Value grads, int64_t n) {
+  TLC_E(b, loc);
+  Value part = stridedFold(b, loc, a.lane, e.c(n), e.f(0),
+                           [&](OpBuilder &b, Location loc, Value i, Value acc) {
+                             TLC_E(b, loc);
+                             Value g = e.ld(grads, i);
+                             return e.fma(g, g, acc);
+                           });
+  return workgroupReduce(b, loc, reduceScratch(b, loc), a.lane, part, addF);
+}
+
+/// hyper.grad_norm = sqrt(sum of the n gradients squared), when applying;
+/// one workgroup. With `partial`, the sum of squares goes to a one-word
+/// result instead (one range of the gradients; gradNormCombineKernel adds
+/// the ranges).
+KernelSpec gradNormKernel(int64_t n, bool partial, MLIRContext *ctx) {
   KernelSpec k;
-  k.name = llvm::formatv("grad_norm_p{0}", P);
-  k.buffers = {flatOf(stateWords, f32Of(ctx)), flatOf(kHyperWords, f32Of(ctx))};
+  k.name = llvm::formatv("{0}_p{1}", partial ? "grad_sq_sum" : "grad_norm", n);
+  k.buffers = {flatOf(n, f32Of(ctx)), flatOf(kHyperWords, f32Of(ctx))};
+  if (partial)
+    k.buffers.push_back(flatOf(1, f32Of(ctx)));
   k.tokensFactor = 0;
   k.constant = 1;
   k.body = [=](OpBuilder &b, Location loc, const KernelArgs &a) {
-    Value state = a.buffers[0], hyper = a.buffers[1];
+    Value grads = a.buffers[0], hyper = a.buffers[1];
     whenApplying(b, loc, hyper, [&](OpBuilder &b, Location loc) {
       TLC_E(b, loc);
-      Value part = stridedFold(
-          b, loc, a.lane, e.c(P), e.f(0),
-          [&](OpBuilder &b, Location loc, Value i, Value acc) {
-            TLC_E(b, loc);
-            Value g = e.ld(state, e.iadd(e.c(P), i));
-            return e.fma(g, g, acc);
-          });
-      Value sum =
-          workgroupReduce(b, loc, reduceScratch(b, loc), a.lane, part, addF);
+      Value sum = sumOfSquares(b, loc, a, grads, n);
       when(b, loc, e.ieq(a.lane, e.c(0)), [&](OpBuilder &b, Location loc) {
         TLC_E(b, loc);
+        if (partial)
+          e.st(sum, a.buffers[2], e.c(0));
+        else
+          e.st(e.sqrt(sum), hyper, e.c(kGradNorm));
+      });
+    });
+  };
+  return k;
+}
+
+/// hyper.grad_norm = sqrt(sum of the `ranges` partial sums, in order).
+KernelSpec gradNormCombineKernel(int64_t ranges, MLIRContext *ctx) {
+  KernelSpec k;
+  k.name = llvm::formatv("grad_norm_of{0}", ranges);
+  for (int64_t i = 0; i < ranges; ++i)
+    k.buffers.push_back(flatOf(1, f32Of(ctx)));
+  k.buffers.push_back(flatOf(kHyperWords, f32Of(ctx)));
+  k.tokensFactor = 0;
+  k.constant = 1;
+  k.body = [=](OpBuilder &b, Location loc, const KernelArgs &a) {
+    Value hyper = a.buffers[ranges];
+    whenApplying(b, loc, hyper, [&](OpBuilder &b, Location loc) {
+      TLC_E(b, loc);
+      when(b, loc, e.ieq(a.lane, e.c(0)), [&](OpBuilder &b, Location loc) {
+        TLC_E(b, loc);
+        Value sum = e.f(0);
+        for (int64_t i = 0; i < ranges; ++i)
+          sum = e.add(sum, e.ld(a.buffers[i], e.c(0)));
         e.st(e.sqrt(sum), hyper, e.c(kGradNorm));
       });
     });
@@ -892,19 +935,23 @@ KernelSpec gradNormKernel(int64_t P, int64_t stateWords, MLIRContext *ctx) {
   return k;
 }
 
-/// torch.optim.AdamW or SGD over the training state, after clipping as
+/// torch.optim.AdamW or SGD over n adapter values, after clipping as
 /// torch's clip_grad_norm_; the gradients are zeroed (train.c's formulas).
-KernelSpec optimizerKernel(StringRef kind, int64_t P, int64_t stateWords,
-                           MLIRContext *ctx) {
+/// Buffers: parameters, gradients, (AdamW: first and second moments), the
+/// hyper block: one range of each section of the training state.
+KernelSpec optimizerKernel(StringRef kind, int64_t n, MLIRContext *ctx) {
   KernelSpec k;
   bool adamw = kind == "adamw";
-  k.name = llvm::formatv("{0}_p{1}", kind, P);
-  k.buffers = {flatOf(stateWords, f32Of(ctx)), flatOf(kHyperWords, f32Of(ctx))};
+  k.name = llvm::formatv("{0}_p{1}", kind, n);
+  for (int i = 0; i < (adamw ? 4 : 2); ++i)
+    k.buffers.push_back(flatOf(n, f32Of(ctx)));
+  k.buffers.push_back(flatOf(kHyperWords, f32Of(ctx)));
   k.tokensFactor = 0;
-  k.constant = gridGroups(P);
+  k.constant = gridGroups(n);
   int64_t groups = k.constant;
   k.body = [=](OpBuilder &b, Location loc, const KernelArgs &a) {
-    Value state = a.buffers[0], hyper = a.buffers[1];
+    Value params = a.buffers[0], grads = a.buffers[1];
+    Value hyper = a.buffers.back();
     whenApplying(b, loc, hyper, [&](OpBuilder &b, Location loc) {
       TLC_E(b, loc);
       auto h = [&](int64_t field) { return e.ld(hyper, e.c(field)); };
@@ -918,24 +965,24 @@ KernelSpec optimizerKernel(StringRef kind, int64_t P, int64_t stateWords,
       Value beta2 = h(kBeta2), b1 = e.sub(e.f(1), h(kBeta1)),
             b2 = e.sub(e.f(1), beta2);
       Value bc2 = h(kBiasCorrection2Sqrt), eps = h(kEps), step = h(kStepSize);
-      forGrid(b, loc, a, groups, P, [&](OpBuilder &b, Value i) {
+      forGrid(b, loc, a, groups, n, [&](OpBuilder &b, Value i) {
         TLC_E(b, loc);
-        Value gi = e.iadd(e.c(P), i);
-        Value p = e.ld(state, i), g = e.mul(e.ld(state, gi), clip);
+        Value p = e.ld(params, i), g = e.mul(e.ld(grads, i), clip);
         if (adamw) {
-          Value mi = e.iadd(e.c(2 * P), i), vi = e.iadd(e.c(3 * P), i);
-          Value m0 = e.ld(state, mi);
+          Value moment1 = a.buffers[2], moment2 = a.buffers[3];
+          Value m0 = e.ld(moment1, i);
           Value m = e.add(m0, e.mul(b1, e.sub(g, m0)));
-          Value v = e.add(e.mul(e.ld(state, vi), beta2), e.mul(e.mul(b2, g), g));
+          Value v =
+              e.add(e.mul(e.ld(moment2, i), beta2), e.mul(e.mul(b2, g), g));
           Value denom = e.add(e.div(e.sqrt(v), bc2), eps);
-          e.st(e.sub(e.mul(p, decay), e.mul(step, e.div(m, denom))), state, i);
-          e.st(m, state, mi);
-          e.st(v, state, vi);
+          e.st(e.sub(e.mul(p, decay), e.mul(step, e.div(m, denom))), params, i);
+          e.st(m, moment1, i);
+          e.st(v, moment2, i);
         } else {
           Value gw = e.add(g, e.mul(wd, p));
-          e.st(e.sub(p, e.mul(lr, gw)), state, i);
+          e.st(e.sub(p, e.mul(lr, gw)), params, i);
         }
-        e.st(e.f(0), state, gi);
+        e.st(e.f(0), grads, i);
       });
     });
   };
@@ -969,6 +1016,7 @@ bool isTrainingOp(Operation *op) {
 }
 
 LogicalResult formTrainingDispatches(Operation *op, int64_t tm,
+                                     int64_t maxBinding,
                                      const Dispatcher &dispatch) {
   MLIRContext *ctx = op->getContext();
   OpBuilder b(op);
@@ -979,10 +1027,10 @@ LogicalResult formTrainingDispatches(Operation *op, int64_t tm,
     return success();
   };
   // One kernel on the op's operands and results.
+  // (A null dispatch: an error was emitted.)
   auto single = [&](const KernelSpec &spec) {
-    return replaceWith(
-        dispatch(b, spec, op->getOperands(), op->getResultTypes())
-            .getResults());
+    DispatchOp d = dispatch(b, spec, op->getOperands(), op->getResultTypes());
+    return d ? replaceWith(d.getResults()) : failure();
   };
   auto shapeOf = [&](Value query, Value key, int64_t headDim, int64_t seqLen,
                      APFloat scale) {
@@ -1013,10 +1061,14 @@ LogicalResult formTrainingDispatches(Operation *op, int64_t tm,
                          {l.getInput(), l.getLoraA(), l.getLoraB(),
                           l.getResultGrad()},
                          {ud, l.getInputGrad().getType()});
+    if (!rows)
+      return failure();
     auto weights = dispatch(
         b, loraGradWeightsKernel(R, K, N, scale, tm, ctx),
         {l.getInput(), l.getResultGrad(), rows.getResult(0)},
         {l.getLoraAGrad().getType(), l.getLoraBGrad().getType()});
+    if (!weights)
+      return failure();
     return replaceWith({rows.getResult(1), weights.getResult(0),
                         weights.getResult(1)});
   }
@@ -1042,17 +1094,19 @@ LogicalResult formTrainingDispatches(Operation *op, int64_t tm,
     auto dkv = dispatch(b, causalAttentionGradKVKernel(s, tm, ctx),
                         op->getOperands(),
                         {a.getKeyGrad().getType(), a.getValueGrad().getType()});
+    if (!dq || !dkv)
+      return failure();
     return replaceWith({dq.getResult(0), dkv.getResult(0), dkv.getResult(1)});
   }
   if (auto c = dyn_cast<CrossEntropyOp>(op)) {
     if (failed(checkHead(op, c.getWeight())))
       return failure();
-    return single(crossEntropyKernel(c, tm));
+    return single(crossEntropyKernel(c, tm, maxBinding));
   }
   if (auto c = dyn_cast<CrossEntropyGradOp>(op)) {
     if (failed(checkHead(op, c.getWeight())))
       return failure();
-    return single(crossEntropyGradKernel(c, tm));
+    return single(crossEntropyGradKernel(c, tm, maxBinding));
   }
   if (isa<MeanLossOp>(op))
     return single(meanLossKernel(tm, ctx));
@@ -1064,6 +1118,8 @@ LogicalResult formTrainingDispatches(Operation *op, int64_t tm,
                                                    kLossScale, ctx)
                               : meanLossGradKernel(tm, 1, 0, ctx);
     auto d = dispatch(b, spec, {seed, g.getLabels()}, op->getResultTypes());
+    if (!d)
+      return failure();
     (void)replaceWith(d.getResults());
     if (scaleOp && scaleOp->use_empty())
       scaleOp->erase();
@@ -1073,20 +1129,55 @@ LogicalResult formTrainingDispatches(Operation *op, int64_t tm,
     auto type = cast<RankedTensorType>(a.getGrad().getType());
     Value acc = TrainableOp::create(b, loc, type, a.getNameAttr(),
                                     b.getUnitAttr());
-    dispatch(b, accumulateKernel(type.getNumElements(), ctx),
-             {a.getGrad(), acc}, {});
+    if (!dispatch(b, accumulateKernel(type.getNumElements(), ctx),
+                  {a.getGrad(), acc}, {}))
+      return failure();
     return replaceWith({});
   }
   if (auto o = dyn_cast<OptimizerStepOp>(op)) {
+    // The state's sections (parameters, gradients, AdamW's two moments) are
+    // bound in ranges of at most maxBinding bytes, 256-byte aligned.
     int64_t total;
     trainStateLayout(op->getParentOfType<func::FuncOp>(), &total);
     StringRef kind = stringifyOptimizer(o.getKind());
-    int64_t words = trainStateElements(total, kind);
-    Value state = TrainStateOp::create(
-        b, loc, RankedTensorType::get({words}, b.getF32Type()));
-    dispatch(b, gradNormKernel(total, words, ctx), {state, o.getHyper()}, {});
-    dispatch(b, optimizerKernel(kind, total, words, ctx),
-             {state, o.getHyper()}, {});
+    int sections = kind == "adamw" ? 4 : 2;
+    int64_t range = total;
+    if (maxBinding > 0 && 4 * total > maxBinding)
+      range = maxBinding / 4 / 64 * 64;
+    auto view = [&](int section, int64_t first, int64_t n) -> Value {
+      return TrainStateOp::create(
+          b, loc, RankedTensorType::get({n}, b.getF32Type()),
+          section * total + first);
+    };
+    SmallVector<Value> partials;
+    auto scalar = RankedTensorType::get({1}, b.getF32Type());
+    for (int64_t first = 0; first < total; first += range) {
+      int64_t n = std::min(range, total - first);
+      bool whole = n == total;
+      DispatchOp d = dispatch(b, gradNormKernel(n, !whole, ctx),
+                              {view(1, first, n), o.getHyper()},
+                              whole ? TypeRange{} : TypeRange{scalar});
+      if (!d)
+        return failure();
+      if (!whole)
+        partials.push_back(d.getResult(0));
+    }
+    if (!partials.empty()) {
+      SmallVector<Value> operands(partials);
+      operands.push_back(o.getHyper());
+      if (!dispatch(b, gradNormCombineKernel(partials.size(), ctx), operands,
+                    {}))
+        return failure();
+    }
+    for (int64_t first = 0; first < total; first += range) {
+      int64_t n = std::min(range, total - first);
+      SmallVector<Value> operands;
+      for (int s = 0; s < sections; ++s)
+        operands.push_back(view(s, first, n));
+      operands.push_back(o.getHyper());
+      if (!dispatch(b, optimizerKernel(kind, n, ctx), operands, {}))
+        return failure();
+    }
     return replaceWith({});
   }
   return op->emitOpError("is not a training op");

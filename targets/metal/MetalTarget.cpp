@@ -159,7 +159,7 @@ void registerMetalTargetBackend() {
     }
     return std::make_unique<MetalTargetBackend>(spec.str(), family.str());
   };
-  f.help = "metal[:FAMILY] (MSL; inference so far; runs on Apple platforms)";
+  f.help = "metal[:FAMILY] (MSL; runs on Apple platforms)";
   tlc::registerTargetBackend(std::move(f));
 }
 } // namespace tlc::metal

@@ -150,13 +150,15 @@ struct LowerGPUKernelsToSPIRVPass
   }
 };
 
+/// maxStorageBufferRange every Vulkan device supports (2^27 bytes).
+constexpr int64_t kVulkanMinStorageBufferRange = int64_t(1) << 27;
+
 class VulkanSPIRVTargetBackend final : public tlc::TargetBackend {
 public:
-  explicit VulkanSPIRVTargetBackend(std::string spec) : spec_(std::move(spec)) {
-    profile_ = llvm::StringRef(spec_).split(':').second.str();
-    if (profile_.empty())
-      profile_ = "generic";
-  }
+  VulkanSPIRVTargetBackend(std::string spec, std::string profile,
+                           int64_t maxBufferRange)
+      : spec_(std::move(spec)), profile_(std::move(profile)),
+        maxBufferRange_(maxBufferRange) {}
   std::string spec() const override { return spec_; }
   const tlc::TernaryEncoding &ternaryEncoding() const override {
     return tlc::gpu::ternaryEncoding();
@@ -165,7 +167,7 @@ public:
     return nullptr;
   }
   void buildLoweringPipeline(OpPassManager &pm) const override {
-    pm.addPass(tlc::gpu::createFormGPUDispatchesPass());
+    pm.addPass(tlc::gpu::createFormGPUDispatchesPass({maxBufferRange_}));
     pm.addPass(mlir::tlora::createPlanMemoryPass());
   }
   void buildKernelPipeline(OpPassManager &pm) const override {
@@ -209,6 +211,7 @@ public:
 
 private:
   std::string spec_, profile_;
+  int64_t maxBufferRange_;
 };
 } // namespace
 
@@ -220,20 +223,38 @@ void registerVulkanSPIRVTargetBackend() {
   f.matches = [](llvm::StringRef name) { return name == "vulkan-spirv"; };
   f.create = [](llvm::StringRef spec,
                 std::string *error) -> std::unique_ptr<tlc::TargetBackend> {
-    // vulkan-spirv[:PROFILE]: the GPU a device profile names (its limits
-    // select nothing yet: every kernel fits Vulkan 1.1's minimums).
-    auto [name, profile] = spec.split(':');
+    // vulkan-spirv[:PROFILE][,max-buffer-range=BYTES]: the GPU a device
+    // profile names, and the largest storage buffer range one binding may
+    // cover (default 128 MiB: Vulkan's guaranteed minimum, Adreno's value;
+    // smaller values emulate tighter limits in tests).
+    auto [name, features] = spec.split(':');
     static const char *const kProfiles[] = {"generic", "adreno-830",
                                             "adreno-750", "mali-g715"};
-    if (!profile.empty() &&
-        llvm::find(kProfiles, profile) == std::end(kProfiles)) {
-      *error = "unknown Vulkan profile '" + profile.str() +
-               "' (known: generic, adreno-830, adreno-750, mali-g715)";
-      return nullptr;
+    std::string profile = "generic";
+    int64_t maxBufferRange = kVulkanMinStorageBufferRange;
+    SmallVector<StringRef> items;
+    if (!features.empty())
+      features.split(items, ',');
+    for (StringRef item : items) {
+      if (item.consume_front("max-buffer-range=")) {
+        if (item.getAsInteger(10, maxBufferRange) || maxBufferRange < 256) {
+          *error = "target " + spec.str() + ": max-buffer-range must be a "
+                   "byte count >= 256, got '" + item.str() + "'";
+          return nullptr;
+        }
+      } else if (llvm::find(kProfiles, item) != std::end(kProfiles)) {
+        profile = item.str();
+      } else {
+        *error = "unknown Vulkan profile '" + item.str() +
+                 "' (known: generic, adreno-830, adreno-750, mali-g715; "
+                 "option: max-buffer-range=BYTES)";
+        return nullptr;
+      }
     }
-    return std::make_unique<VulkanSPIRVTargetBackend>(spec.str());
+    return std::make_unique<VulkanSPIRVTargetBackend>(spec.str(), profile,
+                                                      maxBufferRange);
   };
-  f.help = "vulkan-spirv[:PROFILE] (inference so far)";
+  f.help = "vulkan-spirv[:PROFILE][,max-buffer-range=BYTES]";
   tlc::registerTargetBackend(std::move(f));
 }
 } // namespace tlc::vulkan

@@ -34,6 +34,7 @@ def main():
     ap.add_argument("--modules", help="run the modules DIR/<case>.tlm instead of compiling "
                     "(a machine with tlc-run only)")
     ap.add_argument("--compile-to", help="only compile every case to DIR/<case>.tlm")
+    ap.add_argument("--compile-flag", action="append", default=[], help="extra tlc compile flag")
     args = ap.parse_args()
     tlc = os.path.join(args.bin, "tlc")
     tlc_run = os.path.join(args.bin, "tlc-run")
@@ -47,7 +48,7 @@ def main():
             module = os.path.join(args.modules or args.compile_to or tmp, case + ".tlm")
             try:
                 if not args.modules:
-                    run([tlc, "compile", folder, "-o", module, "--target", args.target])
+                    run([tlc, "compile", folder, "-o", module, "--target", args.target] + args.compile_flag)
                 if args.compile_to:
                     print("%s: compiled" % case)
                     continue

@@ -114,6 +114,24 @@ LogicalResult WeightOp::verify() {
   return success();
 }
 
+LogicalResult WeightRowsOp::verify() {
+  auto src = getSource().getType(), res = getType();
+  if (!getSource().getDefiningOp<WeightOp>())
+    return emitOpError("source must be a tlora.weight");
+  if (src.getRank() != 2 || res.getRank() != 2 ||
+      src.getElementType() != res.getElementType() ||
+      src.getDimSize(1) != res.getDimSize(1))
+    return emitOpError("result must be rows of the [rows x cols] source");
+  if (!src.getElementType().isBF16() && !src.getElementType().isF32())
+    return emitOpError("row views are of bf16 or f32 parameters");
+  int64_t first = getFirst(), count = res.getDimSize(0);
+  if (first < 0 || count <= 0 || first + count > src.getDimSize(0))
+    return emitOpError("rows [")
+           << first << ", " << first + count << ") outside the source's "
+           << src.getDimSize(0);
+  return success();
+}
+
 LogicalResult TernaryWeightOp::verify() {
   if (getName().empty())
     return emitOpError("needs a parameter name");

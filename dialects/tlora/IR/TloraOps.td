@@ -36,6 +36,20 @@ def Tlora_WeightOp : Tlora_Op<"weight", [Pure]> {
   let hasVerifier = 1;
 }
 
+def Tlora_WeightRowsOp : Tlora_Op<"weight_rows", [Pure]> {
+  let summary = "rows [first, first + count) of a float parameter, in place";
+  let description = [{
+    A view of a contiguous row range of a `tlora.weight` (bf16 or f32): a
+    binding of part of the stored parameter. GPU targets split a parameter
+    larger than one storage buffer binding may cover (Vulkan guarantees
+    128 MiB) into such chunks.
+  }];
+  let arguments = (ins Tlora_HeadWeight:$source, I64Attr:$first);
+  let results = (outs Tlora_HeadWeight:$result);
+  let assemblyFormat = "$source `[` $first `]` attr-dict `:` qualified(type($source)) `->` qualified(type($result))";
+  let hasVerifier = 1;
+}
+
 def Tlora_TernaryWeightOp : Tlora_Op<"ternary_weight", [Pure]> {
   let summary = "a frozen ternary parameter with its scale gamma, by name";
   let description = [{
@@ -190,7 +204,13 @@ def Tlora_HyperOp : Tlora_Op<"hyper", [Pure]> {
 }
 
 def Tlora_TrainStateOp : Tlora_Op<"train_state", [Pure]> {
-  let summary = "the whole training state: parameters, gradients, moments";
+  let summary = "the training state (parameters, gradients, moments) or a range of it";
+  let description = [{
+    The words [first, first + size) of the training state; the whole state
+    by default. GPU targets bind ranges to keep bindings within the
+    device's storage buffer range.
+  }];
+  let arguments = (ins DefaultValuedAttr<I64Attr, "0">:$first);
   let results = (outs StaticShapeTensorOf<[F32]>:$result);
   let assemblyFormat = "attr-dict `:` qualified(type($result))";
 }

@@ -34,7 +34,8 @@ int64_t mlir::tlora::bufferBytes(Type type, int64_t maxTokens) {
 }
 
 namespace {
-constexpr int64_t kAlign = 64;
+// Every device's storage buffer offset alignment (Vulkan allows up to 256).
+constexpr int64_t kAlign = 256;
 
 /// First-fit allocator over [0, inf) with coalescing free list.
 class ArenaAllocator {
@@ -123,6 +124,11 @@ struct PlanMemoryPass : mlir::tlora::impl::PlanMemoryPassBase<PlanMemoryPass> {
       SlotAttr s;
       if (auto w = dyn_cast_or_null<WeightOp>(def))
         s = SlotAttr::get(ctx, Space::Param, 0, bytes, w.getNameAttr());
+      else if (auto r = dyn_cast_or_null<WeightRowsOp>(def))
+        s = SlotAttr::get(ctx, Space::Param,
+                          r.getFirst() * (bytes / r.getType().getDimSize(0)),
+                          bytes,
+                          r.getSource().getDefiningOp<WeightOp>().getNameAttr());
       else if (auto t = dyn_cast_or_null<TernaryWeightOp>(def))
         s = SlotAttr::get(ctx, Space::Param, 0, 0, t.getNameAttr());
       else if (auto c = dyn_cast_or_null<KVCacheOp>(def))
@@ -132,8 +138,8 @@ struct PlanMemoryPass : mlir::tlora::impl::PlanMemoryPassBase<PlanMemoryPass> {
                           stateOffset.lookup(t.getName()) +
                               (t.getGradient() ? 4 * adapterElements : 0),
                           bytes, t.getNameAttr());
-      else if (isa_and_nonnull<TrainStateOp>(def))
-        s = SlotAttr::get(ctx, Space::State, 0, bytes, {});
+      else if (auto st = dyn_cast_or_null<TrainStateOp>(def))
+        s = SlotAttr::get(ctx, Space::State, 4 * st.getFirst(), bytes, {});
       else if (isa_and_nonnull<HyperOp>(def))
         s = SlotAttr::get(ctx, Space::Hyper, 0, bytes, {});
       else if (isa_and_nonnull<LossScaleOp>(def)) // tlc_train_hyper_t
@@ -154,7 +160,7 @@ struct PlanMemoryPass : mlir::tlora::impl::PlanMemoryPassBase<PlanMemoryPass> {
     for (Operation &op : llvm::make_early_inc_range(body)) {
       auto dispatch = dyn_cast<DispatchOp>(op);
       if (!dispatch) {
-        if (isa<WeightOp, TernaryWeightOp, KVCacheOp, TrainableOp, HyperOp,
+        if (isa<WeightOp, WeightRowsOp, TernaryWeightOp, KVCacheOp, TrainableOp, HyperOp,
                 TrainStateOp, LossScaleOp, arith::ConstantOp, func::ReturnOp>(
                 op))
           continue;

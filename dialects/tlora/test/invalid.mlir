@@ -136,3 +136,30 @@ func.func @undeclared(%n: index) {
   tlora.microkernel_call @tlc_k_missing(%n) : index
   return
 }
+
+// -----
+
+func.func @rows_outside() {
+  %w = tlora.weight "embed" : tensor<100x8xf32>
+  // expected-error @+1 {{rows [96, 104) outside the source's 100}}
+  %r = tlora.weight_rows %w[96] : tensor<100x8xf32> -> tensor<8x8xf32>
+  return
+}
+
+// -----
+
+func.func @rows_width() {
+  %w = tlora.weight "embed" : tensor<100x8xf32>
+  // expected-error @+1 {{result must be rows of the [rows x cols] source}}
+  %r = tlora.weight_rows %w[0] : tensor<100x8xf32> -> tensor<8x4xf32>
+  return
+}
+
+// -----
+
+func.func @rows_int8() {
+  %w = tlora.weight "head" : tensor<100x8xi8>
+  // expected-error @+1 {{row views are of bf16 or f32 parameters}}
+  %r = tlora.weight_rows %w[0] : tensor<100x8xi8> -> tensor<8x8xi8>
+  return
+}

@@ -38,3 +38,18 @@ func.func @train_step(%ids: tensor<?xi32>, %labels: tensor<?xi32>) -> tensor<1xf
   tlora.dispatch @kernels::@acc(%a, %g) workload(0 * T + 1) : (tensor<2x4xf32>, tensor<2x4xf32>) -> ()
   return %l : tensor<1xf32>
 }
+
+// -----
+
+// Views: rows [32, 64) of a [100 x 8] f32 parameter bind bytes [1024, 2048)
+// of it; words [384, 640) of the training state bind bytes [1536, 2560).
+// CHECK-LABEL: func.func @views
+// CHECK: @kernels::@k{{.*}}bindings = [#tlora.slot<space = param, offset = 1024, size = 1024, name = "embed">, #tlora.slot<space = state, offset = 1536, size = 1024>]
+func.func @views(%ids: tensor<?xi32>) -> tensor<1xf32> attributes {tlora.max_tokens = 4 : i64, tlora.optimizer = #tlora.optimizer<sgd>} {
+  %w = tlora.weight "embed" : tensor<100x8xf32>
+  %r = tlora.weight_rows %w[32] : tensor<100x8xf32> -> tensor<32x8xf32>
+  %s = tlora.train_state {first = 384 : i64} : tensor<256xf32>
+  tlora.dispatch @kernels::@k(%r, %s) workload(0 * T + 1) : (tensor<32x8xf32>, tensor<256xf32>) -> ()
+  %l = arith.constant dense<0.0> : tensor<1xf32>
+  return %l : tensor<1xf32>
+}

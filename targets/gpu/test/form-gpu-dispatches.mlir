@@ -91,7 +91,8 @@ func.func @decode(%x: tensor<?x64xf32>, %pos: index, %rows: index) -> tensor<?x1
 // gradients summed over tokens in order: no atomics); accumulation adds into
 // the gradient slot; the loss seed binds the whole hyper block (its
 // loss_scale field, word 6, would be a misaligned binding); the optimizer is
-// the gradient norm, then AdamW over the training state.
+// the gradient norm, then AdamW over the training state's sections
+// (parameters, gradients, two moments: one binding each).
 // CHECK-LABEL: func.func @train_step
 // CHECK: %[[ROWS:.*]]:2 = tlora.dispatch @kernels::@lora_grad_rows_r4_k64_n32_s{{[0-9A-F]+}}_t8(%{{.*}}, %{{.*}}, %{{.*}}, %{{.*}}) workload(1 * T + 0) : {{.*}} -> (tensor<?x8xf32>, tensor<?x64xf32>)
 // CHECK: tlora.dispatch @kernels::@lora_grad_weights_r4_k64_n32_s{{[0-9A-F]+}}_t8(%{{.*}}, %{{.*}}, %[[ROWS]]#0) workload(0 * T + 2)
@@ -100,9 +101,13 @@ func.func @decode(%x: tensor<?x64xf32>, %pos: index, %rows: index) -> tensor<?x1
 // CHECK: %[[H:.*]] = tlora.hyper
 // CHECK-NOT: tlora.loss_scale
 // CHECK: tlora.dispatch @kernels::@mean_loss_grad_seed16_6_t8(%[[H]], %{{.*}}) workload(0 * T + 1)
-// CHECK: %[[S:.*]] = tlora.train_state : tensor<{{[0-9]+}}xf32>
-// CHECK: tlora.dispatch @kernels::@grad_norm_p{{[0-9]+}}_t8(%[[S]], %[[H]]) workload(0 * T + 1)
-// CHECK: tlora.dispatch @kernels::@adamw_p{{[0-9]+}}_t8(%[[S]], %[[H]])
+// CHECK: %[[G:.*]] = tlora.train_state {first = 384 : i64} : tensor<384xf32>
+// CHECK: tlora.dispatch @kernels::@grad_norm_p384_t8(%[[G]], %[[H]]) workload(0 * T + 1)
+// CHECK: %[[P:.*]] = tlora.train_state : tensor<384xf32>
+// CHECK: %[[G2:.*]] = tlora.train_state {first = 384 : i64} : tensor<384xf32>
+// CHECK: %[[M:.*]] = tlora.train_state {first = 768 : i64} : tensor<384xf32>
+// CHECK: %[[V:.*]] = tlora.train_state {first = 1152 : i64} : tensor<384xf32>
+// CHECK: tlora.dispatch @kernels::@adamw_p384_t8(%[[P]], %[[G2]], %[[M]], %[[V]], %[[H]]) workload(0 * T + 6)
 // CHECK: gpu.func @lora_grad_weights_r4_k64_n32_s{{[0-9A-F]+}}_t8(%{{.*}}: memref<8x64xf32>, %{{.*}}: memref<8x32xf32>, %{{.*}}: memref<8x8xf32>, %{{.*}}: memref<256xf32>, %{{.*}}: memref<128xf32>
 func.func @train_step(%x: tensor<?x64xf32>, %dy: tensor<?x32xf32>, %labels: tensor<?xi32>) -> (tensor<?x64xf32>, tensor<?xf32>) attributes {tlora.max_tokens = 8 : i64, tlora.optimizer = #tlora.optimizer<adamw>, tlora.seq_len = 4 : i64} {
   %a = tlora.trainable "a" : tensor<4x64xf32>
