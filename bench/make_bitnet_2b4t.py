@@ -30,9 +30,22 @@ def bf16(a):
     return r
 
 
-def packed(rng, out, inp):
-    codes = rng.integers(0, 3, size=(4, out // 4, inp), dtype=np.uint8)
-    return (codes[0] | (codes[1] << 2) | (codes[2] << 4) | (codes[3] << 6)).astype(np.uint8)
+def packed(rng, out, inp, period=0):
+    rows = min(period, out // 4) if period else out // 4
+    codes = rng.integers(0, 3, size=(4, rows, inp), dtype=np.uint8)
+    p = (codes[0] | (codes[1] << 2) | (codes[2] << 4) | (codes[3] << 6)).astype(np.uint8)
+    return np.resize(p, (out // 4, inp)) if period else p
+
+
+def embedding(rng, V, D, period=0):
+    """Random rows; with a period, rows repeat every `period` rows, each made
+    unique by one element (so the file compresses and logits do not tie)."""
+    if not period:
+        return bf16(rng.standard_normal((V, D), dtype=np.float32) * 0.02)
+    e = np.resize(rng.standard_normal((period, D), dtype=np.float32) * 0.02, (V, D))
+    v = np.arange(V)
+    e[v, v % D] = 0.03 + 0.02 * ((v // D) % 97) / 97
+    return bf16(e)
 
 
 def main():
@@ -44,6 +57,13 @@ def main():
     ap.add_argument("--intermediate", type=int, default=6912)
     ap.add_argument("--heads", type=int, default=20)
     ap.add_argument("--kv-heads", type=int, default=5)
+    ap.add_argument("--f32", action="store_true",
+                    help="float32 embeddings and norms (bf16 inputs make int8 rounding ties "
+                         "likely, which any 1-ulp difference flips; tests comparing devices "
+                         "want none)")
+    ap.add_argument("--compressible", action="store_true",
+                    help="weights that repeat with a short period (same shapes and cost; "
+                         "the module gzips small enough to copy to a remote GPU machine)")
     args = ap.parse_args()
     D, I, H, KV, V = args.hidden, args.intermediate, args.heads, args.kv_heads, 128256
     hd = D // H
@@ -61,7 +81,11 @@ def main():
     }
     json.dump(config, open(os.path.join(args.out, "config.json"), "w"), indent=2)
     t = {}
-    t["model.embed_tokens.weight"] = bf16(rng.standard_normal((V, D), dtype=np.float32) * 0.02)
+    global bf16
+    if args.f32:
+        bf16 = lambda a: np.ascontiguousarray(a, dtype=np.float32)  # noqa: E731
+    period = 4 if args.compressible else 0  # within gzip's 32 KiB window
+    t["model.embed_tokens.weight"] = embedding(rng, V, D, period)
     t["model.norm.weight"] = bf16(1 + 0.1 * rng.standard_normal(D, dtype=np.float32))
     shapes = {"self_attn.q_proj": (D, D), "self_attn.k_proj": (KV * hd, D),
               "self_attn.v_proj": (KV * hd, D), "self_attn.o_proj": (D, D),
@@ -69,7 +93,7 @@ def main():
     for l in range(args.layers):
         p = "model.layers.%d." % l
         for name, (o, i) in shapes.items():
-            t[p + name + ".weight"] = packed(rng, o, i)
+            t[p + name + ".weight"] = packed(rng, o, i, 16 if args.compressible else 0)
             t[p + name + ".weight_scale"] = bf16(np.array([rng.uniform(0.5, 3.0)], np.float32))
         for n, d in [("input_layernorm", D), ("post_attention_layernorm", D),
                      ("self_attn.attn_sub_norm", D), ("mlp.ffn_sub_norm", I)]:
@@ -77,7 +101,7 @@ def main():
     # Written by hand: safetensors.numpy has no bf16 dtype.
     header, offset = {}, 0
     for k, a in t.items():
-        dtype = "BF16" if a.dtype == np.uint16 else "U8"
+        dtype = {np.uint16: "BF16", np.float32: "F32", np.uint8: "U8"}[a.dtype.type]
         header[k] = {"dtype": dtype, "shape": list(a.shape), "data_offsets": [offset, offset + a.nbytes]}
         offset += a.nbytes
     raw = json.dumps(header).encode()
