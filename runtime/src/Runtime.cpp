@@ -126,6 +126,8 @@ struct tlc_module_s {
                            *trainStep = nullptr;
   std::unique_ptr<tlc::Tokenizer> tokenizer;
   std::vector<std::string> needs; // per executable, comma-joined
+  std::vector<std::string> notRun; // per executable: a driver's reason
+  std::vector<bool> notRunGpu;     // that driver is a GPU's
 
   ~tlc_module_s() {
     if (map)
@@ -194,6 +196,8 @@ tlc_status_t verifyModule(tlc_module_t *m) {
   const auto *exes = def->executables();
   m->exe = nullptr;
   m->needs.assign(exes->size(), std::string());
+  m->notRun.assign(exes->size(), std::string());
+  m->notRunGpu.assign(exes->size(), false);
   for (uint32_t i = 0; i < exes->size(); ++i)
     if (const auto *needs = exes->Get(i)->needs())
       for (const auto *f : *needs)
@@ -222,6 +226,8 @@ tlc_status_t verifyModule(tlc_module_t *m) {
         m->driver = d;
       } else if (!reason.empty()) {
         why = reason;
+        m->notRun[i] = reason;
+        m->notRunGpu[i] = d->isGpu();
       }
     }
   }
@@ -490,6 +496,8 @@ extern "C" tlc_status_t tlc_module_executable_info(const tlc_module_t *m,
   out->image_size = e->image() ? e->image()->size() : 0;
   out->kernel_count = e->kernels() ? e->kernels()->size() : 0;
   out->selected = i == m->exeIndex;
+  out->not_run = i < m->notRun.size() ? m->notRun[i].c_str() : "";
+  out->gpu = i < m->notRunGpu.size() && m->notRunGpu[i];
   return nullptr;
 }
 

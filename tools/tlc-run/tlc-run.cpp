@@ -255,6 +255,15 @@ int main(int argc, char **argv) {
     tlc_module_t *m;
     ~Release() { tlc_module_release(m); }
   } releaseModule{module};
+  // A GPU executable that does not fit this device: say so, and which runs.
+  for (size_t i = 0; i < tlc_module_executable_count(module); ++i) {
+    tlc_executable_info_t e;
+    tlc_status_free(tlc_module_executable_info(module, i, &e));
+    if (e.gpu && *e.not_run)
+      fprintf(stderr, "tlc-run: note: the %s executable does not run here "
+                      "(%s); running the %s one\n",
+              e.target, e.not_run, selectedTarget(module));
+  }
   tlc_model_info_t info;
   tlc_status_free(tlc_module_model_info(module, &info));
   if (a.command == "train")

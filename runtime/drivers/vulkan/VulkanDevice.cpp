@@ -19,6 +19,7 @@
 
 #include <dlfcn.h>
 
+#include <algorithm>
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
@@ -126,6 +127,9 @@ struct Context {
   VkQueue queue = VK_NULL_HANDLE;
   uint32_t queueFamily = 0;
   uint64_t maxBufferRange = 0; // maxStorageBufferRange, or the env cap
+  uint32_t maxStorageBuffers = 0; // per kernel, or the env cap
+  uint64_t memoryBudget = 0;   // the largest device-local heap, or the cap
+  uint64_t allocated = 0;      // bytes of live allocations
   std::string why;             // why there is no usable device
   bool ok = false;
 
@@ -187,10 +191,24 @@ struct Context {
     physical = devices[best];
     vk.GetPhysicalDeviceProperties(physical, &properties);
     vk.GetPhysicalDeviceMemoryProperties(physical, &memory);
-    maxBufferRange = properties.limits.maxStorageBufferRange;
-    if (const char *cap = std::getenv("TLC_VULKAN_MAX_BUFFER_RANGE"))
-      if (uint64_t c = std::strtoull(cap, nullptr, 10); c && c < maxBufferRange)
-        maxBufferRange = c;
+    // Limits, each optionally capped by an environment variable so that a
+    // test can emulate a smaller device (a phone's) on any driver.
+    auto capped = [](const char *var, uint64_t limit) {
+      if (const char *cap = std::getenv(var))
+        if (uint64_t c = std::strtoull(cap, nullptr, 10); c && c < limit)
+          return c;
+      return limit;
+    };
+    maxBufferRange = capped("TLC_VULKAN_MAX_BUFFER_RANGE",
+                            properties.limits.maxStorageBufferRange);
+    maxStorageBuffers = (uint32_t)capped(
+        "TLC_VULKAN_MAX_STORAGE_BUFFERS",
+        std::min(properties.limits.maxPerStageDescriptorStorageBuffers,
+                 properties.limits.maxDescriptorSetStorageBuffers));
+    for (uint32_t h = 0; h < memory.memoryHeapCount; ++h)
+      if (memory.memoryHeaps[h].flags & VK_MEMORY_HEAP_DEVICE_LOCAL_BIT)
+        memoryBudget = std::max<uint64_t>(memoryBudget, memory.memoryHeaps[h].size);
+    memoryBudget = capped("TLC_VULKAN_MAX_MEMORY", memoryBudget);
     float priority = 1.0f;
     VkDeviceQueueCreateInfo qci{VK_STRUCTURE_TYPE_DEVICE_QUEUE_CREATE_INFO};
     qci.queueFamilyIndex = queueFamily;
@@ -241,8 +259,10 @@ public:
   ~VulkanBuffer() override {
     if (buffer)
       c_.vk.DestroyBuffer(c_.device, buffer, nullptr);
-    if (memory)
+    if (memory) {
       c_.vk.FreeMemory(c_.device, memory, nullptr);
+      c_.allocated -= allocated_;
+    }
   }
   tlc_status_t init(uint64_t size, MemoryKind kind) {
     size_ = size;
@@ -261,13 +281,32 @@ public:
     int type = c_.memoryType(req.memoryTypeBits, kind);
     if (type < 0)
       return error("the device has no host-visible memory for a buffer");
+    auto amount = [](uint64_t b) {
+      char text[32];
+      if (b < (10u << 20))
+        snprintf(text, sizeof text, "%llu bytes", (unsigned long long)b);
+      else
+        snprintf(text, sizeof text, "%.1f MiB", b / 1048576.0);
+      return std::string(text);
+    };
+    uint64_t left = c_.memoryBudget > c_.allocated ? c_.memoryBudget - c_.allocated : 0;
+    if (req.size > left)
+      return error("out of device memory: a buffer of " + amount(req.size) +
+                       " does not fit in the " + amount(left) + " left of " +
+                       amount(c_.memoryBudget),
+                   TLC_STATUS_OUT_OF_MEMORY);
     VkMemoryAllocateInfo mai{VK_STRUCTURE_TYPE_MEMORY_ALLOCATE_INFO};
     mai.allocationSize = req.size;
     mai.memoryTypeIndex = (uint32_t)type;
-    if (tlc_status_t s = check(c_.vk.AllocateMemory(c_.device, &mai, nullptr,
-                                                    &memory),
-                               "vkAllocateMemory"))
-      return s;
+    if (VkResult r = c_.vk.AllocateMemory(c_.device, &mai, nullptr, &memory);
+        r != VK_SUCCESS) {
+      memory = VK_NULL_HANDLE;
+      return error("out of device memory: vkAllocateMemory of " + amount(req.size) +
+                       " failed (VkResult " + std::to_string(r) + ")",
+                   TLC_STATUS_OUT_OF_MEMORY);
+    }
+    allocated_ = req.size;
+    c_.allocated += req.size;
     if (tlc_status_t s =
             check(c_.vk.BindBufferMemory(c_.device, buffer, memory, 0),
                   "vkBindBufferMemory"))
@@ -287,6 +326,7 @@ public:
 private:
   Context &c_;
   VkDeviceMemory memory = VK_NULL_HANDLE;
+  uint64_t allocated_ = 0;
   uint8_t *mapped_ = nullptr;
 };
 
@@ -790,6 +830,37 @@ public:
     if (!c.ok) {
       *why = c.why;
       return false;
+    }
+    return fits(c, e, why);
+  }
+  /// Whether the device's limits allow every dispatch of `e`; else `why`.
+  static bool fits(const Context &c, const fb::Executable &e, std::string *why) {
+    uint32_t maxGroups = c.properties.limits.maxComputeWorkGroupCount[0];
+    for (const auto *ep : *e.entry_points()) {
+      if (!ep->dispatches())
+        continue;
+      for (const auto *d : *ep->dispatches()) {
+        const char *kernel =
+            e.kernels() && d->kernel() < e.kernels()->size()
+                ? e.kernels()->Get(d->kernel())->c_str()
+                : "?";
+        uint32_t n = d->bindings() ? d->bindings()->size() : 0;
+        if (n > c.maxStorageBuffers) {
+          *why = std::string("Vulkan: kernel ") + kernel + " binds " +
+                 std::to_string(n) + " storage buffers; the device allows " +
+                 std::to_string(c.maxStorageBuffers) +
+                 " (maxPerStageDescriptorStorageBuffers)";
+          return false;
+        }
+        int64_t groups = d->tokens_factor() * (int64_t)ep->max_tokens() +
+                         d->constant();
+        if (groups > (int64_t)maxGroups) {
+          *why = std::string("Vulkan: kernel ") + kernel + " needs " +
+                 std::to_string(groups) + " workgroups; the device allows " +
+                 std::to_string(maxGroups) + " (maxComputeWorkGroupCount)";
+          return false;
+        }
+      }
     }
     return true;
   }

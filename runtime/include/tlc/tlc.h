@@ -108,6 +108,11 @@ typedef struct {
   uint64_t image_size;
   size_t kernel_count;
   bool selected; /* the one this host runs */
+  /* Why a driver of this runtime does not run it here ("" when it runs or no
+   * driver took it), and whether that driver is a GPU's: a module whose GPU
+   * executable does not fit the device runs its CPU one, and says why. */
+  const char *not_run;
+  bool gpu;
 } tlc_executable_info_t;
 
 typedef struct {
