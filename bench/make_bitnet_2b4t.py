@@ -57,6 +57,7 @@ def main():
     ap.add_argument("--intermediate", type=int, default=6912)
     ap.add_argument("--heads", type=int, default=20)
     ap.add_argument("--kv-heads", type=int, default=5)
+    ap.add_argument("--vocab", type=int, default=128256)
     ap.add_argument("--f32", action="store_true",
                     help="float32 embeddings and norms (bf16 inputs make int8 rounding ties "
                          "likely, which any 1-ulp difference flips; tests comparing devices "
@@ -65,7 +66,7 @@ def main():
                     help="weights that repeat with a short period (same shapes and cost; "
                          "the module gzips small enough to copy to a remote GPU machine)")
     args = ap.parse_args()
-    D, I, H, KV, V = args.hidden, args.intermediate, args.heads, args.kv_heads, 128256
+    D, I, H, KV, V = args.hidden, args.intermediate, args.heads, args.kv_heads, args.vocab
     hd = D // H
     rng = np.random.default_rng(args.seed)
     os.makedirs(args.out, exist_ok=True)

@@ -231,8 +231,10 @@ KernelSpec quantizeKernel(int64_t K, int64_t tm, MLIRContext *ctx) {
 /// y[t, n] = (x_q[t] . W_t[n]) * gamma / s[t], exact in int32. The weights
 /// are the backend's t2-rows encoding: 16 words of header (gamma first),
 /// then per row K/16 words of sixteen 2-bit codes (value + 1), code k%16 at
-/// bits 2 (k%16). One invocation per output; workgroups cover 64 outputs
-/// of one token.
+/// bits 2 (k%16). One workgroup per output (t, n): its invocations read
+/// consecutive words of the row (coalesced) and the workgroup adds their
+/// partial sums (exactly: every partial and the total stay below 2^24, so
+/// f32 holds them). Up to 65535 workgroups; beyond, each loops over outputs.
 KernelSpec ternaryMatmulKernel(int64_t N, int64_t K, int64_t tm,
                                MLIRContext *ctx) {
   KernelSpec k;
@@ -240,41 +242,35 @@ KernelSpec ternaryMatmulKernel(int64_t N, int64_t K, int64_t tm,
   Type i32 = IntegerType::get(ctx, 32);
   k.buffers = {qactBuffer(tm, K, ctx), MemRefType::get({16 + N * K / 16}, i32),
                rowsOf(tm, N, Float32Type::get(ctx))};
-  int64_t blocks = (N + kWorkgroupSize - 1) / kWorkgroupSize;
-  k.tokensFactor = blocks;
+  constexpr int64_t kMaxGroups = 65535;
+  bool direct = N * tm <= kMaxGroups; // one workgroup per output
+  k.tokensFactor = direct ? N : 0;
+  k.constant = direct ? 0 : kMaxGroups;
   k.body = [=](OpBuilder &b, Location loc, const KernelArgs &a) {
     Value q = a.buffers[0], w = a.buffers[1], y = a.buffers[2];
-    Value nb = indexConst(b, loc, blocks);
-    Value t = arith::DivUIOp::create(b, loc, a.unit, nb);
-    Value n = arith::AddIOp::create(
-        b, loc,
-        arith::MulIOp::create(b, loc, arith::RemUIOp::create(b, loc, a.unit, nb),
-                              indexConst(b, loc, kWorkgroupSize)),
-        a.lane);
-    Value inRange = arith::CmpIOp::create(b, loc, arith::CmpIPredicate::ult, n,
-                                          indexConst(b, loc, N));
-    when(b, loc, inRange, [&](OpBuilder &b, Location loc) {
+    Value scratch = reduceScratch(b, loc);
+    auto output = [&](OpBuilder &b, Location loc, Value item) {
+      Value t = arith::DivUIOp::create(b, loc, item, indexConst(b, loc, N));
+      Value n = arith::RemUIOp::create(b, loc, item, indexConst(b, loc, N));
       Value wRow = arith::AddIOp::create(
           b, loc, indexConst(b, loc, 16),
           arith::MulIOp::create(b, loc, n, indexConst(b, loc, K / 16)));
       Value qRow = arith::MulIOp::create(b, loc, t, indexConst(b, loc, K / 4));
-      auto dot = scf::ForOp::create(
-          b, loc, indexConst(b, loc, 0), indexConst(b, loc, K / 16),
-          indexConst(b, loc, 1), ValueRange{i32Const(b, loc, 0)},
-          [&](OpBuilder &b, Location loc, Value j, ValueRange acc) {
+      Value part = stridedFold(
+          b, loc, a.lane, indexConst(b, loc, K / 16), i32Const(b, loc, 0),
+          [&](OpBuilder &b, Location loc, Value j, Value sum) -> Value {
             Value codes = memref::LoadOp::create(
                 b, loc, w, ValueRange{arith::AddIOp::create(b, loc, wRow, j)});
-            Value sum = acc[0];
-            for (int part = 0; part < 4; ++part) {
+            for (int quarter = 0; quarter < 4; ++quarter) {
               Value at = arith::AddIOp::create(
                   b, loc, qRow,
                   arith::AddIOp::create(
                       b, loc,
                       arith::MulIOp::create(b, loc, j, indexConst(b, loc, 4)),
-                      indexConst(b, loc, part)));
+                      indexConst(b, loc, quarter)));
               Value xs = memref::LoadOp::create(b, loc, q, at);
               for (int i = 0; i < 4; ++i) {
-                int kk = 4 * part + i;
+                int kk = 4 * quarter + i;
                 Value code = arith::AndIOp::create(
                     b, loc,
                     arith::ShRUIOp::create(b, loc, codes,
@@ -288,29 +284,50 @@ KernelSpec ternaryMatmulKernel(int64_t N, int64_t K, int64_t tm,
                                           weight));
               }
             }
-            scf::YieldOp::create(b, loc, sum);
+            return sum;
           });
-      Value gamma = arith::BitcastOp::create(
-          b, loc, b.getF32Type(),
-          memref::LoadOp::create(b, loc, w, indexConst(b, loc, 0)));
-      Value inv = arith::BitcastOp::create(
-          b, loc, b.getF32Type(),
-          memref::LoadOp::create(
-              b, loc, q,
-              ValueRange{arith::AddIOp::create(
-                  b, loc, indexConst(b, loc, tm * K / 4), t)}));
-      Value scale = arith::MulFOp::create(b, loc, gamma, inv);
-      Value acc = arith::SIToFPOp::create(b, loc, b.getF32Type(),
-                                          dot.getResult(0));
-      memref::StoreOp::create(b, loc, arith::MulFOp::create(b, loc, acc, scale),
-                              y, {t, n});
-    });
+      Value total = workgroupReduce(
+          b, loc, scratch, a.lane,
+          arith::SIToFPOp::create(b, loc, b.getF32Type(), part), addF);
+      when(b, loc,
+           arith::CmpIOp::create(b, loc, arith::CmpIPredicate::eq, a.lane,
+                                 indexConst(b, loc, 0)),
+           [&](OpBuilder &b, Location loc) {
+             Value gamma = arith::BitcastOp::create(
+                 b, loc, b.getF32Type(),
+                 memref::LoadOp::create(b, loc, w, indexConst(b, loc, 0)));
+             Value inv = arith::BitcastOp::create(
+                 b, loc, b.getF32Type(),
+                 memref::LoadOp::create(
+                     b, loc, q,
+                     ValueRange{arith::AddIOp::create(
+                         b, loc, indexConst(b, loc, tm * K / 4), t)}));
+             Value scale = arith::MulFOp::create(b, loc, gamma, inv);
+             memref::StoreOp::create(
+                 b, loc, arith::MulFOp::create(b, loc, total, scale), y,
+                 {t, n});
+           });
+    };
+    if (direct) {
+      output(b, loc, a.unit);
+      return;
+    }
+    Value outputs =
+        arith::MulIOp::create(b, loc, a.T, indexConst(b, loc, N));
+    scf::ForOp::create(b, loc, a.unit, outputs, indexConst(b, loc, kMaxGroups),
+                       ValueRange{},
+                       [&](OpBuilder &b, Location loc, Value item, ValueRange) {
+                         output(b, loc, item);
+                         scf::YieldOp::create(b, loc);
+                       });
   };
   return k;
 }
 
-/// The LM head: y[r, n] = x[T - rows + r] . W[n] for r < rows (f32 sums
-/// in k order); one invocation per vocabulary row n.
+/// The LM head: y[r, n] = x[T - rows + r] . W[n] for r < rows. One
+/// workgroup per vocabulary row n (at most 4096 workgroups, each looping
+/// over rows n): its invocations read consecutive elements of W[n]
+/// (coalesced) and the workgroup adds their f32 partial sums in lane order.
 KernelSpec denseKernel(DenseOp d, int64_t tm, int64_t maxBinding) {
   auto wt = cast<ShapedType>(d.getWeight().getType());
   int64_t N = wt.getDimSize(0), K = wt.getDimSize(1);
@@ -323,39 +340,40 @@ KernelSpec denseKernel(DenseOp d, int64_t tm, int64_t maxBinding) {
   addWeightChunks(k, 1, wt, chunks);
   k.buffers.push_back(rowsOf(tm, N, f32));
   k.tokensFactor = 0;
-  k.constant = (N + kWorkgroupSize - 1) / kWorkgroupSize;
+  k.constant = std::min<int64_t>(N, 4096);
+  int64_t groups = k.constant;
   k.body = [=](OpBuilder &b, Location loc, const KernelArgs &a) {
     int64_t c = chunks.count();
     Value x = a.buffers[0], y = a.buffers[1 + c];
     ValueRange w = a.buffers.slice(1, c);
-    Value n = arith::AddIOp::create(
-        b, loc,
-        arith::MulIOp::create(b, loc, a.unit, indexConst(b, loc, kWorkgroupSize)),
-        a.lane);
-    Value inRange = arith::CmpIOp::create(b, loc, arith::CmpIPredicate::ult, n,
-                                          indexConst(b, loc, N));
-    when(b, loc, inRange, [&](OpBuilder &b, Location loc) {
-      Value first = arith::SubIOp::create(b, loc, a.T, a.rows);
-      scf::ForOp::create(
-          b, loc, indexConst(b, loc, 0), a.rows, indexConst(b, loc, 1),
-          ValueRange{}, [&](OpBuilder &b, Location loc, Value r, ValueRange) {
-            Value t = arith::AddIOp::create(b, loc, first, r);
-            auto dot = scf::ForOp::create(
-                b, loc, indexConst(b, loc, 0), indexConst(b, loc, K),
-                indexConst(b, loc, 1), ValueRange{f32Const(b, loc, 0)},
-                [&](OpBuilder &b, Location loc, Value kk, ValueRange acc) {
-                  Value xv = memref::LoadOp::create(b, loc, x, {t, kk});
-                  Value wv = loadWeightAt(b, loc, w, chunks, et, n, kk);
-                  scf::YieldOp::create(
-                      b, loc,
-                      ValueRange{arith::AddFOp::create(
-                          b, loc, acc[0],
-                          arith::MulFOp::create(b, loc, xv, wv))});
+    Value scratch = reduceScratch(b, loc);
+    Value first = arith::SubIOp::create(b, loc, a.T, a.rows);
+    Value isFirst = arith::CmpIOp::create(b, loc, arith::CmpIPredicate::eq,
+                                          a.lane, indexConst(b, loc, 0));
+    scf::ForOp::create(
+        b, loc, a.unit, indexConst(b, loc, N), indexConst(b, loc, groups),
+        ValueRange{}, [&](OpBuilder &b, Location loc, Value n, ValueRange) {
+          scf::ForOp::create(
+              b, loc, indexConst(b, loc, 0), a.rows, indexConst(b, loc, 1),
+              ValueRange{},
+              [&](OpBuilder &b, Location loc, Value r, ValueRange) {
+                Value t = arith::AddIOp::create(b, loc, first, r);
+                Value part = stridedFold(
+                    b, loc, a.lane, indexConst(b, loc, K), f32Const(b, loc, 0),
+                    [&](OpBuilder &b, Location loc, Value kk, Value acc) -> Value {
+                      Value xv = memref::LoadOp::create(b, loc, x, {t, kk});
+                      Value wv = loadWeightAt(b, loc, w, chunks, et, n, kk);
+                      return arith::AddFOp::create(
+                          b, loc, acc, arith::MulFOp::create(b, loc, xv, wv));
+                    });
+                Value dot = workgroupReduce(b, loc, scratch, a.lane, part, addF);
+                when(b, loc, isFirst, [&](OpBuilder &b, Location loc) {
+                  memref::StoreOp::create(b, loc, dot, y, {r, n});
                 });
-            memref::StoreOp::create(b, loc, dot.getResult(0), y, {r, n});
-            scf::YieldOp::create(b, loc);
-          });
-    });
+                scf::YieldOp::create(b, loc);
+              });
+          scf::YieldOp::create(b, loc);
+        });
   };
   return k;
 }
@@ -602,6 +620,10 @@ FailureOr<KernelSpec> specFor(Operation *op, int64_t tm, int64_t maxBinding) {
     if (w.getInFeatures() % 16 != 0)
       return op->emitOpError("the GPU ternary kernel needs in_features % 16 "
                              "== 0, got ")
+             << w.getInFeatures();
+    if (w.getInFeatures() * 127 >= (1 << 24))
+      return op->emitOpError("the GPU ternary kernel sums in f32 exactly up "
+                             "to in_features 132104, got ")
              << w.getInFeatures();
     k = ternaryMatmulKernel(w.getOutFeatures(), w.getInFeatures(), tm, ctx);
   } else if (auto d = dyn_cast<DenseOp>(op)) {

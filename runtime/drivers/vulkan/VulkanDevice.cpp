@@ -20,6 +20,7 @@
 #include <dlfcn.h>
 
 #include <algorithm>
+#include <chrono>
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
@@ -594,7 +595,8 @@ public:
     return check(c_.vk.CreateFence(c_.device, &fci, nullptr, &fence_),
                  "vkCreateFence");
   }
-  tlc_status_t submit(CommandBuffer &cb, const CallArgs &args, KernelProfile *,
+  tlc_status_t submit(CommandBuffer &cb, const CallArgs &args,
+                      KernelProfile *profile,
                       std::unique_ptr<Fence> *out) override {
     auto &recorded = static_cast<VulkanCommandBuffer &>(cb);
     // Per-call spaces move with the call: rewrite those descriptors.
@@ -637,7 +639,11 @@ public:
     VkMemoryBarrier barrier{VK_STRUCTURE_TYPE_MEMORY_BARRIER};
     barrier.srcAccessMask = VK_ACCESS_SHADER_WRITE_BIT;
     barrier.dstAccessMask = VK_ACCESS_SHADER_READ_BIT | VK_ACCESS_SHADER_WRITE_BIT;
-    // $TLC_VULKAN_SYNC_EACH=1 (debugging): one submission per dispatch.
+    // $TLC_VULKAN_SYNC_EACH=1 (debugging) and profiling (TLC_PROFILE=1):
+    // one submission per dispatch; a profile gets each one's wall time
+    // (submission and wait included).
+    bool each = syncEach || profile;
+    auto started = std::chrono::steady_clock::now();
     size_t index = 0;
     for (const RecordedDispatch &r : recorded.recorded()) {
       const std::vector<BufferRange> &ranges = resolved[index++];
@@ -657,13 +663,20 @@ public:
       c_.vk.CmdPipelineBarrier(commands_, VK_PIPELINE_STAGE_COMPUTE_SHADER_BIT,
                                VK_PIPELINE_STAGE_COMPUTE_SHADER_BIT, 0, 1,
                                &barrier, 0, nullptr, 0, nullptr);
-      if (syncEach) {
+      if (each) {
         if (tlc_status_t s = finish())
           return s;
         if (tlc_status_t s = check(c_.vk.WaitForFences(c_.device, 1, &fence_,
                                                         VK_TRUE, UINT64_MAX),
                                    "vkWaitForFences"))
           return s;
+        if (profile && r.kernel < profile->seconds.size()) {
+          auto now = std::chrono::steady_clock::now();
+          profile->seconds[r.kernel] +=
+              std::chrono::duration<double>(now - started).count();
+          profile->calls[r.kernel] += 1;
+          started = now;
+        }
         if (dumpDir)
           dump(dumpDir, recorded.kernelName(r.kernel), ranges);
         if (tlc_status_t s = check(c_.vk.ResetCommandBuffer(commands_, 0),
