@@ -849,6 +849,8 @@ public:
   /// Whether the device's limits allow every dispatch of `e`; else `why`.
   static bool fits(const Context &c, const fb::Executable &e, std::string *why) {
     uint32_t maxGroups = c.properties.limits.maxComputeWorkGroupCount[0];
+    if (!e.entry_points())
+      return true;
     for (const auto *ep : *e.entry_points()) {
       if (!ep->dispatches())
         continue;

@@ -48,15 +48,15 @@ func.func @norm(%x: tensor<?x64xf32>) -> tensor<?x64xf32> attributes {tlora.max_
 // -----
 
 // A decode step's ops and their workloads: quantize and rope one workgroup
-// per token; the ternary product ceil(N / 64) per token (int32 sums of
-// sign-extended bytes times code - 1); attention one per (token, head);
-// the LM head ceil(V / 64) for the rows wanted.
+// per token; the ternary product one per output (int32 sums of sign-extended
+// bytes times code - 1); attention one per (token, head); the LM head one
+// per vocabulary row, for the rows wanted.
 // CHECK-LABEL: func.func @decode
 // CHECK: tlora.dispatch @kernels::@quantize_k64_t1({{.*}}) workload(1 * T + 0)
-// CHECK: tlora.dispatch @kernels::@ternary_matmul_n128_k64_t1({{.*}}) workload(2 * T + 0)
+// CHECK: tlora.dispatch @kernels::@ternary_matmul_n128_k64_t1({{.*}}) workload(128 * T + 0)
 // CHECK: tlora.dispatch @kernels::@rope_d128_hd16_theta10000_t1({{.*}}) workload(1 * T + 0)
 // CHECK: tlora.dispatch @kernels::@attention_s32_h8_kv8_hd16_t1({{.*}}) workload(8 * T + 0)
-// CHECK: tlora.dispatch @kernels::@dense_n100_k128_f32_t1({{.*}}) workload(0 * T + 2)
+// CHECK: tlora.dispatch @kernels::@dense_n100_k128_f32_t1({{.*}}) workload(0 * T + 100)
 // CHECK: gpu.func @quantize_k64_t1
 // CHECK: math.roundeven
 // CHECK: gpu.func @ternary_matmul_n128_k64_t1
