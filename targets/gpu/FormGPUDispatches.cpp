@@ -521,61 +521,87 @@ FailureOr<KernelSpec> attentionKernel(AttentionOp op, int64_t tm) {
   return k;
 }
 
-/// A LoRA adapter's contribution (PEFT): y[t] = scale * (x[t] A^T) B^T, A
-/// [R x K], B [N x R] (f32 or bf16). One token per workgroup: the R down
-/// products by workgroupReduce into workgroup memory, then each invocation
-/// its strided outputs, summed over r in order.
-KernelSpec loraKernel(LoraOp l, int64_t tm) {
+/// A LoRA adapter's down projection u[t, r] = A[r] . x[t] (f32, lanes
+/// strided over k, added in lane order): one workgroup per (t, r).
+KernelSpec loraDownKernel(LoraOp l, int64_t tm) {
   auto at = cast<ShapedType>(l.getLoraA().getType());
-  auto bt = cast<ShapedType>(l.getLoraB().getType());
-  int64_t R = at.getDimSize(0), K = at.getDimSize(1), N = bt.getDimSize(0);
+  int64_t R = at.getDimSize(0), K = at.getDimSize(1);
   Type et = at.getElementType(), f32 = Float32Type::get(l.getContext());
+  KernelSpec k;
+  k.name = llvm::formatv("lora_down_r{0}_k{1}_{2}", R, K,
+                         et.isBF16() ? "bf16" : "f32");
+  k.buffers = {rowsOf(tm, K, f32), weightBuffer(at), rowsOf(tm, R, f32)};
+  k.tokensFactor = R;
+  k.body = [=](OpBuilder &b, Location loc, const KernelArgs &a) {
+    Value t = arith::DivUIOp::create(b, loc, a.unit, indexConst(b, loc, R));
+    Value r = arith::RemUIOp::create(b, loc, a.unit, indexConst(b, loc, R));
+    Value rowA = arith::MulIOp::create(b, loc, r, indexConst(b, loc, K));
+    Value partial = stridedFold(
+        b, loc, a.lane, indexConst(b, loc, K), f32Const(b, loc, 0),
+        [&](OpBuilder &b, Location loc, Value kk, Value acc) -> Value {
+          Value xv = memref::LoadOp::create(b, loc, a.buffers[0], {t, kk});
+          Value wv = loadWeight(b, loc, a.buffers[1], et, {r, kk},
+                                arith::AddIOp::create(b, loc, rowA, kk));
+          return arith::AddFOp::create(b, loc, acc,
+                                       arith::MulFOp::create(b, loc, xv, wv));
+        });
+    Value u = workgroupReduce(b, loc, reduceScratch(b, loc), a.lane, partial,
+                              addF);
+    when(b, loc,
+         arith::CmpIOp::create(b, loc, arith::CmpIPredicate::eq, a.lane,
+                               indexConst(b, loc, 0)),
+         [&](OpBuilder &b, Location loc) {
+           memref::StoreOp::create(b, loc, u, a.buffers[2], {t, r});
+         });
+  };
+  return k;
+}
+
+/// Its up projection y[t, n] = scale * (B[n] . u[t]) (r ascending): one
+/// invocation per output, workgroups cover 64 outputs of one token.
+KernelSpec loraUpKernel(LoraOp l, int64_t tm) {
+  auto bt = cast<ShapedType>(l.getLoraB().getType());
+  int64_t N = bt.getDimSize(0), R = bt.getDimSize(1);
+  Type et = bt.getElementType(), f32 = Float32Type::get(l.getContext());
   float scale = l.getScaling().convertToFloat();
   KernelSpec k;
-  k.name = llvm::formatv("lora_r{0}_k{1}_n{2}_{3}_s{4}", R, K, N,
+  k.name = llvm::formatv("lora_up_r{0}_n{1}_{2}_s{3}", R, N,
                          et.isBF16() ? "bf16" : "f32",
                          llvm::utohexstr(llvm::bit_cast<uint32_t>(scale)));
-  k.buffers = {rowsOf(tm, K, f32), weightBuffer(at), weightBuffer(bt),
-               rowsOf(tm, N, f32)};
+  k.buffers = {rowsOf(tm, R, f32), weightBuffer(bt), rowsOf(tm, N, f32)};
+  int64_t blocks = (N + kWorkgroupSize - 1) / kWorkgroupSize;
+  k.tokensFactor = blocks;
   k.body = [=](OpBuilder &b, Location loc, const KernelArgs &a) {
-    Value scratch = reduceScratch(b, loc);
-    Value u = allocWorkgroup(b, loc, R, b.getF32Type());
-    for (int64_t r = 0; r < R; ++r) {
-      Value rowA = indexConst(b, loc, r * K);
-      Value partial = stridedFold(
-          b, loc, a.lane, indexConst(b, loc, K), f32Const(b, loc, 0),
-          [&](OpBuilder &b, Location loc, Value kk, Value acc) -> Value {
-            Value xv = memref::LoadOp::create(b, loc, a.buffers[0],
-                                              {a.unit, kk});
-            Value wv = loadWeight(b, loc, a.buffers[1], et,
-                                  {indexConst(b, loc, r), kk},
-                                  arith::AddIOp::create(b, loc, rowA, kk));
-            return arith::AddFOp::create(b, loc, acc,
-                                         arith::MulFOp::create(b, loc, xv, wv));
-          });
-      Value ur = workgroupReduce(b, loc, scratch, a.lane, partial, addF);
-      memref::StoreOp::create(b, loc, ur, u, indexConst(b, loc, r));
-    }
-    forLanes(b, loc, a.lane, N, [&](OpBuilder &b, Value n) {
-      Value rowB = arith::MulIOp::create(b, loc, n, indexConst(b, loc, R));
-      auto sum = scf::ForOp::create(
-          b, loc, indexConst(b, loc, 0), indexConst(b, loc, R),
-          indexConst(b, loc, 1), ValueRange{f32Const(b, loc, 0)},
-          [&](OpBuilder &b, Location loc, Value r, ValueRange acc) {
-            Value uv = memref::LoadOp::create(b, loc, u, r);
-            Value bv = loadWeight(b, loc, a.buffers[2], et, {n, r},
-                                  arith::AddIOp::create(b, loc, rowB, r));
-            scf::YieldOp::create(
-                b, loc,
-                ValueRange{arith::AddFOp::create(
-                    b, loc, acc[0], arith::MulFOp::create(b, loc, uv, bv))});
-          });
-      memref::StoreOp::create(
-          b, loc,
-          arith::MulFOp::create(b, loc, sum.getResult(0),
-                                f32Const(b, loc, scale)),
-          a.buffers[3], {a.unit, n});
-    });
+    Value nb = indexConst(b, loc, blocks);
+    Value t = arith::DivUIOp::create(b, loc, a.unit, nb);
+    Value n = arith::AddIOp::create(
+        b, loc,
+        arith::MulIOp::create(b, loc, arith::RemUIOp::create(b, loc, a.unit, nb),
+                              indexConst(b, loc, kWorkgroupSize)),
+        a.lane);
+    when(b, loc,
+         arith::CmpIOp::create(b, loc, arith::CmpIPredicate::ult, n,
+                               indexConst(b, loc, N)),
+         [&](OpBuilder &b, Location loc) {
+           Value rowB = arith::MulIOp::create(b, loc, n, indexConst(b, loc, R));
+           auto sum = scf::ForOp::create(
+               b, loc, indexConst(b, loc, 0), indexConst(b, loc, R),
+               indexConst(b, loc, 1), ValueRange{f32Const(b, loc, 0)},
+               [&](OpBuilder &b, Location loc, Value r, ValueRange acc) {
+                 Value uv = memref::LoadOp::create(b, loc, a.buffers[0], {t, r});
+                 Value bv = loadWeight(b, loc, a.buffers[1], et, {n, r},
+                                       arith::AddIOp::create(b, loc, rowB, r));
+                 scf::YieldOp::create(
+                     b, loc,
+                     ValueRange{arith::AddFOp::create(
+                         b, loc, acc[0], arith::MulFOp::create(b, loc, uv, bv))});
+               });
+           memref::StoreOp::create(
+               b, loc,
+               arith::MulFOp::create(b, loc, sum.getResult(0),
+                                     f32Const(b, loc, scale)),
+               a.buffers[2], {t, n});
+         });
   };
   return k;
 }
@@ -638,11 +664,6 @@ FailureOr<KernelSpec> specFor(Operation *op, int64_t tm, int64_t maxBinding) {
     if (failed(spec))
       return failure();
     k = *spec;
-  } else if (auto l = dyn_cast<LoraOp>(op)) {
-    if (l.getLoraA().getType().getElementType() !=
-        l.getLoraB().getType().getElementType())
-      return op->emitOpError("lora_A and lora_B must have one element type");
-    k = loraKernel(l, tm);
   } else {
     return op->emitOpError("has no GPU kernel yet");
   }
@@ -675,6 +696,28 @@ struct FormGPUDispatchesPass
                 func::ReturnOp, DispatchOp, TrainableOp, HyperOp,
                 TrainStateOp, LossScaleOp, arith::ConstantOp>(op))
           continue;
+        if (auto l = dyn_cast<LoraOp>(op)) {
+          // Two kernels: the rank-R down projection, then the up projection.
+          if (l.getLoraA().getType().getElementType() !=
+              l.getLoraB().getType().getElementType()) {
+            op.emitOpError("lora_A and lora_B must have one element type");
+            return signalPassFailure();
+          }
+          OpBuilder b(&op);
+          auto u = RankedTensorType::get(
+              {ShapedType::kDynamic, dim(l.getLoraA(), 0)}, b.getF32Type());
+          DispatchOp down = dispatcher(b, loraDownKernel(l, tm),
+                                       {l.getInput(), l.getLoraA()}, {u});
+          DispatchOp up = down ? dispatcher(b, loraUpKernel(l, tm),
+                                            {down.getResult(0), l.getLoraB()},
+                                            {l.getType()})
+                               : nullptr;
+          if (!up)
+            return signalPassFailure();
+          op.replaceAllUsesWith(up.getResults());
+          op.erase();
+          continue;
+        }
         if (isTrainingOp(&op)) {
           if (failed(formTrainingDispatches(&op, tm, maxBindingBytes,
                                             dispatcher)))
