@@ -24,6 +24,7 @@
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
+#include <functional>
 #include <map>
 #include <new>
 
@@ -67,7 +68,7 @@ struct Api {
   X(ResetCommandBuffer) X(CmdBindPipeline) X(CmdBindDescriptorSets)           \
   X(CmdPushConstants) X(CmdDispatch) X(CmdPipelineBarrier) X(QueueSubmit)      \
   X(CreateFence) X(DestroyFence) X(WaitForFences) X(ResetFences)               \
-  X(DeviceWaitIdle)
+  X(DeviceWaitIdle) X(CmdCopyBuffer) X(CmdFillBuffer) X(FreeCommandBuffers)
 #define TLC_VK_MEMBER(name) PFN_vk##name name = nullptr;
   TLC_VK_FNS(TLC_VK_MEMBER)
 #undef TLC_VK_MEMBER
@@ -226,27 +227,82 @@ struct Context {
     vk.GetDeviceQueue(device, queueFamily, 0, &queue);
     return true;
   }
-  /// A host-visible, coherent memory type among `bits`. Host buffers (what
-  /// the host reads, such as logits) prefer cached system memory: reading
-  /// device memory through a PCIe BAR runs at a few MB/s. Device-local
-  /// buffers prefer device memory the host can map (every phone, ReBAR
-  /// GPUs), unless $TLC_VULKAN_HOST_MEMORY=1.
+  /// A memory type among `bits`. Host buffers (what the host reads, such
+  /// as logits) take host-visible, coherent memory, cached where there is
+  /// (reading device memory through a PCIe BAR runs at a few MB/s).
+  /// Device-local buffers take device memory: the host can map it on phones
+  /// and ReBAR GPUs, elsewhere it is filled through a staging copy (a BAR of
+  /// 256 MiB holds no model). $TLC_VULKAN_HOST_MEMORY=1 keeps everything in
+  /// host-visible memory.
   int memoryType(uint32_t bits, MemoryKind kind) const {
     const VkMemoryPropertyFlags host = VK_MEMORY_PROPERTY_HOST_VISIBLE_BIT |
                                        VK_MEMORY_PROPERTY_HOST_COHERENT_BIT;
     const char *env = std::getenv("TLC_VULKAN_HOST_MEMORY");
     bool hostOnly = env && *env == '1';
-    VkMemoryPropertyFlags first =
-        kind == MemoryKind::Host || hostOnly
-            ? host | VK_MEMORY_PROPERTY_HOST_CACHED_BIT
-            : host | VK_MEMORY_PROPERTY_DEVICE_LOCAL_BIT;
-    for (VkMemoryPropertyFlags want : {first, host})
+    std::vector<VkMemoryPropertyFlags> order;
+    if (kind == MemoryKind::Host || hostOnly)
+      order = {host | VK_MEMORY_PROPERTY_HOST_CACHED_BIT, host};
+    else
+      order = {VK_MEMORY_PROPERTY_DEVICE_LOCAL_BIT, host};
+    for (VkMemoryPropertyFlags want : order)
       for (uint32_t i = 0; i < memory.memoryTypeCount; ++i)
         if ((bits & (1u << i)) &&
             (memory.memoryTypes[i].propertyFlags & want) == want)
           return (int)i;
     return -1;
   }
+  bool hostVisible(int type) const {
+    return memory.memoryTypes[type].propertyFlags &
+           VK_MEMORY_PROPERTY_HOST_VISIBLE_BIT;
+  }
+  /// Records commands with `record` and runs them to completion (uploads).
+  tlc_status_t runOnce(const std::function<void(VkCommandBuffer)> &record) {
+    if (!uploadPool) {
+      VkCommandPoolCreateInfo pci{VK_STRUCTURE_TYPE_COMMAND_POOL_CREATE_INFO};
+      pci.flags = VK_COMMAND_POOL_CREATE_RESET_COMMAND_BUFFER_BIT;
+      pci.queueFamilyIndex = queueFamily;
+      if (VkResult r = vk.CreateCommandPool(device, &pci, nullptr, &uploadPool))
+        return uploadError("vkCreateCommandPool", r);
+      VkCommandBufferAllocateInfo ai{
+          VK_STRUCTURE_TYPE_COMMAND_BUFFER_ALLOCATE_INFO};
+      ai.commandPool = uploadPool;
+      ai.level = VK_COMMAND_BUFFER_LEVEL_PRIMARY;
+      ai.commandBufferCount = 1;
+      if (VkResult r = vk.AllocateCommandBuffers(device, &ai, &uploadCommands))
+        return uploadError("vkAllocateCommandBuffers", r);
+      VkFenceCreateInfo fci{VK_STRUCTURE_TYPE_FENCE_CREATE_INFO};
+      if (VkResult r = vk.CreateFence(device, &fci, nullptr, &uploadFence))
+        return uploadError("vkCreateFence", r);
+    }
+    VkCommandBufferBeginInfo bi{VK_STRUCTURE_TYPE_COMMAND_BUFFER_BEGIN_INFO};
+    bi.flags = VK_COMMAND_BUFFER_USAGE_ONE_TIME_SUBMIT_BIT;
+    if (VkResult r = vk.BeginCommandBuffer(uploadCommands, &bi))
+      return uploadError("vkBeginCommandBuffer", r);
+    record(uploadCommands);
+    if (VkResult r = vk.EndCommandBuffer(uploadCommands))
+      return uploadError("vkEndCommandBuffer", r);
+    VkSubmitInfo si{VK_STRUCTURE_TYPE_SUBMIT_INFO};
+    si.commandBufferCount = 1;
+    si.pCommandBuffers = &uploadCommands;
+    if (VkResult r = vk.QueueSubmit(queue, 1, &si, uploadFence))
+      return uploadError("vkQueueSubmit", r);
+    if (VkResult r = vk.WaitForFences(device, 1, &uploadFence, VK_TRUE,
+                                      UINT64_MAX))
+      return uploadError("vkWaitForFences", r);
+    vk.ResetFences(device, 1, &uploadFence);
+    return nullptr;
+  }
+  static tlc_status_t uploadError(const char *what, VkResult r) {
+    return error(std::string(what) + " failed (VkResult " + std::to_string(r) +
+                 ") filling device memory");
+  }
+  bool forceStaging = [] {
+    const char *env = std::getenv("TLC_VULKAN_STAGING");
+    return env && *env == '1';
+  }();
+  VkCommandPool uploadPool = VK_NULL_HANDLE;
+  VkCommandBuffer uploadCommands = VK_NULL_HANDLE;
+  VkFence uploadFence = VK_NULL_HANDLE;
 };
 
 Context &context() {
@@ -312,6 +368,16 @@ public:
             check(c_.vk.BindBufferMemory(c_.device, buffer, memory, 0),
                   "vkBindBufferMemory"))
       return s;
+    // Device memory the host cannot map ($TLC_VULKAN_STAGING=1 treats all
+    // device-local memory so, as on a discrete GPU without ReBAR): zeroed by
+    // the device, filled by upload().
+    if (!c_.hostVisible(type) ||
+        (kind == MemoryKind::DeviceLocal && c_.forceStaging)) {
+      VkBuffer b = buffer;
+      return c_.runOnce([&](VkCommandBuffer cb) {
+        c_.vk.CmdFillBuffer(cb, b, 0, VK_WHOLE_SIZE, 0);
+      });
+    }
     void *p = nullptr;
     if (tlc_status_t s = check(
             c_.vk.MapMemory(c_.device, memory, 0, VK_WHOLE_SIZE, 0, &p),
@@ -319,6 +385,24 @@ public:
       return s;
     mapped_ = (uint8_t *)p;
     std::memset(mapped_, 0, size);
+    return nullptr;
+  }
+  /// Copies `size` bytes from the host into a buffer the host cannot map,
+  /// through a host-visible staging buffer of at most 64 MiB.
+  tlc_status_t upload(const uint8_t *data, uint64_t size) {
+    const uint64_t stage = std::min<uint64_t>(size, 64u << 20);
+    VulkanBuffer staging(c_);
+    if (tlc_status_t s = staging.init(stage, MemoryKind::Host))
+      return s;
+    for (uint64_t done = 0; done < size; done += stage) {
+      uint64_t n = std::min(stage, size - done);
+      std::memcpy(staging.mapped_, data + done, n);
+      VkBufferCopy region{0, done, n};
+      if (tlc_status_t s = c_.runOnce([&](VkCommandBuffer cb) {
+            c_.vk.CmdCopyBuffer(cb, staging.buffer, buffer, 1, &region);
+          }))
+        return s;
+    }
     return nullptr;
   }
   uint8_t *hostPointer() override { return mapped_; }
@@ -771,8 +855,11 @@ public:
                              std::unique_ptr<Buffer> *out) override {
     if (tlc_status_t s = allocator_.allocate(MemoryKind::DeviceLocal, size, out))
       return s;
-    std::memcpy((*out)->hostPointer(), data, size);
-    return nullptr;
+    if (uint8_t *p = (*out)->hostPointer()) {
+      std::memcpy(p, data, size);
+      return nullptr;
+    }
+    return static_cast<VulkanBuffer &>(**out).upload(data, size);
   }
   tlc_status_t loadExecutable(const fb::Executable &def,
                               std::unique_ptr<Executable> *out) override {
