@@ -11,7 +11,7 @@ APT_PACKAGES = cmake ninja-build ccache clang-22 lld-22 liblld-22-dev \
   libgcc-12-dev-arm64-cross qemu-user spirv-tools mesa-vulkan-drivers \
   libvulkan-dev libspirv-cross-c-shared-dev pkg-config
 PYTHON ?= python3
-PY_PACKAGES = numpy safetensors tokenizers lit
+PY_PACKAGES = numpy safetensors tokenizers "lit<24"
 MODEL ?= models/tiny-bitnet-docs
 
 .PHONY: deps build build-aarch64 test demo clean

@@ -1,11 +1,17 @@
 # lit configuration: one suite over the whole source tree (tests live beside
 # the code they test), run from build/test.
+import inspect
 import os
 
 import lit.formats
 
 config.name = "tlc"
-config.test_format = lit.formats.ShTest(execute_external=True)
+# Tests are sh scripts (pipes, subshells, traps). lit 23 deprecated the
+# external shell: it needs force_execute_external there.
+_sh_options = {"execute_external": True}
+if "force_execute_external" in inspect.signature(lit.formats.ShTest).parameters:
+    _sh_options["force_execute_external"] = True
+config.test_format = lit.formats.ShTest(**_sh_options)
 config.suffixes = [".mlir", ".test"]
 config.test_source_root = config.src_root
 config.test_exec_root = os.path.join(config.build_root, "test")

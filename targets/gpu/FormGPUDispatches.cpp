@@ -324,6 +324,87 @@ KernelSpec ternaryMatmulKernel(int64_t N, int64_t K, int64_t tm,
   return k;
 }
 
+/// The same product for many tokens, tiled (tiledProduct): a workgroup
+/// per 64 tokens x 64 outputs; per block of 16 inputs its invocations
+/// stage 64 rows of activations (4 words each) and 64 rows' code words,
+/// decoded to floats. Sums of int8 x ternary products below 2^24 are exact
+/// in f32, so the result equals ternaryMatmulKernel's bit for bit.
+KernelSpec ternaryMatmulTiledKernel(int64_t N, int64_t K, int64_t tm,
+                                    MLIRContext *ctx) {
+  KernelSpec k;
+  k.name = llvm::formatv("ternary_matmul_tiled_n{0}_k{1}", N, K);
+  Type i32 = IntegerType::get(ctx, 32);
+  k.buffers = {qactBuffer(tm, K, ctx), MemRefType::get({16 + N * K / 16}, i32),
+               rowsOf(tm, N, Float32Type::get(ctx))};
+  int64_t colTiles = (N + kTile - 1) / kTile;
+  k.tokensFactor = 0;
+  k.constant = (tm + kTile - 1) / kTile * colTiles;
+  k.body = [=](OpBuilder &b, Location loc, const KernelArgs &a) {
+    TLC_E(b, loc);
+    Value q = a.buffers[0], w = a.buffers[1], y = a.buffers[2];
+    Value row0 = e.imul(e.idiv(a.unit, e.c(colTiles)), e.c(kTile));
+    Value col0 = e.imul(e.irem(a.unit, e.c(colTiles)), e.c(kTile));
+    auto toF32 = [&](OpBuilder &b, Location loc, Value v) -> Value {
+      return arith::SIToFPOp::create(b, loc, b.getF32Type(), v);
+    };
+    // Whole workgroups past T return (uniformly: no barrier is skipped).
+    when(b, loc, e.ult(row0, a.T), [&](OpBuilder &b, Location loc) {
+      TLC_E(b, loc);
+      auto fill = [&](OpBuilder &b, Location loc, Value kb, Value aTile,
+                      Value bTile) {
+        TLC_E(b, loc);
+        for (int64_t r = 0; r < 4; ++r) {
+          // Word w4 of the block's 4 in tile row r * 16 + lane / 4.
+          Value row = e.iadd(e.c(r * 16), e.idiv(a.lane, e.c(4)));
+          Value w4 = e.irem(a.lane, e.c(4));
+          Value t = arith::MinUIOp::create(b, loc, e.iadd(row0, row),
+                                           e.c(tm - 1));
+          Value word = e.ld(q, e.iadd(e.imul(t, e.c(K / 4)),
+                                      e.iadd(e.imul(kb, e.c(4)), w4)));
+          for (int i = 0; i < 4; ++i)
+            e.st(toF32(b, loc, byteOf(b, loc, word, i)), aTile,
+                 e.iadd(e.imul(e.iadd(e.imul(w4, e.c(4)), e.c(i)),
+                               e.c(kTile)),
+                        row));
+        }
+        Value n = arith::MinUIOp::create(b, loc, e.iadd(col0, a.lane),
+                                         e.c(N - 1));
+        Value codes = e.ld(w, e.iadd(e.iadd(e.c(16), e.imul(n, e.c(K / 16))),
+                                     kb));
+        for (int64_t kk = 0; kk < 16; ++kk) {
+          Value code = arith::AndIOp::create(
+              b, loc,
+              arith::ShRUIOp::create(b, loc, codes, i32Const(b, loc, 2 * kk)),
+              i32Const(b, loc, 3));
+          e.st(toF32(b, loc, arith::SubIOp::create(b, loc, code,
+                                                   i32Const(b, loc, 1))),
+               bTile, e.iadd(e.c(kk * kTile), a.lane));
+        }
+      };
+      TileResult r = tiledProduct(b, loc, a.lane, K / 16, fill);
+      Value gamma = arith::BitcastOp::create(b, loc, b.getF32Type(),
+                                             e.ld(w, e.c(0)));
+      for (int64_t i = 0; i < kMicro; ++i) {
+        Value t = e.iadd(row0, r.row(b, loc, i));
+        when(b, loc, e.ult(t, a.T), [&](OpBuilder &b, Location loc) {
+          TLC_E(b, loc);
+          Value inv = arith::BitcastOp::create(
+              b, loc, b.getF32Type(), e.ld(q, e.iadd(e.c(tm * K / 4), t)));
+          Value scale = e.mul(gamma, inv);
+          for (int64_t j = 0; j < kMicro; ++j) {
+            Value n = e.iadd(col0, r.col(b, loc, j));
+            when(b, loc, e.ult(n, e.c(N)), [&](OpBuilder &b, Location loc) {
+              TLC_E(b, loc);
+              e.st(e.mul(r.acc[i * kMicro + j], scale), y, {t, n});
+            });
+          }
+        });
+      }
+    });
+  };
+  return k;
+}
+
 /// The LM head: y[r, n] = x[T - rows + r] . W[n] for r < rows. One
 /// workgroup per vocabulary row n (at most 4096 workgroups, each looping
 /// over rows n): its invocations read consecutive elements of W[n]
@@ -651,7 +732,13 @@ FailureOr<KernelSpec> specFor(Operation *op, int64_t tm, int64_t maxBinding) {
       return op->emitOpError("the GPU ternary kernel sums in f32 exactly up "
                              "to in_features 132104, got ")
              << w.getInFeatures();
-    k = ternaryMatmulKernel(w.getOutFeatures(), w.getInFeatures(), tm, ctx);
+    // Many tokens (prefill, training): tiles; a few (decode): a workgroup
+    // per output.
+    k = tm >= kTiledMinTokens
+            ? ternaryMatmulTiledKernel(w.getOutFeatures(), w.getInFeatures(),
+                                       tm, ctx)
+            : ternaryMatmulKernel(w.getOutFeatures(), w.getInFeatures(), tm,
+                                  ctx);
   } else if (auto d = dyn_cast<DenseOp>(op)) {
     Type et = d.getWeight().getType().getElementType();
     if (!et.isF32() && !et.isBF16())

@@ -218,31 +218,76 @@ Value reduceScratch(OpBuilder &b, Location loc) {
 }
 
 /// Combines one value per invocation over the workgroup in a fixed order
-/// (invocation 0 folds the kWorkgroupSize values in lane order, so results
-/// do not depend on scheduling); every invocation gets the result.
+/// (a pairwise tree over lanes: slot i takes slot i + s for s = 32, ..., 1,
+/// so results do not depend on scheduling); every invocation gets the
+/// result. The last step writes the result slot, which the next call's
+/// stores cannot reach before every invocation has read it.
 Value workgroupReduce(OpBuilder &b, Location loc, Value scratch, Value lane,
                       Value v,
                       function_ref<Value(OpBuilder &, Location, Value, Value)>
                           combine) {
   memref::StoreOp::create(b, loc, v, scratch, lane);
   mlir::gpu::BarrierOp::create(b, loc);
-  Value zero = indexConst(b, loc, 0), result = indexConst(b, loc, kWorkgroupSize);
-  Value first = arith::CmpIOp::create(b, loc, arith::CmpIPredicate::eq, lane,
-                                      zero);
-  scf::IfOp::create(b, loc, first, [&](OpBuilder &b, Location loc) {
-    Value init = memref::LoadOp::create(b, loc, scratch, zero);
-    auto fold = scf::ForOp::create(
-        b, loc, indexConst(b, loc, 1), result, indexConst(b, loc, 1),
-        ValueRange{init},
-        [&](OpBuilder &b, Location loc, Value i, ValueRange acc) {
-          Value x = memref::LoadOp::create(b, loc, scratch, i);
-          scf::YieldOp::create(b, loc, combine(b, loc, acc[0], x));
-        });
-    memref::StoreOp::create(b, loc, fold.getResult(0), scratch, result);
-    scf::YieldOp::create(b, loc);
-  });
-  mlir::gpu::BarrierOp::create(b, loc);
-  return memref::LoadOp::create(b, loc, scratch, result);
+  for (int64_t s = kWorkgroupSize / 2; s >= 1; s /= 2) {
+    Value active = arith::CmpIOp::create(b, loc, arith::CmpIPredicate::ult,
+                                         lane, indexConst(b, loc, s));
+    when(b, loc, active, [&](OpBuilder &b, Location loc) {
+      Value x = memref::LoadOp::create(b, loc, scratch, lane);
+      Value y = memref::LoadOp::create(
+          b, loc, scratch,
+          ValueRange{arith::AddIOp::create(b, loc, lane, indexConst(b, loc, s))});
+      Value to = s == 1 ? indexConst(b, loc, kWorkgroupSize) : lane;
+      memref::StoreOp::create(b, loc, combine(b, loc, x, y), scratch, to);
+    });
+    mlir::gpu::BarrierOp::create(b, loc);
+  }
+  return memref::LoadOp::create(b, loc, scratch,
+                                indexConst(b, loc, kWorkgroupSize));
+}
+
+TileResult tiledProduct(OpBuilder &b, Location loc, Value lane,
+                        int64_t kBlocks, const TileFill &fill) {
+  static_assert(kTile == kMicro * kMicro && kTile == kWorkgroupSize);
+  Type f32 = b.getF32Type();
+  Value aTile = allocWorkgroup(b, loc, kTileK * kTile, f32);
+  Value bTile = allocWorkgroup(b, loc, kTileK * kTile, f32);
+  TileResult r;
+  r.ty = arith::DivUIOp::create(b, loc, lane, indexConst(b, loc, kMicro));
+  r.tx = arith::RemUIOp::create(b, loc, lane, indexConst(b, loc, kMicro));
+  SmallVector<Value> init(kMicro * kMicro, f32Const(b, loc, 0.0f));
+  auto loop = scf::ForOp::create(
+      b, loc, indexConst(b, loc, 0), indexConst(b, loc, kBlocks),
+      indexConst(b, loc, 1), init,
+      [&](OpBuilder &b, Location loc, Value kb, ValueRange acc) {
+        mlir::gpu::BarrierOp::create(b, loc);
+        fill(b, loc, kb, aTile, bTile);
+        mlir::gpu::BarrierOp::create(b, loc);
+        SmallVector<Value> sum(acc.begin(), acc.end());
+        for (int64_t kk = 0; kk < kTileK; ++kk) {
+          Value as[kMicro], bs[kMicro];
+          for (int64_t i = 0; i < kMicro; ++i) {
+            Value off = indexConst(b, loc, kk * kTile + i * kMicro);
+            as[i] = memref::LoadOp::create(
+                b, loc, aTile, ValueRange{arith::AddIOp::create(b, loc, r.ty, off)});
+            bs[i] = memref::LoadOp::create(
+                b, loc, bTile, ValueRange{arith::AddIOp::create(b, loc, r.tx, off)});
+          }
+          for (int64_t i = 0; i < kMicro; ++i)
+            for (int64_t j = 0; j < kMicro; ++j)
+              sum[i * kMicro + j] =
+                  math::FmaOp::create(b, loc, as[i], bs[j], sum[i * kMicro + j]);
+        }
+        scf::YieldOp::create(b, loc, sum);
+      });
+  r.acc.assign(loop.getResults().begin(), loop.getResults().end());
+  return r;
+}
+
+Value TileResult::row(OpBuilder &b, Location loc, int64_t i) const {
+  return arith::AddIOp::create(b, loc, ty, indexConst(b, loc, i * kMicro));
+}
+Value TileResult::col(OpBuilder &b, Location loc, int64_t j) const {
+  return arith::AddIOp::create(b, loc, tx, indexConst(b, loc, j * kMicro));
 }
 
 Value addF(OpBuilder &b, Location loc, Value x, Value y) {

@@ -132,6 +132,34 @@ Value workgroupReduce(OpBuilder &b, Location loc, Value scratch, Value lane,
                       function_ref<Value(OpBuilder &, Location, Value, Value)>
                           combine);
 
+/// Tiled products C[i][j] = sum_k A[i][k] B[j][k] (k ascending, f32 fma):
+/// a workgroup computes a kTile x kTile tile of C, each invocation
+/// kMicro x kMicro of it, over blocks of kTileK values of k staged in
+/// workgroup memory.
+inline constexpr int64_t kTile = 64, kTileK = 16, kMicro = 8;
+/// Functions of at least this many tokens per call use tiled products.
+inline constexpr int64_t kTiledMinTokens = 16;
+
+/// Stages k-block `kBlock` of the tile's operands, called by every
+/// invocation: aTile[kk * kTile + i] = A[i][kBlock * kTileK + kk], and
+/// bTile[kk * kTile + j] = B[j][...] likewise (f32 workgroup memory).
+using TileFill = function_ref<void(OpBuilder &, Location, Value kBlock,
+                                   Value aTile, Value bTile)>;
+
+/// An invocation's part of a tile: acc[i * kMicro + j] is C at tile row
+/// row(i) and tile column col(j).
+struct TileResult {
+  SmallVector<Value> acc;
+  Value ty, tx;
+  Value row(OpBuilder &b, Location loc, int64_t i) const;
+  Value col(OpBuilder &b, Location loc, int64_t j) const;
+};
+
+/// The tile product over `kBlocks` blocks (at least one). Must be reached
+/// by the whole workgroup (it has barriers).
+TileResult tiledProduct(OpBuilder &b, Location loc, Value lane,
+                        int64_t kBlocks, const TileFill &fill);
+
 Value addF(OpBuilder &b, Location loc, Value x, Value y);
 
 Value maxF(OpBuilder &b, Location loc, Value x, Value y);
@@ -163,6 +191,65 @@ Value constantAt(OpBuilder &b, Location loc, ArrayRef<float> table, Value i);
 
 /// Sign-extended byte `i` (0..3) of a 32-bit word.
 Value byteOf(OpBuilder &b, Location loc, Value word, int i);
+
+/// Terse arithmetic for kernel bodies (f32 unless named i...).
+struct E {
+  OpBuilder &b;
+  Location loc;
+  Value c(int64_t v) { return indexConst(b, loc, v); }
+  Value f(float v) { return f32Const(b, loc, v); }
+  Value add(Value x, Value y) { return arith::AddFOp::create(b, loc, x, y); }
+  Value sub(Value x, Value y) { return arith::SubFOp::create(b, loc, x, y); }
+  Value mul(Value x, Value y) { return arith::MulFOp::create(b, loc, x, y); }
+  Value div(Value x, Value y) { return arith::DivFOp::create(b, loc, x, y); }
+  Value max(Value x, Value y) { return arith::MaximumFOp::create(b, loc, x, y); }
+  Value min(Value x, Value y) { return arith::MinimumFOp::create(b, loc, x, y); }
+  /// x * y + acc, rounded once.
+  Value fma(Value x, Value y, Value acc) {
+    return math::FmaOp::create(b, loc, x, y, acc);
+  }
+  Value exp(Value x) { return expF(b, loc, x); }
+  Value log(Value x) { return logF(b, loc, x); }
+  Value sqrt(Value x) { return math::SqrtOp::create(b, loc, x); }
+  Value iadd(Value x, Value y) { return arith::AddIOp::create(b, loc, x, y); }
+  Value isub(Value x, Value y) { return arith::SubIOp::create(b, loc, x, y); }
+  Value imul(Value x, Value y) { return arith::MulIOp::create(b, loc, x, y); }
+  Value idiv(Value x, Value y) { return arith::DivUIOp::create(b, loc, x, y); }
+  Value irem(Value x, Value y) { return arith::RemUIOp::create(b, loc, x, y); }
+  Value ult(Value x, Value y) {
+    return arith::CmpIOp::create(b, loc, arith::CmpIPredicate::ult, x, y);
+  }
+  Value ieq(Value x, Value y) {
+    return arith::CmpIOp::create(b, loc, arith::CmpIPredicate::eq, x, y);
+  }
+  Value fgt(Value x, Value y) {
+    return arith::CmpFOp::create(b, loc, arith::CmpFPredicate::OGT, x, y);
+  }
+  Value feq(Value x, Value y) {
+    return arith::CmpFOp::create(b, loc, arith::CmpFPredicate::OEQ, x, y);
+  }
+  Value sel(Value c, Value x, Value y) {
+    return arith::SelectOp::create(b, loc, c, x, y);
+  }
+  Value ld(Value buffer, ValueRange at) {
+    return memref::LoadOp::create(b, loc, buffer, at);
+  }
+  void st(Value v, Value buffer, ValueRange at) {
+    memref::StoreOp::create(b, loc, v, buffer, at);
+  }
+  /// labels[t] >= 0 (an i32 label).
+  Value valid(Value label) {
+    return arith::CmpIOp::create(b, loc, arith::CmpIPredicate::sge, label,
+                                 i32Const(b, loc, 0));
+  }
+  /// Word i of a buffer of f32 words, read as i32.
+  Value bitsAt(Value buffer, int64_t i) {
+    return arith::BitcastOp::create(b, loc, b.getI32Type(), ld(buffer, c(i)));
+  }
+};
+
+/// A kernel body's builder and location as an E.
+#define TLC_E(b, loc) E e{b, loc}
 
 /// Builds `spec`'s kernel on first use and dispatches it at `b` on
 /// `operands` (buffers read, or updated in place) with `results`.

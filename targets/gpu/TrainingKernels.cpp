@@ -21,64 +21,6 @@ using namespace mlir::tlora;
 namespace tlc::gpu {
 namespace {
 
-/// Terse arithmetic for kernel bodies (f32 unless named i...).
-struct E {
-  OpBuilder &b;
-  Location loc;
-  Value c(int64_t v) { return indexConst(b, loc, v); }
-  Value f(float v) { return f32Const(b, loc, v); }
-  Value add(Value x, Value y) { return arith::AddFOp::create(b, loc, x, y); }
-  Value sub(Value x, Value y) { return arith::SubFOp::create(b, loc, x, y); }
-  Value mul(Value x, Value y) { return arith::MulFOp::create(b, loc, x, y); }
-  Value div(Value x, Value y) { return arith::DivFOp::create(b, loc, x, y); }
-  Value max(Value x, Value y) { return arith::MaximumFOp::create(b, loc, x, y); }
-  Value min(Value x, Value y) { return arith::MinimumFOp::create(b, loc, x, y); }
-  /// x * y + acc, rounded once.
-  Value fma(Value x, Value y, Value acc) {
-    return math::FmaOp::create(b, loc, x, y, acc);
-  }
-  Value exp(Value x) { return expF(b, loc, x); }
-  Value log(Value x) { return logF(b, loc, x); }
-  Value sqrt(Value x) { return math::SqrtOp::create(b, loc, x); }
-  Value iadd(Value x, Value y) { return arith::AddIOp::create(b, loc, x, y); }
-  Value isub(Value x, Value y) { return arith::SubIOp::create(b, loc, x, y); }
-  Value imul(Value x, Value y) { return arith::MulIOp::create(b, loc, x, y); }
-  Value idiv(Value x, Value y) { return arith::DivUIOp::create(b, loc, x, y); }
-  Value irem(Value x, Value y) { return arith::RemUIOp::create(b, loc, x, y); }
-  Value ult(Value x, Value y) {
-    return arith::CmpIOp::create(b, loc, arith::CmpIPredicate::ult, x, y);
-  }
-  Value ieq(Value x, Value y) {
-    return arith::CmpIOp::create(b, loc, arith::CmpIPredicate::eq, x, y);
-  }
-  Value fgt(Value x, Value y) {
-    return arith::CmpFOp::create(b, loc, arith::CmpFPredicate::OGT, x, y);
-  }
-  Value feq(Value x, Value y) {
-    return arith::CmpFOp::create(b, loc, arith::CmpFPredicate::OEQ, x, y);
-  }
-  Value sel(Value c, Value x, Value y) {
-    return arith::SelectOp::create(b, loc, c, x, y);
-  }
-  Value ld(Value buffer, ValueRange at) {
-    return memref::LoadOp::create(b, loc, buffer, at);
-  }
-  void st(Value v, Value buffer, ValueRange at) {
-    memref::StoreOp::create(b, loc, v, buffer, at);
-  }
-  /// labels[t] >= 0 (an i32 label).
-  Value valid(Value label) {
-    return arith::CmpIOp::create(b, loc, arith::CmpIPredicate::sge, label,
-                                 i32Const(b, loc, 0));
-  }
-  /// Word i of a buffer of f32 words, read as i32.
-  Value bitsAt(Value buffer, int64_t i) {
-    return arith::BitcastOp::create(b, loc, b.getI32Type(), ld(buffer, c(i)));
-  }
-};
-
-/// A kernel body's builder and location as an E.
-#define TLC_E(b, loc) E e{b, loc}
 
 Type f32Of(MLIRContext *ctx) { return Float32Type::get(ctx); }
 Type i32Of(MLIRContext *ctx) { return IntegerType::get(ctx, 32); }
