@@ -172,6 +172,76 @@ KernelSpec ternaryMatmulTransposedKernel(int64_t N, int64_t K, int64_t tm,
   return k;
 }
 
+/// The same, tiled (tiledProduct) for 16+ tokens: a workgroup per 64
+/// tokens x 64 columns k; per block of 16 rows n its invocations stage
+/// dy[t, n] and the rows' code words (4 per row), decoded. Sums in the same
+/// order (n ascending, x * 1 and x * -1 exact) as the kernel above.
+KernelSpec ternaryMatmulTransposedTiledKernel(int64_t N, int64_t K, int64_t tm,
+                                              MLIRContext *ctx) {
+  KernelSpec k;
+  k.name = llvm::formatv("ternary_matmul_t_tiled_n{0}_k{1}", N, K);
+  k.buffers = {rowsOf(tm, N, f32Of(ctx)), flatOf(16 + N * K / 16, i32Of(ctx)),
+               rowsOf(tm, K, f32Of(ctx))};
+  int64_t colTiles = (K + kTile - 1) / kTile;
+  k.tokensFactor = 0;
+  k.constant = (tm + kTile - 1) / kTile * colTiles;
+  k.body = [=](OpBuilder &b, Location loc, const KernelArgs &a) {
+    TLC_E(b, loc);
+    Value dy = a.buffers[0], w = a.buffers[1], dx = a.buffers[2];
+    Value row0 = e.imul(e.idiv(a.unit, e.c(colTiles)), e.c(kTile));
+    Value col0 = e.imul(e.irem(a.unit, e.c(colTiles)), e.c(kTile));
+    when(b, loc, e.ult(row0, a.T), [&](OpBuilder &b, Location loc) {
+      TLC_E(b, loc);
+      auto fill = [&](OpBuilder &b, Location loc, Value kb, Value aTile,
+                      Value bTile) {
+        TLC_E(b, loc);
+        Value nn = e.irem(a.lane, e.c(16));
+        for (int64_t r = 0; r < 16; ++r) {
+          Value row = e.iadd(e.c(r * 4), e.idiv(a.lane, e.c(16)));
+          Value t = arith::MinUIOp::create(b, loc, e.iadd(row0, row),
+                                           e.c(tm - 1));
+          e.st(e.ld(dy, {t, e.iadd(e.imul(kb, e.c(16)), nn)}), aTile,
+               e.iadd(e.imul(nn, e.c(kTile)), row));
+        }
+        // Row kb * 16 + lane / 4, its code word lane % 4 of the tile.
+        Value rowInBlock = e.idiv(a.lane, e.c(4)), wq = e.irem(a.lane, e.c(4));
+        Value n = e.iadd(e.imul(kb, e.c(16)), rowInBlock);
+        Value wordCol = arith::MinUIOp::create(
+            b, loc, e.iadd(e.idiv(col0, e.c(16)), wq), e.c(K / 16 - 1));
+        Value codes = e.ld(w, e.iadd(e.iadd(e.c(16), e.imul(n, e.c(K / 16))),
+                                     wordCol));
+        Value base = e.iadd(e.imul(rowInBlock, e.c(kTile)), e.imul(wq, e.c(16)));
+        for (int64_t c = 0; c < 16; ++c) {
+          Value code = arith::AndIOp::create(
+              b, loc,
+              arith::ShRUIOp::create(b, loc, codes, i32Const(b, loc, 2 * c)),
+              i32Const(b, loc, 3));
+          e.st(arith::SIToFPOp::create(
+                   b, loc, b.getF32Type(),
+                   arith::SubIOp::create(b, loc, code, i32Const(b, loc, 1))),
+               bTile, e.iadd(base, e.c(c)));
+        }
+      };
+      TileResult r = tiledProduct(b, loc, a.lane, N / 16, fill);
+      Value gamma = arith::BitcastOp::create(b, loc, b.getF32Type(),
+                                             e.ld(w, e.c(0)));
+      for (int64_t i = 0; i < kMicro; ++i) {
+        Value t = e.iadd(row0, r.row(b, loc, i));
+        for (int64_t j = 0; j < kMicro; ++j) {
+          Value col = e.iadd(col0, r.col(b, loc, j));
+          when(b, loc,
+               arith::AndIOp::create(b, loc, e.ult(t, a.T), e.ult(col, e.c(K))),
+               [&](OpBuilder &b, Location loc) {
+                 TLC_E(b, loc);
+                 e.st(e.mul(r.acc[i * kMicro + j], gamma), dx, {t, col});
+               });
+        }
+      }
+    });
+  };
+  return k;
+}
+
 /// LoRA backward, per token (one workgroup each): u = x A^T and
 /// du = scale dy B into ud[t] = [u, du], and dx = du A.
 KernelSpec loraGradRowsKernel(int64_t R, int64_t K, int64_t N, float scale,
@@ -713,6 +783,309 @@ KernelSpec crossEntropyGradKernel(CrossEntropyGradOp op, int64_t tm,
   return k;
 }
 
+/// Online softmax statistics: (m, s) folded with (mi, si) as the maximum
+/// and the sum of exp(z - maximum); an empty part has mi = -inf.
+std::pair<Value, Value> combineMaxSum(E &e, Value m, Value s, Value mi,
+                                      Value si) {
+  Value ninf = e.f(-std::numeric_limits<float>::infinity());
+  Value mm = e.max(m, mi);
+  auto scaled = [&](Value mx, Value sx) {
+    return e.sel(e.feq(mx, ninf), e.f(0), e.mul(sx, e.exp(e.sub(mx, mm))));
+  };
+  return {mm, e.add(scaled(m, s), scaled(mi, si))};
+}
+
+/// Stages the logits' operands for tiledProduct: aTile = x rows (tokens
+/// from row0), bTile = W rows v0 + col0 + j (clamped below `rows`).
+void fillLogitOperands(OpBuilder &b, Location loc, const KernelArgs &a,
+                       Value kb, Value aTile, Value bTile, Value x,
+                       ValueRange w, const RowChunks &chunks, Type et,
+                       int64_t tm, Value row0, Value col0, int64_t v0,
+                       int64_t rows) {
+  TLC_E(b, loc);
+  Value kk = e.irem(a.lane, e.c(16));
+  Value k = e.iadd(e.imul(kb, e.c(16)), kk);
+  for (int64_t r = 0; r < 16; ++r) {
+    Value i = e.iadd(e.c(r * 4), e.idiv(a.lane, e.c(16)));
+    Value t = arith::MinUIOp::create(b, loc, e.iadd(row0, i), e.c(tm - 1));
+    e.st(e.ld(x, {t, k}), aTile, e.iadd(e.imul(kk, e.c(kTile)), i));
+    Value v = e.iadd(e.c(v0), arith::MinUIOp::create(b, loc, e.iadd(col0, i),
+                                                      e.c(rows - 1)));
+    e.st(loadWeightAt(b, loc, w, chunks, et, v, k), bTile,
+         e.iadd(e.imul(kk, e.c(kTile)), i));
+  }
+}
+
+/// Cross entropy fused with the LM head for 16+ tokens, tiled, in two
+/// kernels. This one: a workgroup per 64 tokens x 64 rows v of the logits
+/// z = x W^T (tiledProduct); per token, the tile's (max, sum of exp) go to
+/// partials[t, 2 tile .. 2 tile + 1] (8 per token and invocation, then 8
+/// invocations in order) and the label's logit to zl[t].
+KernelSpec crossEntropyPartialsKernel(CrossEntropyOp op, int64_t tm,
+                                      int64_t maxBinding) {
+  auto wt = cast<ShapedType>(op.getWeight().getType());
+  int64_t V = wt.getDimSize(0), K = wt.getDimSize(1);
+  Type et = wt.getElementType();
+  MLIRContext *ctx = op.getContext();
+  int64_t colTiles = (V + kTile - 1) / kTile;
+  KernelSpec k;
+  k.name = llvm::formatv("cross_entropy_partials_v{0}_k{1}_{2}", V, K,
+                         suffixOf(et));
+  k.buffers = {rowsOf(tm, K, f32Of(ctx))};
+  RowChunks chunks = rowChunks(wt, maxBinding);
+  addWeightChunks(k, 1, wt, chunks);
+  k.buffers.append({flatOf(tm, i32Of(ctx)), rowsOf(tm, 2 * colTiles, f32Of(ctx)),
+                    flatOf(tm, f32Of(ctx))});
+  k.tokensFactor = 0;
+  k.constant = (tm + kTile - 1) / kTile * colTiles;
+  k.body = [=](OpBuilder &b, Location loc, const KernelArgs &a) {
+    TLC_E(b, loc);
+    int64_t c = chunks.count();
+    ValueRange w = a.buffers.slice(1, c);
+    Value x = a.buffers[0], labels = a.buffers[1 + c],
+          partials = a.buffers[2 + c], zl = a.buffers[3 + c];
+    Value tile = e.irem(a.unit, e.c(colTiles));
+    Value row0 = e.imul(e.idiv(a.unit, e.c(colTiles)), e.c(kTile));
+    Value col0 = e.imul(tile, e.c(kTile));
+    Value ms = allocWorkgroup(b, loc, kTile * kMicro, b.getF32Type());
+    Value ss = allocWorkgroup(b, loc, kTile * kMicro, b.getF32Type());
+    Value ninf = e.f(-std::numeric_limits<float>::infinity());
+    when(b, loc, e.ult(row0, a.T), [&](OpBuilder &b, Location loc) {
+      TLC_E(b, loc);
+      TileResult r = tiledProduct(
+          b, loc, a.lane, K / 16,
+          [&](OpBuilder &b, Location loc, Value kb, Value aTile, Value bTile) {
+            fillLogitOperands(b, loc, a, kb, aTile, bTile, x, w, chunks, et,
+                              tm, row0, col0, 0, V);
+          });
+      for (int64_t i = 0; i < kMicro; ++i) {
+        Value ti = r.row(b, loc, i), t = e.iadd(row0, ti);
+        Value label = e.ld(labels, Value(arith::MinUIOp::create(b, loc, t, e.c(tm - 1))));
+        Value labelAt = arith::IndexCastOp::create(b, loc, b.getIndexType(), label);
+        Value m = ninf, sum = e.f(0);
+        SmallVector<Value> vs, valid;
+        for (int64_t j = 0; j < kMicro; ++j) {
+          vs.push_back(e.iadd(col0, r.col(b, loc, j)));
+          valid.push_back(e.ult(vs[j], e.c(V)));
+          m = e.max(m, e.sel(valid[j], r.acc[i * kMicro + j], ninf));
+        }
+        for (int64_t j = 0; j < kMicro; ++j) {
+          sum = e.add(sum, e.sel(valid[j],
+                                 e.exp(e.sub(r.acc[i * kMicro + j], m)), e.f(0)));
+          Value mine = arith::AndIOp::create(
+              b, loc, arith::AndIOp::create(b, loc, e.ult(t, a.T), e.valid(label)),
+              e.ieq(vs[j], labelAt));
+          when(b, loc, mine, [&](OpBuilder &b, Location loc) {
+            TLC_E(b, loc);
+            e.st(r.acc[i * kMicro + j], zl, t);
+          });
+        }
+        Value slot = e.iadd(e.imul(ti, e.c(kMicro)), r.tx);
+        e.st(m, ms, slot);
+        e.st(sum, ss, slot);
+      }
+      mlir::gpu::BarrierOp::create(b, loc);
+      Value t = e.iadd(row0, a.lane);
+      when(b, loc, e.ult(t, a.T), [&](OpBuilder &b, Location loc) {
+        TLC_E(b, loc);
+        Value base = e.imul(a.lane, e.c(kMicro));
+        Value m = e.ld(ms, base), sum = e.ld(ss, base);
+        for (int64_t j = 1; j < kMicro; ++j) {
+          Value at = e.iadd(base, e.c(j));
+          std::tie(m, sum) = combineMaxSum(e, m, sum, e.ld(ms, at), e.ld(ss, at));
+        }
+        Value col = e.imul(tile, e.c(2));
+        e.st(m, partials, {t, col});
+        e.st(sum, partials, {t, e.iadd(col, e.c(1))});
+      });
+    });
+  };
+  return k;
+}
+
+/// Then, one invocation per token: the tiles' partials in order give
+/// lse[t] and loss[t] = lse[t] - zl[t]; ignored tokens: loss = lse = 0.
+KernelSpec crossEntropyCombineKernel(int64_t V, int64_t tm, MLIRContext *ctx) {
+  int64_t colTiles = (V + kTile - 1) / kTile;
+  KernelSpec k;
+  k.name = llvm::formatv("cross_entropy_combine_v{0}", V);
+  k.buffers = {rowsOf(tm, 2 * colTiles, f32Of(ctx)), flatOf(tm, f32Of(ctx)),
+               flatOf(tm, i32Of(ctx)), flatOf(tm, f32Of(ctx)),
+               flatOf(tm, f32Of(ctx))};
+  k.tokensFactor = 0;
+  k.constant = (tm + kWorkgroupSize - 1) / kWorkgroupSize;
+  k.body = [=](OpBuilder &b, Location loc, const KernelArgs &a) {
+    TLC_E(b, loc);
+    Value partials = a.buffers[0], zl = a.buffers[1], labels = a.buffers[2],
+          loss = a.buffers[3], lse = a.buffers[4];
+    Value t = e.iadd(e.imul(a.unit, e.c(kWorkgroupSize)), a.lane);
+    when(b, loc, e.ult(t, a.T), [&](OpBuilder &b, Location loc) {
+      TLC_E(b, loc);
+      auto valid = scf::IfOp::create(
+          b, loc, e.valid(e.ld(labels, t)),
+          [&](OpBuilder &b, Location loc) {
+            TLC_E(b, loc);
+            Value m = e.ld(partials, {t, e.c(0)}), s = e.ld(partials, {t, e.c(1)});
+            if (colTiles > 1) {
+              auto fold = scf::ForOp::create(
+                  b, loc, e.c(1), e.c(colTiles), e.c(1), ValueRange{m, s},
+                  [&](OpBuilder &b, Location loc, Value tile, ValueRange acc) {
+                    TLC_E(b, loc);
+                    Value col = e.imul(tile, e.c(2));
+                    auto [mm, ss] = combineMaxSum(
+                        e, acc[0], acc[1], e.ld(partials, {t, col}),
+                        e.ld(partials, {t, e.iadd(col, e.c(1))}));
+                    scf::YieldOp::create(b, loc, ValueRange{mm, ss});
+                  });
+              m = fold.getResult(0);
+              s = fold.getResult(1);
+            }
+            Value l = e.add(m, e.log(s));
+            scf::YieldOp::create(b, loc, ValueRange{l, e.sub(l, e.ld(zl, t))});
+          },
+          [&](OpBuilder &b, Location loc) {
+            TLC_E(b, loc);
+            scf::YieldOp::create(b, loc, ValueRange{e.f(0), e.f(0)});
+          });
+      e.st(valid.getResult(0), lse, t);
+      e.st(valid.getResult(1), loss, t);
+    });
+  };
+  return k;
+}
+
+/// Its backward for 16+ tokens, over slabs of `rows` vocabulary rows from
+/// v0: P[t, v - v0] = dloss[t] (exp(z_v - lse[t]) - [v == label]) (tiled
+/// logits; 0 for ignored tokens), then crossEntropyDxKernel.
+KernelSpec crossEntropyProbsKernel(CrossEntropyGradOp op, int64_t tm,
+                                   int64_t maxBinding, int64_t v0,
+                                   int64_t rows, int64_t slab) {
+  auto wt = cast<ShapedType>(op.getWeight().getType());
+  int64_t V = wt.getDimSize(0), K = wt.getDimSize(1);
+  Type et = wt.getElementType();
+  MLIRContext *ctx = op.getContext();
+  int64_t colTiles = (rows + kTile - 1) / kTile;
+  KernelSpec k;
+  k.name = llvm::formatv("cross_entropy_probs_v{0}_k{1}_{2}_from{3}_n{4}", V,
+                         K, suffixOf(et), v0, rows);
+  k.buffers = {rowsOf(tm, K, f32Of(ctx))};
+  RowChunks chunks = rowChunks(wt, maxBinding);
+  addWeightChunks(k, 1, wt, chunks);
+  k.buffers.append({flatOf(tm, i32Of(ctx)), flatOf(tm, f32Of(ctx)),
+                    flatOf(tm, f32Of(ctx)), rowsOf(tm, slab, f32Of(ctx))});
+  k.tokensFactor = 0;
+  k.constant = (tm + kTile - 1) / kTile * colTiles;
+  k.body = [=](OpBuilder &b, Location loc, const KernelArgs &a) {
+    TLC_E(b, loc);
+    int64_t c = chunks.count();
+    ValueRange w = a.buffers.slice(1, c);
+    Value x = a.buffers[0], labels = a.buffers[1 + c], lse = a.buffers[2 + c],
+          dloss = a.buffers[3 + c], probs = a.buffers[4 + c];
+    Value row0 = e.imul(e.idiv(a.unit, e.c(colTiles)), e.c(kTile));
+    Value col0 = e.imul(e.irem(a.unit, e.c(colTiles)), e.c(kTile));
+    when(b, loc, e.ult(row0, a.T), [&](OpBuilder &b, Location loc) {
+      TLC_E(b, loc);
+      TileResult r = tiledProduct(
+          b, loc, a.lane, K / 16,
+          [&](OpBuilder &b, Location loc, Value kb, Value aTile, Value bTile) {
+            fillLogitOperands(b, loc, a, kb, aTile, bTile, x, w, chunks, et,
+                              tm, row0, col0, v0, rows);
+          });
+      for (int64_t i = 0; i < kMicro; ++i) {
+        Value t = e.iadd(row0, r.row(b, loc, i));
+        when(b, loc, e.ult(t, a.T), [&](OpBuilder &b, Location loc) {
+          TLC_E(b, loc);
+          Value label = e.ld(labels, t);
+          Value labelAt =
+              arith::IndexCastOp::create(b, loc, b.getIndexType(), label);
+          Value l = e.ld(lse, t), scale = e.ld(dloss, t), ok = e.valid(label);
+          for (int64_t j = 0; j < kMicro; ++j) {
+            Value col = e.iadd(col0, r.col(b, loc, j));
+            when(b, loc, e.ult(col, e.c(rows)), [&](OpBuilder &b, Location loc) {
+              TLC_E(b, loc);
+              Value p = e.sub(e.exp(e.sub(r.acc[i * kMicro + j], l)),
+                              e.sel(e.ieq(e.iadd(col, e.c(v0)), labelAt),
+                                    e.f(1), e.f(0)));
+              e.st(e.sel(ok, e.mul(p, scale), e.f(0)), probs, {t, col});
+            });
+          }
+        });
+      }
+    });
+  };
+  return k;
+}
+
+/// dx[t] (= or +=) sum over the slab's rows v of P[t, v - v0] W[v]: tiles
+/// of 64 tokens x 64 columns k, v ascending.
+KernelSpec crossEntropyDxKernel(CrossEntropyGradOp op, int64_t tm,
+                                int64_t maxBinding, int64_t v0, int64_t rows,
+                                int64_t slab, bool accumulate) {
+  auto wt = cast<ShapedType>(op.getWeight().getType());
+  int64_t V = wt.getDimSize(0), K = wt.getDimSize(1);
+  Type et = wt.getElementType();
+  MLIRContext *ctx = op.getContext();
+  int64_t colTiles = (K + kTile - 1) / kTile;
+  KernelSpec k;
+  k.name = llvm::formatv("cross_entropy_dx_v{0}_k{1}_{2}_from{3}_n{4}{5}", V,
+                         K, suffixOf(et), v0, rows, accumulate ? "_add" : "");
+  k.buffers = {rowsOf(tm, slab, f32Of(ctx))};
+  RowChunks chunks = rowChunks(wt, maxBinding);
+  addWeightChunks(k, 1, wt, chunks);
+  k.buffers.push_back(rowsOf(tm, K, f32Of(ctx)));
+  k.tokensFactor = 0;
+  k.constant = (tm + kTile - 1) / kTile * colTiles;
+  k.body = [=](OpBuilder &b, Location loc, const KernelArgs &a) {
+    TLC_E(b, loc);
+    int64_t c = chunks.count();
+    ValueRange w = a.buffers.slice(1, c);
+    Value probs = a.buffers[0], dx = a.buffers[1 + c];
+    Value row0 = e.imul(e.idiv(a.unit, e.c(colTiles)), e.c(kTile));
+    Value col0 = e.imul(e.irem(a.unit, e.c(colTiles)), e.c(kTile));
+    when(b, loc, e.ult(row0, a.T), [&](OpBuilder &b, Location loc) {
+      TLC_E(b, loc);
+      auto fill = [&](OpBuilder &b, Location loc, Value kb, Value aTile,
+                      Value bTile) {
+        TLC_E(b, loc);
+        Value vv = e.irem(a.lane, e.c(16));
+        Value vi = e.iadd(e.imul(kb, e.c(16)), vv);
+        Value inside = e.ult(vi, e.c(rows));
+        Value viAt = arith::MinUIOp::create(b, loc, vi, e.c(rows - 1));
+        Value col = arith::MinUIOp::create(b, loc, e.iadd(col0, a.lane),
+                                           e.c(K - 1));
+        for (int64_t r = 0; r < 16; ++r) {
+          Value i = e.iadd(e.c(r * 4), e.idiv(a.lane, e.c(16)));
+          Value t = arith::MinUIOp::create(b, loc, e.iadd(row0, i), e.c(tm - 1));
+          e.st(e.sel(inside, e.ld(probs, {t, viAt}), e.f(0)), aTile,
+               e.iadd(e.imul(vv, e.c(kTile)), i));
+          Value v = e.iadd(e.c(v0),
+                           arith::MinUIOp::create(
+                               b, loc, e.iadd(e.imul(kb, e.c(16)), e.c(r)),
+                               e.c(rows - 1)));
+          e.st(loadWeightAt(b, loc, w, chunks, et, v, col), bTile,
+               e.iadd(e.c(r * kTile), a.lane));
+        }
+      };
+      TileResult r = tiledProduct(b, loc, a.lane, (rows + 15) / 16, fill);
+      for (int64_t i = 0; i < kMicro; ++i) {
+        Value t = e.iadd(row0, r.row(b, loc, i));
+        for (int64_t j = 0; j < kMicro; ++j) {
+          Value col = e.iadd(col0, r.col(b, loc, j));
+          when(b, loc,
+               arith::AndIOp::create(b, loc, e.ult(t, a.T), e.ult(col, e.c(K))),
+               [&](OpBuilder &b, Location loc) {
+                 TLC_E(b, loc);
+                 Value v = r.acc[i * kMicro + j];
+                 e.st(accumulate ? e.add(e.ld(dx, {t, col}), v) : v, dx,
+                      {t, col});
+               });
+        }
+      }
+    });
+  };
+  return k;
+}
+
 /// Per-token labels' count and (optionally) loss sum over t < T, reduced.
 Value validCount(OpBuilder &b, Location loc, const KernelArgs &a,
                  Value scratch, Value labels) {
@@ -988,8 +1361,10 @@ LogicalResult formTrainingDispatches(Operation *op, int64_t tm,
       return op->emitOpError("the GPU ternary kernel needs in_features % 16 "
                              "== 0, got ")
              << w.getInFeatures();
-    return single(ternaryMatmulTransposedKernel(w.getOutFeatures(),
-                                                w.getInFeatures(), tm, ctx));
+    int64_t N = w.getOutFeatures(), K = w.getInFeatures();
+    return single(tm >= kTiledMinTokens && N % 16 == 0
+                      ? ternaryMatmulTransposedTiledKernel(N, K, tm, ctx)
+                      : ternaryMatmulTransposedKernel(N, K, tm, ctx));
   }
   if (auto l = dyn_cast<LoraGradOp>(op)) {
     if (failed(checkF32Adapters(op, l.getLoraA(), l.getLoraB())))
@@ -1043,12 +1418,64 @@ LogicalResult formTrainingDispatches(Operation *op, int64_t tm,
   if (auto c = dyn_cast<CrossEntropyOp>(op)) {
     if (failed(checkHead(op, c.getWeight())))
       return failure();
-    return single(crossEntropyKernel(c, tm, maxBinding));
+    int64_t V = dim(c.getWeight(), 0), K = dim(c.getWeight(), 1);
+    if (tm < kTiledMinTokens || K % 16 != 0 ||
+        (tm + kTile - 1) / kTile * ((V + kTile - 1) / kTile) > 65535)
+      return single(crossEntropyKernel(c, tm, maxBinding));
+    auto partials = RankedTensorType::get(
+        {ShapedType::kDynamic, 2 * ((V + kTile - 1) / kTile)}, b.getF32Type());
+    auto perToken = RankedTensorType::get({ShapedType::kDynamic},
+                                          b.getF32Type());
+    auto part = dispatch(b, crossEntropyPartialsKernel(c, tm, maxBinding),
+                         {c.getInput(), c.getWeight(), c.getLabels()},
+                         {partials, perToken});
+    if (!part)
+      return failure();
+    auto all = dispatch(b, crossEntropyCombineKernel(V, tm, ctx),
+                        {part.getResult(0), part.getResult(1), c.getLabels()},
+                        op->getResultTypes());
+    return all ? replaceWith(all.getResults()) : failure();
   }
   if (auto c = dyn_cast<CrossEntropyGradOp>(op)) {
     if (failed(checkHead(op, c.getWeight())))
       return failure();
-    return single(crossEntropyGradKernel(c, tm, maxBinding));
+    // Slabs of vocabulary rows whose probabilities (tm x slab f32) take at
+    // most 64 MiB and one binding.
+    int64_t V = dim(c.getWeight(), 0), K = dim(c.getWeight(), 1);
+    int64_t budget = int64_t(64) << 20;
+    if (maxBinding > 0)
+      budget = std::min(budget, maxBinding);
+    int64_t slab = std::min(budget / (4 * tm) / kTile * kTile,
+                            (V + kTile - 1) / kTile * kTile);
+    if (tm < kTiledMinTokens || K % 16 != 0 || slab == 0)
+      return single(crossEntropyGradKernel(c, tm, maxBinding));
+    auto probsType = RankedTensorType::get({ShapedType::kDynamic, slab},
+                                           b.getF32Type());
+    Value dx;
+    for (int64_t v0 = 0; v0 < V; v0 += slab) {
+      int64_t rows = std::min(slab, V - v0);
+      auto probs = dispatch(
+          b, crossEntropyProbsKernel(c, tm, maxBinding, v0, rows, slab),
+          {c.getInput(), c.getWeight(), c.getLabels(), c.getLse(),
+           c.getLossGrad()},
+          {probsType});
+      if (!probs)
+        return failure();
+      if (!dx) {
+        auto first = dispatch(
+            b, crossEntropyDxKernel(c, tm, maxBinding, v0, rows, slab, false),
+            {probs.getResult(0), c.getWeight()}, op->getResultTypes());
+        if (!first)
+          return failure();
+        dx = first.getResult(0);
+      } else if (!dispatch(b,
+                           crossEntropyDxKernel(c, tm, maxBinding, v0, rows,
+                                                slab, true),
+                           {probs.getResult(0), c.getWeight(), dx}, {})) {
+        return failure();
+      }
+    }
+    return replaceWith(dx);
   }
   if (isa<MeanLossOp>(op))
     return single(meanLossKernel(tm, ctx));
