@@ -68,7 +68,9 @@ struct Api {
   X(ResetCommandBuffer) X(CmdBindPipeline) X(CmdBindDescriptorSets)           \
   X(CmdPushConstants) X(CmdDispatch) X(CmdPipelineBarrier) X(QueueSubmit)      \
   X(CreateFence) X(DestroyFence) X(WaitForFences) X(ResetFences)               \
-  X(DeviceWaitIdle) X(CmdCopyBuffer) X(CmdFillBuffer) X(FreeCommandBuffers)
+  X(DeviceWaitIdle) X(CmdCopyBuffer) X(CmdFillBuffer) X(FreeCommandBuffers)  \
+  X(CreateQueryPool) X(DestroyQueryPool) X(CmdResetQueryPool)                \
+  X(CmdWriteTimestamp) X(GetQueryPoolResults)
 #define TLC_VK_MEMBER(name) PFN_vk##name name = nullptr;
   TLC_VK_FNS(TLC_VK_MEMBER)
 #undef TLC_VK_MEMBER
@@ -128,6 +130,7 @@ struct Context {
   VkDevice device = VK_NULL_HANDLE;
   VkQueue queue = VK_NULL_HANDLE;
   uint32_t queueFamily = 0;
+  uint32_t timestampBits = 0; // of the queue family; 0: no timestamps
   uint64_t maxBufferRange = 0; // maxStorageBufferRange, or the env cap
   uint32_t maxStorageBuffers = 0; // per kernel, or the env cap
   uint64_t memoryBudget = 0;   // the largest device-local heap, or the cap
@@ -183,6 +186,7 @@ struct Context {
       if (score > bestScore) {
         best = (int)i, bestScore = score;
         queueFamily = (uint32_t)compute;
+        timestampBits = fam[compute].timestampValidBits;
       }
     }
     if (best < 0) {
@@ -653,6 +657,8 @@ public:
     dumpDir = std::getenv("TLC_VULKAN_DUMP");
   }
   ~VulkanQueue() override {
+    if (queries_)
+      c_.vk.DestroyQueryPool(c_.device, queries_, nullptr);
     if (fence_)
       c_.vk.DestroyFence(c_.device, fence_, nullptr);
     if (pool_)
@@ -726,7 +732,17 @@ public:
     // $TLC_VULKAN_SYNC_EACH=1 (debugging) and profiling (TLC_PROFILE=1):
     // one submission per dispatch; a profile gets each one's wall time
     // (submission and wait included).
-    bool each = syncEach || profile;
+    // Profiles time each dispatch on the GPU (timestamps around it) where
+    // the queue has timestamps, else by wall time with one submission per
+    // dispatch.
+    bool stamps = profile && !syncEach && c_.timestampBits > 0;
+    bool each = syncEach || (profile && !stamps);
+    std::vector<uint32_t> stamped; // kernel of each timestamped dispatch
+    if (stamps) {
+      if (tlc_status_t s = ensureQueries(2 * recorded.recorded().size()))
+        return s;
+      c_.vk.CmdResetQueryPool(commands_, queries_, 0, queryCount_);
+    }
     auto started = std::chrono::steady_clock::now();
     size_t index = 0;
     for (const RecordedDispatch &r : recorded.recorded()) {
@@ -742,7 +758,16 @@ public:
       c_.vk.CmdPushConstants(commands_, r.pipeline->layout,
                              VK_SHADER_STAGE_COMPUTE_BIT, 0, sizeof push,
                              push);
+      if (stamps)
+        c_.vk.CmdWriteTimestamp(commands_, VK_PIPELINE_STAGE_TOP_OF_PIPE_BIT,
+                                queries_, 2 * stamped.size());
       c_.vk.CmdDispatch(commands_, (uint32_t)groups, r.groupsY, r.groupsZ);
+      if (stamps) {
+        c_.vk.CmdWriteTimestamp(commands_,
+                                VK_PIPELINE_STAGE_BOTTOM_OF_PIPE_BIT, queries_,
+                                2 * stamped.size() + 1);
+        stamped.push_back(r.kernel);
+      }
       // Each dispatch sees the writes of the ones before it.
       c_.vk.CmdPipelineBarrier(commands_, VK_PIPELINE_STAGE_COMPUTE_SHADER_BIT,
                                VK_PIPELINE_STAGE_COMPUTE_SHADER_BIT, 0, 1,
@@ -773,6 +798,31 @@ public:
     }
     if (tlc_status_t s = finish())
       return s;
+    if (stamps && !stamped.empty()) {
+      if (tlc_status_t s = check(c_.vk.WaitForFences(c_.device, 1, &fence_,
+                                                      VK_TRUE, UINT64_MAX),
+                                 "vkWaitForFences"))
+        return s;
+      std::vector<uint64_t> ticks(2 * stamped.size());
+      if (tlc_status_t s = check(
+              c_.vk.GetQueryPoolResults(
+                  c_.device, queries_, 0, (uint32_t)ticks.size(),
+                  ticks.size() * sizeof(uint64_t), ticks.data(),
+                  sizeof(uint64_t),
+                  VK_QUERY_RESULT_64_BIT | VK_QUERY_RESULT_WAIT_BIT),
+              "vkGetQueryPoolResults"))
+        return s;
+      uint64_t mask = c_.timestampBits >= 64
+                          ? ~uint64_t(0)
+                          : (uint64_t(1) << c_.timestampBits) - 1;
+      double period = c_.properties.limits.timestampPeriod * 1e-9;
+      for (size_t i = 0; i < stamped.size(); ++i)
+        if (stamped[i] < profile->seconds.size()) {
+          profile->seconds[stamped[i]] +=
+              double((ticks[2 * i + 1] - ticks[2 * i]) & mask) * period;
+          profile->calls[stamped[i]] += 1;
+        }
+    }
     out->reset(new (std::nothrow) VulkanFence(c_, fence_));
     if (!*out) {
       (void)check(c_.vk.WaitForFences(c_.device, 1, &fence_, VK_TRUE,
@@ -782,6 +832,23 @@ public:
     }
     return nullptr;
   }
+  /// A timestamp query pool of at least n queries.
+  tlc_status_t ensureQueries(size_t n) {
+    if (queries_ && queryCount_ >= n)
+      return nullptr;
+    if (queries_)
+      c_.vk.DestroyQueryPool(c_.device, queries_, nullptr);
+    queries_ = VK_NULL_HANDLE;
+    VkQueryPoolCreateInfo qi{VK_STRUCTURE_TYPE_QUERY_POOL_CREATE_INFO};
+    qi.queryType = VK_QUERY_TYPE_TIMESTAMP;
+    qi.queryCount = (uint32_t)std::max<size_t>(n, 2);
+    queryCount_ = qi.queryCount;
+    return check(c_.vk.CreateQueryPool(c_.device, &qi, nullptr, &queries_),
+                 "vkCreateQueryPool");
+  }
+  VkQueryPool queries_ = VK_NULL_HANDLE;
+  uint32_t queryCount_ = 0;
+
   /// Writes each binding's bytes to DIR/<call>-<dispatch>-<kernel>-b<i>.bin.
   void dump(const char *dir, const std::string &kernel,
             const std::vector<BufferRange> &ranges) {
