@@ -9,7 +9,8 @@ APT_PACKAGES = cmake ninja-build ccache clang-22 lld-22 liblld-22-dev \
   flatbuffers-compiler libflatbuffers-dev nlohmann-json3-dev libgtest-dev \
   python3-numpy libc6-dev-arm64-cross libstdc++-12-dev-arm64-cross \
   libgcc-12-dev-arm64-cross qemu-user spirv-tools mesa-vulkan-drivers \
-  libvulkan-dev libspirv-cross-c-shared-dev pkg-config
+  libvulkan-dev libspirv-cross-c-shared-dev pkg-config \
+  vulkan-validationlayers
 PYTHON ?= python3
 PY_PACKAGES = numpy safetensors tokenizers "lit<24"
 MODEL ?= models/tiny-bitnet-docs

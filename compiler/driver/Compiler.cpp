@@ -497,7 +497,16 @@ struct Driver {
             return fail(path + ": cannot write"), false;
           return true;
         };
-        if (!write(stem + "." + x.fileExt, x.image) ||
+        // An image of one module per kernel: a file per kernel.
+        for (size_t k = 0; k < x.kernelOffsets.size(); ++k) {
+          size_t end = k + 1 < x.kernelOffsets.size() ? x.kernelOffsets[k + 1]
+                                                      : x.image.size();
+          if (!write(stem + "-" + x.kernels[k] + "." + x.fileExt,
+                     x.image.substr(x.kernelOffsets[k],
+                                    end - x.kernelOffsets[k])))
+            return false;
+        }
+        if ((x.kernelOffsets.empty() && !write(stem + "." + x.fileExt, x.image)) ||
             (!x.source.empty() && !write(stem + "." + x.sourceExt, x.source)))
           return false;
         for (const auto &[kernel, text] : x.kernelSources)

@@ -298,7 +298,8 @@ bool writeModule(const ModuleContents &c, const std::string &path,
             fbb.CreateVectorOfStrings(x.kernels),
             fbb.CreateVector((const uint8_t *)x.image.data(), x.image.size()),
             fnv1a64((const uint8_t *)x.image.data(), x.image.size()),
-            fbb.CreateVector(*entries), kvSize));
+            fbb.CreateVector(*entries), kvSize,
+            x.kernelOffsets.empty() ? 0 : fbb.CreateVector(x.kernelOffsets)));
       }
     }
     std::vector<flatbuffers::Offset<Parameter>> paramDefs;

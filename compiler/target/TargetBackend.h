@@ -54,6 +54,9 @@ struct ExecutableImage {
   /// Text forms per kernel where a target has them (MSL), as (name, text):
   /// --dump-executables writes each as <stem>-<name>.<fileExt>.
   std::vector<std::pair<std::string, std::string>> kernelSources;
+  /// Where each kernel's own image starts in `image` (SPIR-V: a module per
+  /// kernel); empty when the image holds all kernels as one.
+  std::vector<uint32_t> kernelOffsets;
 };
 
 struct SerializeOptions {

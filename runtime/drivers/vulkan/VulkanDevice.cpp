@@ -43,8 +43,12 @@ tlc_status_t check(VkResult r, const char *what) {
                                    r == VK_ERROR_OUT_OF_DEVICE_MEMORY
                                ? TLC_STATUS_OUT_OF_MEMORY
                                : TLC_STATUS_INTERNAL;
+  const char *name = r == VK_ERROR_OUT_OF_HOST_MEMORY     ? ": out of host memory"
+                     : r == VK_ERROR_OUT_OF_DEVICE_MEMORY ? ": out of device memory"
+                     : r == VK_ERROR_DEVICE_LOST          ? ": device lost (a kernel faulted or ran too long)"
+                                                          : "";
   return error(std::string(what) + " failed (VkResult " + std::to_string(r) +
-                   ")",
+                   name + ")",
                code);
 }
 
@@ -453,8 +457,9 @@ public:
       c_.vk.DestroyPipelineLayout(c_.device, p.layout, nullptr);
       c_.vk.DestroyDescriptorSetLayout(c_.device, p.setLayout, nullptr);
     }
-    if (module)
-      c_.vk.DestroyShaderModule(c_.device, module, nullptr);
+    for (VkShaderModule m : modules)
+      if (m)
+        c_.vk.DestroyShaderModule(c_.device, m, nullptr);
   }
   uint32_t kernelCount() const override { return (uint32_t)names.size(); }
 
@@ -494,7 +499,7 @@ public:
         VK_STRUCTURE_TYPE_COMPUTE_PIPELINE_CREATE_INFO};
     cp.stage = {VK_STRUCTURE_TYPE_PIPELINE_SHADER_STAGE_CREATE_INFO};
     cp.stage.stage = VK_SHADER_STAGE_COMPUTE_BIT;
-    cp.stage.module = module;
+    cp.stage.module = modules.size() == 1 ? modules[0] : modules[k];
     cp.stage.pName = names[k].c_str();
     cp.layout = p.layout;
     if (tlc_status_t s = check(c_.vk.CreateComputePipelines(
@@ -506,7 +511,8 @@ public:
     return nullptr;
   }
 
-  VkShaderModule module = VK_NULL_HANDLE;
+  /// One module holding every kernel, or one per kernel.
+  std::vector<VkShaderModule> modules;
   std::vector<std::string> names;
 
 private:
@@ -775,10 +781,13 @@ public:
       if (each) {
         if (tlc_status_t s = finish())
           return s;
-        if (tlc_status_t s = check(c_.vk.WaitForFences(c_.device, 1, &fence_,
-                                                        VK_TRUE, UINT64_MAX),
-                                   "vkWaitForFences"))
-          return s;
+        // Submitted alone, a failure names its kernel.
+        if (VkResult w = c_.vk.WaitForFences(c_.device, 1, &fence_, VK_TRUE,
+                                             UINT64_MAX);
+            w != VK_SUCCESS)
+          return check(w, ("vkWaitForFences after kernel " +
+                           recorded.kernelName(r.kernel))
+                              .c_str());
         if (profile && r.kernel < profile->seconds.size()) {
           auto now = std::chrono::steady_clock::now();
           profile->seconds[r.kernel] +=
@@ -934,26 +943,53 @@ public:
                                               VulkanExecutable(c_));
     if (!exe)
       return tlc_status_create(TLC_STATUS_OUT_OF_MEMORY, "out of memory");
-    if (!def.image() || def.image()->size() % 4 != 0 ||
-        def.image()->size() < 20)
-      return error("the executable's SPIR-V image is malformed",
+    if (!def.image())
+      return error("the executable has no SPIR-V image",
                    TLC_STATUS_INVALID_FILE);
-    // Copied into words: the module's bytes need not be 4-byte aligned.
-    std::vector<uint32_t> words(def.image()->size() / 4);
-    std::memcpy(words.data(), def.image()->data(), def.image()->size());
-    if (words[0] != 0x07230203u)
-      return error("the executable's image is not SPIR-V",
-                   TLC_STATUS_INVALID_FILE);
-    VkShaderModuleCreateInfo sci{VK_STRUCTURE_TYPE_SHADER_MODULE_CREATE_INFO};
-    sci.codeSize = words.size() * 4;
-    sci.pCode = words.data();
-    if (tlc_status_t s = check(
-            c_.vk.CreateShaderModule(c_.device, &sci, nullptr, &exe->module),
-            "vkCreateShaderModule"))
-      return s;
     if (def.kernels())
       for (const auto *k : *def.kernels())
         exe->names.push_back(k->str());
+    // The image's modules: [begin, end) byte ranges, one per kernel where
+    // kernel_offsets says so, else the whole image.
+    size_t size = def.image()->size();
+    std::vector<std::pair<size_t, size_t>> ranges;
+    if (const auto *offsets = def.kernel_offsets()) {
+      if (offsets->size() != exe->names.size())
+        return error("kernel_offsets has " + std::to_string(offsets->size()) +
+                         " entries for " + std::to_string(exe->names.size()) +
+                         " kernels",
+                     TLC_STATUS_INVALID_FILE);
+      for (uint32_t i = 0; i < offsets->size(); ++i)
+        ranges.push_back({offsets->Get(i), i + 1 < offsets->size()
+                                               ? offsets->Get(i + 1)
+                                               : size});
+    } else if (!exe->names.empty()) {
+      ranges.push_back({0, size});
+    }
+    for (auto [begin, end] : ranges) {
+      if (begin > end || end > size || (end - begin) % 4 != 0 ||
+          end - begin < 20)
+        return error("the executable's SPIR-V image is malformed (a module "
+                     "at bytes " + std::to_string(begin) + "-" +
+                         std::to_string(end) + " of " + std::to_string(size) +
+                         ")",
+                     TLC_STATUS_INVALID_FILE);
+      // Copied into words: the module's bytes need not be 4-byte aligned.
+      std::vector<uint32_t> words((end - begin) / 4);
+      std::memcpy(words.data(), def.image()->data() + begin, end - begin);
+      if (words[0] != 0x07230203u)
+        return error("the executable's image is not SPIR-V",
+                     TLC_STATUS_INVALID_FILE);
+      VkShaderModuleCreateInfo sci{VK_STRUCTURE_TYPE_SHADER_MODULE_CREATE_INFO};
+      sci.codeSize = words.size() * 4;
+      sci.pCode = words.data();
+      VkShaderModule m = VK_NULL_HANDLE;
+      if (tlc_status_t s = check(
+              c_.vk.CreateShaderModule(c_.device, &sci, nullptr, &m),
+              "vkCreateShaderModule"))
+        return s;
+      exe->modules.push_back(m);
+    }
     *out = std::move(exe);
     return nullptr;
   }
