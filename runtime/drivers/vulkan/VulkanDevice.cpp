@@ -360,6 +360,18 @@ public:
                        " does not fit in the " + amount(left) + " left of " +
                        amount(c_.memoryBudget),
                    TLC_STATUS_OUT_OF_MEMORY);
+    // $TLC_VULKAN_VERBOSE=1: where each buffer goes.
+    if (const char *v = std::getenv("TLC_VULKAN_VERBOSE"); v && *v == '1') {
+      VkMemoryPropertyFlags f = c_.memory.memoryTypes[type].propertyFlags;
+      fprintf(stderr, "tlc vulkan: %s %s in memory type %d (heap %u:%s%s%s%s)\n",
+              kind == MemoryKind::Host ? "host buffer" : "device buffer",
+              amount(req.size).c_str(), type,
+              c_.memory.memoryTypes[type].heapIndex,
+              f & VK_MEMORY_PROPERTY_DEVICE_LOCAL_BIT ? " device-local" : "",
+              f & VK_MEMORY_PROPERTY_HOST_VISIBLE_BIT ? " host-visible" : "",
+              f & VK_MEMORY_PROPERTY_HOST_COHERENT_BIT ? " coherent" : "",
+              f & VK_MEMORY_PROPERTY_HOST_CACHED_BIT ? " cached" : "");
+    }
     VkMemoryAllocateInfo mai{VK_STRUCTURE_TYPE_MEMORY_ALLOCATE_INFO};
     mai.allocationSize = req.size;
     mai.memoryTypeIndex = (uint32_t)type;
