@@ -24,10 +24,7 @@ Value f32Const(OpBuilder &b, Location loc, float v) {
 /// sharing a row.
 void forLanes(OpBuilder &b, Location loc, Value lane, int64_t n,
               function_ref<void(OpBuilder &, Value)> fn) {
-  auto loop = scf::ForOp::create(b, loc, lane, indexConst(b, loc, n),
-                                 indexConst(b, loc, kWorkgroupSize));
-  OpBuilder inner = OpBuilder::atBlockTerminator(loop.getBody());
-  fn(inner, loop.getInductionVar());
+  forLanes(b, loc, lane, indexConst(b, loc, n), fn);
 }
 
 /// Memory shared by a workgroup (a memref.alloc in it: the form every GPU
@@ -40,12 +37,81 @@ Value allocWorkgroup(OpBuilder &b, Location loc, int64_t n, Type element) {
   return memref::AllocOp::create(b, loc, type);
 }
 
+namespace {
+/// Strided loops run kUnroll elements per iteration, then the rest one at
+/// a time: the unrolled loads are independent, so a GPU issues them
+/// together instead of waiting ~1 us for each (the order of the elements,
+/// and so every fold's result, stays the same).
+constexpr int64_t kUnroll = 4;
+
+Value idx(OpBuilder &b, Location loc, int64_t v) { return indexConst(b, loc, v); }
+
+/// The bound below which i + (kUnroll - 1) * kWorkgroupSize < n.
+Value unrolledBound(OpBuilder &b, Location loc, Value n) {
+  if (std::optional<int64_t> c = getConstantIntValue(n))
+    return idx(b, loc, std::max<int64_t>(*c - (kUnroll - 1) * kWorkgroupSize, 0));
+  Value span = idx(b, loc, (kUnroll - 1) * kWorkgroupSize);
+  Value fits = arith::CmpIOp::create(b, loc, arith::CmpIPredicate::ugt, n, span);
+  return arith::SelectOp::create(b, loc, fits,
+                                 arith::SubIOp::create(b, loc, n, span),
+                                 idx(b, loc, 0));
+}
+
+/// Where the one-at-a-time loop starts: the first lane + k * unrolled
+/// step at or past `bound`.
+Value remainderStart(OpBuilder &b, Location loc, Value lane, Value bound) {
+  int64_t step = kUnroll * kWorkgroupSize;
+  if (getConstantIntValue(bound) == 0)
+    return lane;
+  Value below = arith::CmpIOp::create(b, loc, arith::CmpIPredicate::ult, lane,
+                                      bound);
+  Value gap = arith::SubIOp::create(
+      b, loc, arith::SelectOp::create(b, loc, below, bound, lane), lane);
+  Value k = arith::DivUIOp::create(
+      b, loc, arith::AddIOp::create(b, loc, gap, idx(b, loc, step - 1)),
+      idx(b, loc, step));
+  return arith::AddIOp::create(b, loc, lane,
+                               arith::MulIOp::create(b, loc, k, idx(b, loc, step)));
+}
+
+/// `for i = lo; i < hi; i += step` folding from `init`, guarded: `init`
+/// when it runs zero times (see stridedFold).
+Value guardedFold(OpBuilder &b, Location loc, Value lo, Value hi, int64_t step,
+                  Value init,
+                  function_ref<Value(OpBuilder &, Location, Value, Value)> fn) {
+  Value any = arith::CmpIOp::create(b, loc, arith::CmpIPredicate::ult, lo, hi);
+  auto branch = scf::IfOp::create(
+      b, loc, any,
+      [&](OpBuilder &b, Location loc) {
+        auto loop = scf::ForOp::create(
+            b, loc, lo, hi, idx(b, loc, step), ValueRange{init},
+            [&](OpBuilder &b, Location loc, Value i, ValueRange acc) {
+              scf::YieldOp::create(b, loc, fn(b, loc, i, acc[0]));
+            });
+        scf::YieldOp::create(b, loc, loop.getResult(0));
+      },
+      [&](OpBuilder &b, Location loc) { scf::YieldOp::create(b, loc, init); });
+  return branch.getResult(0);
+}
+} // namespace
+
 void forLanes(OpBuilder &b, Location loc, Value lane, Value n,
               function_ref<void(OpBuilder &, Value)> fn) {
-  auto loop = scf::ForOp::create(b, loc, lane, n,
-                                 indexConst(b, loc, kWorkgroupSize));
-  OpBuilder inner = OpBuilder::atBlockTerminator(loop.getBody());
-  fn(inner, loop.getInductionVar());
+  Value bound = unrolledBound(b, loc, n);
+  if (getConstantIntValue(bound) != 0) {
+    auto main = scf::ForOp::create(b, loc, lane, bound,
+                                   idx(b, loc, kUnroll * kWorkgroupSize));
+    OpBuilder inner = OpBuilder::atBlockTerminator(main.getBody());
+    Value i = main.getInductionVar();
+    for (int64_t u = 0; u < kUnroll; ++u)
+      fn(inner, u ? arith::AddIOp::create(inner, loc, i,
+                                          idx(inner, loc, u * kWorkgroupSize))
+                  : i);
+  }
+  auto rest = scf::ForOp::create(b, loc, remainderStart(b, loc, lane, bound), n,
+                                 idx(b, loc, kWorkgroupSize));
+  OpBuilder inner = OpBuilder::atBlockTerminator(rest.getBody());
+  fn(inner, rest.getInductionVar());
 }
 
 void forGrid(OpBuilder &b, Location loc, const KernelArgs &a, int64_t groups,
@@ -99,21 +165,20 @@ MemRefType flatOf(int64_t n, Type element) {
 /// (lavapipe happens to read 0, NVIDIA reads garbage).
 Value stridedFold(OpBuilder &b, Location loc, Value lane, Value n, Value init,
                   function_ref<Value(OpBuilder &, Location, Value, Value)> fn) {
-  Value any =
-      arith::CmpIOp::create(b, loc, arith::CmpIPredicate::ult, lane, n);
-  auto branch = scf::IfOp::create(
-      b, loc, any,
-      [&](OpBuilder &b, Location loc) {
-        auto loop = scf::ForOp::create(
-            b, loc, lane, n, indexConst(b, loc, kWorkgroupSize),
-            ValueRange{init},
-            [&](OpBuilder &b, Location loc, Value i, ValueRange acc) {
-              scf::YieldOp::create(b, loc, fn(b, loc, i, acc[0]));
-            });
-        scf::YieldOp::create(b, loc, loop.getResult(0));
-      },
-      [&](OpBuilder &b, Location loc) { scf::YieldOp::create(b, loc, init); });
-  return branch.getResult(0);
+  Value bound = unrolledBound(b, loc, n);
+  Value acc = getConstantIntValue(bound) == 0 ? init : guardedFold(
+      b, loc, lane, bound, kUnroll * kWorkgroupSize, init,
+      [&](OpBuilder &b, Location loc, Value i, Value acc) {
+        for (int64_t u = 0; u < kUnroll; ++u)
+          acc = fn(b, loc,
+                   u ? arith::AddIOp::create(b, loc, i,
+                                             idx(b, loc, u * kWorkgroupSize))
+                     : i,
+                   acc);
+        return acc;
+      });
+  return guardedFold(b, loc, remainderStart(b, loc, lane, bound), n,
+                     kWorkgroupSize, acc, fn);
 }
 
 MemRefType rowsOf(int64_t tm, int64_t d, Type element) {

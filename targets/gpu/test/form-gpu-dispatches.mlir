@@ -21,6 +21,23 @@ func.func @rows(%x: tensor<?x80xf32>, %y: tensor<?x80xf32>) -> tensor<?x80xf32> 
 
 // -----
 
+// Longer rows: four elements per iteration (independent loads a GPU issues
+// together), then the rest one at a time; the element order is unchanged.
+// CHECK-LABEL: func.func @long_rows
+// CHECK: gpu.func @add_d600_t2
+// CHECK: %[[L:.*]] = gpu.thread_id x
+// CHECK: scf.for %[[I:.*]] = %[[L]] to %c408{{.*}} step %c256
+// CHECK-COUNT-4: arith.addf
+// CHECK: }
+// CHECK: scf.for %{{.*}} = %{{.*}} to %c600{{.*}} step %c64
+// CHECK-COUNT-1: arith.addf
+func.func @long_rows(%x: tensor<?x600xf32>, %y: tensor<?x600xf32>) -> tensor<?x600xf32> attributes {tlora.max_tokens = 2 : i64} {
+  %s = arith.addf %x, %y : tensor<?x600xf32>
+  return %s : tensor<?x600xf32>
+}
+
+// -----
+
 // RMS norm: strided partial sums in workgroup memory, summed in a fixed
 // order by invocation 0 (deterministic), between barriers. bf16 weights are
 // read as 32-bit words (no 16-bit storage needed) and widened exactly.
