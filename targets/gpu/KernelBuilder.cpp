@@ -4,6 +4,7 @@
 #include "mlir/Dialect/Utils/StaticValueUtils.h"
 
 #include <algorithm>
+#include <limits>
 #include <numeric>
 
 namespace tlc::gpu {
@@ -283,31 +284,31 @@ Value reduceScratch(OpBuilder &b, Location loc) {
 }
 
 /// Combines one value per invocation over the workgroup in a fixed order
-/// (a pairwise tree over lanes: slot i takes slot i + s for s = 32, ..., 1,
-/// so results do not depend on scheduling); every invocation gets the
-/// result. The last step writes the result slot, which the next call's
-/// stores cannot reach before every invocation has read it.
+/// (invocation 0 folds the kWorkgroupSize values in lane order, so results
+/// do not depend on scheduling); every invocation gets the result. A lane-
+/// order sum matches the CPU kernels' sums better than a tree does (int8
+/// quantization downstream flips on an ulp near a rounding tie).
 Value workgroupReduce(OpBuilder &b, Location loc, Value scratch, Value lane,
                       Value v,
                       function_ref<Value(OpBuilder &, Location, Value, Value)>
                           combine) {
   memref::StoreOp::create(b, loc, v, scratch, lane);
   mlir::gpu::BarrierOp::create(b, loc);
-  for (int64_t s = kWorkgroupSize / 2; s >= 1; s /= 2) {
-    Value active = arith::CmpIOp::create(b, loc, arith::CmpIPredicate::ult,
-                                         lane, indexConst(b, loc, s));
-    when(b, loc, active, [&](OpBuilder &b, Location loc) {
-      Value x = memref::LoadOp::create(b, loc, scratch, lane);
-      Value y = memref::LoadOp::create(
-          b, loc, scratch,
-          ValueRange{arith::AddIOp::create(b, loc, lane, indexConst(b, loc, s))});
-      Value to = s == 1 ? indexConst(b, loc, kWorkgroupSize) : lane;
-      memref::StoreOp::create(b, loc, combine(b, loc, x, y), scratch, to);
-    });
-    mlir::gpu::BarrierOp::create(b, loc);
-  }
-  return memref::LoadOp::create(b, loc, scratch,
-                                indexConst(b, loc, kWorkgroupSize));
+  Value zero = indexConst(b, loc, 0), result = indexConst(b, loc, kWorkgroupSize);
+  Value first = arith::CmpIOp::create(b, loc, arith::CmpIPredicate::eq, lane,
+                                      zero);
+  scf::IfOp::create(b, loc, first, [&](OpBuilder &b, Location loc) {
+    // Fully unrolled: the loads are independent of the running value.
+    Value acc = memref::LoadOp::create(b, loc, scratch, zero);
+    for (int64_t i = 1; i < kWorkgroupSize; ++i)
+      acc = combine(b, loc, acc,
+                    memref::LoadOp::create(b, loc, scratch,
+                                           indexConst(b, loc, i)));
+    memref::StoreOp::create(b, loc, acc, scratch, result);
+    scf::YieldOp::create(b, loc);
+  });
+  mlir::gpu::BarrierOp::create(b, loc);
+  return memref::LoadOp::create(b, loc, scratch, result);
 }
 
 TileResult tiledProduct(OpBuilder &b, Location loc, Value lane,
