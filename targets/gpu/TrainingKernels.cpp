@@ -1183,66 +1183,74 @@ void whenApplying(OpBuilder &b, Location loc, Value hyper,
   when(b, loc, apply, fn);
 }
 
-/// The sum of squares of n gradients `grads` (one workgroup), when applying.
-Value sumOfSquares(OpBuilder &b, Location loc, const KernelArgs &a,
-                   Value grads, int64_t n) {
-  TLC_E(b, loc);
-  Value part = stridedFold(b, loc, a.lane, e.c(n), e.f(0),
-                           [&](OpBuilder &b, Location loc, Value i, Value acc) {
-                             TLC_E(b, loc);
-                             Value g = e.ld(grads, i);
-                             return e.fma(g, g, acc);
-                           });
-  return workgroupReduce(b, loc, reduceScratch(b, loc), a.lane, part, addF);
+/// Workgroups for the sum of squares of n gradients: blocks of about 64K.
+int64_t gradSqGroups(int64_t n) {
+  return std::clamp<int64_t>((n + 65535) / 65536, 1, 1024);
 }
 
-/// hyper.grad_norm = sqrt(sum of the n gradients squared), when applying;
-/// one workgroup. With `partial`, the sum of squares goes to a one-word
-/// result instead (one range of the gradients; gradNormCombineKernel adds
-/// the ranges).
-KernelSpec gradNormKernel(int64_t n, bool partial, MLIRContext *ctx) {
+/// partials[g] = sum of squares of block g of the n gradients (blocks of
+/// ceil(n / groups), ascending), when applying; a workgroup per block.
+KernelSpec gradSqPartialsKernel(int64_t n, MLIRContext *ctx) {
+  int64_t groups = gradSqGroups(n), block = (n + groups - 1) / groups;
   KernelSpec k;
-  k.name = llvm::formatv("{0}_p{1}", partial ? "grad_sq_sum" : "grad_norm", n);
-  k.buffers = {flatOf(n, f32Of(ctx)), flatOf(kHyperWords, f32Of(ctx))};
-  if (partial)
-    k.buffers.push_back(flatOf(1, f32Of(ctx)));
+  k.name = llvm::formatv("grad_sq_sum_p{0}_g{1}", n, groups);
+  k.buffers = {flatOf(n, f32Of(ctx)), flatOf(kHyperWords, f32Of(ctx)),
+               flatOf(groups, f32Of(ctx))};
   k.tokensFactor = 0;
-  k.constant = 1;
+  k.constant = groups;
   k.body = [=](OpBuilder &b, Location loc, const KernelArgs &a) {
-    Value grads = a.buffers[0], hyper = a.buffers[1];
+    Value grads = a.buffers[0], hyper = a.buffers[1], partials = a.buffers[2];
     whenApplying(b, loc, hyper, [&](OpBuilder &b, Location loc) {
       TLC_E(b, loc);
-      Value sum = sumOfSquares(b, loc, a, grads, n);
+      Value lo = e.imul(a.unit, e.c(block));
+      Value count = e.isub(arith::MinUIOp::create(b, loc, e.iadd(lo, e.c(block)),
+                                                  e.c(n)),
+                           arith::MinUIOp::create(b, loc, lo, e.c(n)));
+      Value part = stridedFold(
+          b, loc, a.lane, count, e.f(0),
+          [&](OpBuilder &b, Location loc, Value i, Value acc) {
+            TLC_E(b, loc);
+            Value g = e.ld(grads, e.iadd(lo, i));
+            return e.fma(g, g, acc);
+          });
+      Value sum = workgroupReduce(b, loc, reduceScratch(b, loc), a.lane, part,
+                                  addF);
       when(b, loc, e.ieq(a.lane, e.c(0)), [&](OpBuilder &b, Location loc) {
         TLC_E(b, loc);
-        if (partial)
-          e.st(sum, a.buffers[2], e.c(0));
-        else
-          e.st(e.sqrt(sum), hyper, e.c(kGradNorm));
+        e.st(sum, partials, a.unit);
       });
     });
   };
   return k;
 }
 
-/// hyper.grad_norm = sqrt(sum of the `ranges` partial sums, in order).
-KernelSpec gradNormCombineKernel(int64_t ranges, MLIRContext *ctx) {
+/// hyper.grad_norm = sqrt(sum of the partial sums, buffer by buffer and
+/// in order within each), when applying; one invocation.
+KernelSpec gradNormCombineKernel(ArrayRef<int64_t> sizes, MLIRContext *ctx) {
   KernelSpec k;
-  k.name = llvm::formatv("grad_norm_of{0}", ranges);
-  for (int64_t i = 0; i < ranges; ++i)
-    k.buffers.push_back(flatOf(1, f32Of(ctx)));
+  int64_t total = 0;
+  for (int64_t s : sizes) {
+    k.buffers.push_back(flatOf(s, f32Of(ctx)));
+    total += s;
+  }
+  k.name = llvm::formatv("grad_norm_of{0}_in{1}", total, sizes.size());
   k.buffers.push_back(flatOf(kHyperWords, f32Of(ctx)));
   k.tokensFactor = 0;
   k.constant = 1;
+  SmallVector<int64_t> counts(sizes);
   k.body = [=](OpBuilder &b, Location loc, const KernelArgs &a) {
-    Value hyper = a.buffers[ranges];
+    Value hyper = a.buffers[counts.size()];
     whenApplying(b, loc, hyper, [&](OpBuilder &b, Location loc) {
       TLC_E(b, loc);
       when(b, loc, e.ieq(a.lane, e.c(0)), [&](OpBuilder &b, Location loc) {
         TLC_E(b, loc);
         Value sum = e.f(0);
-        for (int64_t i = 0; i < ranges; ++i)
-          sum = e.add(sum, e.ld(a.buffers[i], e.c(0)));
+        for (size_t i = 0; i < counts.size(); ++i)
+          sum = foldRange(b, loc, e.c(0), e.c(counts[i]), sum,
+                          [&](OpBuilder &b, Location loc, Value j, Value acc) {
+                            TLC_E(b, loc);
+                            return e.add(acc, e.ld(a.buffers[i], j));
+                          });
         e.st(e.sqrt(sum), hyper, e.c(kGradNorm));
       });
     });
@@ -1518,26 +1526,24 @@ LogicalResult formTrainingDispatches(Operation *op, int64_t tm,
           b, loc, RankedTensorType::get({n}, b.getF32Type()),
           section * total + first);
     };
+    // The gradient norm: per range, partial sums over blocks (many
+    // workgroups), then one ordered combination.
     SmallVector<Value> partials;
-    auto scalar = RankedTensorType::get({1}, b.getF32Type());
+    SmallVector<int64_t> sizes;
     for (int64_t first = 0; first < total; first += range) {
       int64_t n = std::min(range, total - first);
-      bool whole = n == total;
-      DispatchOp d = dispatch(b, gradNormKernel(n, !whole, ctx),
-                              {view(1, first, n), o.getHyper()},
-                              whole ? TypeRange{} : TypeRange{scalar});
+      sizes.push_back(gradSqGroups(n));
+      DispatchOp d = dispatch(
+          b, gradSqPartialsKernel(n, ctx), {view(1, first, n), o.getHyper()},
+          TypeRange{RankedTensorType::get({sizes.back()}, b.getF32Type())});
       if (!d)
         return failure();
-      if (!whole)
-        partials.push_back(d.getResult(0));
+      partials.push_back(d.getResult(0));
     }
-    if (!partials.empty()) {
-      SmallVector<Value> operands(partials);
-      operands.push_back(o.getHyper());
-      if (!dispatch(b, gradNormCombineKernel(partials.size(), ctx), operands,
-                    {}))
-        return failure();
-    }
+    SmallVector<Value> operands(partials);
+    operands.push_back(o.getHyper());
+    if (!dispatch(b, gradNormCombineKernel(sizes, ctx), operands, {}))
+      return failure();
     for (int64_t first = 0; first < total; first += range) {
       int64_t n = std::min(range, total - first);
       SmallVector<Value> operands;

@@ -26,15 +26,15 @@ func.func @prefill(%ids: tensor<?xi32>, %rows: index) -> tensor<?x100xf32> attri
 // -----
 
 // The training state (here 384 adapter values: 1536 bytes per section) is
-// bound in ranges of 256 values: a partial sum of squares per range, one
-// kernel adding them in order, then the optimizer per range over its four
+// bound in ranges of 256 values: partial sums of squares per range (a
+// workgroup per block of 64K values), one kernel adding them in order, then the optimizer per range over its four
 // section views (parameters, gradients, two moments).
 // CHECK-LABEL: func.func @train_step
 // CHECK: %[[G0:.*]] = tlora.train_state {first = 384 : i64} : tensor<256xf32>
-// CHECK: %[[S0:.*]] = tlora.dispatch @kernels::@grad_sq_sum_p256_t8(%[[G0]], %[[H:.*]]) workload(0 * T + 1) : (tensor<256xf32>, tensor<16xf32>) -> tensor<1xf32>
+// CHECK: %[[S0:.*]] = tlora.dispatch @kernels::@grad_sq_sum_p256_g1_t8(%[[G0]], %[[H:.*]]) workload(0 * T + 1) : (tensor<256xf32>, tensor<16xf32>) -> tensor<1xf32>
 // CHECK: %[[G1:.*]] = tlora.train_state {first = 640 : i64} : tensor<128xf32>
-// CHECK: %[[S1:.*]] = tlora.dispatch @kernels::@grad_sq_sum_p128_t8(%[[G1]], %[[H]])
-// CHECK: tlora.dispatch @kernels::@grad_norm_of2_t8(%[[S0]], %[[S1]], %[[H]])
+// CHECK: %[[S1:.*]] = tlora.dispatch @kernels::@grad_sq_sum_p128_g1_t8(%[[G1]], %[[H]])
+// CHECK: tlora.dispatch @kernels::@grad_norm_of2_in2_t8(%[[S0]], %[[S1]], %[[H]])
 // CHECK: tlora.train_state : tensor<256xf32>
 // CHECK: tlora.train_state {first = 1152 : i64} : tensor<256xf32>
 // CHECK: tlora.dispatch @kernels::@adamw_p256_t8(

@@ -119,7 +119,8 @@ func.func @decode(%x: tensor<?x64xf32>, %pos: index, %rows: index) -> tensor<?x1
 // CHECK-NOT: tlora.loss_scale
 // CHECK: tlora.dispatch @kernels::@mean_loss_grad_seed16_6_t8(%[[H]], %{{.*}}) workload(0 * T + 1)
 // CHECK: %[[G:.*]] = tlora.train_state {first = 384 : i64} : tensor<384xf32>
-// CHECK: tlora.dispatch @kernels::@grad_norm_p384_t8(%[[G]], %[[H]]) workload(0 * T + 1)
+// CHECK: %[[S:.*]] = tlora.dispatch @kernels::@grad_sq_sum_p384_g1_t8(%[[G]], %[[H]]) workload(0 * T + 1)
+// CHECK: tlora.dispatch @kernels::@grad_norm_of1_in1_t8(%[[S]], %[[H]]) workload(0 * T + 1)
 // CHECK: %[[P:.*]] = tlora.train_state : tensor<384xf32>
 // CHECK: %[[G2:.*]] = tlora.train_state {first = 384 : i64} : tensor<384xf32>
 // CHECK: %[[M:.*]] = tlora.train_state {first = 768 : i64} : tensor<384xf32>
