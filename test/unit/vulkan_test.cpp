@@ -36,15 +36,19 @@ static bool ok(tlc_status_t s) {
   return false;
 }
 
-/// A flatbuffer holding one Executable (target vulkan, format spirv).
-static std::vector<uint8_t> executable(const std::string &image,
-                                       const std::string &name) {
+/// A flatbuffer holding one Executable (target vulkan, format spirv), with
+/// kernel_offsets where `offsets` is given.
+static std::vector<uint8_t>
+executable(const std::string &image, const std::string &name,
+           const std::vector<uint32_t> *offsets = nullptr) {
   flatbuffers::FlatBufferBuilder fbb;
   auto img = fbb.CreateVector((const uint8_t *)image.data(), image.size());
   auto kernels = fbb.CreateVectorOfStrings(std::vector<std::string>{name});
+  auto offs = offsets ? fbb.CreateVector(*offsets) : 0;
   auto exe = tlc::fb::CreateExecutable(fbb, fbb.CreateString("vulkan"),
                                        fbb.CreateString("spirv1.3"), 0,
-                                       fbb.CreateString("spirv"), kernels, img);
+                                       fbb.CreateString("spirv"), kernels, img,
+                                       0, 0, 0, offs);
   fbb.Finish(exe);
   return {fbb.GetBufferPointer(), fbb.GetBufferPointer() + fbb.GetSize()};
 }
@@ -85,6 +89,28 @@ int main(int argc, char **argv) {
       !ok(device->createQueue({}, &queue)))
     return 1;
   std::printf("device: %s\n", device->name());
+
+  // Per-kernel images: a valid one loads; bad kernel_offsets are refused
+  // with one error each.
+  auto loads = [&](const std::vector<uint32_t> &offsets, const char *want) {
+    auto b = executable(spv, argv[2], &offsets);
+    std::unique_ptr<Executable> e;
+    tlc_status_t st = device->loadExecutable(
+        *flatbuffers::GetRoot<tlc::fb::Executable>(b.data()), &e);
+    bool good = want ? st && std::string(tlc_status_message(st)).find(want) !=
+                                 std::string::npos
+                     : !st;
+    if (st)
+      std::printf("kernel_offsets: %s\n", tlc_status_message(st));
+    tlc_status_free(st);
+    return good;
+  };
+  EXPECT(loads({0}, nullptr), "a per-kernel image was refused");
+  EXPECT(loads({0, 0}, "2 entries for 1 kernels"),
+         "kernel_offsets of the wrong count were accepted");
+  EXPECT(loads({(uint32_t)spv.size() + 4}, "malformed"),
+         "a kernel offset past the image was accepted");
+  EXPECT(loads({2}, "malformed"), "a misaligned kernel image was accepted");
 
   // a and b in one buffer (two bindings at offsets), the output per call.
   const uint64_t rowBytes = D * 4, bytesAB = TM * rowBytes;
