@@ -298,12 +298,29 @@ Value workgroupReduce(OpBuilder &b, Location loc, Value scratch, Value lane,
   Value first = arith::CmpIOp::create(b, loc, arith::CmpIPredicate::eq, lane,
                                       zero);
   scf::IfOp::create(b, loc, first, [&](OpBuilder &b, Location loc) {
-    // Fully unrolled: the loads are independent of the running value.
+    // Slots 0-7, then 8 at a time: each group's loads are independent of
+    // the running value (issued together), and the code stays small for
+    // kernels that reduce many times.
+    constexpr int64_t group = 8;
     Value acc = memref::LoadOp::create(b, loc, scratch, zero);
-    for (int64_t i = 1; i < kWorkgroupSize; ++i)
+    for (int64_t i = 1; i < group; ++i)
       acc = combine(b, loc, acc,
                     memref::LoadOp::create(b, loc, scratch,
                                            indexConst(b, loc, i)));
+    auto rest = scf::ForOp::create(
+        b, loc, indexConst(b, loc, group), result, indexConst(b, loc, group),
+        ValueRange{acc},
+        [&](OpBuilder &b, Location loc, Value i, ValueRange a) {
+          Value v = a[0];
+          for (int64_t j = 0; j < group; ++j)
+            v = combine(b, loc, v,
+                        memref::LoadOp::create(
+                            b, loc, scratch,
+                            ValueRange{arith::AddIOp::create(
+                                b, loc, i, indexConst(b, loc, j))}));
+          scf::YieldOp::create(b, loc, v);
+        });
+    acc = rest.getResult(0);
     memref::StoreOp::create(b, loc, acc, scratch, result);
     scf::YieldOp::create(b, loc);
   });

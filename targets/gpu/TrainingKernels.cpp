@@ -257,38 +257,48 @@ KernelSpec loraGradRowsKernel(int64_t R, int64_t K, int64_t N, float scale,
     Value x = a.buffers[0], A = a.buffers[1], B = a.buffers[2],
           dy = a.buffers[3], ud = a.buffers[4], dx = a.buffers[5];
     Value scratch = reduceScratch(b, loc);
-    SmallVector<Value> u, du;
-    for (int64_t r = 0; r < R; ++r) {
-      Value pu = stridedFold(
-          b, loc, a.lane, e.c(K), e.f(0),
-          [&](OpBuilder &b, Location loc, Value kk, Value acc) {
+    // du in workgroup memory for the dx loop; a loop over r (not unrolled:
+    // kernel size stays flat in the rank).
+    Value duAll = allocWorkgroup(b, loc, R, b.getF32Type());
+    scf::ForOp::create(
+        b, loc, e.c(0), e.c(R), e.c(1), ValueRange{},
+        [&](OpBuilder &b, Location loc, Value r, ValueRange) {
+          TLC_E(b, loc);
+          Value rowA = e.imul(r, e.c(K));
+          Value pu = stridedFold(
+              b, loc, a.lane, e.c(K), e.f(0),
+              [&](OpBuilder &b, Location loc, Value kk, Value acc) {
+                TLC_E(b, loc);
+                return e.fma(e.ld(x, {a.unit, kk}), e.ld(A, e.iadd(rowA, kk)),
+                             acc);
+              });
+          Value u = workgroupReduce(b, loc, scratch, a.lane, pu, addF);
+          Value pd = stridedFold(
+              b, loc, a.lane, e.c(N), e.f(0),
+              [&](OpBuilder &b, Location loc, Value n, Value acc) {
+                TLC_E(b, loc);
+                return e.fma(e.ld(dy, {a.unit, n}),
+                             e.ld(B, e.iadd(e.imul(n, e.c(R)), r)), acc);
+              });
+          Value du = e.mul(workgroupReduce(b, loc, scratch, a.lane, pd, addF),
+                           e.f(scale));
+          when(b, loc, e.ieq(a.lane, e.c(0)), [&](OpBuilder &b, Location loc) {
             TLC_E(b, loc);
-            return e.fma(e.ld(x, {a.unit, kk}), e.ld(A, e.iadd(e.c(r * K), kk)), acc);
+            e.st(u, ud, {a.unit, r});
+            e.st(du, ud, {a.unit, e.iadd(e.c(R), r)});
+            e.st(du, duAll, r);
           });
-      u.push_back(workgroupReduce(b, loc, scratch, a.lane, pu, addF));
-      Value pd = stridedFold(
-          b, loc, a.lane, e.c(N), e.f(0),
-          [&](OpBuilder &b, Location loc, Value n, Value acc) {
-            TLC_E(b, loc);
-            return e.fma(e.ld(dy, {a.unit, n}), e.ld(B, e.iadd(e.imul(n, e.c(R)),
-                                                   e.c(r))), acc);
-          });
-      du.push_back(
-          e.mul(workgroupReduce(b, loc, scratch, a.lane, pd, addF),
-                e.f(scale)));
-    }
-    when(b, loc, e.ieq(a.lane, e.c(0)), [&](OpBuilder &b, Location loc) {
-      TLC_E(b, loc);
-      for (int64_t r = 0; r < R; ++r) {
-        e.st(u[r], ud, {a.unit, e.c(r)});
-        e.st(du[r], ud, {a.unit, e.c(R + r)});
-      }
-    });
+          scf::YieldOp::create(b, loc);
+        });
+    mlir::gpu::BarrierOp::create(b, loc);
     forLanes(b, loc, a.lane, K, [&](OpBuilder &b, Value kk) {
       TLC_E(b, loc);
-      Value s = e.f(0);
-      for (int64_t r = 0; r < R; ++r)
-        s = e.add(s, e.mul(du[r], e.ld(A, e.iadd(e.c(r * K), kk))));
+      Value s = foldRange(b, loc, e.c(0), e.c(R), e.f(0),
+                          [&](OpBuilder &b, Location loc, Value r, Value acc) {
+                            TLC_E(b, loc);
+                            return e.add(acc, e.mul(e.ld(duAll, r),
+                                                    e.ld(A, e.iadd(e.imul(r, e.c(K)), kk))));
+                          });
       e.st(s, dx, {a.unit, kk});
     });
   };
