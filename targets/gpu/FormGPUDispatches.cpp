@@ -270,14 +270,7 @@ KernelSpec ternaryMatmulKernel(int64_t N, int64_t K, int64_t tm,
                       indexConst(b, loc, quarter)));
               Value xs = memref::LoadOp::create(b, loc, q, at);
               for (int i = 0; i < 4; ++i) {
-                int kk = 4 * quarter + i;
-                Value code = arith::AndIOp::create(
-                    b, loc,
-                    arith::ShRUIOp::create(b, loc, codes,
-                                           i32Const(b, loc, 2 * kk)),
-                    i32Const(b, loc, 3));
-                Value weight =
-                    arith::SubIOp::create(b, loc, code, i32Const(b, loc, 1));
+                Value weight = ternaryAt(b, loc, codes, 4 * quarter + i);
                 sum = arith::AddIOp::create(
                     b, loc, sum,
                     arith::MulIOp::create(b, loc, byteOf(b, loc, xs, i),
@@ -336,19 +329,15 @@ KernelSpec ternaryMatmulTiledKernel(int64_t N, int64_t K, int64_t tm,
   Type i32 = IntegerType::get(ctx, 32);
   k.buffers = {qactBuffer(tm, K, ctx), MemRefType::get({16 + N * K / 16}, i32),
                rowsOf(tm, N, Float32Type::get(ctx))};
-  int64_t colTiles = (N + kTile - 1) / kTile;
-  k.tokensFactor = 0;
-  k.constant = (tm + kTile - 1) / kTile * colTiles;
+  tileWorkload(k, tm, N);
   k.body = [=](OpBuilder &b, Location loc, const KernelArgs &a) {
     TLC_E(b, loc);
     Value q = a.buffers[0], w = a.buffers[1], y = a.buffers[2];
-    Value row0 = e.imul(e.idiv(a.unit, e.c(colTiles)), e.c(kTile));
-    Value col0 = e.imul(e.irem(a.unit, e.c(colTiles)), e.c(kTile));
     auto toF32 = [&](OpBuilder &b, Location loc, Value v) -> Value {
       return arith::SIToFPOp::create(b, loc, b.getF32Type(), v);
     };
-    // Whole workgroups past T return (uniformly: no barrier is skipped).
-    when(b, loc, e.ult(row0, a.T), [&](OpBuilder &b, Location loc) {
+    forOutputTile(b, loc, a, N, [&](OpBuilder &b, Location loc, Value row0,
+                                     Value col0) {
       TLC_E(b, loc);
       auto fill = [&](OpBuilder &b, Location loc, Value kb, Value aTile,
                       Value bTile) {
@@ -371,15 +360,9 @@ KernelSpec ternaryMatmulTiledKernel(int64_t N, int64_t K, int64_t tm,
                                          e.c(N - 1));
         Value codes = e.ld(w, e.iadd(e.iadd(e.c(16), e.imul(n, e.c(K / 16))),
                                      kb));
-        for (int64_t kk = 0; kk < 16; ++kk) {
-          Value code = arith::AndIOp::create(
-              b, loc,
-              arith::ShRUIOp::create(b, loc, codes, i32Const(b, loc, 2 * kk)),
-              i32Const(b, loc, 3));
-          e.st(toF32(b, loc, arith::SubIOp::create(b, loc, code,
-                                                   i32Const(b, loc, 1))),
-               bTile, e.iadd(e.c(kk * kTile), a.lane));
-        }
+        for (int64_t kk = 0; kk < 16; ++kk)
+          e.st(toF32(b, loc, ternaryAt(b, loc, codes, kk)), bTile,
+               e.iadd(e.c(kk * kTile), a.lane));
       };
       TileResult r = tiledProduct(b, loc, a.lane, K / 16, fill);
       Value gamma = arith::BitcastOp::create(b, loc, b.getF32Type(),

@@ -366,6 +366,34 @@ TileResult tiledProduct(OpBuilder &b, Location loc, Value lane,
   return r;
 }
 
+void tileWorkload(KernelSpec &k, int64_t tm, int64_t cols) {
+  k.tokensFactor = 0;
+  k.constant = (tm + kTile - 1) / kTile * ((cols + kTile - 1) / kTile);
+}
+
+void forOutputTile(
+    OpBuilder &b, Location loc, const KernelArgs &a, int64_t cols,
+    function_ref<void(OpBuilder &, Location, Value row0, Value col0)> fn) {
+  Value colTiles = indexConst(b, loc, (cols + kTile - 1) / kTile);
+  Value tile = indexConst(b, loc, kTile);
+  Value row0 = arith::MulIOp::create(
+      b, loc, arith::DivUIOp::create(b, loc, a.unit, colTiles), tile);
+  Value col0 = arith::MulIOp::create(
+      b, loc, arith::RemUIOp::create(b, loc, a.unit, colTiles), tile);
+  Value inside = arith::CmpIOp::create(b, loc, arith::CmpIPredicate::ult,
+                                       row0, a.T);
+  when(b, loc, inside, [&](OpBuilder &b, Location loc) {
+    fn(b, loc, row0, col0);
+  });
+}
+
+Value ternaryAt(OpBuilder &b, Location loc, Value word, int64_t i) {
+  Value code = arith::AndIOp::create(
+      b, loc, arith::ShRUIOp::create(b, loc, word, i32Const(b, loc, 2 * i)),
+      i32Const(b, loc, 3));
+  return arith::SubIOp::create(b, loc, code, i32Const(b, loc, 1));
+}
+
 Value TileResult::row(OpBuilder &b, Location loc, int64_t i) const {
   return arith::AddIOp::create(b, loc, ty, indexConst(b, loc, i * kMicro));
 }

@@ -160,6 +160,21 @@ struct TileResult {
 TileResult tiledProduct(OpBuilder &b, Location loc, Value lane,
                         int64_t kBlocks, const TileFill &fill);
 
+/// Kernels of tiled products over a [tm x cols] output: one workgroup per
+/// kTile x kTile tile (sets k's workload).
+void tileWorkload(KernelSpec &k, int64_t tm, int64_t cols);
+
+/// The workgroup's output tile (first row, first column) of a [T x cols]
+/// output; `fn` runs only where the tile starts below T (a uniform branch:
+/// barriers inside it are safe).
+void forOutputTile(
+    OpBuilder &b, Location loc, const KernelArgs &a, int64_t cols,
+    function_ref<void(OpBuilder &, Location, Value row0, Value col0)> fn);
+
+/// Weight `i` (0-15) of a t2-rows code word (sixteen 2-bit codes, value + 1)
+/// as i32 -1, 0 or 1.
+Value ternaryAt(OpBuilder &b, Location loc, Value word, int64_t i);
+
 Value addF(OpBuilder &b, Location loc, Value x, Value y);
 
 Value maxF(OpBuilder &b, Location loc, Value x, Value y);

@@ -182,15 +182,12 @@ KernelSpec ternaryMatmulTransposedTiledKernel(int64_t N, int64_t K, int64_t tm,
   k.name = llvm::formatv("ternary_matmul_t_tiled_n{0}_k{1}", N, K);
   k.buffers = {rowsOf(tm, N, f32Of(ctx)), flatOf(16 + N * K / 16, i32Of(ctx)),
                rowsOf(tm, K, f32Of(ctx))};
-  int64_t colTiles = (K + kTile - 1) / kTile;
-  k.tokensFactor = 0;
-  k.constant = (tm + kTile - 1) / kTile * colTiles;
+  tileWorkload(k, tm, K);
   k.body = [=](OpBuilder &b, Location loc, const KernelArgs &a) {
     TLC_E(b, loc);
     Value dy = a.buffers[0], w = a.buffers[1], dx = a.buffers[2];
-    Value row0 = e.imul(e.idiv(a.unit, e.c(colTiles)), e.c(kTile));
-    Value col0 = e.imul(e.irem(a.unit, e.c(colTiles)), e.c(kTile));
-    when(b, loc, e.ult(row0, a.T), [&](OpBuilder &b, Location loc) {
+    forOutputTile(b, loc, a, K, [&](OpBuilder &b, Location loc, Value row0,
+                                     Value col0) {
       TLC_E(b, loc);
       auto fill = [&](OpBuilder &b, Location loc, Value kb, Value aTile,
                       Value bTile) {
@@ -211,16 +208,10 @@ KernelSpec ternaryMatmulTransposedTiledKernel(int64_t N, int64_t K, int64_t tm,
         Value codes = e.ld(w, e.iadd(e.iadd(e.c(16), e.imul(n, e.c(K / 16))),
                                      wordCol));
         Value base = e.iadd(e.imul(rowInBlock, e.c(kTile)), e.imul(wq, e.c(16)));
-        for (int64_t c = 0; c < 16; ++c) {
-          Value code = arith::AndIOp::create(
-              b, loc,
-              arith::ShRUIOp::create(b, loc, codes, i32Const(b, loc, 2 * c)),
-              i32Const(b, loc, 3));
-          e.st(arith::SIToFPOp::create(
-                   b, loc, b.getF32Type(),
-                   arith::SubIOp::create(b, loc, code, i32Const(b, loc, 1))),
+        for (int64_t c = 0; c < 16; ++c)
+          e.st(arith::SIToFPOp::create(b, loc, b.getF32Type(),
+                                       ternaryAt(b, loc, codes, c)),
                bTile, e.iadd(base, e.c(c)));
-        }
       };
       TileResult r = tiledProduct(b, loc, a.lane, N / 16, fill);
       Value gamma = arith::BitcastOp::create(b, loc, b.getF32Type(),
@@ -846,22 +837,20 @@ KernelSpec crossEntropyPartialsKernel(CrossEntropyOp op, int64_t tm,
   addWeightChunks(k, 1, wt, chunks);
   k.buffers.append({flatOf(tm, i32Of(ctx)), rowsOf(tm, 2 * colTiles, f32Of(ctx)),
                     flatOf(tm, f32Of(ctx))});
-  k.tokensFactor = 0;
-  k.constant = (tm + kTile - 1) / kTile * colTiles;
+  tileWorkload(k, tm, V);
   k.body = [=](OpBuilder &b, Location loc, const KernelArgs &a) {
     TLC_E(b, loc);
     int64_t c = chunks.count();
     ValueRange w = a.buffers.slice(1, c);
     Value x = a.buffers[0], labels = a.buffers[1 + c],
           partials = a.buffers[2 + c], zl = a.buffers[3 + c];
-    Value tile = e.irem(a.unit, e.c(colTiles));
-    Value row0 = e.imul(e.idiv(a.unit, e.c(colTiles)), e.c(kTile));
-    Value col0 = e.imul(tile, e.c(kTile));
     Value ms = allocWorkgroup(b, loc, kTile * kMicro, b.getF32Type());
     Value ss = allocWorkgroup(b, loc, kTile * kMicro, b.getF32Type());
     Value ninf = e.f(-std::numeric_limits<float>::infinity());
-    when(b, loc, e.ult(row0, a.T), [&](OpBuilder &b, Location loc) {
+    forOutputTile(b, loc, a, V, [&](OpBuilder &b, Location loc, Value row0,
+                                     Value col0) {
       TLC_E(b, loc);
+      Value tile = e.idiv(col0, e.c(kTile));
       TileResult r = tiledProduct(
           b, loc, a.lane, K / 16,
           [&](OpBuilder &b, Location loc, Value kb, Value aTile, Value bTile) {
@@ -974,7 +963,6 @@ KernelSpec crossEntropyProbsKernel(CrossEntropyGradOp op, int64_t tm,
   int64_t V = wt.getDimSize(0), K = wt.getDimSize(1);
   Type et = wt.getElementType();
   MLIRContext *ctx = op.getContext();
-  int64_t colTiles = (rows + kTile - 1) / kTile;
   KernelSpec k;
   k.name = llvm::formatv("cross_entropy_probs_v{0}_k{1}_{2}_from{3}_n{4}", V,
                          K, suffixOf(et), v0, rows);
@@ -983,17 +971,15 @@ KernelSpec crossEntropyProbsKernel(CrossEntropyGradOp op, int64_t tm,
   addWeightChunks(k, 1, wt, chunks);
   k.buffers.append({flatOf(tm, i32Of(ctx)), flatOf(tm, f32Of(ctx)),
                     flatOf(tm, f32Of(ctx)), rowsOf(tm, slab, f32Of(ctx))});
-  k.tokensFactor = 0;
-  k.constant = (tm + kTile - 1) / kTile * colTiles;
+  tileWorkload(k, tm, rows);
   k.body = [=](OpBuilder &b, Location loc, const KernelArgs &a) {
     TLC_E(b, loc);
     int64_t c = chunks.count();
     ValueRange w = a.buffers.slice(1, c);
     Value x = a.buffers[0], labels = a.buffers[1 + c], lse = a.buffers[2 + c],
           dloss = a.buffers[3 + c], probs = a.buffers[4 + c];
-    Value row0 = e.imul(e.idiv(a.unit, e.c(colTiles)), e.c(kTile));
-    Value col0 = e.imul(e.irem(a.unit, e.c(colTiles)), e.c(kTile));
-    when(b, loc, e.ult(row0, a.T), [&](OpBuilder &b, Location loc) {
+    forOutputTile(b, loc, a, rows, [&](OpBuilder &b, Location loc, Value row0,
+                                     Value col0) {
       TLC_E(b, loc);
       TileResult r = tiledProduct(
           b, loc, a.lane, K / 16,
@@ -1035,7 +1021,6 @@ KernelSpec crossEntropyDxKernel(CrossEntropyGradOp op, int64_t tm,
   int64_t V = wt.getDimSize(0), K = wt.getDimSize(1);
   Type et = wt.getElementType();
   MLIRContext *ctx = op.getContext();
-  int64_t colTiles = (K + kTile - 1) / kTile;
   KernelSpec k;
   k.name = llvm::formatv("cross_entropy_dx_v{0}_k{1}_{2}_from{3}_n{4}{5}", V,
                          K, suffixOf(et), v0, rows, accumulate ? "_add" : "");
@@ -1043,16 +1028,14 @@ KernelSpec crossEntropyDxKernel(CrossEntropyGradOp op, int64_t tm,
   RowChunks chunks = rowChunks(wt, maxBinding);
   addWeightChunks(k, 1, wt, chunks);
   k.buffers.push_back(rowsOf(tm, K, f32Of(ctx)));
-  k.tokensFactor = 0;
-  k.constant = (tm + kTile - 1) / kTile * colTiles;
+  tileWorkload(k, tm, K);
   k.body = [=](OpBuilder &b, Location loc, const KernelArgs &a) {
     TLC_E(b, loc);
     int64_t c = chunks.count();
     ValueRange w = a.buffers.slice(1, c);
     Value probs = a.buffers[0], dx = a.buffers[1 + c];
-    Value row0 = e.imul(e.idiv(a.unit, e.c(colTiles)), e.c(kTile));
-    Value col0 = e.imul(e.irem(a.unit, e.c(colTiles)), e.c(kTile));
-    when(b, loc, e.ult(row0, a.T), [&](OpBuilder &b, Location loc) {
+    forOutputTile(b, loc, a, K, [&](OpBuilder &b, Location loc, Value row0,
+                                     Value col0) {
       TLC_E(b, loc);
       auto fill = [&](OpBuilder &b, Location loc, Value kb, Value aTile,
                       Value bTile) {

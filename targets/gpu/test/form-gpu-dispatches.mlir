@@ -139,3 +139,24 @@ func.func @train_step(%x: tensor<?x64xf32>, %dy: tensor<?x32xf32>, %labels: tens
   tlora.optimizer_step <adamw>, %h : tensor<16xf32>
   return %dx, %dl : tensor<?x64xf32>, tensor<?xf32>
 }
+
+// -----
+
+// 16+ tokens per call: the ternary product is tiled, a workgroup per 64 x 64
+// outputs (here 2 x 3 tiles: 100 tokens at most, 132 outputs), k staged in
+// workgroup memory (two 16 x 64 tiles), 8 x 8 f32 accumulators per
+// invocation, stores guarded by T and the output count.
+// CHECK-LABEL: func.func @prefill
+// CHECK: tlora.dispatch @kernels::@ternary_matmul_tiled_n132_k64_t100({{.*}}) workload(0 * T + 6)
+// CHECK: gpu.func @ternary_matmul_tiled_n132_k64_t100
+// CHECK-COUNT-2: memref.alloc() : memref<1024xf32, 3>
+// CHECK: scf.for {{.*}} iter_args
+// CHECK-COUNT-2: gpu.barrier
+// CHECK: math.fma
+// CHECK: arith.cmpi ult, %{{.*}}, %c132
+func.func @prefill(%x: tensor<?x64xf32>) -> tensor<?x132xf32> attributes {tlora.max_tokens = 100 : i64} {
+  %w = tlora.ternary_weight "w" scale(1.0) source(packed) : !tlora.ternary<outFeatures = 132, inFeatures = 64>
+  %q = tlora.quantize %x : tensor<?x64xf32> -> !tlora.qact<features = 64>
+  %y = tlora.ternary_matmul %q, %w : !tlora.qact<features = 64>, !tlora.ternary<outFeatures = 132, inFeatures = 64> -> tensor<?x132xf32>
+  return %y : tensor<?x132xf32>
+}
