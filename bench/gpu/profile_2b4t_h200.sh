@@ -10,8 +10,8 @@ out=${1:-.}
 for deb in .device/debs/*.deb; do dpkg -x "$deb" .device/root; done
 export LD_LIBRARY_PATH="$PWD/.device/root/usr/lib/x86_64-linux-gnu:$PWD/build/lib"
 for m in infer train1; do
-  [ -f /tmp/$m.tlm ] || [ ! -f .device/2b4t/$m.tlm.gz ] ||
-    gunzip -c .device/2b4t/$m.tlm.gz > /tmp/$m.tlm
+  [ -f /tmp/$m.tlm ] || [ ! -f .device/2b4t/$m.tlm.xz ] ||
+    bench/gpu/unxz.py .device/2b4t/$m.tlm.xz /tmp/$m.tlm
 done
 {
   # The difference of the two is 24 decode steps at positions 512-535.

@@ -2,8 +2,8 @@
 # The Vulkan path on the H200 at the BitNet-2B-4T shape, and training on a
 # model whose embedding exceeds 128 MiB with the driver capped at 128 MiB.
 # Modules are compiled here from --compressible random checkpoints (weights
-# that repeat with a short period: same shapes and cost, and gzip makes the
-# 1.2 GB modules small enough to copy), then run there:
+# that repeat with a short period: same shapes and cost, and xz makes the
+# 1.2 GB modules small enough to copy: ~11 MB each), then run there:
 #
 #   here:  bench/gpu/vulkan_goldens_h200.sh prepare   (the Vulkan loader debs)
 #          bench/gpu/vulkan_2b4t_h200.sh prepare
@@ -21,19 +21,19 @@ prepare)
     build/bin/tlc compile "$tmp/2b4t" --target vulkan-spirv --train \
       --lora-rank 16 --lora-alpha 32 --seq-len 512 --batch $batch \
       --max-seq-len 1024 --prefill-chunk 256 -o "$tmp/train$batch.tlm"
-    gzip -6 -c "$tmp/train$batch.tlm" > .device/2b4t/train$batch.tlm.gz
+    xz -6 -T2 -c "$tmp/train$batch.tlm" > .device/2b4t/train$batch.tlm.xz
   done
   # Inference alone (no adapters), for the side-by-side with llama-bench.
   build/bin/tlc compile "$tmp/2b4t" --target vulkan-spirv --max-seq-len 1024 \
     --prefill-chunk 256 -o "$tmp/infer.tlm"
-  gzip -6 -c "$tmp/infer.tlm" > .device/2b4t/infer.tlm.gz
+  xz -6 -T2 -c "$tmp/infer.tlm" > .device/2b4t/infer.tlm.xz
   # One layer, hidden 1024: the 128256 x 1024 bf16 embedding is 250.5 MiB.
   python3 bench/make_bitnet_2b4t.py "$tmp/big" --layers 1 --hidden 1024 \
     --intermediate 2816 --heads 8 --kv-heads 2 --compressible --f32
   build/bin/tlc compile "$tmp/big" --target x86-64,vulkan-spirv --train \
     --optimizer sgd --lora-rank 4 --lora-alpha 8 --seq-len 16 --batch 1 \
     --max-seq-len 64 --prefill-chunk 16 -o "$tmp/big.tlm"
-  gzip -6 -c "$tmp/big.tlm" > .device/2b4t/big.tlm.gz
+  xz -6 -T2 -c "$tmp/big.tlm" > .device/2b4t/big.tlm.xz
   python3 -c "import numpy as np; np.save('.device/2b4t/big.npy', np.random.default_rng(2).integers(0, 128256, size=(4, 16)).astype(np.int32))"
   rm -rf "$tmp"
   ;;
@@ -44,7 +44,7 @@ run)
   mkdir -p "$tmp"
   # Modules not carried (a call carries at most 64 MiB) are skipped.
   for m in big infer train1 train4; do
-    [ ! -f .device/2b4t/$m.tlm.gz ] || gunzip -c .device/2b4t/$m.tlm.gz > "$tmp/$m.tlm"
+    [ ! -f .device/2b4t/$m.tlm.xz ] || bench/gpu/unxz.py .device/2b4t/$m.tlm.xz "$tmp/$m.tlm"
   done
   # Runs a command and prints the GPU's peak memory use meanwhile (sampled
   # every 100 ms; the idle baseline is printed first).
