@@ -45,7 +45,6 @@ void rowMajorPack(const int8_t *codes, int64_t outFeatures, int64_t inFeatures,
           (uint8_t)((codes[n * inFeatures + k] + 1) << (2 * (k % 4)));
 }
 
-
 } // namespace
 
 const tlc::TernaryEncoding &tlc::gpu::ternaryEncoding() {
@@ -65,8 +64,8 @@ KernelSpec embedKernel(EmbedOp e, int64_t tm, int64_t maxBinding) {
   int64_t V = table.getDimSize(0), D = table.getDimSize(1);
   Type et = table.getElementType(), f32 = Float32Type::get(e.getContext());
   KernelSpec k;
-  k.name = llvm::formatv("embed_v{0}_d{1}_{2}", V, D, et.isBF16() ? "bf16"
-                                                                   : "f32");
+  k.name =
+      llvm::formatv("embed_v{0}_d{1}_{2}", V, D, et.isBF16() ? "bf16" : "f32");
   RowChunks chunks = rowChunks(table, maxBinding);
   addWeightChunks(k, 0, table, chunks);
   k.buffers.append({MemRefType::get({tm}, IntegerType::get(e.getContext(), 32)),
@@ -96,9 +95,9 @@ KernelSpec rmsNormKernel(RMSNormOp n, int64_t tm) {
   MLIRContext *ctx = n.getContext();
   Type f32 = Float32Type::get(ctx);
   KernelSpec k;
-  k.name = llvm::formatv("rms_norm_d{0}_{1}_eps{2}", D,
-                         et.isBF16() ? "bf16" : "f32",
-                         llvm::utohexstr(llvm::bit_cast<uint32_t>(eps)));
+  k.name =
+      llvm::formatv("rms_norm_d{0}_{1}_eps{2}", D, et.isBF16() ? "bf16" : "f32",
+                    llvm::utohexstr(llvm::bit_cast<uint32_t>(eps)));
   k.buffers = {rowsOf(tm, D, f32), weightBuffer(wt), rowsOf(tm, D, f32)};
   k.body = [=](OpBuilder &b, Location loc, const KernelArgs &a) {
     Value x = a.buffers[0], w = a.buffers[1], out = a.buffers[2];
@@ -112,18 +111,19 @@ KernelSpec rmsNormKernel(RMSNormOp n, int64_t tm) {
                                        arith::MulFOp::create(b, loc, v, v));
         });
     Value total = workgroupReduce(b, loc, scratch, a.lane, sum, addF);
-    Value mean = arith::DivFOp::create(b, loc, total, f32Const(b, loc, (float)D));
+    Value mean =
+        arith::DivFOp::create(b, loc, total, f32Const(b, loc, (float)D));
     Value r = arith::DivFOp::create(
         b, loc, f32Const(b, loc, 1.0f),
-        math::SqrtOp::create(b, loc,
-                             arith::AddFOp::create(b, loc, mean,
-                                                   f32Const(b, loc, eps))));
+        math::SqrtOp::create(
+            b, loc,
+            arith::AddFOp::create(b, loc, mean, f32Const(b, loc, eps))));
     forLanes(b, loc, a.lane, D, [&](OpBuilder &b, Value d) {
       Value v = memref::LoadOp::create(b, loc, x, {a.unit, d});
       Value wf = loadWeight(b, loc, w, et, {d}, d);
       Value h = arith::MulFOp::create(b, loc, v, r);
-      memref::StoreOp::create(b, loc, arith::MulFOp::create(b, loc, wf, h),
-                              out, {a.unit, d});
+      memref::StoreOp::create(b, loc, arith::MulFOp::create(b, loc, wf, h), out,
+                              {a.unit, d});
     });
   };
   return k;
@@ -185,17 +185,17 @@ KernelSpec quantizeKernel(int64_t K, int64_t tm, MLIRContext *ctx) {
               b, loc, memref::LoadOp::create(b, loc, x, {a.unit, i}));
           return maxF(b, loc, acc, v);
         });
-    Value amax = workgroupReduce(b, loc, reduceScratch(b, loc), a.lane,
-                                 partial, maxF);
-    Value scale = arith::DivFOp::create(
-        b, loc, f32Const(b, loc, 127.0f),
-        maxF(b, loc, amax, f32Const(b, loc, 1e-5f)));
+    Value amax =
+        workgroupReduce(b, loc, reduceScratch(b, loc), a.lane, partial, maxF);
+    Value scale =
+        arith::DivFOp::create(b, loc, f32Const(b, loc, 127.0f),
+                              maxF(b, loc, amax, f32Const(b, loc, 1e-5f)));
     Value first = arith::CmpIOp::create(b, loc, arith::CmpIPredicate::eq,
                                         a.lane, indexConst(b, loc, 0));
     when(b, loc, first, [&](OpBuilder &b, Location loc) {
       Value inv = arith::DivFOp::create(b, loc, f32Const(b, loc, 1.0f), scale);
-      Value at = arith::AddIOp::create(b, loc, indexConst(b, loc, tm * K / 4),
-                                       a.unit);
+      Value at =
+          arith::AddIOp::create(b, loc, indexConst(b, loc, tm * K / 4), a.unit);
       memref::StoreOp::create(
           b, loc, arith::BitcastOp::create(b, loc, b.getI32Type(), inv), q, at);
     });
@@ -220,8 +220,8 @@ KernelSpec quantizeKernel(int64_t K, int64_t tm, MLIRContext *ctx) {
             arith::ShLIOp::create(b, loc, byte, i32Const(b, loc, 8 * i)));
       }
       Value at = arith::AddIOp::create(
-          b, loc, arith::MulIOp::create(b, loc, a.unit, indexConst(b, loc, K / 4)),
-          w);
+          b, loc,
+          arith::MulIOp::create(b, loc, a.unit, indexConst(b, loc, K / 4)), w);
       memref::StoreOp::create(b, loc, word, q, at);
     });
   };
@@ -305,8 +305,7 @@ KernelSpec ternaryMatmulKernel(int64_t N, int64_t K, int64_t tm,
       output(b, loc, a.unit);
       return;
     }
-    Value outputs =
-        arith::MulIOp::create(b, loc, a.T, indexConst(b, loc, N));
+    Value outputs = arith::MulIOp::create(b, loc, a.T, indexConst(b, loc, N));
     scf::ForOp::create(b, loc, a.unit, outputs, indexConst(b, loc, kMaxGroups),
                        ValueRange{},
                        [&](OpBuilder &b, Location loc, Value item, ValueRange) {
@@ -336,54 +335,54 @@ KernelSpec ternaryMatmulTiledKernel(int64_t N, int64_t K, int64_t tm,
     auto toF32 = [&](OpBuilder &b, Location loc, Value v) -> Value {
       return arith::SIToFPOp::create(b, loc, b.getF32Type(), v);
     };
-    forOutputTile(b, loc, a, N, [&](OpBuilder &b, Location loc, Value row0,
-                                     Value col0) {
-      TLC_E(b, loc);
-      auto fill = [&](OpBuilder &b, Location loc, Value kb, Value aTile,
-                      Value bTile) {
-        TLC_E(b, loc);
-        for (int64_t r = 0; r < 4; ++r) {
-          // Word w4 of the block's 4 in tile row r * 16 + lane / 4.
-          Value row = e.iadd(e.c(r * 16), e.idiv(a.lane, e.c(4)));
-          Value w4 = e.irem(a.lane, e.c(4));
-          Value t = arith::MinUIOp::create(b, loc, e.iadd(row0, row),
-                                           e.c(tm - 1));
-          Value word = e.ld(q, e.iadd(e.imul(t, e.c(K / 4)),
-                                      e.iadd(e.imul(kb, e.c(4)), w4)));
-          for (int i = 0; i < 4; ++i)
-            e.st(toF32(b, loc, byteOf(b, loc, word, i)), aTile,
-                 e.iadd(e.imul(e.iadd(e.imul(w4, e.c(4)), e.c(i)),
-                               e.c(kTile)),
-                        row));
-        }
-        Value n = arith::MinUIOp::create(b, loc, e.iadd(col0, a.lane),
-                                         e.c(N - 1));
-        Value codes = e.ld(w, e.iadd(e.iadd(e.c(16), e.imul(n, e.c(K / 16))),
-                                     kb));
-        for (int64_t kk = 0; kk < 16; ++kk)
-          e.st(toF32(b, loc, ternaryAt(b, loc, codes, kk)), bTile,
-               e.iadd(e.c(kk * kTile), a.lane));
-      };
-      TileResult r = tiledProduct(b, loc, a.lane, K / 16, fill);
-      Value gamma = arith::BitcastOp::create(b, loc, b.getF32Type(),
-                                             e.ld(w, e.c(0)));
-      for (int64_t i = 0; i < kMicro; ++i) {
-        Value t = e.iadd(row0, r.row(b, loc, i));
-        when(b, loc, e.ult(t, a.T), [&](OpBuilder &b, Location loc) {
+    forOutputTile(
+        b, loc, a, N, [&](OpBuilder &b, Location loc, Value row0, Value col0) {
           TLC_E(b, loc);
-          Value inv = arith::BitcastOp::create(
-              b, loc, b.getF32Type(), e.ld(q, e.iadd(e.c(tm * K / 4), t)));
-          Value scale = e.mul(gamma, inv);
-          for (int64_t j = 0; j < kMicro; ++j) {
-            Value n = e.iadd(col0, r.col(b, loc, j));
-            when(b, loc, e.ult(n, e.c(N)), [&](OpBuilder &b, Location loc) {
+          auto fill = [&](OpBuilder &b, Location loc, Value kb, Value aTile,
+                          Value bTile) {
+            TLC_E(b, loc);
+            for (int64_t r = 0; r < 4; ++r) {
+              // Word w4 of the block's 4 in tile row r * 16 + lane / 4.
+              Value row = e.iadd(e.c(r * 16), e.idiv(a.lane, e.c(4)));
+              Value w4 = e.irem(a.lane, e.c(4));
+              Value t = arith::MinUIOp::create(b, loc, e.iadd(row0, row),
+                                               e.c(tm - 1));
+              Value word = e.ld(q, e.iadd(e.imul(t, e.c(K / 4)),
+                                          e.iadd(e.imul(kb, e.c(4)), w4)));
+              for (int i = 0; i < 4; ++i)
+                e.st(toF32(b, loc, byteOf(b, loc, word, i)), aTile,
+                     e.iadd(
+                         e.imul(e.iadd(e.imul(w4, e.c(4)), e.c(i)), e.c(kTile)),
+                         row));
+            }
+            Value n = arith::MinUIOp::create(b, loc, e.iadd(col0, a.lane),
+                                             e.c(N - 1));
+            Value codes =
+                e.ld(w, e.iadd(e.iadd(e.c(16), e.imul(n, e.c(K / 16))), kb));
+            for (int64_t kk = 0; kk < 16; ++kk)
+              e.st(toF32(b, loc, ternaryAt(b, loc, codes, kk)), bTile,
+                   e.iadd(e.c(kk * kTile), a.lane));
+          };
+          TileResult r = tiledProduct(b, loc, a.lane, K / 16, fill);
+          Value gamma =
+              arith::BitcastOp::create(b, loc, b.getF32Type(), e.ld(w, e.c(0)));
+          for (int64_t i = 0; i < kMicro; ++i) {
+            Value t = e.iadd(row0, r.row(b, loc, i));
+            when(b, loc, e.ult(t, a.T), [&](OpBuilder &b, Location loc) {
               TLC_E(b, loc);
-              e.st(e.mul(r.acc[i * kMicro + j], scale), y, {t, n});
+              Value inv = arith::BitcastOp::create(
+                  b, loc, b.getF32Type(), e.ld(q, e.iadd(e.c(tm * K / 4), t)));
+              Value scale = e.mul(gamma, inv);
+              for (int64_t j = 0; j < kMicro; ++j) {
+                Value n = e.iadd(col0, r.col(b, loc, j));
+                when(b, loc, e.ult(n, e.c(N)), [&](OpBuilder &b, Location loc) {
+                  TLC_E(b, loc);
+                  e.st(e.mul(r.acc[i * kMicro + j], scale), y, {t, n});
+                });
+              }
             });
           }
         });
-      }
-    });
   };
   return k;
 }
@@ -397,8 +396,8 @@ KernelSpec denseKernel(DenseOp d, int64_t tm, int64_t maxBinding) {
   int64_t N = wt.getDimSize(0), K = wt.getDimSize(1);
   Type et = wt.getElementType(), f32 = Float32Type::get(d.getContext());
   KernelSpec k;
-  k.name = llvm::formatv("dense_n{0}_k{1}_{2}", N, K,
-                         et.isBF16() ? "bf16" : "f32");
+  k.name =
+      llvm::formatv("dense_n{0}_k{1}_{2}", N, K, et.isBF16() ? "bf16" : "f32");
   k.buffers = {rowsOf(tm, K, f32)};
   RowChunks chunks = rowChunks(wt, maxBinding);
   addWeightChunks(k, 1, wt, chunks);
@@ -424,13 +423,15 @@ KernelSpec denseKernel(DenseOp d, int64_t tm, int64_t maxBinding) {
                 Value t = arith::AddIOp::create(b, loc, first, r);
                 Value part = stridedFold(
                     b, loc, a.lane, indexConst(b, loc, K), f32Const(b, loc, 0),
-                    [&](OpBuilder &b, Location loc, Value kk, Value acc) -> Value {
+                    [&](OpBuilder &b, Location loc, Value kk,
+                        Value acc) -> Value {
                       Value xv = memref::LoadOp::create(b, loc, x, {t, kk});
                       Value wv = loadWeightAt(b, loc, w, chunks, et, n, kk);
                       return arith::AddFOp::create(
                           b, loc, acc, arith::MulFOp::create(b, loc, xv, wv));
                     });
-                Value dot = workgroupReduce(b, loc, scratch, a.lane, part, addF);
+                Value dot =
+                    workgroupReduce(b, loc, scratch, a.lane, part, addF);
                 when(b, loc, isFirst, [&](OpBuilder &b, Location loc) {
                   memref::StoreOp::create(b, loc, dot, y, {r, n});
                 });
@@ -450,16 +451,16 @@ KernelSpec ropeKernel(RopeOp r, int64_t tm) {
   double theta = r.getTheta().convertToDouble();
   SmallVector<float> invFreq;
   for (int64_t i = 0; i < half; ++i)
-    invFreq.push_back(
-        1.0f / std::pow((float)theta, (float)(2 * i) / (float)hd));
+    invFreq.push_back(1.0f /
+                      std::pow((float)theta, (float)(2 * i) / (float)hd));
   int64_t period = r.getPeriod() ? (int64_t)*r.getPeriod() : (int64_t)1 << 30;
   float sign = r.getInverse() ? -1.0f : 1.0f;
   Type f32 = Float32Type::get(r.getContext());
   KernelSpec k;
-  k.name = llvm::formatv("rope_d{0}_hd{1}_theta{2}{3}{4}", D, hd,
-                         (int64_t)theta,
-                         r.getPeriod() ? "_p" + std::to_string(period) : "",
-                         r.getInverse() ? "_inv" : "");
+  k.name =
+      llvm::formatv("rope_d{0}_hd{1}_theta{2}{3}{4}", D, hd, (int64_t)theta,
+                    r.getPeriod() ? "_p" + std::to_string(period) : "",
+                    r.getInverse() ? "_inv" : "");
   k.buffers = {rowsOf(tm, D, f32), rowsOf(tm, D, f32)};
   k.body = [=](OpBuilder &b, Location loc, const KernelArgs &a) {
     Value p = arith::AddIOp::create(
@@ -469,23 +470,25 @@ KernelSpec ropeKernel(RopeOp r, int64_t tm) {
         b, loc, b.getF32Type(),
         arith::IndexCastOp::create(b, loc, b.getI32Type(), p));
     forLanes(b, loc, a.lane, D / 2, [&](OpBuilder &b, Value idx) {
-      Value head = arith::DivUIOp::create(b, loc, idx, indexConst(b, loc, half));
+      Value head =
+          arith::DivUIOp::create(b, loc, idx, indexConst(b, loc, half));
       Value i = arith::RemUIOp::create(b, loc, idx, indexConst(b, loc, half));
       Value angle =
           arith::MulFOp::create(b, loc, pf, constantAt(b, loc, invFreq, i));
       auto [sin0, cos] = sinCos(b, loc, angle);
       Value sin = arith::MulFOp::create(b, loc, sin0, f32Const(b, loc, sign));
       Value i1 = arith::AddIOp::create(
-          b, loc, arith::MulIOp::create(b, loc, head, indexConst(b, loc, hd)), i);
+          b, loc, arith::MulIOp::create(b, loc, head, indexConst(b, loc, hd)),
+          i);
       Value i2 = arith::AddIOp::create(b, loc, i1, indexConst(b, loc, half));
       Value x1 = memref::LoadOp::create(b, loc, a.buffers[0], {a.unit, i1});
       Value x2 = memref::LoadOp::create(b, loc, a.buffers[0], {a.unit, i2});
-      Value o1 = arith::SubFOp::create(b, loc,
-                                       arith::MulFOp::create(b, loc, x1, cos),
-                                       arith::MulFOp::create(b, loc, x2, sin));
-      Value o2 = arith::AddFOp::create(b, loc,
-                                       arith::MulFOp::create(b, loc, x2, cos),
-                                       arith::MulFOp::create(b, loc, x1, sin));
+      Value o1 =
+          arith::SubFOp::create(b, loc, arith::MulFOp::create(b, loc, x1, cos),
+                                arith::MulFOp::create(b, loc, x2, sin));
+      Value o2 =
+          arith::AddFOp::create(b, loc, arith::MulFOp::create(b, loc, x2, cos),
+                                arith::MulFOp::create(b, loc, x1, sin));
       memref::StoreOp::create(b, loc, o1, a.buffers[1], {a.unit, i1});
       memref::StoreOp::create(b, loc, o2, a.buffers[1], {a.unit, i2});
     });
@@ -525,43 +528,44 @@ FailureOr<KernelSpec> attentionKernel(AttentionOp op, int64_t tm) {
         b, loc, arith::AddIOp::create(b, loc, a.pos, t), indexConst(b, loc, 1));
     Value scores = allocWorkgroup(b, loc, S, b.getF32Type());
     Value scratch = reduceScratch(b, loc);
-    auto strided = [&](OpBuilder &b, Value init,
-                       function_ref<Value(OpBuilder &, Location, Value, Value)>
-                           fn) {
-      return stridedFold(b, loc, a.lane, len, init, fn);
-    };
+    auto strided =
+        [&](OpBuilder &b, Value init,
+            function_ref<Value(OpBuilder &, Location, Value, Value)> fn) {
+          return stridedFold(b, loc, a.lane, len, init, fn);
+        };
     Value ninf = f32Const(b, loc, -std::numeric_limits<float>::infinity());
-    Value localMax = strided(b, ninf, [&](OpBuilder &b, Location loc, Value j,
-                                          Value m) -> Value {
-      auto dot = scf::ForOp::create(
-          b, loc, indexConst(b, loc, 0), indexConst(b, loc, HD),
-          indexConst(b, loc, 1), ValueRange{f32Const(b, loc, 0)},
-          [&](OpBuilder &b, Location loc, Value d, ValueRange acc) {
-            Value qv = memref::LoadOp::create(
-                b, loc, q, {t, arith::AddIOp::create(b, loc, qBase, d)});
-            Value kv = memref::LoadOp::create(
-                b, loc, kc, {j, arith::AddIOp::create(b, loc, kBase, d)});
-            scf::YieldOp::create(
-                b, loc,
-                ValueRange{arith::AddFOp::create(
-                    b, loc, acc[0], arith::MulFOp::create(b, loc, qv, kv))});
-          });
-      Value sc = arith::MulFOp::create(b, loc, dot.getResult(0),
-                                       f32Const(b, loc, scale));
-      memref::StoreOp::create(b, loc, sc, scores, j);
-      return maxF(b, loc, m, sc);
-    });
+    Value localMax = strided(
+        b, ninf, [&](OpBuilder &b, Location loc, Value j, Value m) -> Value {
+          auto dot = scf::ForOp::create(
+              b, loc, indexConst(b, loc, 0), indexConst(b, loc, HD),
+              indexConst(b, loc, 1), ValueRange{f32Const(b, loc, 0)},
+              [&](OpBuilder &b, Location loc, Value d, ValueRange acc) {
+                Value qv = memref::LoadOp::create(
+                    b, loc, q, {t, arith::AddIOp::create(b, loc, qBase, d)});
+                Value kv = memref::LoadOp::create(
+                    b, loc, kc, {j, arith::AddIOp::create(b, loc, kBase, d)});
+                scf::YieldOp::create(
+                    b, loc,
+                    ValueRange{arith::AddFOp::create(
+                        b, loc, acc[0],
+                        arith::MulFOp::create(b, loc, qv, kv))});
+              });
+          Value sc = arith::MulFOp::create(b, loc, dot.getResult(0),
+                                           f32Const(b, loc, scale));
+          memref::StoreOp::create(b, loc, sc, scores, j);
+          return maxF(b, loc, m, sc);
+        });
     Value m = workgroupReduce(b, loc, scratch, a.lane, localMax, maxF);
-    Value localSum = strided(b, f32Const(b, loc, 0), [&](OpBuilder &b,
-                                                         Location loc, Value j,
-                                                         Value acc) -> Value {
-      Value e = expF(
-          b, loc,
-          arith::SubFOp::create(b, loc,
-                                memref::LoadOp::create(b, loc, scores, j), m));
-      memref::StoreOp::create(b, loc, e, scores, j);
-      return arith::AddFOp::create(b, loc, acc, e);
-    });
+    Value localSum = strided(
+        b, f32Const(b, loc, 0),
+        [&](OpBuilder &b, Location loc, Value j, Value acc) -> Value {
+          Value e =
+              expF(b, loc,
+                   arith::SubFOp::create(
+                       b, loc, memref::LoadOp::create(b, loc, scores, j), m));
+          memref::StoreOp::create(b, loc, e, scores, j);
+          return arith::AddFOp::create(b, loc, acc, e);
+        });
     Value sum = workgroupReduce(b, loc, scratch, a.lane, localSum, addF);
     Value inv = arith::DivFOp::create(b, loc, f32Const(b, loc, 1.0f), sum);
     forLanes(b, loc, a.lane, HD, [&](OpBuilder &b, Value d) {
@@ -609,8 +613,8 @@ KernelSpec loraDownKernel(LoraOp l, int64_t tm) {
           return arith::AddFOp::create(b, loc, acc,
                                        arith::MulFOp::create(b, loc, xv, wv));
         });
-    Value u = workgroupReduce(b, loc, reduceScratch(b, loc), a.lane, partial,
-                              addF);
+    Value u =
+        workgroupReduce(b, loc, reduceScratch(b, loc), a.lane, partial, addF);
     when(b, loc,
          arith::CmpIOp::create(b, loc, arith::CmpIPredicate::eq, a.lane,
                                indexConst(b, loc, 0)),
@@ -640,7 +644,8 @@ KernelSpec loraUpKernel(LoraOp l, int64_t tm) {
     Value t = arith::DivUIOp::create(b, loc, a.unit, nb);
     Value n = arith::AddIOp::create(
         b, loc,
-        arith::MulIOp::create(b, loc, arith::RemUIOp::create(b, loc, a.unit, nb),
+        arith::MulIOp::create(b, loc,
+                              arith::RemUIOp::create(b, loc, a.unit, nb),
                               indexConst(b, loc, kWorkgroupSize)),
         a.lane);
     when(b, loc,
@@ -652,13 +657,15 @@ KernelSpec loraUpKernel(LoraOp l, int64_t tm) {
                b, loc, indexConst(b, loc, 0), indexConst(b, loc, R),
                indexConst(b, loc, 1), ValueRange{f32Const(b, loc, 0)},
                [&](OpBuilder &b, Location loc, Value r, ValueRange acc) {
-                 Value uv = memref::LoadOp::create(b, loc, a.buffers[0], {t, r});
+                 Value uv =
+                     memref::LoadOp::create(b, loc, a.buffers[0], {t, r});
                  Value bv = loadWeight(b, loc, a.buffers[1], et, {n, r},
                                        arith::AddIOp::create(b, loc, rowB, r));
                  scf::YieldOp::create(
                      b, loc,
                      ValueRange{arith::AddFOp::create(
-                         b, loc, acc[0], arith::MulFOp::create(b, loc, uv, bv))});
+                         b, loc, acc[0],
+                         arith::MulFOp::create(b, loc, uv, bv))});
                });
            memref::StoreOp::create(
                b, loc,
@@ -691,11 +698,11 @@ FailureOr<KernelSpec> specFor(Operation *op, int64_t tm, int64_t maxBinding) {
     if (!isa<RankedTensorType>(add.getType()))
       return op->emitOpError("only tensor additions are dispatched");
     int64_t D = dim(add.getResult(), 1);
-    k = elementwiseKernel(llvm::formatv("add_d{0}", D), D, tm, ctx,
-                          [](OpBuilder &b, Location loc, Value x,
-                             Value y) -> Value {
-                            return arith::AddFOp::create(b, loc, x, y);
-                          });
+    k = elementwiseKernel(
+        llvm::formatv("add_d{0}", D), D, tm, ctx,
+        [](OpBuilder &b, Location loc, Value x, Value y) -> Value {
+          return arith::AddFOp::create(b, loc, x, y);
+        });
   } else if (auto a = dyn_cast<KVAppendOp>(op)) {
     auto c = a.getCache().getType();
     k = kvAppendKernel(c.getMaxSeq(), c.getKvHeads() * c.getHeadDim(), tm, ctx);
@@ -763,8 +770,8 @@ struct FormGPUDispatchesPass
       };
       for (Operation &op : llvm::make_early_inc_range(func.getBody().front())) {
         if (isa<WeightOp, WeightRowsOp, TernaryWeightOp, KVCacheOp,
-                func::ReturnOp, DispatchOp, TrainableOp, HyperOp,
-                TrainStateOp, LossScaleOp, arith::ConstantOp>(op))
+                func::ReturnOp, DispatchOp, TrainableOp, HyperOp, TrainStateOp,
+                LossScaleOp, arith::ConstantOp>(op))
           continue;
         if (auto l = dyn_cast<LoraOp>(op)) {
           // Two kernels: the rank-R down projection, then the up projection.
@@ -789,8 +796,8 @@ struct FormGPUDispatchesPass
           continue;
         }
         if (isTrainingOp(&op)) {
-          if (failed(formTrainingDispatches(&op, tm, maxBindingBytes,
-                                            dispatcher)))
+          if (failed(
+                  formTrainingDispatches(&op, tm, maxBindingBytes, dispatcher)))
             return signalPassFailure();
           continue;
         }
@@ -814,8 +821,9 @@ struct FormGPUDispatchesPass
   /// A dispatch of `spec` (built on first use) on `operands`, the row-chunked
   /// ones replaced by views of their chunks; null after an error when a
   /// binding would exceed max-binding-bytes.
-  DispatchOp dispatch(OpBuilder &b, SymbolTable &symbols, const KernelSpec &spec,
-                      ValueRange operands, TypeRange results, int64_t tm) {
+  DispatchOp dispatch(OpBuilder &b, SymbolTable &symbols,
+                      const KernelSpec &spec, ValueRange operands,
+                      TypeRange results, int64_t tm) {
     Location loc = b.getInsertionPoint()->getLoc();
     SmallVector<Value> buffers;
     for (auto [i, v] : llvm::enumerate(operands)) {

@@ -45,17 +45,20 @@ namespace {
 /// and so every fold's result, stays the same).
 constexpr int64_t kUnroll = 4;
 
-Value idx(OpBuilder &b, Location loc, int64_t v) { return indexConst(b, loc, v); }
+Value idx(OpBuilder &b, Location loc, int64_t v) {
+  return indexConst(b, loc, v);
+}
 
 /// The bound below which i + (kUnroll - 1) * kWorkgroupSize < n.
 Value unrolledBound(OpBuilder &b, Location loc, Value n) {
   if (std::optional<int64_t> c = getConstantIntValue(n))
-    return idx(b, loc, std::max<int64_t>(*c - (kUnroll - 1) * kWorkgroupSize, 0));
+    return idx(b, loc,
+               std::max<int64_t>(*c - (kUnroll - 1) * kWorkgroupSize, 0));
   Value span = idx(b, loc, (kUnroll - 1) * kWorkgroupSize);
-  Value fits = arith::CmpIOp::create(b, loc, arith::CmpIPredicate::ugt, n, span);
-  return arith::SelectOp::create(b, loc, fits,
-                                 arith::SubIOp::create(b, loc, n, span),
-                                 idx(b, loc, 0));
+  Value fits =
+      arith::CmpIOp::create(b, loc, arith::CmpIPredicate::ugt, n, span);
+  return arith::SelectOp::create(
+      b, loc, fits, arith::SubIOp::create(b, loc, n, span), idx(b, loc, 0));
 }
 
 /// Where the one-at-a-time loop starts: the first lane + k * unrolled
@@ -64,15 +67,15 @@ Value remainderStart(OpBuilder &b, Location loc, Value lane, Value bound) {
   int64_t step = kUnroll * kWorkgroupSize;
   if (getConstantIntValue(bound) == 0)
     return lane;
-  Value below = arith::CmpIOp::create(b, loc, arith::CmpIPredicate::ult, lane,
-                                      bound);
+  Value below =
+      arith::CmpIOp::create(b, loc, arith::CmpIPredicate::ult, lane, bound);
   Value gap = arith::SubIOp::create(
       b, loc, arith::SelectOp::create(b, loc, below, bound, lane), lane);
   Value k = arith::DivUIOp::create(
       b, loc, arith::AddIOp::create(b, loc, gap, idx(b, loc, step - 1)),
       idx(b, loc, step));
-  return arith::AddIOp::create(b, loc, lane,
-                               arith::MulIOp::create(b, loc, k, idx(b, loc, step)));
+  return arith::AddIOp::create(
+      b, loc, lane, arith::MulIOp::create(b, loc, k, idx(b, loc, step)));
 }
 
 /// `for i = lo; i < hi; i += step` folding from `init`, guarded: `init`
@@ -142,7 +145,8 @@ Value foldRange(OpBuilder &b, Location loc, Value lo, Value hi, Value init,
         });
     return loop.getResult(0);
   };
-  std::optional<int64_t> l = getConstantIntValue(lo), h = getConstantIntValue(hi);
+  std::optional<int64_t> l = getConstantIntValue(lo),
+                         h = getConstantIntValue(hi);
   if (l && h && *l < *h)
     return body(b, loc);
   Value any = arith::CmpIOp::create(b, loc, arith::CmpIPredicate::ult, lo, hi);
@@ -167,17 +171,20 @@ MemRefType flatOf(int64_t n, Type element) {
 Value stridedFold(OpBuilder &b, Location loc, Value lane, Value n, Value init,
                   function_ref<Value(OpBuilder &, Location, Value, Value)> fn) {
   Value bound = unrolledBound(b, loc, n);
-  Value acc = getConstantIntValue(bound) == 0 ? init : guardedFold(
-      b, loc, lane, bound, kUnroll * kWorkgroupSize, init,
-      [&](OpBuilder &b, Location loc, Value i, Value acc) {
-        for (int64_t u = 0; u < kUnroll; ++u)
-          acc = fn(b, loc,
-                   u ? arith::AddIOp::create(b, loc, i,
-                                             idx(b, loc, u * kWorkgroupSize))
-                     : i,
-                   acc);
-        return acc;
-      });
+  Value acc =
+      getConstantIntValue(bound) == 0
+          ? init
+          : guardedFold(
+                b, loc, lane, bound, kUnroll * kWorkgroupSize, init,
+                [&](OpBuilder &b, Location loc, Value i, Value acc) {
+                  for (int64_t u = 0; u < kUnroll; ++u)
+                    acc = fn(b, loc,
+                             u ? arith::AddIOp::create(
+                                     b, loc, i, idx(b, loc, u * kWorkgroupSize))
+                               : i,
+                             acc);
+                  return acc;
+                });
   return guardedFold(b, loc, remainderStart(b, loc, lane, bound), n,
                      kWorkgroupSize, acc, fn);
 }
@@ -243,10 +250,11 @@ void addWeightChunks(KernelSpec &k, unsigned operand, ShapedType weight,
 Value loadWeightAt(OpBuilder &b, Location loc, ValueRange chunks,
                    const RowChunks &c, Type element, Value row, Value col) {
   auto load = [&](OpBuilder &b, int64_t i) -> Value {
-    Value local = arith::SubIOp::create(b, loc, row, indexConst(b, loc, c.first(i)));
+    Value local =
+        arith::SubIOp::create(b, loc, row, indexConst(b, loc, c.first(i)));
     Value flat = arith::AddIOp::create(
-        b, loc, arith::MulIOp::create(b, loc, local, indexConst(b, loc, c.cols)),
-        col);
+        b, loc,
+        arith::MulIOp::create(b, loc, local, indexConst(b, loc, c.cols)), col);
     return loadWeight(b, loc, chunks[i], element, {local, col}, flat);
   };
   // if row < end(0) chunk 0 else if row < end(1) chunk 1 ... else the last.
@@ -254,9 +262,9 @@ Value loadWeightAt(OpBuilder &b, Location loc, ValueRange chunks,
                                                         int64_t i) -> Value {
     if (i + 1 == (int64_t)chunks.size())
       return load(b, i);
-    Value inside = arith::CmpIOp::create(
-        b, loc, arith::CmpIPredicate::ult, row,
-        indexConst(b, loc, c.first(i) + c.rowsIn(i)));
+    Value inside =
+        arith::CmpIOp::create(b, loc, arith::CmpIPredicate::ult, row,
+                              indexConst(b, loc, c.first(i) + c.rowsIn(i)));
     auto branch = scf::IfOp::create(
         b, loc, inside,
         [&](OpBuilder &b, Location loc) {
@@ -288,15 +296,15 @@ Value reduceScratch(OpBuilder &b, Location loc) {
 /// do not depend on scheduling); every invocation gets the result. A lane-
 /// order sum matches the CPU kernels' sums better than a tree does (int8
 /// quantization downstream flips on an ulp near a rounding tie).
-Value workgroupReduce(OpBuilder &b, Location loc, Value scratch, Value lane,
-                      Value v,
-                      function_ref<Value(OpBuilder &, Location, Value, Value)>
-                          combine) {
+Value workgroupReduce(
+    OpBuilder &b, Location loc, Value scratch, Value lane, Value v,
+    function_ref<Value(OpBuilder &, Location, Value, Value)> combine) {
   memref::StoreOp::create(b, loc, v, scratch, lane);
   mlir::gpu::BarrierOp::create(b, loc);
-  Value zero = indexConst(b, loc, 0), result = indexConst(b, loc, kWorkgroupSize);
-  Value first = arith::CmpIOp::create(b, loc, arith::CmpIPredicate::eq, lane,
-                                      zero);
+  Value zero = indexConst(b, loc, 0),
+        result = indexConst(b, loc, kWorkgroupSize);
+  Value first =
+      arith::CmpIOp::create(b, loc, arith::CmpIPredicate::eq, lane, zero);
   scf::IfOp::create(b, loc, first, [&](OpBuilder &b, Location loc) {
     // Slots 0-7, then 8 at a time: each group's loads are independent of
     // the running value (issued together), and the code stays small for
@@ -304,20 +312,20 @@ Value workgroupReduce(OpBuilder &b, Location loc, Value scratch, Value lane,
     constexpr int64_t group = 8;
     Value acc = memref::LoadOp::create(b, loc, scratch, zero);
     for (int64_t i = 1; i < group; ++i)
-      acc = combine(b, loc, acc,
-                    memref::LoadOp::create(b, loc, scratch,
-                                           indexConst(b, loc, i)));
+      acc = combine(
+          b, loc, acc,
+          memref::LoadOp::create(b, loc, scratch, indexConst(b, loc, i)));
     auto rest = scf::ForOp::create(
         b, loc, indexConst(b, loc, group), result, indexConst(b, loc, group),
         ValueRange{acc},
         [&](OpBuilder &b, Location loc, Value i, ValueRange a) {
           Value v = a[0];
           for (int64_t j = 0; j < group; ++j)
-            v = combine(b, loc, v,
-                        memref::LoadOp::create(
-                            b, loc, scratch,
-                            ValueRange{arith::AddIOp::create(
-                                b, loc, i, indexConst(b, loc, j))}));
+            v = combine(
+                b, loc, v,
+                memref::LoadOp::create(b, loc, scratch,
+                                       ValueRange{arith::AddIOp::create(
+                                           b, loc, i, indexConst(b, loc, j))}));
           scf::YieldOp::create(b, loc, v);
         });
     acc = rest.getResult(0);
@@ -328,8 +336,8 @@ Value workgroupReduce(OpBuilder &b, Location loc, Value scratch, Value lane,
   return memref::LoadOp::create(b, loc, scratch, result);
 }
 
-TileResult tiledProduct(OpBuilder &b, Location loc, Value lane,
-                        int64_t kBlocks, const TileFill &fill) {
+TileResult tiledProduct(OpBuilder &b, Location loc, Value lane, int64_t kBlocks,
+                        const TileFill &fill) {
   static_assert(kTile == kMicro * kMicro && kTile == kWorkgroupSize);
   Type f32 = b.getF32Type();
   Value aTile = allocWorkgroup(b, loc, kTileK * kTile, f32);
@@ -351,14 +359,16 @@ TileResult tiledProduct(OpBuilder &b, Location loc, Value lane,
           for (int64_t i = 0; i < kMicro; ++i) {
             Value off = indexConst(b, loc, kk * kTile + i * kMicro);
             as[i] = memref::LoadOp::create(
-                b, loc, aTile, ValueRange{arith::AddIOp::create(b, loc, r.ty, off)});
+                b, loc, aTile,
+                ValueRange{arith::AddIOp::create(b, loc, r.ty, off)});
             bs[i] = memref::LoadOp::create(
-                b, loc, bTile, ValueRange{arith::AddIOp::create(b, loc, r.tx, off)});
+                b, loc, bTile,
+                ValueRange{arith::AddIOp::create(b, loc, r.tx, off)});
           }
           for (int64_t i = 0; i < kMicro; ++i)
             for (int64_t j = 0; j < kMicro; ++j)
-              sum[i * kMicro + j] =
-                  math::FmaOp::create(b, loc, as[i], bs[j], sum[i * kMicro + j]);
+              sum[i * kMicro + j] = math::FmaOp::create(b, loc, as[i], bs[j],
+                                                        sum[i * kMicro + j]);
         }
         scf::YieldOp::create(b, loc, sum);
       });
@@ -380,11 +390,10 @@ void forOutputTile(
       b, loc, arith::DivUIOp::create(b, loc, a.unit, colTiles), tile);
   Value col0 = arith::MulIOp::create(
       b, loc, arith::RemUIOp::create(b, loc, a.unit, colTiles), tile);
-  Value inside = arith::CmpIOp::create(b, loc, arith::CmpIPredicate::ult,
-                                       row0, a.T);
-  when(b, loc, inside, [&](OpBuilder &b, Location loc) {
-    fn(b, loc, row0, col0);
-  });
+  Value inside =
+      arith::CmpIOp::create(b, loc, arith::CmpIPredicate::ult, row0, a.T);
+  when(b, loc, inside,
+       [&](OpBuilder &b, Location loc) { fn(b, loc, row0, col0); });
 }
 
 Value ternaryAt(OpBuilder &b, Location loc, Value word, int64_t i) {
@@ -434,20 +443,19 @@ std::pair<Value, Value> sinCos(OpBuilder &b, Location loc, Value x) {
     return arith::SubFOp::create(b, loc, p, q);
   };
   Value j = math::RoundEvenOp::create(b, loc, mul(x, c(0.63661977236758134f)));
-  Value y = sub(sub(sub(x, mul(j, c(1.5703125f))),
-                    mul(j, c(4.837512969970703125e-4f))),
-                mul(j, c(7.54978995489188216e-8f)));
+  Value y = sub(
+      sub(sub(x, mul(j, c(1.5703125f))), mul(j, c(4.837512969970703125e-4f))),
+      mul(j, c(7.54978995489188216e-8f)));
   Value z = mul(y, y);
-  Value sinY = add(
-      y, mul(mul(z, y),
-             add(c(-1.6666654611e-1f),
-                 mul(z, add(c(8.3321608736e-3f), mul(z, c(-1.9515295891e-4f)))))));
-  Value cosY = add(
-      sub(c(1.0f), mul(c(0.5f), z)),
-      mul(mul(z, z),
-          add(c(4.166664568298827e-2f),
-              mul(z, add(c(-1.388731625493765e-3f),
-                         mul(z, c(2.443315711809948e-5f)))))));
+  Value sinY =
+      add(y, mul(mul(z, y), add(c(-1.6666654611e-1f),
+                                mul(z, add(c(8.3321608736e-3f),
+                                           mul(z, c(-1.9515295891e-4f)))))));
+  Value cosY =
+      add(sub(c(1.0f), mul(c(0.5f), z)),
+          mul(mul(z, z), add(c(4.166664568298827e-2f),
+                             mul(z, add(c(-1.388731625493765e-3f),
+                                        mul(z, c(2.443315711809948e-5f)))))));
   // Quadrant q = j mod 4: sin = s, c, -s, -c; cos = c, -s, -c, s.
   Value q = arith::AndIOp::create(
       b, loc, arith::FPToSIOp::create(b, loc, b.getI32Type(), j),
@@ -543,11 +551,11 @@ Value logF(OpBuilder &b, Location loc, Value x) {
 Value constantAt(OpBuilder &b, Location loc, ArrayRef<float> table, Value i) {
   Value r = f32Const(b, loc, table.back());
   for (int64_t k = (int64_t)table.size() - 2; k >= 0; --k)
-    r = arith::SelectOp::create(
-        b, loc,
-        arith::CmpIOp::create(b, loc, arith::CmpIPredicate::eq, i,
-                              indexConst(b, loc, k)),
-        f32Const(b, loc, table[k]), r);
+    r = arith::SelectOp::create(b, loc,
+                                arith::CmpIOp::create(b, loc,
+                                                      arith::CmpIPredicate::eq,
+                                                      i, indexConst(b, loc, k)),
+                                f32Const(b, loc, table[k]), r);
   return r;
 }
 

@@ -30,9 +30,13 @@ using KernelBody =
 /// 256 bytes (every device's storage buffer offset alignment).
 struct RowChunks {
   int64_t rows = 0, cols = 0, perChunk = 0; // perChunk 0: a row is too big
-  int64_t count() const { return perChunk ? (rows + perChunk - 1) / perChunk : 0; }
+  int64_t count() const {
+    return perChunk ? (rows + perChunk - 1) / perChunk : 0;
+  }
   int64_t first(int64_t c) const { return c * perChunk; }
-  int64_t rowsIn(int64_t c) const { return std::min(perChunk, rows - first(c)); }
+  int64_t rowsIn(int64_t c) const {
+    return std::min(perChunk, rows - first(c));
+  }
 };
 
 /// The chunks of `weight` ([rows x cols], bf16 or f32) for bindings of at
@@ -59,7 +63,6 @@ void addWeightChunks(KernelSpec &k, unsigned operand, ShapedType weight,
 /// weight[row, col] as f32 from its chunk buffers (one: loadWeight).
 Value loadWeightAt(OpBuilder &b, Location loc, ValueRange chunks,
                    const RowChunks &c, Type element, Value row, Value col);
-
 
 int64_t dim(Value v, unsigned i);
 
@@ -127,10 +130,9 @@ Value reduceScratch(OpBuilder &b, Location loc);
 /// Combines one value per invocation over the workgroup in a fixed order
 /// (invocation 0 folds the kWorkgroupSize values in lane order, so results
 /// do not depend on scheduling); every invocation gets the result.
-Value workgroupReduce(OpBuilder &b, Location loc, Value scratch, Value lane,
-                      Value v,
-                      function_ref<Value(OpBuilder &, Location, Value, Value)>
-                          combine);
+Value workgroupReduce(
+    OpBuilder &b, Location loc, Value scratch, Value lane, Value v,
+    function_ref<Value(OpBuilder &, Location, Value, Value)> combine);
 
 /// Tiled products C[i][j] = sum_k A[i][k] B[j][k] (k ascending, f32 fma):
 /// a workgroup computes a kTile x kTile tile of C, each invocation
@@ -157,8 +159,8 @@ struct TileResult {
 
 /// The tile product over `kBlocks` blocks (at least one). Must be reached
 /// by the whole workgroup (it has barriers).
-TileResult tiledProduct(OpBuilder &b, Location loc, Value lane,
-                        int64_t kBlocks, const TileFill &fill);
+TileResult tiledProduct(OpBuilder &b, Location loc, Value lane, int64_t kBlocks,
+                        const TileFill &fill);
 
 /// Kernels of tiled products over a [tm x cols] output: one workgroup per
 /// kTile x kTile tile (sets k's workload).
@@ -217,8 +219,12 @@ struct E {
   Value sub(Value x, Value y) { return arith::SubFOp::create(b, loc, x, y); }
   Value mul(Value x, Value y) { return arith::MulFOp::create(b, loc, x, y); }
   Value div(Value x, Value y) { return arith::DivFOp::create(b, loc, x, y); }
-  Value max(Value x, Value y) { return arith::MaximumFOp::create(b, loc, x, y); }
-  Value min(Value x, Value y) { return arith::MinimumFOp::create(b, loc, x, y); }
+  Value max(Value x, Value y) {
+    return arith::MaximumFOp::create(b, loc, x, y);
+  }
+  Value min(Value x, Value y) {
+    return arith::MinimumFOp::create(b, loc, x, y);
+  }
   /// x * y + acc, rounded once.
   Value fma(Value x, Value y, Value acc) {
     return math::FmaOp::create(b, loc, x, y, acc);
@@ -264,13 +270,14 @@ struct E {
 };
 
 /// A kernel body's builder and location as an E.
-#define TLC_E(b, loc) E e{b, loc}
+#define TLC_E(b, loc)                                                          \
+  E e { b, loc }
 
 /// Builds `spec`'s kernel on first use and dispatches it at `b` on
 /// `operands` (buffers read, or updated in place) with `results`.
-using Dispatcher = std::function<tlora::DispatchOp(
-    OpBuilder &b, const KernelSpec &spec, ValueRange operands,
-    TypeRange results)>;
+using Dispatcher =
+    std::function<tlora::DispatchOp(OpBuilder &b, const KernelSpec &spec,
+                                    ValueRange operands, TypeRange results)>;
 
 /// Whether `op` is a training op: a backward, loss or optimizer op.
 bool isTrainingOp(Operation *op);

@@ -45,10 +45,9 @@ executable(const std::string &image, const std::string &name,
   auto img = fbb.CreateVector((const uint8_t *)image.data(), image.size());
   auto kernels = fbb.CreateVectorOfStrings(std::vector<std::string>{name});
   auto offs = offsets ? fbb.CreateVector(*offsets) : 0;
-  auto exe = tlc::fb::CreateExecutable(fbb, fbb.CreateString("vulkan"),
-                                       fbb.CreateString("spirv1.3"), 0,
-                                       fbb.CreateString("spirv"), kernels, img,
-                                       0, 0, 0, offs);
+  auto exe = tlc::fb::CreateExecutable(
+      fbb, fbb.CreateString("vulkan"), fbb.CreateString("spirv1.3"), 0,
+      fbb.CreateString("spirv"), kernels, img, 0, 0, 0, offs);
   fbb.Finish(exe);
   return {fbb.GetBufferPointer(), fbb.GetBufferPointer() + fbb.GetSize()};
 }
@@ -58,9 +57,8 @@ int main(int argc, char **argv) {
   if (argc == 2 && std::string(argv[1]) == "--can-run") {
     auto bytes = executable(std::string(20, '\0'), "k");
     std::string why;
-    bool can = driver.canRun(*flatbuffers::GetRoot<tlc::fb::Executable>(
-                                 bytes.data()),
-                             &why);
+    bool can = driver.canRun(
+        *flatbuffers::GetRoot<tlc::fb::Executable>(bytes.data()), &why);
     std::printf("can run: %d (%s)\n", can, why.c_str());
     return 0;
   }
