@@ -43,7 +43,7 @@ run)
   export LD_LIBRARY_PATH="$PWD/.device/root/usr/lib/x86_64-linux-gnu:$PWD/build/lib"
   nvidia-smi --query-gpu=name,driver_version --format=csv,noheader | tee "$out/gpu.txt"
   ls /usr/share/vulkan/icd.d /etc/vulkan/icd.d 2>/dev/null | tee -a "$out/gpu.txt" || true
-  build/bin/vulkan_test .device/add.spv add_d80_t4 80 4 2>&1 | tee "$out/driver.txt"
+  build/bin/vulkan_test .device/add.spv add_d80_t4 80 4 2 2>&1 | tee "$out/driver.txt"
   python3 test/e2e/run_goldens.py --bin build/bin --modules .device/modules \
     --threads 1 2>&1 | tee "$out/goldens.txt"
   for m in .device/lora/*.tlm; do

@@ -86,7 +86,8 @@ KernelSpec embedKernel(EmbedOp e, int64_t tm, int64_t maxBinding) {
 
 /// out[t, :] = w * x[t, :] / sqrt(mean(x[t, :]^2) + eps): each invocation
 /// sums its strided squares, workgroupReduce adds them, all scale their
-/// elements.
+/// elements. For a few tokens each of a row's workgroups sums the whole row
+/// (in the same order, so all get the same scale) and scales its slice.
 KernelSpec rmsNormKernel(RMSNormOp n, int64_t tm) {
   int64_t D = dim(n.getInput(), 1);
   auto wt = cast<ShapedType>(n.getWeight().getType());
@@ -99,17 +100,23 @@ KernelSpec rmsNormKernel(RMSNormOp n, int64_t tm) {
       llvm::formatv("rms_norm_d{0}_{1}_eps{2}", D, et.isBF16() ? "bf16" : "f32",
                     llvm::utohexstr(llvm::bit_cast<uint32_t>(eps)));
   k.buffers = {rowsOf(tm, D, f32), weightBuffer(wt), rowsOf(tm, D, f32)};
+  bool sliced = tm < kTiledMinTokens;
+  if (sliced)
+    k.tokensFactor = rowSliceGroups(D);
   k.body = [=](OpBuilder &b, Location loc, const KernelArgs &a) {
     Value x = a.buffers[0], w = a.buffers[1], out = a.buffers[2];
     Value scratch = reduceScratch(b, loc);
     Value fzero = f32Const(b, loc, 0.0f);
-    Value sum = stridedFold(
-        b, loc, a.lane, indexConst(b, loc, D), fzero,
-        [&](OpBuilder &b, Location loc, Value d, Value acc) -> Value {
-          Value v = memref::LoadOp::create(b, loc, x, {a.unit, d});
-          return arith::AddFOp::create(b, loc, acc,
-                                       arith::MulFOp::create(b, loc, v, v));
-        });
+    Value t = rowToken(b, loc, a, D, sliced);
+    auto square = [&](OpBuilder &b, Location loc, Value d, Value acc) -> Value {
+      Value v = memref::LoadOp::create(b, loc, x, {t, d});
+      return arith::AddFOp::create(b, loc, acc,
+                                   arith::MulFOp::create(b, loc, v, v));
+    };
+    Value sum =
+        sliced && D <= kFlatFoldMax
+            ? stridedFoldFlat(b, loc, a.lane, D, fzero, square)
+            : stridedFold(b, loc, a.lane, indexConst(b, loc, D), fzero, square);
     Value total = workgroupReduce(b, loc, scratch, a.lane, sum, addF);
     Value mean =
         arith::DivFOp::create(b, loc, total, f32Const(b, loc, (float)D));
@@ -118,18 +125,19 @@ KernelSpec rmsNormKernel(RMSNormOp n, int64_t tm) {
         math::SqrtOp::create(
             b, loc,
             arith::AddFOp::create(b, loc, mean, f32Const(b, loc, eps))));
-    forLanes(b, loc, a.lane, D, [&](OpBuilder &b, Value d) {
-      Value v = memref::LoadOp::create(b, loc, x, {a.unit, d});
+    forRowElements(b, loc, a, D, sliced, [&](OpBuilder &b, Value t, Value d) {
+      Value v = memref::LoadOp::create(b, loc, x, {t, d});
       Value wf = loadWeight(b, loc, w, et, {d}, d);
       Value h = arith::MulFOp::create(b, loc, v, r);
       memref::StoreOp::create(b, loc, arith::MulFOp::create(b, loc, wf, h), out,
-                              {a.unit, d});
+                              {t, d});
     });
   };
   return k;
 }
 
-/// An elementwise kernel over [T x D] rows: out = fn(a, b).
+/// An elementwise kernel over [T x D] rows: out = fn(a, b); a few tokens'
+/// rows are spread over many workgroups (forRowElements).
 KernelSpec elementwiseKernel(
     std::string name, int64_t D, int64_t tm, MLIRContext *ctx,
     std::function<Value(OpBuilder &, Location, Value, Value)> fn) {
@@ -137,12 +145,14 @@ KernelSpec elementwiseKernel(
   k.name = std::move(name);
   Type buf = rowsOf(tm, D, Float32Type::get(ctx));
   k.buffers = {buf, buf, buf};
+  bool sliced = tm < kTiledMinTokens;
+  if (sliced)
+    k.tokensFactor = rowSliceGroups(D);
   k.body = [=](OpBuilder &b, Location loc, const KernelArgs &a) {
-    forLanes(b, loc, a.lane, D, [&](OpBuilder &b, Value d) {
-      Value x = memref::LoadOp::create(b, loc, a.buffers[0], {a.unit, d});
-      Value y = memref::LoadOp::create(b, loc, a.buffers[1], {a.unit, d});
-      memref::StoreOp::create(b, loc, fn(b, loc, x, y), a.buffers[2],
-                              {a.unit, d});
+    forRowElements(b, loc, a, D, sliced, [&](OpBuilder &b, Value t, Value d) {
+      Value x = memref::LoadOp::create(b, loc, a.buffers[0], {t, d});
+      Value y = memref::LoadOp::create(b, loc, a.buffers[1], {t, d});
+      memref::StoreOp::create(b, loc, fn(b, loc, x, y), a.buffers[2], {t, d});
     });
   };
   return k;
@@ -154,10 +164,13 @@ KernelSpec kvAppendKernel(int64_t S, int64_t D, int64_t tm, MLIRContext *ctx) {
   k.name = llvm::formatv("kv_append_s{0}_d{1}", S, D);
   Type f32 = Float32Type::get(ctx);
   k.buffers = {rowsOf(S, D, f32), rowsOf(tm, D, f32)};
+  bool sliced = tm < kTiledMinTokens;
+  if (sliced)
+    k.tokensFactor = rowSliceGroups(D);
   k.body = [=](OpBuilder &b, Location loc, const KernelArgs &a) {
-    Value p = arith::AddIOp::create(b, loc, a.pos, a.unit);
-    forLanes(b, loc, a.lane, D, [&](OpBuilder &b, Value d) {
-      Value v = memref::LoadOp::create(b, loc, a.buffers[1], {a.unit, d});
+    forRowElements(b, loc, a, D, sliced, [&](OpBuilder &b, Value t, Value d) {
+      Value v = memref::LoadOp::create(b, loc, a.buffers[1], {t, d});
+      Value p = arith::AddIOp::create(b, loc, a.pos, t);
       memref::StoreOp::create(b, loc, v, a.buffers[0], {p, d});
     });
   };
@@ -176,54 +189,72 @@ KernelSpec quantizeKernel(int64_t K, int64_t tm, MLIRContext *ctx) {
   KernelSpec k;
   k.name = llvm::formatv("quantize_k{0}", K);
   k.buffers = {rowsOf(tm, K, Float32Type::get(ctx)), qactBuffer(tm, K, ctx)};
+  bool sliced = tm < kTiledMinTokens;
+  if (sliced)
+    k.tokensFactor = rowSliceGroups(K / 4);
   k.body = [=](OpBuilder &b, Location loc, const KernelArgs &a) {
     Value x = a.buffers[0], q = a.buffers[1];
-    Value partial = stridedFold(
-        b, loc, a.lane, indexConst(b, loc, K), f32Const(b, loc, 0),
-        [&](OpBuilder &b, Location loc, Value i, Value acc) -> Value {
-          Value v = math::AbsFOp::create(
-              b, loc, memref::LoadOp::create(b, loc, x, {a.unit, i}));
-          return maxF(b, loc, acc, v);
-        });
+    Value t = rowToken(b, loc, a, K / 4, sliced);
+    auto absMax = [&](OpBuilder &b, Location loc, Value i, Value acc) -> Value {
+      Value v = math::AbsFOp::create(b, loc,
+                                     memref::LoadOp::create(b, loc, x, {t, i}));
+      return maxF(b, loc, acc, v);
+    };
+    Value partial =
+        sliced && K <= kFlatFoldMax
+            ? stridedFoldFlat(b, loc, a.lane, K, f32Const(b, loc, 0), absMax)
+            : stridedFold(b, loc, a.lane, indexConst(b, loc, K),
+                          f32Const(b, loc, 0), absMax);
     Value amax =
         workgroupReduce(b, loc, reduceScratch(b, loc), a.lane, partial, maxF);
     Value scale =
         arith::DivFOp::create(b, loc, f32Const(b, loc, 127.0f),
                               maxF(b, loc, amax, f32Const(b, loc, 1e-5f)));
+    // The row's first invocation (of its first workgroup) stores 1/s.
     Value first = arith::CmpIOp::create(b, loc, arith::CmpIPredicate::eq,
                                         a.lane, indexConst(b, loc, 0));
+    if (sliced)
+      first = arith::AndIOp::create(
+          b, loc, first,
+          arith::CmpIOp::create(
+              b, loc, arith::CmpIPredicate::eq,
+              arith::RemUIOp::create(b, loc, a.unit,
+                                     indexConst(b, loc, rowSliceGroups(K / 4))),
+              indexConst(b, loc, 0)));
     when(b, loc, first, [&](OpBuilder &b, Location loc) {
       Value inv = arith::DivFOp::create(b, loc, f32Const(b, loc, 1.0f), scale);
       Value at =
-          arith::AddIOp::create(b, loc, indexConst(b, loc, tm * K / 4), a.unit);
+          arith::AddIOp::create(b, loc, indexConst(b, loc, tm * K / 4), t);
       memref::StoreOp::create(
           b, loc, arith::BitcastOp::create(b, loc, b.getI32Type(), inv), q, at);
     });
     Value lo = f32Const(b, loc, -128.0f), hi = f32Const(b, loc, 127.0f);
-    forLanes(b, loc, a.lane, K / 4, [&](OpBuilder &b, Value w) {
-      Value word = i32Const(b, loc, 0);
-      for (int i = 0; i < 4; ++i) {
-        Value at = arith::AddIOp::create(
-            b, loc, arith::MulIOp::create(b, loc, w, indexConst(b, loc, 4)),
-            indexConst(b, loc, i));
-        Value v = arith::MulFOp::create(
-            b, loc, memref::LoadOp::create(b, loc, x, {a.unit, at}), scale);
-        Value r = maxF(b, loc,
-                       arith::MinimumFOp::create(
-                           b, loc, math::RoundEvenOp::create(b, loc, v), hi),
-                       lo);
-        Value byte = arith::AndIOp::create(
-            b, loc, arith::FPToSIOp::create(b, loc, b.getI32Type(), r),
-            i32Const(b, loc, 255));
-        word = arith::OrIOp::create(
-            b, loc, word,
-            arith::ShLIOp::create(b, loc, byte, i32Const(b, loc, 8 * i)));
-      }
-      Value at = arith::AddIOp::create(
-          b, loc,
-          arith::MulIOp::create(b, loc, a.unit, indexConst(b, loc, K / 4)), w);
-      memref::StoreOp::create(b, loc, word, q, at);
-    });
+    forRowElements(
+        b, loc, a, K / 4, sliced, [&](OpBuilder &b, Value t, Value w) {
+          Value word = i32Const(b, loc, 0);
+          for (int i = 0; i < 4; ++i) {
+            Value at = arith::AddIOp::create(
+                b, loc, arith::MulIOp::create(b, loc, w, indexConst(b, loc, 4)),
+                indexConst(b, loc, i));
+            Value v = arith::MulFOp::create(
+                b, loc, memref::LoadOp::create(b, loc, x, {t, at}), scale);
+            Value r =
+                maxF(b, loc,
+                     arith::MinimumFOp::create(
+                         b, loc, math::RoundEvenOp::create(b, loc, v), hi),
+                     lo);
+            Value byte = arith::AndIOp::create(
+                b, loc, arith::FPToSIOp::create(b, loc, b.getI32Type(), r),
+                i32Const(b, loc, 255));
+            word = arith::OrIOp::create(
+                b, loc, word,
+                arith::ShLIOp::create(b, loc, byte, i32Const(b, loc, 8 * i)));
+          }
+          Value at = arith::AddIOp::create(
+              b, loc,
+              arith::MulIOp::create(b, loc, t, indexConst(b, loc, K / 4)), w);
+          memref::StoreOp::create(b, loc, word, q, at);
+        });
   };
   return k;
 }
@@ -231,85 +262,121 @@ KernelSpec quantizeKernel(int64_t K, int64_t tm, MLIRContext *ctx) {
 /// y[t, n] = (x_q[t] . W_t[n]) * gamma / s[t], exact in int32. The weights
 /// are the backend's t2-rows encoding: 16 words of header (gamma first),
 /// then per row K/16 words of sixteen 2-bit codes (value + 1), code k%16 at
-/// bits 2 (k%16). One workgroup per output (t, n): its invocations read
-/// consecutive words of the row (coalesced) and the workgroup adds their
-/// partial sums (exactly: every partial and the total stay below 2^24, so
-/// f32 holds them). Up to 65535 workgroups; beyond, each loops over outputs.
+/// bits 2 (k%16). For a few tokens (decode): a workgroup computes
+/// kOutputsPerGroup outputs of one token, kLanesPerOutput invocations each,
+/// which read consecutive code words of their row (coalesced) and add their
+/// int32 partial sums in workgroup memory (exact, so in any order). Up to
+/// 65535 workgroups; beyond, each loops over groups of outputs.
 KernelSpec ternaryMatmulKernel(int64_t N, int64_t K, int64_t tm,
                                MLIRContext *ctx) {
+  constexpr int64_t kLanesPerOutput = 16;
+  constexpr int64_t kOutputsPerGroup = kWorkgroupSize / kLanesPerOutput;
   KernelSpec k;
   k.name = llvm::formatv("ternary_matmul_n{0}_k{1}", N, K);
   Type i32 = IntegerType::get(ctx, 32);
   k.buffers = {qactBuffer(tm, K, ctx), MemRefType::get({16 + N * K / 16}, i32),
                rowsOf(tm, N, Float32Type::get(ctx))};
   constexpr int64_t kMaxGroups = 65535;
-  bool direct = N * tm <= kMaxGroups; // one workgroup per output
-  k.tokensFactor = direct ? N : 0;
+  int64_t perToken = (N + kOutputsPerGroup - 1) / kOutputsPerGroup;
+  bool direct = perToken * tm <= kMaxGroups; // one workgroup per group
+  k.tokensFactor = direct ? perToken : 0;
   k.constant = direct ? 0 : kMaxGroups;
   k.body = [=](OpBuilder &b, Location loc, const KernelArgs &a) {
     Value q = a.buffers[0], w = a.buffers[1], y = a.buffers[2];
-    Value scratch = reduceScratch(b, loc);
-    auto output = [&](OpBuilder &b, Location loc, Value item) {
-      Value t = arith::DivUIOp::create(b, loc, item, indexConst(b, loc, N));
-      Value n = arith::RemUIOp::create(b, loc, item, indexConst(b, loc, N));
+    Value scratch = allocWorkgroup(b, loc, kWorkgroupSize, b.getI32Type());
+    Value sub = arith::RemUIOp::create(b, loc, a.lane,
+                                       indexConst(b, loc, kLanesPerOutput));
+    Value slot = arith::DivUIOp::create(b, loc, a.lane,
+                                        indexConst(b, loc, kLanesPerOutput));
+    auto group = [&](OpBuilder &b, Location loc, Value item) {
+      Value t =
+          arith::DivUIOp::create(b, loc, item, indexConst(b, loc, perToken));
+      Value n = arith::AddIOp::create(
+          b, loc,
+          arith::MulIOp::create(b, loc,
+                                arith::RemUIOp::create(
+                                    b, loc, item, indexConst(b, loc, perToken)),
+                                indexConst(b, loc, kOutputsPerGroup)),
+          slot);
+      Value valid = arith::CmpIOp::create(b, loc, arith::CmpIPredicate::ult, n,
+                                          indexConst(b, loc, N));
+      // Invalid outputs (past N) read row 0 and store nothing.
+      Value row =
+          arith::SelectOp::create(b, loc, valid, n, indexConst(b, loc, 0));
       Value wRow = arith::AddIOp::create(
           b, loc, indexConst(b, loc, 16),
-          arith::MulIOp::create(b, loc, n, indexConst(b, loc, K / 16)));
+          arith::MulIOp::create(b, loc, row, indexConst(b, loc, K / 16)));
       Value qRow = arith::MulIOp::create(b, loc, t, indexConst(b, loc, K / 4));
-      Value part = stridedFold(
-          b, loc, a.lane, indexConst(b, loc, K / 16), i32Const(b, loc, 0),
-          [&](OpBuilder &b, Location loc, Value j, Value sum) -> Value {
-            Value codes = memref::LoadOp::create(
-                b, loc, w, ValueRange{arith::AddIOp::create(b, loc, wRow, j)});
-            for (int quarter = 0; quarter < 4; ++quarter) {
-              Value at = arith::AddIOp::create(
-                  b, loc, qRow,
-                  arith::AddIOp::create(
-                      b, loc,
-                      arith::MulIOp::create(b, loc, j, indexConst(b, loc, 4)),
-                      indexConst(b, loc, quarter)));
-              Value xs = memref::LoadOp::create(b, loc, q, at);
-              for (int i = 0; i < 4; ++i) {
-                Value weight = ternaryAt(b, loc, codes, 4 * quarter + i);
-                sum = arith::AddIOp::create(
-                    b, loc, sum,
-                    arith::MulIOp::create(b, loc, byteOf(b, loc, xs, i),
-                                          weight));
-              }
-            }
-            return sum;
-          });
-      Value total = workgroupReduce(
-          b, loc, scratch, a.lane,
-          arith::SIToFPOp::create(b, loc, b.getF32Type(), part), addF);
-      when(b, loc,
-           arith::CmpIOp::create(b, loc, arith::CmpIPredicate::eq, a.lane,
-                                 indexConst(b, loc, 0)),
-           [&](OpBuilder &b, Location loc) {
-             Value gamma = arith::BitcastOp::create(
-                 b, loc, b.getF32Type(),
-                 memref::LoadOp::create(b, loc, w, indexConst(b, loc, 0)));
-             Value inv = arith::BitcastOp::create(
-                 b, loc, b.getF32Type(),
-                 memref::LoadOp::create(
-                     b, loc, q,
-                     ValueRange{arith::AddIOp::create(
-                         b, loc, indexConst(b, loc, tm * K / 4), t)}));
-             Value scale = arith::MulFOp::create(b, loc, gamma, inv);
-             memref::StoreOp::create(
-                 b, loc, arith::MulFOp::create(b, loc, total, scale), y,
-                 {t, n});
-           });
+      auto words = [&](OpBuilder &b, Location loc, Value j,
+                       Value sum) -> Value {
+        Value codes = memref::LoadOp::create(
+            b, loc, w, ValueRange{arith::AddIOp::create(b, loc, wRow, j)});
+        for (int quarter = 0; quarter < 4; ++quarter) {
+          Value at = arith::AddIOp::create(
+              b, loc, qRow,
+              arith::AddIOp::create(
+                  b, loc,
+                  arith::MulIOp::create(b, loc, j, indexConst(b, loc, 4)),
+                  indexConst(b, loc, quarter)));
+          Value xs = memref::LoadOp::create(b, loc, q, at);
+          for (int i = 0; i < 4; ++i) {
+            Value weight = ternaryAt(b, loc, codes, 4 * quarter + i);
+            sum = arith::AddIOp::create(
+                b, loc, sum,
+                arith::MulIOp::create(b, loc, byteOf(b, loc, xs, i), weight));
+          }
+        }
+        return sum;
+      };
+      // A row's words unrolled (all loads in flight) up to the flat limit.
+      Value zero = i32Const(b, loc, 0);
+      Value part = K / 16 <= kFlatFoldMax / kWorkgroupSize * kLanesPerOutput
+                       ? stridedFoldFlat(b, loc, sub, K / 16, zero, words,
+                                         kLanesPerOutput)
+                       : foldStep(b, loc, sub, indexConst(b, loc, K / 16),
+                                  kLanesPerOutput, zero, words);
+      memref::StoreOp::create(b, loc, part, scratch, a.lane);
+      mlir::gpu::BarrierOp::create(b, loc);
+      Value leader = arith::AndIOp::create(
+          b, loc, valid,
+          arith::CmpIOp::create(b, loc, arith::CmpIPredicate::eq, sub,
+                                indexConst(b, loc, 0)));
+      when(b, loc, leader, [&](OpBuilder &b, Location loc) {
+        Value total = memref::LoadOp::create(b, loc, scratch, a.lane);
+        for (int64_t i = 1; i < kLanesPerOutput; ++i)
+          total = arith::AddIOp::create(
+              b, loc, total,
+              memref::LoadOp::create(
+                  b, loc, scratch,
+                  ValueRange{arith::AddIOp::create(b, loc, a.lane,
+                                                   indexConst(b, loc, i))}));
+        Value gamma = arith::BitcastOp::create(
+            b, loc, b.getF32Type(),
+            memref::LoadOp::create(b, loc, w, indexConst(b, loc, 0)));
+        Value inv = arith::BitcastOp::create(
+            b, loc, b.getF32Type(),
+            memref::LoadOp::create(
+                b, loc, q,
+                ValueRange{arith::AddIOp::create(
+                    b, loc, indexConst(b, loc, tm * K / 4), t)}));
+        Value scale = arith::MulFOp::create(b, loc, gamma, inv);
+        Value sum = arith::SIToFPOp::create(b, loc, b.getF32Type(), total);
+        memref::StoreOp::create(
+            b, loc, arith::MulFOp::create(b, loc, sum, scale), y, {t, n});
+      });
+      // The scratch is read before the next group overwrites it.
+      mlir::gpu::BarrierOp::create(b, loc);
     };
     if (direct) {
-      output(b, loc, a.unit);
+      group(b, loc, a.unit);
       return;
     }
-    Value outputs = arith::MulIOp::create(b, loc, a.T, indexConst(b, loc, N));
-    scf::ForOp::create(b, loc, a.unit, outputs, indexConst(b, loc, kMaxGroups),
+    Value groups =
+        arith::MulIOp::create(b, loc, a.T, indexConst(b, loc, perToken));
+    scf::ForOp::create(b, loc, a.unit, groups, indexConst(b, loc, kMaxGroups),
                        ValueRange{},
                        [&](OpBuilder &b, Location loc, Value item, ValueRange) {
-                         output(b, loc, item);
+                         group(b, loc, item);
                          scf::YieldOp::create(b, loc);
                        });
   };
@@ -390,7 +457,8 @@ KernelSpec ternaryMatmulTiledKernel(int64_t N, int64_t K, int64_t tm,
 /// The LM head: y[r, n] = x[T - rows + r] . W[n] for r < rows. One
 /// workgroup per vocabulary row n (at most 4096 workgroups, each looping
 /// over rows n): its invocations read consecutive elements of W[n]
-/// (coalesced) and the workgroup adds their f32 partial sums in lane order.
+/// (coalesced; a row of up to kFlatFoldMax unrolled whole, all loads in
+/// flight) and the workgroup adds their f32 partial sums in lane order.
 KernelSpec denseKernel(DenseOp d, int64_t tm, int64_t maxBinding) {
   auto wt = cast<ShapedType>(d.getWeight().getType());
   int64_t N = wt.getDimSize(0), K = wt.getDimSize(1);
@@ -421,14 +489,30 @@ KernelSpec denseKernel(DenseOp d, int64_t tm, int64_t maxBinding) {
               ValueRange{},
               [&](OpBuilder &b, Location loc, Value r, ValueRange) {
                 Value t = arith::AddIOp::create(b, loc, first, r);
-                Value part = stridedFold(
-                    b, loc, a.lane, indexConst(b, loc, K), f32Const(b, loc, 0),
-                    [&](OpBuilder &b, Location loc, Value kk,
-                        Value acc) -> Value {
-                      Value xv = memref::LoadOp::create(b, loc, x, {t, kk});
-                      Value wv = loadWeightAt(b, loc, w, chunks, et, n, kk);
-                      return arith::AddFOp::create(
-                          b, loc, acc, arith::MulFOp::create(b, loc, xv, wv));
+                // The row's chunk is chosen once, so the fold's loads are
+                // straight-line (a branch per element serializes them).
+                Value part = withRowChunk(
+                    b, loc, w, chunks, n,
+                    [&](OpBuilder &b, Location loc, Value wc,
+                        Value local) -> Value {
+                      Value rowStart = arith::MulIOp::create(
+                          b, loc, local, indexConst(b, loc, K));
+                      auto product = [&](OpBuilder &b, Location loc, Value kk,
+                                         Value acc) -> Value {
+                        Value xv = memref::LoadOp::create(b, loc, x, {t, kk});
+                        Value wv = loadWeight(
+                            b, loc, wc, et, {local, kk},
+                            arith::AddIOp::create(b, loc, rowStart, kk));
+                        return arith::AddFOp::create(
+                            b, loc, acc, arith::MulFOp::create(b, loc, xv, wv));
+                      };
+                      Value zero = f32Const(b, loc, 0);
+                      return K <= kFlatFoldMax
+                                 ? stridedFoldFlat(b, loc, a.lane, K, zero,
+                                                   product)
+                                 : stridedFold(b, loc, a.lane,
+                                               indexConst(b, loc, K), zero,
+                                               product);
                     });
                 Value dot =
                     workgroupReduce(b, loc, scratch, a.lane, part, addF);
@@ -462,36 +546,43 @@ KernelSpec ropeKernel(RopeOp r, int64_t tm) {
                     r.getPeriod() ? "_p" + std::to_string(period) : "",
                     r.getInverse() ? "_inv" : "");
   k.buffers = {rowsOf(tm, D, f32), rowsOf(tm, D, f32)};
+  bool sliced = tm < kTiledMinTokens;
+  if (sliced)
+    k.tokensFactor = rowSliceGroups(D / 2);
   k.body = [=](OpBuilder &b, Location loc, const KernelArgs &a) {
-    Value p = arith::AddIOp::create(
-        b, loc, a.pos,
-        arith::RemUIOp::create(b, loc, a.unit, indexConst(b, loc, period)));
-    Value pf = arith::SIToFPOp::create(
-        b, loc, b.getF32Type(),
-        arith::IndexCastOp::create(b, loc, b.getI32Type(), p));
-    forLanes(b, loc, a.lane, D / 2, [&](OpBuilder &b, Value idx) {
-      Value head =
-          arith::DivUIOp::create(b, loc, idx, indexConst(b, loc, half));
-      Value i = arith::RemUIOp::create(b, loc, idx, indexConst(b, loc, half));
-      Value angle =
-          arith::MulFOp::create(b, loc, pf, constantAt(b, loc, invFreq, i));
-      auto [sin0, cos] = sinCos(b, loc, angle);
-      Value sin = arith::MulFOp::create(b, loc, sin0, f32Const(b, loc, sign));
-      Value i1 = arith::AddIOp::create(
-          b, loc, arith::MulIOp::create(b, loc, head, indexConst(b, loc, hd)),
-          i);
-      Value i2 = arith::AddIOp::create(b, loc, i1, indexConst(b, loc, half));
-      Value x1 = memref::LoadOp::create(b, loc, a.buffers[0], {a.unit, i1});
-      Value x2 = memref::LoadOp::create(b, loc, a.buffers[0], {a.unit, i2});
-      Value o1 =
-          arith::SubFOp::create(b, loc, arith::MulFOp::create(b, loc, x1, cos),
-                                arith::MulFOp::create(b, loc, x2, sin));
-      Value o2 =
-          arith::AddFOp::create(b, loc, arith::MulFOp::create(b, loc, x2, cos),
-                                arith::MulFOp::create(b, loc, x1, sin));
-      memref::StoreOp::create(b, loc, o1, a.buffers[1], {a.unit, i1});
-      memref::StoreOp::create(b, loc, o2, a.buffers[1], {a.unit, i2});
-    });
+    forRowElements(
+        b, loc, a, D / 2, sliced, [&](OpBuilder &b, Value t, Value idx) {
+          Value p = arith::AddIOp::create(
+              b, loc, a.pos,
+              arith::RemUIOp::create(b, loc, t, indexConst(b, loc, period)));
+          Value pf = arith::SIToFPOp::create(
+              b, loc, b.getF32Type(),
+              arith::IndexCastOp::create(b, loc, b.getI32Type(), p));
+          Value head =
+              arith::DivUIOp::create(b, loc, idx, indexConst(b, loc, half));
+          Value i =
+              arith::RemUIOp::create(b, loc, idx, indexConst(b, loc, half));
+          Value angle =
+              arith::MulFOp::create(b, loc, pf, constantAt(b, loc, invFreq, i));
+          auto [sin0, cos] = sinCos(b, loc, angle);
+          Value sin =
+              arith::MulFOp::create(b, loc, sin0, f32Const(b, loc, sign));
+          Value i1 = arith::AddIOp::create(
+              b, loc,
+              arith::MulIOp::create(b, loc, head, indexConst(b, loc, hd)), i);
+          Value i2 =
+              arith::AddIOp::create(b, loc, i1, indexConst(b, loc, half));
+          Value x1 = memref::LoadOp::create(b, loc, a.buffers[0], {t, i1});
+          Value x2 = memref::LoadOp::create(b, loc, a.buffers[0], {t, i2});
+          Value o1 = arith::SubFOp::create(
+              b, loc, arith::MulFOp::create(b, loc, x1, cos),
+              arith::MulFOp::create(b, loc, x2, sin));
+          Value o2 = arith::AddFOp::create(
+              b, loc, arith::MulFOp::create(b, loc, x2, cos),
+              arith::MulFOp::create(b, loc, x1, sin));
+          memref::StoreOp::create(b, loc, o1, a.buffers[1], {t, i1});
+          memref::StoreOp::create(b, loc, o2, a.buffers[1], {t, i2});
+        });
   };
   return k;
 }
@@ -536,21 +627,20 @@ FailureOr<KernelSpec> attentionKernel(AttentionOp op, int64_t tm) {
     Value ninf = f32Const(b, loc, -std::numeric_limits<float>::infinity());
     Value localMax = strided(
         b, ninf, [&](OpBuilder &b, Location loc, Value j, Value m) -> Value {
-          auto dot = scf::ForOp::create(
-              b, loc, indexConst(b, loc, 0), indexConst(b, loc, HD),
-              indexConst(b, loc, 1), ValueRange{f32Const(b, loc, 0)},
-              [&](OpBuilder &b, Location loc, Value d, ValueRange acc) {
-                Value qv = memref::LoadOp::create(
-                    b, loc, q, {t, arith::AddIOp::create(b, loc, qBase, d)});
-                Value kv = memref::LoadOp::create(
-                    b, loc, kc, {j, arith::AddIOp::create(b, loc, kBase, d)});
-                scf::YieldOp::create(
-                    b, loc,
-                    ValueRange{arith::AddFOp::create(
-                        b, loc, acc[0],
-                        arith::MulFOp::create(b, loc, qv, kv))});
-              });
-          Value sc = arith::MulFOp::create(b, loc, dot.getResult(0),
+          // q . k over the head, d ascending, unrolled: its loads are
+          // straight-line (all in flight), the sum's order is unchanged.
+          Value dot = f32Const(b, loc, 0);
+          for (int64_t d = 0; d < HD; ++d) {
+            Value qv = memref::LoadOp::create(
+                b, loc, q,
+                {t, arith::AddIOp::create(b, loc, qBase, indexConst(b, loc, d))});
+            Value kv = memref::LoadOp::create(
+                b, loc, kc,
+                {j, arith::AddIOp::create(b, loc, kBase, indexConst(b, loc, d))});
+            dot = arith::AddFOp::create(b, loc, dot,
+                                        arith::MulFOp::create(b, loc, qv, kv));
+          }
+          Value sc = arith::MulFOp::create(b, loc, dot,
                                            f32Const(b, loc, scale));
           memref::StoreOp::create(b, loc, sc, scores, j);
           return maxF(b, loc, m, sc);

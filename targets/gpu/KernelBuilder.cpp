@@ -130,6 +130,40 @@ void forGrid(OpBuilder &b, Location loc, const KernelArgs &a, int64_t groups,
   fn(inner, loop.getInductionVar());
 }
 
+int64_t rowSliceGroups(int64_t d) {
+  return (d + kWorkgroupSize - 1) / kWorkgroupSize;
+}
+
+Value rowToken(OpBuilder &b, Location loc, const KernelArgs &a, int64_t d,
+               bool sliced) {
+  return sliced ? arith::DivUIOp::create(b, loc, a.unit,
+                                         indexConst(b, loc, rowSliceGroups(d)))
+                      .getResult()
+                : a.unit;
+}
+
+void forRowElements(OpBuilder &b, Location loc, const KernelArgs &a, int64_t d,
+                    bool sliced,
+                    function_ref<void(OpBuilder &, Value, Value)> fn) {
+  if (!sliced) {
+    forLanes(b, loc, a.lane, d,
+             [&](OpBuilder &b, Value i) { fn(b, a.unit, i); });
+    return;
+  }
+  Value groups = indexConst(b, loc, rowSliceGroups(d));
+  Value t = rowToken(b, loc, a, d, sliced);
+  Value i = arith::AddIOp::create(
+      b, loc,
+      arith::MulIOp::create(b, loc,
+                            arith::RemUIOp::create(b, loc, a.unit, groups),
+                            indexConst(b, loc, kWorkgroupSize)),
+      a.lane);
+  when(b, loc,
+       arith::CmpIOp::create(b, loc, arith::CmpIPredicate::ult, i,
+                             indexConst(b, loc, d)),
+       [&](OpBuilder &b, Location) { fn(b, t, i); });
+}
+
 int64_t gridGroups(int64_t n) {
   return std::max<int64_t>(
       1, std::min<int64_t>((n + kWorkgroupSize - 1) / kWorkgroupSize, 4096));
@@ -187,6 +221,42 @@ Value stridedFold(OpBuilder &b, Location loc, Value lane, Value n, Value init,
                 });
   return guardedFold(b, loc, remainderStart(b, loc, lane, bound), n,
                      kWorkgroupSize, acc, fn);
+}
+
+Value foldStep(OpBuilder &b, Location loc, Value lo, Value hi, int64_t step,
+               Value init,
+               function_ref<Value(OpBuilder &, Location, Value, Value)> fn) {
+  return guardedFold(b, loc, lo, hi, step, init, fn);
+}
+
+Value stridedFoldFlat(
+    OpBuilder &b, Location loc, Value lane, int64_t n, Value init,
+    function_ref<Value(OpBuilder &, Location, Value, Value)> fn,
+    int64_t stride) {
+  assert(n <= kFlatFoldMax / kWorkgroupSize * stride &&
+         "row too long to unroll");
+  Value acc = init;
+  for (int64_t e = 0; e * stride < n; ++e) {
+    Value i = arith::AddIOp::create(b, loc, lane, idx(b, loc, e * stride));
+    if ((e + 1) * stride <= n) {
+      acc = fn(b, loc, i, acc);
+      continue;
+    }
+    // The last, partial stride: only invocations below n have an element.
+    Value in = arith::CmpIOp::create(b, loc, arith::CmpIPredicate::ult, i,
+                                     idx(b, loc, n));
+    Value prev = acc;
+    auto branch = scf::IfOp::create(
+        b, loc, in,
+        [&](OpBuilder &b, Location loc) {
+          scf::YieldOp::create(b, loc, fn(b, loc, i, prev));
+        },
+        [&](OpBuilder &b, Location loc) {
+          scf::YieldOp::create(b, loc, prev);
+        });
+    acc = branch.getResult(0);
+  }
+  return acc;
 }
 
 MemRefType rowsOf(int64_t tm, int64_t d, Type element) {
@@ -276,6 +346,34 @@ Value loadWeightAt(OpBuilder &b, Location loc, ValueRange chunks,
     return branch.getResult(0);
   };
   return from(b, 0);
+}
+
+Value withRowChunk(
+    OpBuilder &b, Location loc, ValueRange chunks, const RowChunks &c,
+    Value row, function_ref<Value(OpBuilder &, Location, Value, Value)> fn) {
+  auto in = [&](OpBuilder &b, Location loc, int64_t i) {
+    return fn(
+        b, loc, chunks[i],
+        arith::SubIOp::create(b, loc, row, indexConst(b, loc, c.first(i))));
+  };
+  std::function<Value(OpBuilder &, Location, int64_t)> from =
+      [&](OpBuilder &b, Location loc, int64_t i) -> Value {
+    if (i + 1 == (int64_t)chunks.size())
+      return in(b, loc, i);
+    Value inside =
+        arith::CmpIOp::create(b, loc, arith::CmpIPredicate::ult, row,
+                              indexConst(b, loc, c.first(i) + c.rowsIn(i)));
+    auto branch = scf::IfOp::create(
+        b, loc, inside,
+        [&](OpBuilder &b, Location loc) {
+          scf::YieldOp::create(b, loc, in(b, loc, i));
+        },
+        [&](OpBuilder &b, Location loc) {
+          scf::YieldOp::create(b, loc, from(b, loc, i + 1));
+        });
+    return branch.getResult(0);
+  };
+  return from(b, loc, 0);
 }
 
 Value i32Const(OpBuilder &b, Location loc, int32_t v) {

@@ -60,6 +60,14 @@ struct KernelSpec {
 void addWeightChunks(KernelSpec &k, unsigned operand, ShapedType weight,
                      const RowChunks &chunks);
 
+/// fn(chunk buffer, row within it) for the chunk holding `row`, chosen once
+/// (a branch per chunk around fn) rather than per element as loadWeightAt
+/// does: a row's loads in fn are then straight-line, all in flight at once.
+/// `row` must be uniform over the workgroup when fn has barriers.
+Value withRowChunk(OpBuilder &b, Location loc, ValueRange chunks,
+                   const RowChunks &c, Value row,
+                   function_ref<Value(OpBuilder &, Location, Value, Value)> fn);
+
 /// weight[row, col] as f32 from its chunk buffers (one: loadWeight).
 Value loadWeightAt(OpBuilder &b, Location loc, ValueRange chunks,
                    const RowChunks &c, Type element, Value row, Value col);
@@ -89,6 +97,20 @@ void forLanes(OpBuilder &b, Location loc, Value lane, Value n,
 void forGrid(OpBuilder &b, Location loc, const KernelArgs &a, int64_t groups,
              int64_t n, function_ref<void(OpBuilder &, Value)> fn);
 
+/// Row work for calls of a few tokens (decode): a row of d elements spread
+/// over rowSliceGroups(d) workgroups of one element per invocation
+/// (workgroups = rowSliceGroups(d) * T), so a single token still fills the
+/// GPU. `fn(t, i)` runs for every element i < d of token t. With
+/// `sliced` false, one workgroup per token loops over its row (forLanes):
+/// the form for many tokens, whose workgroup count would pass 65535.
+int64_t rowSliceGroups(int64_t d);
+/// The token whose row this workgroup works on (see forRowElements).
+Value rowToken(OpBuilder &b, Location loc, const KernelArgs &a, int64_t d,
+               bool sliced);
+void forRowElements(OpBuilder &b, Location loc, const KernelArgs &a, int64_t d,
+                    bool sliced,
+                    function_ref<void(OpBuilder &, Value, Value)> fn);
+
 /// Workgroups for forGrid over n elements: one element per invocation, at
 /// most 4096 workgroups (within every device's 65535 limit).
 int64_t gridGroups(int64_t n);
@@ -108,6 +130,22 @@ MemRefType flatOf(int64_t n, Type element);
 /// (lavapipe happens to read 0, NVIDIA reads garbage).
 Value stridedFold(OpBuilder &b, Location loc, Value lane, Value n, Value init,
                   function_ref<Value(OpBuilder &, Location, Value, Value)> fn);
+
+/// Folds `fn` over i = lo, lo + step, ... < hi from `init` (`init` when
+/// there is none, guarded as in stridedFold).
+Value foldStep(OpBuilder &b, Location loc, Value lo, Value hi, int64_t step,
+               Value init,
+               function_ref<Value(OpBuilder &, Location, Value, Value)> fn);
+
+/// stridedFold over a constant n (i = lane, lane + stride, ... < n),
+/// unrolled whole: a one-token row's loads are all in flight at once
+/// instead of four at a time. Same order, same result. For at most
+/// kFlatFoldMax / kWorkgroupSize elements per invocation.
+inline constexpr int64_t kFlatFoldMax = 8192;
+Value stridedFoldFlat(
+    OpBuilder &b, Location loc, Value lane, int64_t n, Value init,
+    function_ref<Value(OpBuilder &, Location, Value, Value)> fn,
+    int64_t stride = kWorkgroupSize);
 
 MemRefType rowsOf(int64_t tm, int64_t d, Type element);
 

@@ -62,14 +62,17 @@ int main(int argc, char **argv) {
     std::printf("can run: %d (%s)\n", can, why.c_str());
     return 0;
   }
-  if (argc != 5) {
-    std::fprintf(stderr, "usage: vulkan_test KERNEL.spv NAME D TM\n");
+  if (argc != 6) {
+    std::fprintf(
+        stderr,
+        "usage: vulkan_test KERNEL.spv NAME D TM WORKGROUPS_PER_TOKEN\n");
     return 2;
   }
   std::ifstream in(argv[1], std::ios::binary);
   std::string spv((std::istreambuf_iterator<char>(in)),
                   std::istreambuf_iterator<char>());
   const int64_t D = std::atoll(argv[3]), TM = std::atoll(argv[4]), T = TM - 1;
+  const int64_t perToken = std::atoll(argv[5]); // the dispatch's workload
   auto bytes = executable(spv, argv[2]);
   const auto *def = flatbuffers::GetRoot<tlc::fb::Executable>(bytes.data());
   std::string why;
@@ -130,7 +133,7 @@ int main(int argc, char **argv) {
     return 1;
   DispatchDesc d;
   d.kernel = 0;
-  d.tokensFactor = 1;
+  d.tokensFactor = perToken;
   d.bindings = {{ab.get(), 0, bytesAB},
                 {ab.get(), align + bytesAB, bytesAB},
                 {nullptr, 0, bytesAB}};

@@ -1,19 +1,20 @@
 // RUN: tlc-opt %s -split-input-file -tlc-gpu-form-dispatches | FileCheck %s
 
-// One workgroup of 64 invocations per token row; a kernel takes its buffers,
-// then T, pos and rows as i32. Two additions of one shape share a kernel.
+// Many tokens: one workgroup of 64 invocations per token row; a kernel takes
+// its buffers, then T, pos and rows as i32. Two additions of one shape share
+// a kernel.
 // CHECK-LABEL: func.func @rows
-// CHECK: tlora.dispatch @kernels::@add_d80_t4(%{{.*}}, %{{.*}}) workload(1 * T + 0)
-// CHECK: tlora.dispatch @kernels::@add_d80_t4(%{{.*}}, %{{.*}}) workload(1 * T + 0)
+// CHECK: tlora.dispatch @kernels::@add_d80_t16(%{{.*}}, %{{.*}}) workload(1 * T + 0)
+// CHECK: tlora.dispatch @kernels::@add_d80_t16(%{{.*}}, %{{.*}}) workload(1 * T + 0)
 // CHECK: gpu.module @kernels
-// CHECK: gpu.func @add_d80_t4(%[[A:.*]]: memref<4x80xf32>, %[[B:.*]]: memref<4x80xf32>, %[[O:.*]]: memref<4x80xf32>, %{{.*}}: i32, %{{.*}}: i32, %{{.*}}: i32) kernel attributes {known_block_size = array<i32: 64, 1, 1>, tlora.kernel}
+// CHECK: gpu.func @add_d80_t16(%[[A:.*]]: memref<16x80xf32>, %[[B:.*]]: memref<16x80xf32>, %[[O:.*]]: memref<16x80xf32>, %{{.*}}: i32, %{{.*}}: i32, %{{.*}}: i32) kernel attributes {known_block_size = array<i32: 64, 1, 1>, tlora.kernel}
 // CHECK: %[[T:.*]] = gpu.block_id x
 // CHECK: %[[L:.*]] = gpu.thread_id x
 // CHECK: scf.for %[[D:.*]] = %[[L]] to %c80{{.*}} step %c64
 // CHECK: memref.load %[[A]][%[[T]], %[[D]]]
 // CHECK: memref.store %{{.*}}, %[[O]][%[[T]], %[[D]]]
-// CHECK-NOT: gpu.func @add_d80_t4
-func.func @rows(%x: tensor<?x80xf32>, %y: tensor<?x80xf32>) -> tensor<?x80xf32> attributes {tlora.max_tokens = 4 : i64} {
+// CHECK-NOT: gpu.func @add_d80_t16
+func.func @rows(%x: tensor<?x80xf32>, %y: tensor<?x80xf32>) -> tensor<?x80xf32> attributes {tlora.max_tokens = 16 : i64} {
   %s = arith.addf %x, %y : tensor<?x80xf32>
   %t = arith.addf %s, %y : tensor<?x80xf32>
   return %t : tensor<?x80xf32>
@@ -21,17 +22,41 @@ func.func @rows(%x: tensor<?x80xf32>, %y: tensor<?x80xf32>) -> tensor<?x80xf32> 
 
 // -----
 
+// A few tokens (decode): a row is spread over ceil(80 / 64) = 2 workgroups
+// of one element per invocation, so one token still fills the GPU.
+// CHECK-LABEL: func.func @few_rows
+// CHECK: tlora.dispatch @kernels::@add_d80_t4(%{{.*}}, %{{.*}}) workload(2 * T + 0)
+// CHECK: gpu.func @add_d80_t4(%[[A:.*]]: memref<4x80xf32>, %{{.*}}: memref<4x80xf32>, %[[O:.*]]: memref<4x80xf32>
+// CHECK: %[[G:.*]] = gpu.block_id x
+// CHECK: %[[L:.*]] = gpu.thread_id x
+// CHECK: %[[T:.*]] = arith.divui %[[G]], %c2
+// CHECK: %[[S:.*]] = arith.remui %[[G]], %c2
+// CHECK: %[[S64:.*]] = arith.muli %[[S]], %c64
+// CHECK: %[[D:.*]] = arith.addi %[[S64]], %[[L]]
+// CHECK: %[[IN:.*]] = arith.cmpi ult, %[[D]], %c80
+// CHECK: scf.if %[[IN]]
+// CHECK: memref.load %[[A]][%[[T]], %[[D]]]
+// CHECK: memref.store %{{.*}}, %[[O]][%[[T]], %[[D]]]
+// CHECK-NOT: scf.for
+// CHECK: gpu.return
+func.func @few_rows(%x: tensor<?x80xf32>, %y: tensor<?x80xf32>) -> tensor<?x80xf32> attributes {tlora.max_tokens = 4 : i64} {
+  %s = arith.addf %x, %y : tensor<?x80xf32>
+  return %s : tensor<?x80xf32>
+}
+
+// -----
+
 // Longer rows: four elements per iteration (independent loads a GPU issues
 // together), then the rest one at a time; the element order is unchanged.
 // CHECK-LABEL: func.func @long_rows
-// CHECK: gpu.func @add_d600_t2
+// CHECK: gpu.func @add_d600_t16
 // CHECK: %[[L:.*]] = gpu.thread_id x
 // CHECK: scf.for %[[I:.*]] = %[[L]] to %c408{{.*}} step %c256
 // CHECK-COUNT-4: arith.addf
 // CHECK: }
 // CHECK: scf.for %{{.*}} = %{{.*}} to %c600{{.*}} step %c64
 // CHECK-COUNT-1: arith.addf
-func.func @long_rows(%x: tensor<?x600xf32>, %y: tensor<?x600xf32>) -> tensor<?x600xf32> attributes {tlora.max_tokens = 2 : i64} {
+func.func @long_rows(%x: tensor<?x600xf32>, %y: tensor<?x600xf32>) -> tensor<?x600xf32> attributes {tlora.max_tokens = 16 : i64} {
   %s = arith.addf %x, %y : tensor<?x600xf32>
   return %s : tensor<?x600xf32>
 }
@@ -42,7 +67,7 @@ func.func @long_rows(%x: tensor<?x600xf32>, %y: tensor<?x600xf32>) -> tensor<?x6
 // order by invocation 0 (deterministic), between barriers. bf16 weights are
 // read as 32-bit words (no 16-bit storage needed) and widened exactly.
 // CHECK-LABEL: func.func @norm
-// CHECK: gpu.func @rms_norm_d64_bf16_eps{{[0-9A-F]+}}_t2(%{{.*}}: memref<2x64xf32>, %{{.*}}: memref<32xi32>, %{{.*}}: memref<2x64xf32>
+// CHECK: gpu.func @rms_norm_d64_bf16_eps{{[0-9A-F]+}}_t16(%{{.*}}: memref<16x64xf32>, %{{.*}}: memref<32xi32>, %{{.*}}: memref<16x64xf32>
 // CHECK: memref.alloc() : memref<65xf32, 3>
 // An invocation without elements (64 > D is possible) takes the fold's
 // initial value from a branch, never from a loop that ran zero times.
@@ -55,30 +80,61 @@ func.func @long_rows(%x: tensor<?x600xf32>, %y: tensor<?x600xf32>) -> tensor<?x6
 // CHECK: math.sqrt
 // CHECK: arith.shli
 // CHECK: arith.bitcast %{{.*}} : i32 to f32
-func.func @norm(%x: tensor<?x64xf32>) -> tensor<?x64xf32> attributes {tlora.max_tokens = 2 : i64} {
+func.func @norm(%x: tensor<?x64xf32>) -> tensor<?x64xf32> attributes {tlora.max_tokens = 16 : i64} {
   %w = tlora.weight "n" : tensor<64xbf16>
   %h = tlora.rms_norm %x, %w eps(1.0e-5) : tensor<?x64xf32>, tensor<64xbf16> -> tensor<?x64xf32>
   return %h : tensor<?x64xf32>
 }
 
+// -----
+
+// RMS norm for a few tokens: each of a row's ceil(80 / 64) = 2 workgroups
+// sums the whole row, unrolled (all loads in flight; the partial last
+// stride guarded), in the same order as above, then scales its 64-element
+// slice.
+// CHECK-LABEL: func.func @norm_decode
+// CHECK: workload(2 * T + 0)
+// CHECK: gpu.func @rms_norm_d80_f32_eps{{[0-9A-F]+}}_t1
+// CHECK-NOT: scf.for
+// CHECK: arith.mulf
+// CHECK: arith.addf
+// CHECK: %[[IN:.*]] = arith.cmpi ult, %{{.*}}, %c80
+// CHECK: scf.if %[[IN]] -> (f32)
+// CHECK: gpu.barrier
+// CHECK: math.sqrt
+// CHECK: arith.remui
+// CHECK: scf.if
+// CHECK: memref.store
+func.func @norm_decode(%x: tensor<?x80xf32>) -> tensor<?x80xf32> attributes {tlora.max_tokens = 1 : i64} {
+  %w = tlora.weight "n" : tensor<80xf32>
+  %h = tlora.rms_norm %x, %w eps(1.0e-5) : tensor<?x80xf32>, tensor<80xf32> -> tensor<?x80xf32>
+  return %h : tensor<?x80xf32>
+}
+
 
 // -----
 
-// A decode step's ops and their workloads: quantize and rope one workgroup
-// per token; the ternary product one per output (int32 sums of sign-extended
-// bytes times code - 1); attention one per (token, head); the LM head one
-// per vocabulary row, for the rows wanted.
+// A decode step's ops and their workloads: quantize one workgroup per 64
+// words of a token's row, rope one per token; the ternary product four
+// outputs per workgroup, 16 invocations each, whose int32 sums of
+// sign-extended bytes times code - 1 meet in workgroup memory; attention one
+// per (token, head); the LM head one per vocabulary row, for the rows wanted.
 // CHECK-LABEL: func.func @decode
 // CHECK: tlora.dispatch @kernels::@quantize_k64_t1({{.*}}) workload(1 * T + 0)
-// CHECK: tlora.dispatch @kernels::@ternary_matmul_n128_k64_t1({{.*}}) workload(128 * T + 0)
+// CHECK: tlora.dispatch @kernels::@ternary_matmul_n128_k64_t1({{.*}}) workload(32 * T + 0)
 // CHECK: tlora.dispatch @kernels::@rope_d128_hd16_theta10000_t1({{.*}}) workload(1 * T + 0)
 // CHECK: tlora.dispatch @kernels::@attention_s32_h8_kv8_hd16_t1({{.*}}) workload(8 * T + 0)
 // CHECK: tlora.dispatch @kernels::@dense_n100_k128_f32_t1({{.*}}) workload(0 * T + 100)
 // CHECK: gpu.func @quantize_k64_t1
 // CHECK: math.roundeven
 // CHECK: gpu.func @ternary_matmul_n128_k64_t1
+// CHECK: memref.alloc() : memref<64xi32, 3>
 // CHECK: arith.shrsi
 // CHECK: arith.muli
+// CHECK: gpu.barrier
+// CHECK-COUNT-15: arith.addi %{{.*}}, %{{.*}} : i32
+// CHECK: arith.sitofp
+// CHECK: gpu.barrier
 // CHECK: gpu.func @rope_d128_hd16_theta10000_t1
 // CHECK: math.roundeven
 // CHECK: gpu.func @attention_s32_h8_kv8_hd16_t1
