@@ -12,6 +12,7 @@
 #include "dialects/tlora/Transforms/Passes.h"
 #include "mlir/IR/Builders.h"
 #include "mlir/IR/SymbolTable.h"
+#include "llvm/ADT/MapVector.h"
 #include "llvm/ADT/StringExtras.h"
 #include "llvm/Support/FormatVariadic.h"
 
@@ -88,6 +89,29 @@ KernelSpec embedKernel(EmbedOp e, int64_t tm, int64_t maxBinding) {
 /// sums its strided squares, workgroupReduce adds them, all scale their
 /// elements. For a few tokens each of a row's workgroups sums the whole row
 /// (in the same order, so all get the same scale) and scales its slice.
+/// 1 / sqrt(mean(x[t, :]^2) + eps) for a row of D: strided sums of
+/// squares (unrolled whole for a few tokens), added in lane order.
+Value rmsScale(OpBuilder &b, Location loc, const KernelArgs &a, Value x,
+               Value t, int64_t D, float eps, bool sliced) {
+  Value scratch = reduceScratch(b, loc);
+  Value fzero = f32Const(b, loc, 0.0f);
+  auto square = [&](OpBuilder &b, Location loc, Value d, Value acc) -> Value {
+    Value v = memref::LoadOp::create(b, loc, x, {t, d});
+    return arith::AddFOp::create(b, loc, acc,
+                                 arith::MulFOp::create(b, loc, v, v));
+  };
+  Value sum =
+      sliced && D <= kFlatFoldMax
+          ? stridedFoldFlat(b, loc, a.lane, D, fzero, square)
+          : stridedFold(b, loc, a.lane, indexConst(b, loc, D), fzero, square);
+  Value total = workgroupReduce(b, loc, scratch, a.lane, sum, addF);
+  Value mean = arith::DivFOp::create(b, loc, total, f32Const(b, loc, (float)D));
+  return arith::DivFOp::create(
+      b, loc, f32Const(b, loc, 1.0f),
+      math::SqrtOp::create(
+          b, loc, arith::AddFOp::create(b, loc, mean, f32Const(b, loc, eps))));
+}
+
 KernelSpec rmsNormKernel(RMSNormOp n, int64_t tm) {
   int64_t D = dim(n.getInput(), 1);
   auto wt = cast<ShapedType>(n.getWeight().getType());
@@ -105,26 +129,8 @@ KernelSpec rmsNormKernel(RMSNormOp n, int64_t tm) {
     k.tokensFactor = rowSliceGroups(D);
   k.body = [=](OpBuilder &b, Location loc, const KernelArgs &a) {
     Value x = a.buffers[0], w = a.buffers[1], out = a.buffers[2];
-    Value scratch = reduceScratch(b, loc);
-    Value fzero = f32Const(b, loc, 0.0f);
-    Value t = rowToken(b, loc, a, D, sliced);
-    auto square = [&](OpBuilder &b, Location loc, Value d, Value acc) -> Value {
-      Value v = memref::LoadOp::create(b, loc, x, {t, d});
-      return arith::AddFOp::create(b, loc, acc,
-                                   arith::MulFOp::create(b, loc, v, v));
-    };
-    Value sum =
-        sliced && D <= kFlatFoldMax
-            ? stridedFoldFlat(b, loc, a.lane, D, fzero, square)
-            : stridedFold(b, loc, a.lane, indexConst(b, loc, D), fzero, square);
-    Value total = workgroupReduce(b, loc, scratch, a.lane, sum, addF);
-    Value mean =
-        arith::DivFOp::create(b, loc, total, f32Const(b, loc, (float)D));
-    Value r = arith::DivFOp::create(
-        b, loc, f32Const(b, loc, 1.0f),
-        math::SqrtOp::create(
-            b, loc,
-            arith::AddFOp::create(b, loc, mean, f32Const(b, loc, eps))));
+    Value r =
+        rmsScale(b, loc, a, x, rowToken(b, loc, a, D, sliced), D, eps, sliced);
     forRowElements(b, loc, a, D, sliced, [&](OpBuilder &b, Value t, Value d) {
       Value v = memref::LoadOp::create(b, loc, x, {t, d});
       Value wf = loadWeight(b, loc, w, et, {d}, d);
@@ -185,6 +191,70 @@ Type qactBuffer(int64_t tm, int64_t K, MLIRContext *ctx) {
 
 /// x_q = clamp(roundeven(x * s), -128, 127), s = 127 / max(max|x|, 1e-5),
 /// as the CPU kernels and transformers compute it; one token per workgroup.
+/// Quantizes row rowToken(K / 4) of the values elementAt(t, i), i < K, into
+/// q (qactBuffer's layout): the absolute maximum over the row, then each
+/// invocation packs its words (for a few tokens, this workgroup's slice).
+void quantizeRow(
+    OpBuilder &b, Location loc, const KernelArgs &a, int64_t K, int64_t tm,
+    bool sliced, Value q,
+    function_ref<Value(OpBuilder &, Location, Value, Value)> elementAt) {
+  Value t = rowToken(b, loc, a, K / 4, sliced);
+  auto absMax = [&](OpBuilder &b, Location loc, Value i, Value acc) -> Value {
+    return maxF(b, loc, acc,
+                math::AbsFOp::create(b, loc, elementAt(b, loc, t, i)));
+  };
+  Value partial =
+      sliced && K <= kFlatFoldMax
+          ? stridedFoldFlat(b, loc, a.lane, K, f32Const(b, loc, 0), absMax)
+          : stridedFold(b, loc, a.lane, indexConst(b, loc, K),
+                        f32Const(b, loc, 0), absMax);
+  Value amax =
+      workgroupReduce(b, loc, reduceScratch(b, loc), a.lane, partial, maxF);
+  Value scale =
+      arith::DivFOp::create(b, loc, f32Const(b, loc, 127.0f),
+                            maxF(b, loc, amax, f32Const(b, loc, 1e-5f)));
+  // The row's first invocation (of its first workgroup) stores 1/s.
+  Value first = arith::CmpIOp::create(b, loc, arith::CmpIPredicate::eq, a.lane,
+                                      indexConst(b, loc, 0));
+  if (sliced)
+    first = arith::AndIOp::create(
+        b, loc, first,
+        arith::CmpIOp::create(
+            b, loc, arith::CmpIPredicate::eq,
+            arith::RemUIOp::create(b, loc, a.unit,
+                                   indexConst(b, loc, rowSliceGroups(K / 4))),
+            indexConst(b, loc, 0)));
+  when(b, loc, first, [&](OpBuilder &b, Location loc) {
+    Value inv = arith::DivFOp::create(b, loc, f32Const(b, loc, 1.0f), scale);
+    Value at = arith::AddIOp::create(b, loc, indexConst(b, loc, tm * K / 4), t);
+    memref::StoreOp::create(
+        b, loc, arith::BitcastOp::create(b, loc, b.getI32Type(), inv), q, at);
+  });
+  Value lo = f32Const(b, loc, -128.0f), hi = f32Const(b, loc, 127.0f);
+  forRowElements(b, loc, a, K / 4, sliced, [&](OpBuilder &b, Value t, Value w) {
+    Value word = i32Const(b, loc, 0);
+    for (int i = 0; i < 4; ++i) {
+      Value at = arith::AddIOp::create(
+          b, loc, arith::MulIOp::create(b, loc, w, indexConst(b, loc, 4)),
+          indexConst(b, loc, i));
+      Value v = arith::MulFOp::create(b, loc, elementAt(b, loc, t, at), scale);
+      Value r = maxF(b, loc,
+                     arith::MinimumFOp::create(
+                         b, loc, math::RoundEvenOp::create(b, loc, v), hi),
+                     lo);
+      Value byte = arith::AndIOp::create(
+          b, loc, arith::FPToSIOp::create(b, loc, b.getI32Type(), r),
+          i32Const(b, loc, 255));
+      word = arith::OrIOp::create(
+          b, loc, word,
+          arith::ShLIOp::create(b, loc, byte, i32Const(b, loc, 8 * i)));
+    }
+    Value at = arith::AddIOp::create(
+        b, loc, arith::MulIOp::create(b, loc, t, indexConst(b, loc, K / 4)), w);
+    memref::StoreOp::create(b, loc, word, q, at);
+  });
+}
+
 KernelSpec quantizeKernel(int64_t K, int64_t tm, MLIRContext *ctx) {
   KernelSpec k;
   k.name = llvm::formatv("quantize_k{0}", K);
@@ -193,68 +263,44 @@ KernelSpec quantizeKernel(int64_t K, int64_t tm, MLIRContext *ctx) {
   if (sliced)
     k.tokensFactor = rowSliceGroups(K / 4);
   k.body = [=](OpBuilder &b, Location loc, const KernelArgs &a) {
-    Value x = a.buffers[0], q = a.buffers[1];
-    Value t = rowToken(b, loc, a, K / 4, sliced);
-    auto absMax = [&](OpBuilder &b, Location loc, Value i, Value acc) -> Value {
-      Value v = math::AbsFOp::create(b, loc,
-                                     memref::LoadOp::create(b, loc, x, {t, i}));
-      return maxF(b, loc, acc, v);
-    };
-    Value partial =
-        sliced && K <= kFlatFoldMax
-            ? stridedFoldFlat(b, loc, a.lane, K, f32Const(b, loc, 0), absMax)
-            : stridedFold(b, loc, a.lane, indexConst(b, loc, K),
-                          f32Const(b, loc, 0), absMax);
-    Value amax =
-        workgroupReduce(b, loc, reduceScratch(b, loc), a.lane, partial, maxF);
-    Value scale =
-        arith::DivFOp::create(b, loc, f32Const(b, loc, 127.0f),
-                              maxF(b, loc, amax, f32Const(b, loc, 1e-5f)));
-    // The row's first invocation (of its first workgroup) stores 1/s.
-    Value first = arith::CmpIOp::create(b, loc, arith::CmpIPredicate::eq,
-                                        a.lane, indexConst(b, loc, 0));
-    if (sliced)
-      first = arith::AndIOp::create(
-          b, loc, first,
-          arith::CmpIOp::create(
-              b, loc, arith::CmpIPredicate::eq,
-              arith::RemUIOp::create(b, loc, a.unit,
-                                     indexConst(b, loc, rowSliceGroups(K / 4))),
-              indexConst(b, loc, 0)));
-    when(b, loc, first, [&](OpBuilder &b, Location loc) {
-      Value inv = arith::DivFOp::create(b, loc, f32Const(b, loc, 1.0f), scale);
-      Value at =
-          arith::AddIOp::create(b, loc, indexConst(b, loc, tm * K / 4), t);
-      memref::StoreOp::create(
-          b, loc, arith::BitcastOp::create(b, loc, b.getI32Type(), inv), q, at);
-    });
-    Value lo = f32Const(b, loc, -128.0f), hi = f32Const(b, loc, 127.0f);
-    forRowElements(
-        b, loc, a, K / 4, sliced, [&](OpBuilder &b, Value t, Value w) {
-          Value word = i32Const(b, loc, 0);
-          for (int i = 0; i < 4; ++i) {
-            Value at = arith::AddIOp::create(
-                b, loc, arith::MulIOp::create(b, loc, w, indexConst(b, loc, 4)),
-                indexConst(b, loc, i));
-            Value v = arith::MulFOp::create(
-                b, loc, memref::LoadOp::create(b, loc, x, {t, at}), scale);
-            Value r =
-                maxF(b, loc,
-                     arith::MinimumFOp::create(
-                         b, loc, math::RoundEvenOp::create(b, loc, v), hi),
-                     lo);
-            Value byte = arith::AndIOp::create(
-                b, loc, arith::FPToSIOp::create(b, loc, b.getI32Type(), r),
-                i32Const(b, loc, 255));
-            word = arith::OrIOp::create(
-                b, loc, word,
-                arith::ShLIOp::create(b, loc, byte, i32Const(b, loc, 8 * i)));
-          }
-          Value at = arith::AddIOp::create(
-              b, loc,
-              arith::MulIOp::create(b, loc, t, indexConst(b, loc, K / 4)), w);
-          memref::StoreOp::create(b, loc, word, q, at);
-        });
+    Value x = a.buffers[0];
+    quantizeRow(b, loc, a, K, tm, sliced, a.buffers[1],
+                [&](OpBuilder &b, Location loc, Value t, Value i) -> Value {
+                  return memref::LoadOp::create(b, loc, x, {t, i});
+                });
+  };
+  return k;
+}
+
+/// RMSNorm then quantization of a few tokens' rows when the norm feeds
+/// nothing else (decode): each of a row's workgroups computes the norm's
+/// scale as rmsNormKernel does, then quantizes the normalized row (each
+/// element computed as rmsNormKernel stores it), its slice of words: the
+/// same codes and scale as the two kernels, in one launch.
+KernelSpec rmsNormQuantizeKernel(RMSNormOp n, int64_t tm) {
+  int64_t D = dim(n.getInput(), 1);
+  auto wt = cast<ShapedType>(n.getWeight().getType());
+  Type et = wt.getElementType();
+  float eps = n.getEpsilon().convertToFloat();
+  MLIRContext *ctx = n.getContext();
+  KernelSpec k;
+  k.name = llvm::formatv("rms_norm_quantize_d{0}_{1}_eps{2}", D,
+                         et.isBF16() ? "bf16" : "f32",
+                         llvm::utohexstr(llvm::bit_cast<uint32_t>(eps)));
+  k.buffers = {rowsOf(tm, D, Float32Type::get(ctx)), weightBuffer(wt),
+               qactBuffer(tm, D, ctx)};
+  k.tokensFactor = rowSliceGroups(D / 4);
+  k.body = [=](OpBuilder &b, Location loc, const KernelArgs &a) {
+    Value x = a.buffers[0], w = a.buffers[1];
+    Value t = rowToken(b, loc, a, D / 4, true);
+    Value r = rmsScale(b, loc, a, x, t, D, eps, true);
+    quantizeRow(b, loc, a, D, tm, true, a.buffers[2],
+                [&](OpBuilder &b, Location loc, Value t, Value d) -> Value {
+                  Value v = memref::LoadOp::create(b, loc, x, {t, d});
+                  Value wf = loadWeight(b, loc, w, et, {d}, d);
+                  return arith::MulFOp::create(
+                      b, loc, wf, arith::MulFOp::create(b, loc, v, r));
+                });
   };
   return k;
 }
@@ -262,40 +308,55 @@ KernelSpec quantizeKernel(int64_t K, int64_t tm, MLIRContext *ctx) {
 /// y[t, n] = (x_q[t] . W_t[n]) * gamma / s[t], exact in int32. The weights
 /// are the backend's t2-rows encoding: 16 words of header (gamma first),
 /// then per row K/16 words of sixteen 2-bit codes (value + 1), code k%16 at
-/// bits 2 (k%16). For a few tokens (decode): a workgroup computes
-/// kOutputsPerGroup outputs of one token, kLanesPerOutput invocations each,
+/// bits 2 (k%16). Several weights that share the input (q, k, v; gate, up)
+/// are one kernel, a range of workgroups each. For a few tokens (decode): a
+/// workgroup computes kOutputsPerGroup outputs of one token, kLanesPerOutput
+/// invocations each,
 /// which read consecutive code words of their row (coalesced) and add their
 /// int32 partial sums in workgroup memory (exact, so in any order). Up to
 /// 65535 workgroups; beyond, each loops over groups of outputs.
-KernelSpec ternaryMatmulKernel(int64_t N, int64_t K, int64_t tm,
+KernelSpec ternaryMatmulKernel(ArrayRef<int64_t> Ns, int64_t K, int64_t tm,
                                MLIRContext *ctx) {
   constexpr int64_t kLanesPerOutput = 16;
   constexpr int64_t kOutputsPerGroup = kWorkgroupSize / kLanesPerOutput;
   KernelSpec k;
-  k.name = llvm::formatv("ternary_matmul_n{0}_k{1}", N, K);
+  k.name = "ternary_matmul";
+  for (int64_t N : Ns)
+    k.name += "_n" + std::to_string(N);
+  k.name += "_k" + std::to_string(K);
   Type i32 = IntegerType::get(ctx, 32);
-  k.buffers = {qactBuffer(tm, K, ctx), MemRefType::get({16 + N * K / 16}, i32),
-               rowsOf(tm, N, Float32Type::get(ctx))};
+  k.buffers = {qactBuffer(tm, K, ctx)};
+  for (int64_t N : Ns)
+    k.buffers.push_back(MemRefType::get({16 + N * K / 16}, i32));
+  for (int64_t N : Ns)
+    k.buffers.push_back(rowsOf(tm, N, Float32Type::get(ctx)));
+  // Workgroups [ends[i-1], ends[i]) of a token compute weight i's outputs.
+  SmallVector<int64_t> ends;
+  for (int64_t N : Ns)
+    ends.push_back((ends.empty() ? 0 : ends.back()) +
+                   (N + kOutputsPerGroup - 1) / kOutputsPerGroup);
+  int64_t perToken = ends.back();
   constexpr int64_t kMaxGroups = 65535;
-  int64_t perToken = (N + kOutputsPerGroup - 1) / kOutputsPerGroup;
   bool direct = perToken * tm <= kMaxGroups; // one workgroup per group
   k.tokensFactor = direct ? perToken : 0;
   k.constant = direct ? 0 : kMaxGroups;
+  std::vector<int64_t> sizes(Ns.begin(), Ns.end());
   k.body = [=](OpBuilder &b, Location loc, const KernelArgs &a) {
-    Value q = a.buffers[0], w = a.buffers[1], y = a.buffers[2];
+    int64_t count = sizes.size();
+    Value q = a.buffers[0];
     Value scratch = allocWorkgroup(b, loc, kWorkgroupSize, b.getI32Type());
     Value sub = arith::RemUIOp::create(b, loc, a.lane,
                                        indexConst(b, loc, kLanesPerOutput));
     Value slot = arith::DivUIOp::create(b, loc, a.lane,
                                         indexConst(b, loc, kLanesPerOutput));
-    auto group = [&](OpBuilder &b, Location loc, Value item) {
-      Value t =
-          arith::DivUIOp::create(b, loc, item, indexConst(b, loc, perToken));
+    // Weight i's group g (< its group count) of token t.
+    auto product = [&](OpBuilder &b, Location loc, int64_t i, Value t,
+                       Value g) {
+      int64_t N = sizes[i];
+      Value w = a.buffers[1 + i], y = a.buffers[1 + count + i];
       Value n = arith::AddIOp::create(
           b, loc,
-          arith::MulIOp::create(b, loc,
-                                arith::RemUIOp::create(
-                                    b, loc, item, indexConst(b, loc, perToken)),
+          arith::MulIOp::create(b, loc, g,
                                 indexConst(b, loc, kOutputsPerGroup)),
           slot);
       Value valid = arith::CmpIOp::create(b, loc, arith::CmpIPredicate::ult, n,
@@ -366,6 +427,38 @@ KernelSpec ternaryMatmulKernel(int64_t N, int64_t K, int64_t tm,
       });
       // The scratch is read before the next group overwrites it.
       mlir::gpu::BarrierOp::create(b, loc);
+    };
+    // The weight is the same for the whole workgroup: a uniform branch.
+    auto group = [&](OpBuilder &b, Location loc, Value item) {
+      Value t =
+          arith::DivUIOp::create(b, loc, item, indexConst(b, loc, perToken));
+      Value g =
+          arith::RemUIOp::create(b, loc, item, indexConst(b, loc, perToken));
+      std::function<void(OpBuilder &, Location, int64_t)> from =
+          [&](OpBuilder &b, Location loc, int64_t i) {
+            Value local = i ? arith::SubIOp::create(
+                                  b, loc, g, indexConst(b, loc, ends[i - 1]))
+                                  .getResult()
+                            : g;
+            if (i + 1 == count) {
+              product(b, loc, i, t, local);
+              return;
+            }
+            Value inside =
+                arith::CmpIOp::create(b, loc, arith::CmpIPredicate::ult, g,
+                                      indexConst(b, loc, ends[i]));
+            scf::IfOp::create(
+                b, loc, inside,
+                [&](OpBuilder &b, Location loc) {
+                  product(b, loc, i, t, local);
+                  scf::YieldOp::create(b, loc);
+                },
+                [&](OpBuilder &b, Location loc) {
+                  from(b, loc, i + 1);
+                  scf::YieldOp::create(b, loc);
+                });
+          };
+      from(b, loc, 0);
     };
     if (direct) {
       group(b, loc, a.unit);
@@ -627,21 +720,29 @@ FailureOr<KernelSpec> attentionKernel(AttentionOp op, int64_t tm) {
     Value ninf = f32Const(b, loc, -std::numeric_limits<float>::infinity());
     Value localMax = strided(
         b, ninf, [&](OpBuilder &b, Location loc, Value j, Value m) -> Value {
-          // q . k over the head, d ascending, unrolled: its loads are
-          // straight-line (all in flight), the sum's order is unchanged.
-          Value dot = f32Const(b, loc, 0);
-          for (int64_t d = 0; d < HD; ++d) {
+          // q . k over the head, d ascending. For a few tokens unrolled:
+          // its loads are straight-line (all in flight; decode attention 20
+          // -> 13 us on the H200). Prefill keeps the loop: unrolled, its
+          // many workgroups ran slower (52 -> 63 ms for 512 tokens).
+          auto term = [&](OpBuilder &b, Location loc, Value d,
+                          Value acc) -> Value {
             Value qv = memref::LoadOp::create(
-                b, loc, q,
-                {t, arith::AddIOp::create(b, loc, qBase, indexConst(b, loc, d))});
+                b, loc, q, {t, arith::AddIOp::create(b, loc, qBase, d)});
             Value kv = memref::LoadOp::create(
-                b, loc, kc,
-                {j, arith::AddIOp::create(b, loc, kBase, indexConst(b, loc, d))});
-            dot = arith::AddFOp::create(b, loc, dot,
-                                        arith::MulFOp::create(b, loc, qv, kv));
+                b, loc, kc, {j, arith::AddIOp::create(b, loc, kBase, d)});
+            return arith::AddFOp::create(b, loc, acc,
+                                         arith::MulFOp::create(b, loc, qv, kv));
+          };
+          Value dot = f32Const(b, loc, 0);
+          if (tm < kTiledMinTokens) {
+            for (int64_t d = 0; d < HD; ++d)
+              dot = term(b, loc, indexConst(b, loc, d), dot);
+          } else {
+            dot = foldRange(b, loc, indexConst(b, loc, 0),
+                            indexConst(b, loc, HD), dot, term);
           }
-          Value sc = arith::MulFOp::create(b, loc, dot,
-                                           f32Const(b, loc, scale));
+          Value sc =
+              arith::MulFOp::create(b, loc, dot, f32Const(b, loc, scale));
           memref::StoreOp::create(b, loc, sc, scores, j);
           return maxF(b, loc, m, sc);
         });
@@ -817,7 +918,7 @@ FailureOr<KernelSpec> specFor(Operation *op, int64_t tm, int64_t maxBinding) {
     k = tm >= kTiledMinTokens
             ? ternaryMatmulTiledKernel(w.getOutFeatures(), w.getInFeatures(),
                                        tm, ctx)
-            : ternaryMatmulKernel(w.getOutFeatures(), w.getInFeatures(), tm,
+            : ternaryMatmulKernel({w.getOutFeatures()}, w.getInFeatures(), tm,
                                   ctx);
   } else if (auto d = dyn_cast<DenseOp>(op)) {
     Type et = d.getWeight().getType().getElementType();
@@ -858,6 +959,11 @@ struct FormGPUDispatchesPass
         k.name += "_t" + std::to_string(tm);
         return dispatch(b, symbols, k, operands, results, tm);
       };
+      if (tm < kTiledMinTokens) {
+        if (failed(fuseNormQuantize(func, symbols, tm)) ||
+            failed(fuseSharedInputProducts(func, symbols, tm)))
+          return signalPassFailure();
+      }
       for (Operation &op : llvm::make_early_inc_range(func.getBody().front())) {
         if (isa<WeightOp, WeightRowsOp, TernaryWeightOp, KVCacheOp,
                 func::ReturnOp, DispatchOp, TrainableOp, HyperOp, TrainStateOp,
@@ -906,6 +1012,85 @@ struct FormGPUDispatchesPass
         op.erase();
       }
     }
+  }
+
+  /// An RMSNorm whose only user quantizes it is one dispatch for a few
+  /// tokens (rmsNormQuantizeKernel): two launches fewer per block.
+  LogicalResult fuseNormQuantize(func::FuncOp func, SymbolTable &symbols,
+                                 int64_t tm) {
+    for (auto n : llvm::make_early_inc_range(
+             func.getBody().front().getOps<RMSNormOp>())) {
+      // Each workgroup recomputes the normalized row for its absolute
+      // maximum. On the H200 that won at 2560 (fused 8 us, apart 9.7) and
+      // lost at 6912 (16 against 13.4): rows over 4096 stay two kernels.
+      int64_t D = dim(n.getInput(), 1);
+      if (!n->hasOneUse() || D % 4 != 0 || D > 4096)
+        continue;
+      auto q = dyn_cast<QuantizeOp>(*n->getUsers().begin());
+      if (!q)
+        continue;
+      OpBuilder b(q);
+      DispatchOp d =
+          dispatch(b, symbols, withTokens(rmsNormQuantizeKernel(n, tm), tm),
+                   {n.getInput(), n.getWeight()}, {q.getType()}, tm);
+      if (!d)
+        return failure();
+      q->replaceAllUsesWith(d.getResults());
+      q->erase();
+      n->erase();
+    }
+    return success();
+  }
+
+  /// Ternary products of one quantized input (q, k and v; gate and up)
+  /// become one dispatch for a few tokens: one launch instead of three,
+  /// which is most of a decode step's cost. The dispatch goes where the last
+  /// product was; products whose results are used before it stay apart.
+  LogicalResult fuseSharedInputProducts(func::FuncOp func, SymbolTable &symbols,
+                                        int64_t tm) {
+    llvm::MapVector<Value, SmallVector<TernaryMatmulOp>> byInput;
+    for (auto m : func.getBody().front().getOps<TernaryMatmulOp>())
+      byInput[m->getOperand(0)].push_back(m);
+    for (auto &[input, products] : byInput) {
+      if (products.size() < 2)
+        continue;
+      TernaryMatmulOp last = products.back();
+      auto usedEarly = [&](TernaryMatmulOp m) {
+        return llvm::any_of(m->getUsers(), [&](Operation *u) {
+          return u->getBlock() == last->getBlock() && u->isBeforeInBlock(last);
+        });
+      };
+      if (llvm::any_of(ArrayRef(products).drop_back(), usedEarly))
+        continue;
+      int64_t K = products[0].getWeight().getType().getInFeatures();
+      if (K % 16 != 0 || K * 127 >= (1 << 24))
+        continue; // specFor reports it on the single products
+      SmallVector<int64_t> sizes;
+      SmallVector<Value> operands{input};
+      SmallVector<Type> results;
+      for (TernaryMatmulOp m : products) {
+        sizes.push_back(m.getWeight().getType().getOutFeatures());
+        operands.push_back(m.getWeight());
+        results.push_back(m.getType());
+      }
+      OpBuilder b(last);
+      DispatchOp d = dispatch(
+          b, symbols,
+          withTokens(ternaryMatmulKernel(sizes, K, tm, &getContext()), tm),
+          operands, results, tm);
+      if (!d)
+        return failure();
+      for (auto [i, m] : llvm::enumerate(products)) {
+        m->replaceAllUsesWith(ValueRange{d.getResult(i)});
+        m->erase();
+      }
+    }
+    return success();
+  }
+
+  static KernelSpec withTokens(KernelSpec k, int64_t tm) {
+    k.name += "_t" + std::to_string(tm);
+    return k;
   }
 
   /// A dispatch of `spec` (built on first use) on `operands`, the row-chunked

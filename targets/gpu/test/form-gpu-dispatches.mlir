@@ -216,3 +216,63 @@ func.func @prefill(%x: tensor<?x64xf32>) -> tensor<?x132xf32> attributes {tlora.
   %y = tlora.ternary_matmul %q, %w : !tlora.qact<features = 64>, !tlora.ternary<outFeatures = 132, inFeatures = 64> -> tensor<?x132xf32>
   return %y : tensor<?x132xf32>
 }
+
+// -----
+
+// Decode: the products of one quantized input (q, k, v) are one dispatch
+// with a result each, their workgroup ranges laid end to end
+// (ceil(64/4) + ceil(16/4) + ceil(16/4) = 24 a token); the kernel picks the
+// weight per workgroup with a uniform branch. A product of another input
+// stays its own dispatch, and so does one whose result is used before the
+// last product of its input.
+// CHECK-LABEL: func.func @fused_qkv
+// CHECK: %[[QKV:.*]]:3 = tlora.dispatch @kernels::@ternary_matmul_n64_n16_n16_k64_t1(%{{.*}}, %{{.*}}, %{{.*}}, %{{.*}}) workload(24 * T + 0)
+// CHECK: tlora.dispatch @kernels::@add_d16_t1(%[[QKV]]#1, %[[QKV]]#2)
+// CHECK: tlora.dispatch @kernels::@ternary_matmul_n32_k64_t1
+// CHECK: tlora.dispatch @kernels::@add_d32_t1
+// CHECK: tlora.dispatch @kernels::@ternary_matmul_n32_k64_t1
+// CHECK: gpu.func @ternary_matmul_n64_n16_n16_k64_t1(%{{.*}}: memref<17xi32>, %{{.*}}: memref<272xi32>, %{{.*}}: memref<80xi32>, %{{.*}}: memref<80xi32>, %{{.*}}: memref<1x64xf32>, %{{.*}}: memref<1x16xf32>, %{{.*}}: memref<1x16xf32>
+// CHECK: arith.cmpi ult, %{{.*}}, %c16
+// CHECK: scf.if
+// CHECK: arith.cmpi ult, %{{.*}}, %c20
+// CHECK: scf.if
+func.func @fused_qkv(%x: tensor<?x64xf32>, %z: tensor<?x64xf32>) -> (tensor<?x64xf32>, tensor<?x16xf32>, tensor<?x32xf32>, tensor<?x32xf32>) attributes {tlora.max_tokens = 1 : i64} {
+  %wq = tlora.ternary_weight "q" scale(1.0) source(packed) : !tlora.ternary<outFeatures = 64, inFeatures = 64>
+  %wk = tlora.ternary_weight "k" scale(1.0) source(packed) : !tlora.ternary<outFeatures = 16, inFeatures = 64>
+  %wv = tlora.ternary_weight "v" scale(1.0) source(packed) : !tlora.ternary<outFeatures = 16, inFeatures = 64>
+  %wa = tlora.ternary_weight "a" scale(1.0) source(packed) : !tlora.ternary<outFeatures = 32, inFeatures = 64>
+  %wb = tlora.ternary_weight "b" scale(1.0) source(packed) : !tlora.ternary<outFeatures = 32, inFeatures = 64>
+  %qx = tlora.quantize %x : tensor<?x64xf32> -> !tlora.qact<features = 64>
+  %q = tlora.ternary_matmul %qx, %wq : !tlora.qact<features = 64>, !tlora.ternary<outFeatures = 64, inFeatures = 64> -> tensor<?x64xf32>
+  %k = tlora.ternary_matmul %qx, %wk : !tlora.qact<features = 64>, !tlora.ternary<outFeatures = 16, inFeatures = 64> -> tensor<?x16xf32>
+  %v = tlora.ternary_matmul %qx, %wv : !tlora.qact<features = 64>, !tlora.ternary<outFeatures = 16, inFeatures = 64> -> tensor<?x16xf32>
+  %kv = arith.addf %k, %v : tensor<?x16xf32>
+  %qz = tlora.quantize %z : tensor<?x64xf32> -> !tlora.qact<features = 64>
+  %a = tlora.ternary_matmul %qz, %wa : !tlora.qact<features = 64>, !tlora.ternary<outFeatures = 32, inFeatures = 64> -> tensor<?x32xf32>
+  %a2 = arith.addf %a, %a : tensor<?x32xf32>
+  %b = tlora.ternary_matmul %qz, %wb : !tlora.qact<features = 64>, !tlora.ternary<outFeatures = 32, inFeatures = 64> -> tensor<?x32xf32>
+  return %q, %kv, %a2, %b : tensor<?x64xf32>, tensor<?x16xf32>, tensor<?x32xf32>, tensor<?x32xf32>
+}
+
+// -----
+
+// Decode: an RMSNorm that only feeds a quantization is one dispatch that
+// writes the quantized row (a workgroup per 64 words: ceil(80 / 4 / 64));
+// an RMSNorm with another user stays its own kernel.
+// CHECK-LABEL: func.func @norm_quantize
+// CHECK: tlora.dispatch @kernels::@rms_norm_quantize_d80_f32_eps{{[0-9A-F]+}}_t1(%{{.*}}, %{{.*}}) workload(1 * T + 0) : (tensor<?x80xf32>, tensor<80xf32>) -> !tlora.qact<features = 80>
+// CHECK: tlora.dispatch @kernels::@rms_norm_d80_f32_eps{{[0-9A-F]+}}_t1
+// CHECK: tlora.dispatch @kernels::@quantize_k80_t1
+// CHECK: gpu.func @rms_norm_quantize_d80_f32_eps{{[0-9A-F]+}}_t1
+// CHECK: math.sqrt
+// CHECK: math.absf
+// CHECK: gpu.barrier
+// CHECK: math.roundeven
+func.func @norm_quantize(%x: tensor<?x80xf32>) -> (!tlora.qact<features = 80>, !tlora.qact<features = 80>, tensor<?x80xf32>) attributes {tlora.max_tokens = 1 : i64} {
+  %w = tlora.weight "n" : tensor<80xf32>
+  %h = tlora.rms_norm %x, %w eps(1.0e-5) : tensor<?x80xf32>, tensor<80xf32> -> tensor<?x80xf32>
+  %q = tlora.quantize %h : tensor<?x80xf32> -> !tlora.qact<features = 80>
+  %h2 = tlora.rms_norm %x, %w eps(1.0e-5) : tensor<?x80xf32>, tensor<80xf32> -> tensor<?x80xf32>
+  %q2 = tlora.quantize %h2 : tensor<?x80xf32> -> !tlora.qact<features = 80>
+  return %q, %q2, %h2 : !tlora.qact<features = 80>, !tlora.qact<features = 80>, tensor<?x80xf32>
+}
