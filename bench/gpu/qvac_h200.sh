@@ -25,13 +25,7 @@ export LD_LIBRARY_PATH="$PWD/.device/root/usr/lib/x86_64-linux-gnu:$tmp/bin"
 # 512 tokens (stride 256); the first 30 kB 4 windows of 2048 (stride 1024).
 head -c 20000 demo/licenses.txt > "$tmp/data512.txt"
 head -c 30000 demo/licenses.txt > "$tmp/data2048.txt"
-peak() {
-  nvidia-smi --query-gpu=memory.used --format=csv,noheader,nounits -lms 100 > "$tmp/mem" &
-  smi=$!
-  "$@" || echo "exit status $?"
-  kill $smi
-  echo "peak device memory $(sort -n "$tmp/mem" | tail -1) MiB"
-}
+. bench/gpu/peak.sh
 modules=attn_q,attn_k,attn_v,attn_o,ffn_gate,ffn_up,ffn_down
 run_model() {
   name=$1

@@ -46,15 +46,7 @@ run)
   for m in big infer train1 train4; do
     [ ! -f .device/2b4t/$m.tlm.xz ] || bench/gpu/unxz.py .device/2b4t/$m.tlm.xz "$tmp/$m.tlm"
   done
-  # Runs a command and prints the GPU's peak memory use meanwhile (sampled
-  # every 100 ms; the idle baseline is printed first).
-  peak() {
-    nvidia-smi --query-gpu=memory.used --format=csv,noheader,nounits -lms 100 > "$tmp/mem" &
-    smi=$!
-    "$@" || echo "exit status $?"
-    kill $smi
-    echo "peak device memory $(sort -n "$tmp/mem" | tail -1) MiB"
-  }
+  . bench/gpu/peak.sh
   {
     echo "idle device memory $(nvidia-smi --query-gpu=memory.used --format=csv,noheader,nounits) MiB"
     if [ -f "$tmp/big.tlm" ]; then

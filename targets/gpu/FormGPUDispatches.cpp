@@ -112,6 +112,15 @@ Value rmsScale(OpBuilder &b, Location loc, const KernelArgs &a, Value x,
           b, loc, arith::AddFOp::create(b, loc, mean, f32Const(b, loc, eps))));
 }
 
+/// `kind`_d<D>_<weight type>_eps<bits>: one kernel per norm shape.
+std::string normName(StringRef kind, RMSNormOp n) {
+  Type et = cast<ShapedType>(n.getWeight().getType()).getElementType();
+  float eps = n.getEpsilon().convertToFloat();
+  return llvm::formatv("{0}_d{1}_{2}_eps{3}", kind, dim(n.getInput(), 1),
+                       et.isBF16() ? "bf16" : "f32",
+                       llvm::utohexstr(llvm::bit_cast<uint32_t>(eps)));
+}
+
 KernelSpec rmsNormKernel(RMSNormOp n, int64_t tm) {
   int64_t D = dim(n.getInput(), 1);
   auto wt = cast<ShapedType>(n.getWeight().getType());
@@ -120,9 +129,7 @@ KernelSpec rmsNormKernel(RMSNormOp n, int64_t tm) {
   MLIRContext *ctx = n.getContext();
   Type f32 = Float32Type::get(ctx);
   KernelSpec k;
-  k.name =
-      llvm::formatv("rms_norm_d{0}_{1}_eps{2}", D, et.isBF16() ? "bf16" : "f32",
-                    llvm::utohexstr(llvm::bit_cast<uint32_t>(eps)));
+  k.name = normName("rms_norm", n);
   k.buffers = {rowsOf(tm, D, f32), weightBuffer(wt), rowsOf(tm, D, f32)};
   bool sliced = tm < kTiledMinTokens;
   if (sliced)
@@ -284,9 +291,7 @@ KernelSpec rmsNormQuantizeKernel(RMSNormOp n, int64_t tm) {
   float eps = n.getEpsilon().convertToFloat();
   MLIRContext *ctx = n.getContext();
   KernelSpec k;
-  k.name = llvm::formatv("rms_norm_quantize_d{0}_{1}_eps{2}", D,
-                         et.isBF16() ? "bf16" : "f32",
-                         llvm::utohexstr(llvm::bit_cast<uint32_t>(eps)));
+  k.name = normName("rms_norm_quantize", n);
   k.buffers = {rowsOf(tm, D, Float32Type::get(ctx)), weightBuffer(wt),
                qactBuffer(tm, D, ctx)};
   k.tokensFactor = rowSliceGroups(D / 4);
@@ -828,42 +833,30 @@ KernelSpec loraUpKernel(LoraOp l, int64_t tm) {
                          et.isBF16() ? "bf16" : "f32",
                          llvm::utohexstr(llvm::bit_cast<uint32_t>(scale)));
   k.buffers = {rowsOf(tm, R, f32), weightBuffer(bt), rowsOf(tm, N, f32)};
-  int64_t blocks = (N + kWorkgroupSize - 1) / kWorkgroupSize;
-  k.tokensFactor = blocks;
+  k.tokensFactor = rowSliceGroups(N);
   k.body = [=](OpBuilder &b, Location loc, const KernelArgs &a) {
-    Value nb = indexConst(b, loc, blocks);
-    Value t = arith::DivUIOp::create(b, loc, a.unit, nb);
-    Value n = arith::AddIOp::create(
-        b, loc,
-        arith::MulIOp::create(b, loc,
-                              arith::RemUIOp::create(b, loc, a.unit, nb),
-                              indexConst(b, loc, kWorkgroupSize)),
-        a.lane);
-    when(b, loc,
-         arith::CmpIOp::create(b, loc, arith::CmpIPredicate::ult, n,
-                               indexConst(b, loc, N)),
-         [&](OpBuilder &b, Location loc) {
-           Value rowB = arith::MulIOp::create(b, loc, n, indexConst(b, loc, R));
-           auto sum = scf::ForOp::create(
-               b, loc, indexConst(b, loc, 0), indexConst(b, loc, R),
-               indexConst(b, loc, 1), ValueRange{f32Const(b, loc, 0)},
-               [&](OpBuilder &b, Location loc, Value r, ValueRange acc) {
-                 Value uv =
-                     memref::LoadOp::create(b, loc, a.buffers[0], {t, r});
-                 Value bv = loadWeight(b, loc, a.buffers[1], et, {n, r},
-                                       arith::AddIOp::create(b, loc, rowB, r));
-                 scf::YieldOp::create(
-                     b, loc,
-                     ValueRange{arith::AddFOp::create(
-                         b, loc, acc[0],
-                         arith::MulFOp::create(b, loc, uv, bv))});
-               });
-           memref::StoreOp::create(
-               b, loc,
-               arith::MulFOp::create(b, loc, sum.getResult(0),
-                                     f32Const(b, loc, scale)),
-               a.buffers[2], {t, n});
-         });
+    forRowElements(
+        b, loc, a, N, /*sliced=*/true, [&](OpBuilder &b, Value t, Value n) {
+          Value rowB = arith::MulIOp::create(b, loc, n, indexConst(b, loc, R));
+          auto sum = scf::ForOp::create(
+              b, loc, indexConst(b, loc, 0), indexConst(b, loc, R),
+              indexConst(b, loc, 1), ValueRange{f32Const(b, loc, 0)},
+              [&](OpBuilder &b, Location loc, Value r, ValueRange acc) {
+                Value uv = memref::LoadOp::create(b, loc, a.buffers[0], {t, r});
+                Value bv = loadWeight(b, loc, a.buffers[1], et, {n, r},
+                                      arith::AddIOp::create(b, loc, rowB, r));
+                scf::YieldOp::create(
+                    b, loc,
+                    ValueRange{arith::AddFOp::create(
+                        b, loc, acc[0],
+                        arith::MulFOp::create(b, loc, uv, bv))});
+              });
+          memref::StoreOp::create(
+              b, loc,
+              arith::MulFOp::create(b, loc, sum.getResult(0),
+                                    f32Const(b, loc, scale)),
+              a.buffers[2], {t, n});
+        });
   };
   return k;
 }

@@ -319,33 +319,15 @@ void addWeightChunks(KernelSpec &k, unsigned operand, ShapedType weight,
 
 Value loadWeightAt(OpBuilder &b, Location loc, ValueRange chunks,
                    const RowChunks &c, Type element, Value row, Value col) {
-  auto load = [&](OpBuilder &b, int64_t i) -> Value {
-    Value local =
-        arith::SubIOp::create(b, loc, row, indexConst(b, loc, c.first(i)));
-    Value flat = arith::AddIOp::create(
-        b, loc,
-        arith::MulIOp::create(b, loc, local, indexConst(b, loc, c.cols)), col);
-    return loadWeight(b, loc, chunks[i], element, {local, col}, flat);
-  };
-  // if row < end(0) chunk 0 else if row < end(1) chunk 1 ... else the last.
-  std::function<Value(OpBuilder &, int64_t)> from = [&](OpBuilder &b,
-                                                        int64_t i) -> Value {
-    if (i + 1 == (int64_t)chunks.size())
-      return load(b, i);
-    Value inside =
-        arith::CmpIOp::create(b, loc, arith::CmpIPredicate::ult, row,
-                              indexConst(b, loc, c.first(i) + c.rowsIn(i)));
-    auto branch = scf::IfOp::create(
-        b, loc, inside,
-        [&](OpBuilder &b, Location loc) {
-          scf::YieldOp::create(b, loc, load(b, i));
-        },
-        [&](OpBuilder &b, Location loc) {
-          scf::YieldOp::create(b, loc, from(b, i + 1));
-        });
-    return branch.getResult(0);
-  };
-  return from(b, 0);
+  return withRowChunk(
+      b, loc, chunks, c, row,
+      [&](OpBuilder &b, Location loc, Value buffer, Value local) -> Value {
+        Value flat = arith::AddIOp::create(
+            b, loc,
+            arith::MulIOp::create(b, loc, local, indexConst(b, loc, c.cols)),
+            col);
+        return loadWeight(b, loc, buffer, element, {local, col}, flat);
+      });
 }
 
 Value withRowChunk(
