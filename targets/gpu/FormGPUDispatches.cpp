@@ -198,14 +198,14 @@ Type qactBuffer(int64_t tm, int64_t K, MLIRContext *ctx) {
 
 /// x_q = clamp(roundeven(x * s), -128, 127), s = 127 / max(max|x|, 1e-5),
 /// as the CPU kernels and transformers compute it; one token per workgroup.
-/// Quantizes row rowToken(K / 4) of the values elementAt(t, i), i < K, into
-/// q (qactBuffer's layout): the absolute maximum over the row, then each
-/// invocation packs its words (for a few tokens, this workgroup's slice).
+/// Quantizes row t (rowToken(K / 4)) of the values elementAt(t, i), i < K,
+/// into q (qactBuffer's layout): the absolute maximum over the row, then
+/// each invocation packs its words (for a few tokens, this workgroup's
+/// slice).
 void quantizeRow(
     OpBuilder &b, Location loc, const KernelArgs &a, int64_t K, int64_t tm,
-    bool sliced, Value q,
+    bool sliced, Value t, Value q,
     function_ref<Value(OpBuilder &, Location, Value, Value)> elementAt) {
-  Value t = rowToken(b, loc, a, K / 4, sliced);
   auto absMax = [&](OpBuilder &b, Location loc, Value i, Value acc) -> Value {
     return maxF(b, loc, acc,
                 math::AbsFOp::create(b, loc, elementAt(b, loc, t, i)));
@@ -271,7 +271,8 @@ KernelSpec quantizeKernel(int64_t K, int64_t tm, MLIRContext *ctx) {
     k.tokensFactor = rowSliceGroups(K / 4);
   k.body = [=](OpBuilder &b, Location loc, const KernelArgs &a) {
     Value x = a.buffers[0];
-    quantizeRow(b, loc, a, K, tm, sliced, a.buffers[1],
+    quantizeRow(b, loc, a, K, tm, sliced, rowToken(b, loc, a, K / 4, sliced),
+                a.buffers[1],
                 [&](OpBuilder &b, Location loc, Value t, Value i) -> Value {
                   return memref::LoadOp::create(b, loc, x, {t, i});
                 });
@@ -299,7 +300,7 @@ KernelSpec rmsNormQuantizeKernel(RMSNormOp n, int64_t tm) {
     Value x = a.buffers[0], w = a.buffers[1];
     Value t = rowToken(b, loc, a, D / 4, true);
     Value r = rmsScale(b, loc, a, x, t, D, eps, true);
-    quantizeRow(b, loc, a, D, tm, true, a.buffers[2],
+    quantizeRow(b, loc, a, D, tm, true, t, a.buffers[2],
                 [&](OpBuilder &b, Location loc, Value t, Value d) -> Value {
                   Value v = memref::LoadOp::create(b, loc, x, {t, d});
                   Value wf = loadWeight(b, loc, w, et, {d}, d);
@@ -861,6 +862,20 @@ KernelSpec loraUpKernel(LoraOp l, int64_t tm) {
   return k;
 }
 
+/// What the GPU ternary kernels need of a product's shape, or an error.
+LogicalResult checkTernaryShape(TernaryMatmulOp m) {
+  int64_t K = m.getWeight().getType().getInFeatures();
+  if (K % 16 != 0)
+    return m->emitOpError("the GPU ternary kernel needs in_features % 16 "
+                          "== 0, got ")
+           << K;
+  if (K * 127 >= (1 << 24))
+    return m->emitOpError("the GPU ternary kernel sums in f32 exactly up "
+                          "to in_features 132104, got ")
+           << K;
+  return success();
+}
+
 /// The kernel of an op for `tm` tokens at most, or an error naming the op.
 FailureOr<KernelSpec> specFor(Operation *op, int64_t tm, int64_t maxBinding) {
   MLIRContext *ctx = op->getContext();
@@ -898,16 +913,10 @@ FailureOr<KernelSpec> specFor(Operation *op, int64_t tm, int64_t maxBinding) {
     k = quantizeKernel(K, tm, ctx);
   } else if (auto m = dyn_cast<TernaryMatmulOp>(op)) {
     auto w = m.getWeight().getType();
-    if (w.getInFeatures() % 16 != 0)
-      return op->emitOpError("the GPU ternary kernel needs in_features % 16 "
-                             "== 0, got ")
-             << w.getInFeatures();
-    if (w.getInFeatures() * 127 >= (1 << 24))
-      return op->emitOpError("the GPU ternary kernel sums in f32 exactly up "
-                             "to in_features 132104, got ")
-             << w.getInFeatures();
-    // Many tokens (prefill, training): tiles; a few (decode): a workgroup
-    // per output.
+    if (failed(checkTernaryShape(m)))
+      return failure();
+    // Many tokens (prefill, training): tiles; a few (decode): four
+    // outputs per workgroup.
     k = tm >= kTiledMinTokens
             ? ternaryMatmulTiledKernel(w.getOutFeatures(), w.getInFeatures(),
                                        tm, ctx)
@@ -1055,9 +1064,9 @@ struct FormGPUDispatchesPass
       };
       if (llvm::any_of(ArrayRef(products).drop_back(), usedEarly))
         continue;
+      if (failed(checkTernaryShape(products[0])))
+        return failure();
       int64_t K = products[0].getWeight().getType().getInFeatures();
-      if (K % 16 != 0 || K * 127 >= (1 << 24))
-        continue; // specFor reports it on the single products
       SmallVector<int64_t> sizes;
       SmallVector<Value> operands{input};
       SmallVector<Type> results;

@@ -78,11 +78,11 @@ Value remainderStart(OpBuilder &b, Location loc, Value lane, Value bound) {
       b, loc, lane, arith::MulIOp::create(b, loc, k, idx(b, loc, step)));
 }
 
-/// `for i = lo; i < hi; i += step` folding from `init`, guarded: `init`
-/// when it runs zero times (see stridedFold).
-Value guardedFold(OpBuilder &b, Location loc, Value lo, Value hi, int64_t step,
-                  Value init,
-                  function_ref<Value(OpBuilder &, Location, Value, Value)> fn) {
+} // namespace
+
+Value foldStep(OpBuilder &b, Location loc, Value lo, Value hi, int64_t step,
+               Value init,
+               function_ref<Value(OpBuilder &, Location, Value, Value)> fn) {
   Value any = arith::CmpIOp::create(b, loc, arith::CmpIPredicate::ult, lo, hi);
   auto branch = scf::IfOp::create(
       b, loc, any,
@@ -97,7 +97,6 @@ Value guardedFold(OpBuilder &b, Location loc, Value lo, Value hi, int64_t step,
       [&](OpBuilder &b, Location loc) { scf::YieldOp::create(b, loc, init); });
   return branch.getResult(0);
 }
-} // namespace
 
 void forLanes(OpBuilder &b, Location loc, Value lane, Value n,
               function_ref<void(OpBuilder &, Value)> fn) {
@@ -208,25 +207,19 @@ Value stridedFold(OpBuilder &b, Location loc, Value lane, Value n, Value init,
   Value acc =
       getConstantIntValue(bound) == 0
           ? init
-          : guardedFold(
-                b, loc, lane, bound, kUnroll * kWorkgroupSize, init,
-                [&](OpBuilder &b, Location loc, Value i, Value acc) {
-                  for (int64_t u = 0; u < kUnroll; ++u)
-                    acc = fn(b, loc,
+          : foldStep(b, loc, lane, bound, kUnroll * kWorkgroupSize, init,
+                     [&](OpBuilder &b, Location loc, Value i, Value acc) {
+                       for (int64_t u = 0; u < kUnroll; ++u)
+                         acc = fn(
+                             b, loc,
                              u ? arith::AddIOp::create(
                                      b, loc, i, idx(b, loc, u * kWorkgroupSize))
                                : i,
                              acc);
-                  return acc;
-                });
-  return guardedFold(b, loc, remainderStart(b, loc, lane, bound), n,
-                     kWorkgroupSize, acc, fn);
-}
-
-Value foldStep(OpBuilder &b, Location loc, Value lo, Value hi, int64_t step,
-               Value init,
-               function_ref<Value(OpBuilder &, Location, Value, Value)> fn) {
-  return guardedFold(b, loc, lo, hi, step, init, fn);
+                       return acc;
+                     });
+  return foldStep(b, loc, remainderStart(b, loc, lane, bound), n,
+                  kWorkgroupSize, acc, fn);
 }
 
 Value stridedFoldFlat(

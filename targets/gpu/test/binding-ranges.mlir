@@ -15,6 +15,20 @@
 // CHECK: gpu.func @embed_v100_d8_f32_rows32_t2(%{{.*}}: memref<32x8xf32>, %{{.*}}: memref<32x8xf32>, %{{.*}}: memref<32x8xf32>, %{{.*}}: memref<4x8xf32>, %{{.*}}: memref<2xi32>, %{{.*}}: memref<2x8xf32>
 // CHECK: arith.cmpi ult
 // CHECK: scf.if
+// The LM head picks a row's range once, around the whole row's product (a
+// branch per element would serialize the loads): range 0's loads sit in the
+// first branch with the row's activations, range 1's in the next.
+// CHECK: gpu.func @dense_n100_k8_f32_rows32_t2(%[[X:[^:]*]]: memref<2x8xf32>, %[[D0:[^:]*]]: memref<32x8xf32>, %[[D1:[^:]*]]: memref<32x8xf32>
+// CHECK: %[[IN0:.*]] = arith.cmpi ult, %{{.*}}, %c32
+// CHECK-NEXT: scf.if %[[IN0]] -> (f32)
+// CHECK-NOT: } else {
+// CHECK: memref.load %[[X]]
+// CHECK-NOT: } else {
+// CHECK: memref.load %[[D0]]
+// CHECK: } else {
+// CHECK: arith.cmpi ult, %{{.*}}, %c64
+// CHECK-NOT: } else {
+// CHECK: memref.load %[[D1]]
 // OVER: error: kernel dense_n100_k8_f32_rows8_t2 would bind 800 bytes ('tensor<?x100xf32>'), over the target's 256-byte storage buffer range (only weights and the training state are split into ranges)
 func.func @prefill(%ids: tensor<?xi32>, %rows: index) -> tensor<?x100xf32> attributes {tlora.max_tokens = 2 : i64} {
   %w = tlora.weight "embed" : tensor<100x8xf32>
