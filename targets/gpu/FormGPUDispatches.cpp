@@ -311,36 +311,57 @@ KernelSpec rmsNormQuantizeKernel(RMSNormOp n, int64_t tm) {
   return k;
 }
 
+/// What a decode ternary product does with its outputs (fused epilogues
+/// save the launch of the elementwise op that would follow).
+enum class ProductEpilogue {
+  Store,          ///< y_i[t, n] for each weight i
+  AddResidual,    ///< y[t, n] = r[t, n] + product (one weight; r its operand)
+  SquaredReluMul, ///< y[t, n] = max(gate, 0)^2 * up (weights gate, up)
+};
+
 /// y[t, n] = (x_q[t] . W_t[n]) * gamma / s[t], exact in int32. The weights
 /// are the backend's t2-rows encoding: 16 words of header (gamma first),
 /// then per row K/16 words of sixteen 2-bit codes (value + 1), code k%16 at
 /// bits 2 (k%16). Several weights that share the input (q, k, v; gate, up)
 /// are one kernel, a range of workgroups each. For a few tokens (decode): a
 /// workgroup computes kOutputsPerGroup outputs of one token, kLanesPerOutput
-/// invocations each,
-/// which read consecutive code words of their row (coalesced) and add their
-/// int32 partial sums in workgroup memory (exact, so in any order). Up to
-/// 65535 workgroups; beyond, each loops over groups of outputs.
-KernelSpec ternaryMatmulKernel(ArrayRef<int64_t> Ns, int64_t K, int64_t tm,
-                               MLIRContext *ctx) {
+/// invocations each, which read consecutive code words of their row
+/// (coalesced) and add their int32 partial sums in workgroup memory (exact,
+/// so in any order). Up to 65535 workgroups; beyond, each loops over groups
+/// of outputs. `epilogue` may add a residual to the one product, or combine
+/// gate and up (SquaredReluMul: a workgroup computes two outputs of each,
+/// gate in its first two slots, up in the last two).
+KernelSpec
+ternaryMatmulKernel(ArrayRef<int64_t> Ns, int64_t K, int64_t tm,
+                    MLIRContext *ctx,
+                    ProductEpilogue epilogue = ProductEpilogue::Store) {
   constexpr int64_t kLanesPerOutput = 16;
   constexpr int64_t kOutputsPerGroup = kWorkgroupSize / kLanesPerOutput;
+  bool gated = epilogue == ProductEpilogue::SquaredReluMul;
+  bool residual = epilogue == ProductEpilogue::AddResidual;
+  assert((!gated || (Ns.size() == 2 && Ns[0] == Ns[1])) &&
+         (!residual || Ns.size() == 1) && "epilogue of the wrong products");
   KernelSpec k;
   k.name = "ternary_matmul";
   for (int64_t N : Ns)
     k.name += "_n" + std::to_string(N);
   k.name += "_k" + std::to_string(K);
-  Type i32 = IntegerType::get(ctx, 32);
+  k.name += gated ? "_squared_relu_mul" : residual ? "_add" : "";
+  Type i32 = IntegerType::get(ctx, 32), f32 = Float32Type::get(ctx);
   k.buffers = {qactBuffer(tm, K, ctx)};
   for (int64_t N : Ns)
     k.buffers.push_back(MemRefType::get({16 + N * K / 16}, i32));
-  for (int64_t N : Ns)
-    k.buffers.push_back(rowsOf(tm, N, Float32Type::get(ctx)));
-  // Workgroups [ends[i-1], ends[i]) of a token compute weight i's outputs.
+  if (residual)
+    k.buffers.push_back(rowsOf(tm, Ns[0], f32));
+  for (int64_t N : gated ? Ns.take_front() : Ns)
+    k.buffers.push_back(rowsOf(tm, N, f32));
+  // Workgroups [ends[i-1], ends[i]) of a token compute weight i's outputs
+  // (gated: one range, two outputs of each weight per workgroup).
+  int64_t perGroup = gated ? kOutputsPerGroup / 2 : kOutputsPerGroup;
   SmallVector<int64_t> ends;
-  for (int64_t N : Ns)
+  for (int64_t N : gated ? Ns.take_front() : Ns)
     ends.push_back((ends.empty() ? 0 : ends.back()) +
-                   (N + kOutputsPerGroup - 1) / kOutputsPerGroup);
+                   (N + perGroup - 1) / perGroup);
   int64_t perToken = ends.back();
   constexpr int64_t kMaxGroups = 65535;
   bool direct = perToken * tm <= kMaxGroups; // one workgroup per group
@@ -348,113 +369,131 @@ KernelSpec ternaryMatmulKernel(ArrayRef<int64_t> Ns, int64_t K, int64_t tm,
   k.constant = direct ? 0 : kMaxGroups;
   std::vector<int64_t> sizes(Ns.begin(), Ns.end());
   k.body = [=](OpBuilder &b, Location loc, const KernelArgs &a) {
+    TLC_E(b, loc);
     int64_t count = sizes.size();
     Value q = a.buffers[0];
+    ValueRange weights = a.buffers.slice(1, count);
+    ValueRange outputs = a.buffers.drop_front(1 + count + (residual ? 1 : 0));
     Value scratch = allocWorkgroup(b, loc, kWorkgroupSize, b.getI32Type());
-    Value sub = arith::RemUIOp::create(b, loc, a.lane,
-                                       indexConst(b, loc, kLanesPerOutput));
-    Value slot = arith::DivUIOp::create(b, loc, a.lane,
-                                        indexConst(b, loc, kLanesPerOutput));
-    // Weight i's group g (< its group count) of token t.
-    auto product = [&](OpBuilder &b, Location loc, int64_t i, Value t,
-                       Value g) {
-      int64_t N = sizes[i];
-      Value w = a.buffers[1 + i], y = a.buffers[1 + count + i];
-      Value n = arith::AddIOp::create(
-          b, loc,
-          arith::MulIOp::create(b, loc, g,
-                                indexConst(b, loc, kOutputsPerGroup)),
-          slot);
-      Value valid = arith::CmpIOp::create(b, loc, arith::CmpIPredicate::ult, n,
-                                          indexConst(b, loc, N));
-      // Invalid outputs (past N) read row 0 and store nothing.
-      Value row =
-          arith::SelectOp::create(b, loc, valid, n, indexConst(b, loc, 0));
-      Value wRow = arith::AddIOp::create(
-          b, loc, indexConst(b, loc, 16),
-          arith::MulIOp::create(b, loc, row, indexConst(b, loc, K / 16)));
-      Value qRow = arith::MulIOp::create(b, loc, t, indexConst(b, loc, K / 4));
+    Value sub = e.irem(a.lane, e.c(kLanesPerOutput));
+    Value slot = e.idiv(a.lane, e.c(kLanesPerOutput));
+    // This invocation's int32 partial of x_q[t] . W[row] (its words of the
+    // row, strided by kLanesPerOutput).
+    auto partial = [&](OpBuilder &b, Location loc, Value w, Value t,
+                       Value row) -> Value {
+      TLC_E(b, loc);
+      Value wRow = e.iadd(e.c(16), e.imul(row, e.c(K / 16)));
+      Value qRow = e.imul(t, e.c(K / 4));
       auto words = [&](OpBuilder &b, Location loc, Value j,
                        Value sum) -> Value {
-        Value codes = memref::LoadOp::create(
-            b, loc, w, ValueRange{arith::AddIOp::create(b, loc, wRow, j)});
+        TLC_E(b, loc);
+        Value codes = e.ld(w, e.iadd(wRow, j));
         for (int quarter = 0; quarter < 4; ++quarter) {
-          Value at = arith::AddIOp::create(
-              b, loc, qRow,
-              arith::AddIOp::create(
-                  b, loc,
-                  arith::MulIOp::create(b, loc, j, indexConst(b, loc, 4)),
-                  indexConst(b, loc, quarter)));
-          Value xs = memref::LoadOp::create(b, loc, q, at);
-          for (int i = 0; i < 4; ++i) {
-            Value weight = ternaryAt(b, loc, codes, 4 * quarter + i);
-            sum = arith::AddIOp::create(
-                b, loc, sum,
-                arith::MulIOp::create(b, loc, byteOf(b, loc, xs, i), weight));
-          }
+          Value xs =
+              e.ld(q, e.iadd(qRow, e.iadd(e.imul(j, e.c(4)), e.c(quarter))));
+          for (int i = 0; i < 4; ++i)
+            sum =
+                e.iadd(sum, e.imul(byteOf(b, loc, xs, i),
+                                   ternaryAt(b, loc, codes, 4 * quarter + i)));
         }
         return sum;
       };
       // A row's words unrolled (all loads in flight) up to the flat limit.
       Value zero = i32Const(b, loc, 0);
-      Value part = K / 16 <= kFlatFoldMax / kWorkgroupSize * kLanesPerOutput
-                       ? stridedFoldFlat(b, loc, sub, K / 16, zero, words,
-                                         kLanesPerOutput)
-                       : foldStep(b, loc, sub, indexConst(b, loc, K / 16),
-                                  kLanesPerOutput, zero, words);
-      memref::StoreOp::create(b, loc, part, scratch, a.lane);
+      return K / 16 <= kFlatFoldMax / kWorkgroupSize * kLanesPerOutput
+                 ? stridedFoldFlat(b, loc, sub, K / 16, zero, words,
+                                   kLanesPerOutput)
+                 : foldStep(b, loc, sub, e.c(K / 16), kLanesPerOutput, zero,
+                            words);
+    };
+    // The float output of the kLanesPerOutput partials in scratch from
+    // `first` on: their exact sum times gamma / s[t].
+    auto output = [&](OpBuilder &b, Location loc, Value w, Value t,
+                      Value first) -> Value {
+      TLC_E(b, loc);
+      Value total = e.ld(scratch, first);
+      for (int64_t i = 1; i < kLanesPerOutput; ++i)
+        total = e.iadd(total, e.ld(scratch, e.iadd(first, e.c(i))));
+      Value gamma =
+          arith::BitcastOp::create(b, loc, b.getF32Type(), e.ld(w, e.c(0)));
+      Value inv = arith::BitcastOp::create(b, loc, b.getF32Type(),
+                                           e.ld(q, e.iadd(e.c(tm * K / 4), t)));
+      return e.mul(arith::SIToFPOp::create(b, loc, b.getF32Type(), total),
+                   e.mul(gamma, inv));
+    };
+    // Output n (< N, else row 0 read and nothing stored) of group g.
+    auto rowOf = [&](OpBuilder &b, Location loc, Value n, int64_t N) {
+      TLC_E(b, loc);
+      Value valid = e.ult(n, e.c(N));
+      return std::make_pair(valid, e.sel(valid, n, e.c(0)));
+    };
+    // Weight i's group g (< its group count) of token t.
+    auto product = [&](OpBuilder &b, Location loc, int64_t i, Value t,
+                       Value g) {
+      TLC_E(b, loc);
+      Value n = e.iadd(e.imul(g, e.c(kOutputsPerGroup)), slot);
+      auto [valid, row] = rowOf(b, loc, n, sizes[i]);
+      e.st(partial(b, loc, weights[i], t, row), scratch, a.lane);
+      mlir::gpu::BarrierOp::create(b, loc);
+      when(b, loc, arith::AndIOp::create(b, loc, valid, e.ieq(sub, e.c(0))),
+           [&](OpBuilder &b, Location loc) {
+             TLC_E(b, loc);
+             Value y = output(b, loc, weights[i], t, a.lane);
+             if (residual)
+               y = e.add(e.ld(a.buffers[1 + count], {t, n}), y);
+             e.st(y, outputs[i], {t, n});
+           });
+      // The scratch is read before the next group overwrites it.
+      mlir::gpu::BarrierOp::create(b, loc);
+    };
+    // Group g of gate and up: slots 0, 1 gate outputs 2g, 2g + 1 and
+    // slots 2, 3 up's (a branch uniform over each 32 invocations).
+    auto gatedProduct = [&](OpBuilder &b, Location loc, Value t, Value g) {
+      TLC_E(b, loc);
+      Value half = e.irem(slot, e.c(2));
+      Value n = e.iadd(e.imul(g, e.c(2)), half);
+      auto [valid, row] = rowOf(b, loc, n, sizes[0]);
+      auto ifOp = scf::IfOp::create(
+          b, loc, e.ult(slot, e.c(2)),
+          [&](OpBuilder &b, Location loc) {
+            scf::YieldOp::create(b, loc, partial(b, loc, weights[0], t, row));
+          },
+          [&](OpBuilder &b, Location loc) {
+            scf::YieldOp::create(b, loc, partial(b, loc, weights[1], t, row));
+          });
+      e.st(ifOp.getResult(0), scratch, a.lane);
       mlir::gpu::BarrierOp::create(b, loc);
       Value leader = arith::AndIOp::create(
           b, loc, valid,
-          arith::CmpIOp::create(b, loc, arith::CmpIPredicate::eq, sub,
-                                indexConst(b, loc, 0)));
+          arith::AndIOp::create(b, loc, e.ieq(sub, e.c(0)),
+                                e.ult(slot, e.c(2))));
       when(b, loc, leader, [&](OpBuilder &b, Location loc) {
-        Value total = memref::LoadOp::create(b, loc, scratch, a.lane);
-        for (int64_t i = 1; i < kLanesPerOutput; ++i)
-          total = arith::AddIOp::create(
-              b, loc, total,
-              memref::LoadOp::create(
-                  b, loc, scratch,
-                  ValueRange{arith::AddIOp::create(b, loc, a.lane,
-                                                   indexConst(b, loc, i))}));
-        Value gamma = arith::BitcastOp::create(
-            b, loc, b.getF32Type(),
-            memref::LoadOp::create(b, loc, w, indexConst(b, loc, 0)));
-        Value inv = arith::BitcastOp::create(
-            b, loc, b.getF32Type(),
-            memref::LoadOp::create(
-                b, loc, q,
-                ValueRange{arith::AddIOp::create(
-                    b, loc, indexConst(b, loc, tm * K / 4), t)}));
-        Value scale = arith::MulFOp::create(b, loc, gamma, inv);
-        Value sum = arith::SIToFPOp::create(b, loc, b.getF32Type(), total);
-        memref::StoreOp::create(
-            b, loc, arith::MulFOp::create(b, loc, sum, scale), y, {t, n});
+        TLC_E(b, loc);
+        Value gate = output(b, loc, weights[0], t, a.lane);
+        Value up = output(b, loc, weights[1], t,
+                          e.iadd(a.lane, e.c(2 * kLanesPerOutput)));
+        Value r = e.max(gate, e.f(0));
+        e.st(e.mul(e.mul(r, r), up), outputs[0], {t, n});
       });
-      // The scratch is read before the next group overwrites it.
       mlir::gpu::BarrierOp::create(b, loc);
     };
     // The weight is the same for the whole workgroup: a uniform branch.
     auto group = [&](OpBuilder &b, Location loc, Value item) {
-      Value t =
-          arith::DivUIOp::create(b, loc, item, indexConst(b, loc, perToken));
-      Value g =
-          arith::RemUIOp::create(b, loc, item, indexConst(b, loc, perToken));
+      TLC_E(b, loc);
+      Value t = e.idiv(item, e.c(perToken));
+      Value g = e.irem(item, e.c(perToken));
+      if (gated)
+        return gatedProduct(b, loc, t, g);
       std::function<void(OpBuilder &, Location, int64_t)> from =
           [&](OpBuilder &b, Location loc, int64_t i) {
-            Value local = i ? arith::SubIOp::create(
-                                  b, loc, g, indexConst(b, loc, ends[i - 1]))
-                                  .getResult()
-                            : g;
+            TLC_E(b, loc);
+            Value local = i ? e.isub(g, e.c(ends[i - 1])) : g;
             if (i + 1 == count) {
               product(b, loc, i, t, local);
               return;
             }
-            Value inside =
-                arith::CmpIOp::create(b, loc, arith::CmpIPredicate::ult, g,
-                                      indexConst(b, loc, ends[i]));
             scf::IfOp::create(
-                b, loc, inside,
+                b, loc, e.ult(g, e.c(ends[i])),
                 [&](OpBuilder &b, Location loc) {
                   product(b, loc, i, t, local);
                   scf::YieldOp::create(b, loc);
@@ -470,10 +509,8 @@ KernelSpec ternaryMatmulKernel(ArrayRef<int64_t> Ns, int64_t K, int64_t tm,
       group(b, loc, a.unit);
       return;
     }
-    Value groups =
-        arith::MulIOp::create(b, loc, a.T, indexConst(b, loc, perToken));
-    scf::ForOp::create(b, loc, a.unit, groups, indexConst(b, loc, kMaxGroups),
-                       ValueRange{},
+    Value groups = e.imul(a.T, e.c(perToken));
+    scf::ForOp::create(b, loc, a.unit, groups, e.c(kMaxGroups), ValueRange{},
                        [&](OpBuilder &b, Location loc, Value item, ValueRange) {
                          group(b, loc, item);
                          scf::YieldOp::create(b, loc);
@@ -629,7 +666,9 @@ KernelSpec denseKernel(DenseOp d, int64_t tm, int64_t maxBinding) {
 /// Rotary embedding (rotate_half) of every head of x at positions
 /// pos + (t mod period); inv_freq as transformers computes it in float32
 /// (host), the angle's sin and cos by sinCos. One token per workgroup.
-KernelSpec ropeKernel(RopeOp r, int64_t tm) {
+/// With `cacheRows` (keys whose only use is their append), the rotated row
+/// goes straight to row pos + t of the cache, its second buffer.
+KernelSpec ropeKernel(RopeOp r, int64_t tm, int64_t cacheRows = 0) {
   int64_t D = dim(r.getInput(), 1), hd = r.getHeadDim(), half = hd / 2;
   double theta = r.getTheta().convertToDouble();
   SmallVector<float> invFreq;
@@ -644,7 +683,9 @@ KernelSpec ropeKernel(RopeOp r, int64_t tm) {
       llvm::formatv("rope_d{0}_hd{1}_theta{2}{3}{4}", D, hd, (int64_t)theta,
                     r.getPeriod() ? "_p" + std::to_string(period) : "",
                     r.getInverse() ? "_inv" : "");
-  k.buffers = {rowsOf(tm, D, f32), rowsOf(tm, D, f32)};
+  if (cacheRows)
+    k.name += "_append_s" + std::to_string(cacheRows);
+  k.buffers = {rowsOf(tm, D, f32), rowsOf(cacheRows ? cacheRows : tm, D, f32)};
   bool sliced = tm < kTiledMinTokens;
   if (sliced)
     k.tokensFactor = rowSliceGroups(D / 2);
@@ -679,8 +720,9 @@ KernelSpec ropeKernel(RopeOp r, int64_t tm) {
           Value o2 = arith::AddFOp::create(
               b, loc, arith::MulFOp::create(b, loc, x2, cos),
               arith::MulFOp::create(b, loc, x1, sin));
-          memref::StoreOp::create(b, loc, o1, a.buffers[1], {t, i1});
-          memref::StoreOp::create(b, loc, o2, a.buffers[1], {t, i2});
+          Value row = cacheRows ? arith::AddIOp::create(b, loc, a.pos, t) : t;
+          memref::StoreOp::create(b, loc, o1, a.buffers[1], {row, i1});
+          memref::StoreOp::create(b, loc, o2, a.buffers[1], {row, i2});
         });
   };
   return k;
@@ -862,6 +904,76 @@ KernelSpec loraUpKernel(LoraOp l, int64_t tm) {
   return k;
 }
 
+/// A kernel and how many of its buffers are operands (the rest results).
+struct KernelPart {
+  KernelSpec spec;
+  unsigned operands;
+};
+
+/// Independent kernels of a few tokens as one launch: each gets a range of
+/// every token's workgroups (a uniform branch) and sees its own buffers and
+/// work units as when launched alone. Buffers: every part's operands, then
+/// every part's results. Parts must have a per-token workload.
+KernelSpec sideBySide(std::string name, ArrayRef<KernelPart> parts) {
+  KernelSpec k;
+  k.name = std::move(name);
+  SmallVector<int64_t> ends, firstOperand, firstResult;
+  int64_t operands = 0, results = 0;
+  for (const KernelPart &p : parts) {
+    assert(p.spec.constant == 0 && p.spec.tokensFactor > 0 &&
+           p.spec.rowChunked.empty() && "not a per-token kernel");
+    ends.push_back((ends.empty() ? 0 : ends.back()) + p.spec.tokensFactor);
+    firstOperand.push_back(operands);
+    operands += p.operands;
+  }
+  for (const KernelPart &p : parts) {
+    firstResult.push_back(operands + results);
+    results += p.spec.buffers.size() - p.operands;
+    k.buffers.append(p.spec.buffers.begin(),
+                     p.spec.buffers.begin() + p.operands);
+  }
+  for (const KernelPart &p : parts)
+    k.buffers.append(p.spec.buffers.begin() + p.operands, p.spec.buffers.end());
+  k.tokensFactor = ends.back();
+  SmallVector<KernelPart> copies(parts.begin(), parts.end());
+  k.body = [=](OpBuilder &b, Location loc, const KernelArgs &a) {
+    TLC_E(b, loc);
+    Value t = e.idiv(a.unit, e.c(ends.back()));
+    Value g = e.irem(a.unit, e.c(ends.back()));
+    std::function<void(OpBuilder &, Location, size_t)> from =
+        [&](OpBuilder &b, Location loc, size_t i) {
+          auto run = [&](OpBuilder &b, Location loc) {
+            TLC_E(b, loc);
+            const KernelPart &p = copies[i];
+            SmallVector<Value> buffers;
+            for (unsigned j = 0; j < p.operands; ++j)
+              buffers.push_back(a.buffers[firstOperand[i] + j]);
+            for (size_t j = 0; j < p.spec.buffers.size() - p.operands; ++j)
+              buffers.push_back(a.buffers[firstResult[i] + j]);
+            KernelArgs own = a;
+            own.buffers = buffers;
+            own.unit = e.iadd(e.imul(t, e.c(p.spec.tokensFactor)),
+                              i ? e.isub(g, e.c(ends[i - 1])) : g);
+            p.spec.body(b, loc, own);
+          };
+          if (i + 1 == copies.size())
+            return run(b, loc);
+          scf::IfOp::create(
+              b, loc, e.ult(g, e.c(ends[i])),
+              [&](OpBuilder &b, Location loc) {
+                run(b, loc);
+                scf::YieldOp::create(b, loc);
+              },
+              [&](OpBuilder &b, Location loc) {
+                from(b, loc, i + 1);
+                scf::YieldOp::create(b, loc);
+              });
+        };
+    from(b, loc, 0);
+  };
+  return k;
+}
+
 /// What the GPU ternary kernels need of a product's shape, or an error.
 LogicalResult checkTernaryShape(TernaryMatmulOp m) {
   int64_t K = m.getWeight().getType().getInFeatures();
@@ -963,7 +1075,10 @@ struct FormGPUDispatchesPass
       };
       if (tm < kTiledMinTokens) {
         if (failed(fuseNormQuantize(func, symbols, tm)) ||
-            failed(fuseSharedInputProducts(func, symbols, tm)))
+            failed(fuseGatedProducts(func, symbols, tm)) ||
+            failed(fuseResidualProducts(func, symbols, tm)) ||
+            failed(fuseSharedInputProducts(func, symbols, tm)) ||
+            failed(fuseAttentionInputs(func, symbols, tm)))
           return signalPassFailure();
       }
       for (Operation &op : llvm::make_early_inc_range(func.getBody().front())) {
@@ -1040,6 +1155,144 @@ struct FormGPUDispatchesPass
       q->replaceAllUsesWith(d.getResults());
       q->erase();
       n->erase();
+    }
+    return success();
+  }
+
+  /// The product `v` comes from, if it is its only use and the product is
+  /// its quantized input's only user (nothing else shares the launch).
+  static TernaryMatmulOp soleProduct(Value v) {
+    auto m = v.getDefiningOp<TernaryMatmulOp>();
+    return m && m->hasOneUse() && m.getInput().hasOneUse() ? m : nullptr;
+  }
+
+  /// squared_relu_mul(gate product, up product) of one quantized input is
+  /// one dispatch for a few tokens (ProductEpilogue::SquaredReluMul).
+  LogicalResult fuseGatedProducts(func::FuncOp func, SymbolTable &symbols,
+                                  int64_t tm) {
+    for (auto m : llvm::make_early_inc_range(
+             func.getBody().front().getOps<SquaredReluMulOp>())) {
+      auto gate = m.getGate().getDefiningOp<TernaryMatmulOp>();
+      auto up = m.getUp().getDefiningOp<TernaryMatmulOp>();
+      if (!gate || !up || gate == up || !gate->hasOneUse() ||
+          !up->hasOneUse() || gate.getInput() != up.getInput() ||
+          gate.getWeight().getType() != up.getWeight().getType())
+        continue;
+      if (failed(checkTernaryShape(gate)))
+        return failure();
+      auto w = gate.getWeight().getType();
+      OpBuilder b(m);
+      DispatchOp d =
+          dispatch(b, symbols,
+                   withTokens(ternaryMatmulKernel(
+                                  {w.getOutFeatures(), w.getOutFeatures()},
+                                  w.getInFeatures(), tm, &getContext(),
+                                  ProductEpilogue::SquaredReluMul),
+                              tm),
+                   {gate.getInput(), gate.getWeight(), up.getWeight()},
+                   {m.getType()}, tm);
+      if (!d)
+        return failure();
+      m->replaceAllUsesWith(d.getResults());
+      m->erase();
+      gate->erase();
+      up->erase();
+    }
+    return success();
+  }
+
+  /// x + product (the residual after o_proj and down_proj) is one dispatch
+  /// for a few tokens (ProductEpilogue::AddResidual).
+  LogicalResult fuseResidualProducts(func::FuncOp func, SymbolTable &symbols,
+                                     int64_t tm) {
+    for (auto add : llvm::make_early_inc_range(
+             func.getBody().front().getOps<arith::AddFOp>())) {
+      if (!isa<RankedTensorType>(add.getType()))
+        continue;
+      int product = soleProduct(add.getLhs())   ? 0
+                    : soleProduct(add.getRhs()) ? 1
+                                                : -1;
+      if (product < 0)
+        continue;
+      TernaryMatmulOp m = soleProduct(add->getOperand(product));
+      Value residual = add->getOperand(1 - product);
+      if (residual.getType() != m.getType())
+        continue;
+      if (failed(checkTernaryShape(m)))
+        return failure();
+      auto w = m.getWeight().getType();
+      OpBuilder b(add);
+      DispatchOp d = dispatch(
+          b, symbols,
+          withTokens(ternaryMatmulKernel({w.getOutFeatures()},
+                                         w.getInFeatures(), tm, &getContext(),
+                                         ProductEpilogue::AddResidual),
+                     tm),
+          {m.getInput(), m.getWeight(), residual}, {add.getType()}, tm);
+      if (!d)
+        return failure();
+      add->replaceAllUsesWith(d.getResults());
+      add->erase();
+      m->erase();
+    }
+    return success();
+  }
+
+  /// The rotary embeddings of queries and keys and the key and value
+  /// appends before an attention are one dispatch for a few tokens
+  /// (sideBySide; the rotated keys go straight into the cache).
+  LogicalResult fuseAttentionInputs(func::FuncOp func, SymbolTable &symbols,
+                                    int64_t tm) {
+    Block &body = func.getBody().front();
+    for (auto att : llvm::make_early_inc_range(body.getOps<AttentionOp>())) {
+      auto appendTo = [&](Value cache) -> KVAppendOp {
+        KVAppendOp found;
+        for (Operation *u : cache.getUsers())
+          if (auto a = dyn_cast<KVAppendOp>(u);
+              a && a->isBeforeInBlock(att) && !found)
+            found = a;
+          else if (u != att.getOperation())
+            return nullptr; // another reader or writer of the cache
+        return found;
+      };
+      auto qRope = att.getQuery().getDefiningOp<RopeOp>();
+      KVAppendOp keys = appendTo(att.getKeys()),
+                 values = appendTo(att.getValues());
+      if (!qRope || !qRope->hasOneUse() || !keys || !values ||
+          att.getKeys() == att.getValues())
+        continue;
+      auto kRope = keys.getInput().getDefiningOp<RopeOp>();
+      if (!kRope || !kRope->hasOneUse() ||
+          kRope.getPosition() != keys.getPosition() || kRope.getPeriod() ||
+          qRope.getPeriod() || kRope.getInverse() || qRope.getInverse() ||
+          kRope.getTheta() != qRope.getTheta() ||
+          qRope.getPosition() != att.getPosition() ||
+          values.getPosition() != keys.getPosition())
+        continue;
+      auto kc = cast<KVCacheType>(att.getKeys().getType());
+      if ((int64_t)qRope.getHeadDim() != kc.getHeadDim() ||
+          (int64_t)kRope.getHeadDim() != kc.getHeadDim())
+        continue;
+      int64_t S = kc.getMaxSeq(), D = kc.getKvHeads() * kc.getHeadDim();
+      KernelSpec spec = sideBySide(
+          llvm::formatv("attention_inputs_q{0}_kv{1}_s{2}_hd{3}_theta{4}",
+                        dim(qRope.getInput(), 1), D, S, kc.getHeadDim(),
+                        (int64_t)qRope.getTheta().convertToDouble()),
+          {{ropeKernel(qRope, tm), 1},
+           {ropeKernel(kRope, tm, S), 2},
+           {kvAppendKernel(S, D, tm, &getContext()), 2}});
+      OpBuilder b(att);
+      DispatchOp d =
+          dispatch(b, symbols, withTokens(spec, tm),
+                   {qRope.getInput(), kRope.getInput(), att.getKeys(),
+                    att.getValues(), values.getInput()},
+                   {qRope.getType()}, tm);
+      if (!d)
+        return failure();
+      att.getQueryMutable().assign(d.getResult(0));
+      for (Operation *op : {keys.getOperation(), values.getOperation(),
+                            kRope.getOperation(), qRope.getOperation()})
+        op->erase();
     }
     return success();
   }

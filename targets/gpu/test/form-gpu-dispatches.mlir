@@ -276,3 +276,74 @@ func.func @norm_quantize(%x: tensor<?x80xf32>) -> (!tlora.qact<features = 80>, !
   %q2 = tlora.quantize %h2 : tensor<?x80xf32> -> !tlora.qact<features = 80>
   return %q, %q2, %h2 : !tlora.qact<features = 80>, !tlora.qact<features = 80>, tensor<?x80xf32>
 }
+
+// -----
+
+// Decode epilogues: squared_relu_mul of a gate and an up product of one
+// input is one dispatch (two outputs of each per workgroup: 32 / 2
+// workgroups; gate in the first 32 invocations, up in the last 32, exact
+// int32 sums, then max(gate, 0)^2 * up); the residual add after a product
+// is the product's epilogue. A product whose input has another user keeps
+// its add.
+// CHECK-LABEL: func.func @epilogues
+// CHECK: %[[H:.*]] = tlora.dispatch @kernels::@ternary_matmul_n32_n32_k64_squared_relu_mul_t1(%{{.*}}, %{{.*}}, %{{.*}}) workload(16 * T + 0) : {{.*}} -> tensor<?x32xf32>
+// CHECK: %[[Y:.*]] = tlora.dispatch @kernels::@ternary_matmul_n64_k32_add_t1(%{{.*}}, %{{.*}}, %arg0) workload(16 * T + 0) : {{.*}} -> tensor<?x64xf32>
+// CHECK: tlora.dispatch @kernels::@ternary_matmul_n32_n64_k64_t1
+// CHECK: tlora.dispatch @kernels::@add_d64_t1
+// CHECK: gpu.func @ternary_matmul_n32_n32_k64_squared_relu_mul_t1(%{{.*}}: memref<17xi32>, %{{.*}}: memref<144xi32>, %{{.*}}: memref<144xi32>, %{{.*}}: memref<1x32xf32>
+// CHECK: arith.cmpi ult, %{{.*}}, %c2
+// CHECK: scf.if
+// CHECK: gpu.barrier
+// CHECK: arith.maximumf
+// CHECK: arith.mulf
+// CHECK: arith.mulf
+// CHECK: gpu.func @ternary_matmul_n64_k32_add_t1(%{{.*}}: memref<9xi32>, %{{.*}}: memref<144xi32>, %[[R:.*]]: memref<1x64xf32>, %[[OUT:.*]]: memref<1x64xf32>
+// CHECK: arith.sitofp
+// CHECK: %[[X:.*]] = memref.load %[[R]]
+// CHECK: %[[S:.*]] = arith.addf %[[X]], %{{.*}} : f32
+// CHECK: memref.store %[[S]], %[[OUT]]
+func.func @epilogues(%x: tensor<?x64xf32>) -> (tensor<?x64xf32>, tensor<?x32xf32>) attributes {tlora.max_tokens = 1 : i64} {
+  %wg = tlora.ternary_weight "gate" scale(1.0) source(packed) : !tlora.ternary<outFeatures = 32, inFeatures = 64>
+  %wu = tlora.ternary_weight "up" scale(1.0) source(packed) : !tlora.ternary<outFeatures = 32, inFeatures = 64>
+  %wd = tlora.ternary_weight "down" scale(1.0) source(packed) : !tlora.ternary<outFeatures = 64, inFeatures = 32>
+  %qx = tlora.quantize %x : tensor<?x64xf32> -> !tlora.qact<features = 64>
+  %g = tlora.ternary_matmul %qx, %wg : !tlora.qact<features = 64>, !tlora.ternary<outFeatures = 32, inFeatures = 64> -> tensor<?x32xf32>
+  %u = tlora.ternary_matmul %qx, %wu : !tlora.qact<features = 64>, !tlora.ternary<outFeatures = 32, inFeatures = 64> -> tensor<?x32xf32>
+  %h = tlora.squared_relu_mul %g, %u : tensor<?x32xf32>
+  %qh = tlora.quantize %h : tensor<?x32xf32> -> !tlora.qact<features = 32>
+  %d = tlora.ternary_matmul %qh, %wd : !tlora.qact<features = 32>, !tlora.ternary<outFeatures = 64, inFeatures = 32> -> tensor<?x64xf32>
+  %y = arith.addf %x, %d : tensor<?x64xf32>
+  %qy = tlora.quantize %y : tensor<?x64xf32> -> !tlora.qact<features = 64>
+  %d2 = tlora.ternary_matmul %qy, %wg : !tlora.qact<features = 64>, !tlora.ternary<outFeatures = 32, inFeatures = 64> -> tensor<?x32xf32>
+  %w2 = tlora.ternary_weight "o" scale(1.0) source(packed) : !tlora.ternary<outFeatures = 64, inFeatures = 64>
+  %d3 = tlora.ternary_matmul %qy, %w2 : !tlora.qact<features = 64>, !tlora.ternary<outFeatures = 64, inFeatures = 64> -> tensor<?x64xf32>
+  %y2 = arith.addf %y, %d3 : tensor<?x64xf32>
+  return %y2, %d2 : tensor<?x64xf32>, tensor<?x32xf32>
+}
+
+// -----
+
+// Decode: the query and key rotations and the two appends before an
+// attention are one dispatch, a range of each token's workgroups per part
+// (q: 128 / 2 / 64 = 1, k: 1, v: 1); the rotated keys are stored at row
+// pos + t of the cache.
+// CHECK-LABEL: func.func @attention_inputs
+// CHECK: %[[Q:.*]] = tlora.dispatch @kernels::@attention_inputs_q128_kv32_s64_hd16_theta10000_t1(%arg0, %arg1, %[[KC:.*]], %[[VC:.*]], %arg2) workload(3 * T + 0) : {{.*}} -> tensor<?x128xf32>
+// CHECK: tlora.dispatch @kernels::@attention_s64_h8_kv2_hd16_t1(%[[Q]], %[[KC]], %[[VC]])
+// CHECK: gpu.func @attention_inputs_q128_kv32_s64_hd16_theta10000_t1(%{{.*}}: memref<1x128xf32>, %{{.*}}: memref<1x32xf32>, %[[KB:.*]]: memref<64x32xf32>, %{{.*}}: memref<64x32xf32>, %{{.*}}: memref<1x32xf32>, %{{.*}}: memref<1x128xf32>
+// CHECK: arith.cmpi ult, %{{.*}}, %c1
+// CHECK: scf.if
+// CHECK: } else {
+// CHECK: arith.cmpi ult, %{{.*}}, %c2
+// CHECK: memref.store %{{.*}}, %[[KB]][%{{.*}}, %{{.*}}]
+// CHECK: memref.store %{{.*}}, %[[KB]][%{{.*}}, %{{.*}}]
+func.func @attention_inputs(%q: tensor<?x128xf32>, %k: tensor<?x32xf32>, %v: tensor<?x32xf32>, %pos: index) -> tensor<?x128xf32> attributes {tlora.max_tokens = 1 : i64} {
+  %qr = tlora.rope %q at %pos head_dim(16) theta(10000.0) : tensor<?x128xf32> -> tensor<?x128xf32>
+  %kr = tlora.rope %k at %pos head_dim(16) theta(10000.0) : tensor<?x32xf32> -> tensor<?x32xf32>
+  %kc = tlora.kv_cache "layers.0.keys" : !tlora.kv_cache<maxSeq = 64, kvHeads = 2, headDim = 16>
+  %vc = tlora.kv_cache "layers.0.values" : !tlora.kv_cache<maxSeq = 64, kvHeads = 2, headDim = 16>
+  tlora.kv_append %kr into %kc at %pos : tensor<?x32xf32>, !tlora.kv_cache<maxSeq = 64, kvHeads = 2, headDim = 16>
+  tlora.kv_append %v into %vc at %pos : tensor<?x32xf32>, !tlora.kv_cache<maxSeq = 64, kvHeads = 2, headDim = 16>
+  %o = tlora.attention %qr, %kc, %vc at %pos scale(0.25) : tensor<?x128xf32>, !tlora.kv_cache<maxSeq = 64, kvHeads = 2, headDim = 16> -> tensor<?x128xf32>
+  return %o : tensor<?x128xf32>
+}
