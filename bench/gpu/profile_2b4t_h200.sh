@@ -9,16 +9,20 @@ cd "$(dirname "$0")/../.."
 out=${1:-.}
 for deb in .device/debs/*.deb; do dpkg -x "$deb" .device/root; done
 export LD_LIBRARY_PATH="$PWD/.device/root/usr/lib/x86_64-linux-gnu:$PWD/build/lib"
-for m in infer train1; do
-  [ -f /tmp/$m.tlm ] || [ ! -f .device/2b4t/$m.tlm.xz ] ||
-    bench/gpu/unxz.py .device/2b4t/$m.tlm.xz /tmp/$m.tlm
+for f in .device/2b4t/infer*.tlm.xz .device/2b4t/train1.tlm.xz; do
+  m=$(basename "$f" .tlm.xz)
+  [ -f /tmp/$m.tlm ] || [ ! -f "$f" ] || bench/gpu/unxz.py "$f" /tmp/$m.tlm
 done
 {
   # The difference of the two is 24 decode steps at positions 512-535.
-  for gen in 1 25; do
-    echo "== inference, prompt 512, $gen generated"
-    TLC_PROFILE=1 timeout 150 build/bin/tlc-run bench /tmp/infer.tlm --device gpu \
-      --prompt-len 512 --gen-len $gen 2>&1 | sort -k1,1 -rn | head -24
+  for f in .device/2b4t/infer*.tlm.xz; do
+    m=$(basename "$f" .tlm.xz)
+    [ -f /tmp/$m.tlm ] || continue
+    for gen in 1 25; do
+      echo "== $m, prompt 512, $gen generated"
+      TLC_PROFILE=1 timeout 150 build/bin/tlc-run bench /tmp/$m.tlm --device gpu \
+        --prompt-len 512 --gen-len $gen 2>&1 | sort -k1,1 -rn | head -24
+    done
   done
   [ -f /tmp/train1.tlm ] || exit 0
   echo "== one training step, 1 x 512"

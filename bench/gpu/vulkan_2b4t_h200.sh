@@ -23,10 +23,13 @@ prepare)
       --max-seq-len 1024 --prefill-chunk 256 -o "$tmp/train$batch.tlm"
     xz -6 -T2 -c "$tmp/train$batch.tlm" > .device/2b4t/train$batch.tlm.xz
   done
-  # Inference alone (no adapters), for the side-by-side with llama-bench.
-  build/bin/tlc compile "$tmp/2b4t" --target vulkan-spirv --max-seq-len 1024 \
-    --prefill-chunk 256 -o "$tmp/infer.tlm"
-  xz -6 -T2 -c "$tmp/infer.tlm" > .device/2b4t/infer.tlm.xz
+  # Inference alone (no adapters), for the side-by-side with llama-bench;
+  # infer-v11 without the integer dot product (Vulkan 1.1 devices).
+  for m in infer:vulkan-spirv infer-v11:vulkan-spirv:no-integer-dot; do
+    build/bin/tlc compile "$tmp/2b4t" --target "${m#*:}" --max-seq-len 1024 \
+      --prefill-chunk 256 -o "$tmp/${m%%:*}.tlm"
+    xz -6 -T2 -c "$tmp/${m%%:*}.tlm" > ".device/2b4t/${m%%:*}.tlm.xz"
+  done
   # One layer, hidden 1024: the 128256 x 1024 bf16 embedding is 250.5 MiB.
   python3 bench/make_bitnet_2b4t.py "$tmp/big" --layers 1 --hidden 1024 \
     --intermediate 2816 --heads 8 --kv-heads 2 --compressible --f32
@@ -43,8 +46,8 @@ run)
   export LD_LIBRARY_PATH="$PWD/.device/root/usr/lib/x86_64-linux-gnu:$PWD/build/lib"
   mkdir -p "$tmp"
   # Modules not carried (a call carries at most 64 MiB) are skipped.
-  for m in big infer train1 train4; do
-    [ ! -f .device/2b4t/$m.tlm.xz ] || bench/gpu/unxz.py .device/2b4t/$m.tlm.xz "$tmp/$m.tlm"
+  for f in .device/2b4t/*.tlm.xz; do
+    [ ! -f "$f" ] || bench/gpu/unxz.py "$f" "$tmp/$(basename "$f" .xz)"
   done
   . bench/gpu/peak.sh
   {
@@ -77,8 +80,9 @@ EOF
     unset TLC_VULKAN_MAX_BUFFER_RANGE
     fi
     echo "== 2B-4T shape: inference (prefill 512 in chunks of 256, decode 128)"
-    for m in infer infer train1; do
+    for m in $(cd "$tmp" && ls infer*.tlm | sed 's/[.]tlm$//') train1; do
       [ -f "$tmp/$m.tlm" ] || continue
+      echo "-- $m"
       timeout 120 build/bin/tlc-run bench "$tmp/$m.tlm" --device gpu --prompt-len 512 \
         --gen-len 128 || echo "exit status $?"
     done

@@ -567,12 +567,18 @@ struct Profile {
     for (double t : data.seconds)
       total += t;
     fprintf(stderr, "tlc profile: %.3f s in kernels\n", total);
+    if (data.submissions)
+      fprintf(stderr, "  host: %.1f us recording and submitting each of %llu "
+                      "calls\n",
+              1e6 * data.recordSeconds / (double)data.submissions,
+              (unsigned long long)data.submissions);
     for (size_t i = 0; i < data.seconds.size(); ++i)
       if (data.calls[i])
-        fprintf(stderr, "  %8.3f s %5.1f%% %8llu calls  %s\n",
+        fprintf(stderr, "  %9.5f s %5.1f%% %8llu calls %9.2f us/call  %s\n",
                 data.seconds[i],
                 100 * data.seconds[i] / (total > 0 ? total : 1),
                 (unsigned long long)data.calls[i],
+                1e6 * data.seconds[i] / (double)data.calls[i],
                 m->exe->kernels()->Get((uint32_t)i)->c_str());
   }
 };

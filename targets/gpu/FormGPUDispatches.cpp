@@ -31,19 +31,22 @@ using namespace mlir::tlora;
 using namespace tlc::gpu;
 
 namespace {
-/// Ternary weights on the GPU: row-major 2-bit codes (value + 1), four per
-/// byte along in_features, after a 64-byte header holding gamma.
+/// Ternary weights on the GPU (ternaryEncoding in Passes.h): a 64-byte
+/// header holding gamma, then each row's 2-bit codes (value + 1) in words
+/// of sixteen, element 4a + b of a word at bits 8b + 2a (little-endian).
 int64_t rowMajorBytes(int64_t outFeatures, int64_t inFeatures) {
-  return 64 + outFeatures * ((inFeatures + 3) / 4);
+  return 64 + outFeatures * ((inFeatures + 15) / 16 * 4);
 }
 void rowMajorPack(const int8_t *codes, int64_t outFeatures, int64_t inFeatures,
                   float gamma, uint8_t *out) {
   std::memcpy(out, &gamma, sizeof gamma);
-  int64_t rowBytes = (inFeatures + 3) / 4;
+  int64_t rowBytes = (inFeatures + 15) / 16 * 4;
   for (int64_t n = 0; n < outFeatures; ++n)
-    for (int64_t k = 0; k < inFeatures; ++k)
-      out[64 + n * rowBytes + k / 4] |=
-          (uint8_t)((codes[n * inFeatures + k] + 1) << (2 * (k % 4)));
+    for (int64_t k = 0; k < inFeatures; ++k) {
+      int64_t i = k % 16;
+      out[64 + n * rowBytes + k / 16 * 4 + i % 4] |=
+          (uint8_t)((codes[n * inFeatures + k] + 1) << (2 * (i / 4)));
+    }
 }
 
 } // namespace
@@ -91,9 +94,10 @@ KernelSpec embedKernel(EmbedOp e, int64_t tm, int64_t maxBinding) {
 /// (in the same order, so all get the same scale) and scales its slice.
 /// 1 / sqrt(mean(x[t, :]^2) + eps) for a row of D: strided sums of
 /// squares (unrolled whole for a few tokens), added in lane order.
+Value rmsScaleOf(OpBuilder &b, Location loc, const KernelArgs &a, Value sum,
+                 int64_t D, float eps);
 Value rmsScale(OpBuilder &b, Location loc, const KernelArgs &a, Value x,
                Value t, int64_t D, float eps, bool sliced) {
-  Value scratch = reduceScratch(b, loc);
   Value fzero = f32Const(b, loc, 0.0f);
   auto square = [&](OpBuilder &b, Location loc, Value d, Value acc) -> Value {
     Value v = memref::LoadOp::create(b, loc, x, {t, d});
@@ -104,7 +108,14 @@ Value rmsScale(OpBuilder &b, Location loc, const KernelArgs &a, Value x,
       sliced && D <= kFlatFoldMax
           ? stridedFoldFlat(b, loc, a.lane, D, fzero, square)
           : stridedFold(b, loc, a.lane, indexConst(b, loc, D), fzero, square);
-  Value total = workgroupReduce(b, loc, scratch, a.lane, sum, addF);
+  return rmsScaleOf(b, loc, a, sum, D, eps);
+}
+
+/// The scale of rmsScale from each invocation's sum of squares.
+Value rmsScaleOf(OpBuilder &b, Location loc, const KernelArgs &a, Value sum,
+                 int64_t D, float eps) {
+  Value total =
+      workgroupReduce(b, loc, reduceScratch(b, loc), a.lane, sum, addF);
   Value mean = arith::DivFOp::create(b, loc, total, f32Const(b, loc, (float)D));
   return arith::DivFOp::create(
       b, loc, f32Const(b, loc, 1.0f),
@@ -205,16 +216,18 @@ Type qactBuffer(int64_t tm, int64_t K, MLIRContext *ctx) {
 void quantizeRow(
     OpBuilder &b, Location loc, const KernelArgs &a, int64_t K, int64_t tm,
     bool sliced, Value t, Value q,
-    function_ref<Value(OpBuilder &, Location, Value, Value)> elementAt) {
+    function_ref<Value(OpBuilder &, Location, Value, Value)> elementAt,
+    Value partial = nullptr) {
   auto absMax = [&](OpBuilder &b, Location loc, Value i, Value acc) -> Value {
     return maxF(b, loc, acc,
                 math::AbsFOp::create(b, loc, elementAt(b, loc, t, i)));
   };
-  Value partial =
-      sliced && K <= kFlatFoldMax
-          ? stridedFoldFlat(b, loc, a.lane, K, f32Const(b, loc, 0), absMax)
-          : stridedFold(b, loc, a.lane, indexConst(b, loc, K),
-                        f32Const(b, loc, 0), absMax);
+  if (!partial)
+    partial =
+        sliced && K <= kFlatFoldMax
+            ? stridedFoldFlat(b, loc, a.lane, K, f32Const(b, loc, 0), absMax)
+            : stridedFold(b, loc, a.lane, indexConst(b, loc, K),
+                          f32Const(b, loc, 0), absMax);
   Value amax =
       workgroupReduce(b, loc, reduceScratch(b, loc), a.lane, partial, maxF);
   Value scale =
@@ -285,6 +298,49 @@ KernelSpec quantizeKernel(int64_t K, int64_t tm, MLIRContext *ctx) {
 /// scale as rmsNormKernel does, then quantizes the normalized row (each
 /// element computed as rmsNormKernel stores it), its slice of words: the
 /// same codes and scale as the two kernels, in one launch.
+/// Quantizes row t of w * x / rms(x) (RMSNorm of D elements, eps, weight
+/// type et) into q as quantizeRow does, this workgroup's slice. Rows of a
+/// multiple of 64 up to kFlatFoldMax keep each invocation's elements d = lane +
+/// 64 j in registers: the sum of squares, then the normalized row's absolute
+/// maximum, with one load of each (stridedFoldFlat's order and values).
+void normQuantizeRow(OpBuilder &b, Location loc, const KernelArgs &a, int64_t D,
+                     int64_t tm, float eps, Type et, Value x, Value w, Value t,
+                     Value q) {
+  TLC_E(b, loc);
+  auto normalized = [&](OpBuilder &b, Location loc, Value v, Value wf,
+                        Value r) {
+    return arith::MulFOp::create(b, loc, wf,
+                                 arith::MulFOp::create(b, loc, v, r));
+  };
+  Value r, partial;
+  if (D % kWorkgroupSize == 0 && D <= kFlatFoldMax) {
+    SmallVector<Value> xs, ws;
+    for (int64_t j = 0; j < D / kWorkgroupSize; ++j) {
+      Value d = e.iadd(a.lane, e.c(j * kWorkgroupSize));
+      xs.push_back(e.ld(x, {t, d}));
+      ws.push_back(loadWeight(b, loc, w, et, {d}, d));
+    }
+    Value sum = e.f(0);
+    for (Value v : xs)
+      sum = e.add(sum, e.mul(v, v));
+    r = rmsScaleOf(b, loc, a, sum, D, eps);
+    partial = e.f(0);
+    for (auto [v, wf] : llvm::zip(xs, ws))
+      partial =
+          maxF(b, loc, partial,
+               math::AbsFOp::create(b, loc, normalized(b, loc, v, wf, r)));
+  } else {
+    r = rmsScale(b, loc, a, x, t, D, eps, true);
+  }
+  quantizeRow(
+      b, loc, a, D, tm, true, t, q,
+      [&](OpBuilder &b, Location loc, Value t, Value d) -> Value {
+        return normalized(b, loc, memref::LoadOp::create(b, loc, x, {t, d}),
+                          loadWeight(b, loc, w, et, {d}, d), r);
+      },
+      partial);
+}
+
 KernelSpec rmsNormQuantizeKernel(RMSNormOp n, int64_t tm) {
   int64_t D = dim(n.getInput(), 1);
   auto wt = cast<ShapedType>(n.getWeight().getType());
@@ -299,14 +355,7 @@ KernelSpec rmsNormQuantizeKernel(RMSNormOp n, int64_t tm) {
   k.body = [=](OpBuilder &b, Location loc, const KernelArgs &a) {
     Value x = a.buffers[0], w = a.buffers[1];
     Value t = rowToken(b, loc, a, D / 4, true);
-    Value r = rmsScale(b, loc, a, x, t, D, eps, true);
-    quantizeRow(b, loc, a, D, tm, true, t, a.buffers[2],
-                [&](OpBuilder &b, Location loc, Value t, Value d) -> Value {
-                  Value v = memref::LoadOp::create(b, loc, x, {t, d});
-                  Value wf = loadWeight(b, loc, w, et, {d}, d);
-                  return arith::MulFOp::create(
-                      b, loc, wf, arith::MulFOp::create(b, loc, v, r));
-                });
+    normQuantizeRow(b, loc, a, D, tm, eps, et, x, w, t, a.buffers[2]);
   };
   return k;
 }
@@ -333,7 +382,7 @@ enum class ProductEpilogue {
 /// gate in its first two slots, up in the last two).
 KernelSpec
 ternaryMatmulKernel(ArrayRef<int64_t> Ns, int64_t K, int64_t tm,
-                    MLIRContext *ctx,
+                    MLIRContext *ctx, bool integerDot,
                     ProductEpilogue epilogue = ProductEpilogue::Store) {
   constexpr int64_t kLanesPerOutput = 16;
   constexpr int64_t kOutputsPerGroup = kWorkgroupSize / kLanesPerOutput;
@@ -373,6 +422,7 @@ ternaryMatmulKernel(ArrayRef<int64_t> Ns, int64_t K, int64_t tm,
     int64_t count = sizes.size();
     Value q = a.buffers[0];
     ValueRange weights = a.buffers.slice(1, count);
+    Value residualIn = residual ? a.buffers[1 + count] : Value();
     ValueRange outputs = a.buffers.drop_front(1 + count + (residual ? 1 : 0));
     Value scratch = allocWorkgroup(b, loc, kWorkgroupSize, b.getI32Type());
     Value sub = e.irem(a.lane, e.c(kLanesPerOutput));
@@ -391,6 +441,11 @@ ternaryMatmulKernel(ArrayRef<int64_t> Ns, int64_t K, int64_t tm,
         for (int quarter = 0; quarter < 4; ++quarter) {
           Value xs =
               e.ld(q, e.iadd(qRow, e.iadd(e.imul(j, e.c(4)), e.c(quarter))));
+          if (integerDot) { // four weights in one instruction
+            sum = e.iadd(
+                sum, dot4(b, loc, ternaryBytes(b, loc, codes, quarter), xs));
+            continue;
+          }
           for (int i = 0; i < 4; ++i)
             sum =
                 e.iadd(sum, e.imul(byteOf(b, loc, xs, i),
@@ -440,7 +495,7 @@ ternaryMatmulKernel(ArrayRef<int64_t> Ns, int64_t K, int64_t tm,
              TLC_E(b, loc);
              Value y = output(b, loc, weights[i], t, a.lane);
              if (residual)
-               y = e.add(e.ld(a.buffers[1 + count], {t, n}), y);
+               y = e.add(e.ld(residualIn, {t, n}), y);
              e.st(y, outputs[i], {t, n});
            });
       // The scratch is read before the next group overwrites it.
@@ -732,6 +787,66 @@ KernelSpec ropeKernel(RopeOp r, int64_t tm, int64_t cacheRows = 0) {
 /// head h); scores of positions 0 .. pos + t in workgroup memory; softmax
 /// as transformers' eager attention (scale, subtract the max, exp,
 /// normalize); sums in fixed orders.
+/// out[t, qBase + d] = inv * sum_j p[j] v[j, kBase + d] (j ascending) for a
+/// decode attention row: each invocation's HD / 64 dims d = lane + 64 i in
+/// one loop over positions, kUnroll at a time with their loads issued first
+/// (the sums as a plain loop adds them: same order, same result; the loop
+/// was a chain of dependent loads).
+void decodeWeightedValues(OpBuilder &b, Location loc, const KernelArgs &a,
+                          Value scores, Value vc, Value out, Value t,
+                          Value qBase, Value kBase, Value len, Value inv,
+                          int64_t HD) {
+  constexpr int64_t kUnroll = 8;
+  TLC_E(b, loc);
+  int64_t dims = HD / kWorkgroupSize;
+  SmallVector<Value> cols, init;
+  for (int64_t i = 0; i < dims; ++i) {
+    cols.push_back(e.iadd(kBase, e.iadd(a.lane, e.c(i * kWorkgroupSize))));
+    init.push_back(e.f(0));
+  }
+  // Steps of one position from `from` (the tail), or kUnroll at a time.
+  auto accumulate = [&](OpBuilder &b, Location loc, Value j0, int64_t n,
+                        ValueRange acc) {
+    TLC_E(b, loc);
+    SmallVector<Value> p, v;
+    for (int64_t u = 0; u < n; ++u) {
+      Value j = e.iadd(j0, e.c(u));
+      p.push_back(e.ld(scores, j));
+      for (Value c : cols)
+        v.push_back(e.ld(vc, {j, c}));
+    }
+    SmallVector<Value> sums(acc.begin(), acc.end());
+    for (int64_t u = 0; u < n; ++u)
+      for (int64_t i = 0; i < dims; ++i)
+        sums[i] = e.add(sums[i], e.mul(p[u], v[u * dims + i]));
+    return sums;
+  };
+  // A loop that may run zero times takes its results from a branch (see
+  // stridedFold: MLIR's SPIR-V loops leave them undefined then).
+  auto loop = [&](Value lo, Value hi, int64_t step, ValueRange from) {
+    auto branch = scf::IfOp::create(
+        b, loc, e.ult(lo, hi),
+        [&](OpBuilder &b, Location loc) {
+          auto f = scf::ForOp::create(
+              b, loc, lo, hi, indexConst(b, loc, step), from,
+              [&](OpBuilder &b, Location loc, Value j, ValueRange acc) {
+                scf::YieldOp::create(b, loc, accumulate(b, loc, j, step, acc));
+              });
+          scf::YieldOp::create(b, loc, f.getResults());
+        },
+        [&](OpBuilder &b, Location loc) {
+          scf::YieldOp::create(b, loc, from);
+        });
+    return SmallVector<Value>(branch.getResults());
+  };
+  Value whole = e.imul(e.idiv(len, e.c(kUnroll)), e.c(kUnroll));
+  SmallVector<Value> sums = loop(e.c(0), whole, kUnroll, init);
+  sums = loop(whole, len, 1, sums);
+  for (int64_t i = 0; i < dims; ++i)
+    e.st(e.mul(sums[i], inv), out,
+         {t, e.iadd(qBase, e.iadd(a.lane, e.c(i * kWorkgroupSize)))});
+}
+
 FailureOr<KernelSpec> attentionKernel(AttentionOp op, int64_t tm) {
   auto c = op.getKeys().getType();
   int64_t S = c.getMaxSeq(), HD = c.getHeadDim(), KVH = c.getKvHeads();
@@ -807,6 +922,11 @@ FailureOr<KernelSpec> attentionKernel(AttentionOp op, int64_t tm) {
         });
     Value sum = workgroupReduce(b, loc, scratch, a.lane, localSum, addF);
     Value inv = arith::DivFOp::create(b, loc, f32Const(b, loc, 1.0f), sum);
+    if (tm < kTiledMinTokens && HD % kWorkgroupSize == 0) {
+      decodeWeightedValues(b, loc, a, scores, vc, out, t, qBase, kBase, len,
+                           inv, HD);
+      return;
+    }
     forLanes(b, loc, a.lane, HD, [&](OpBuilder &b, Value d) {
       auto acc = scf::ForOp::create(
           b, loc, indexConst(b, loc, 0), len, indexConst(b, loc, 1),
@@ -989,7 +1109,8 @@ LogicalResult checkTernaryShape(TernaryMatmulOp m) {
 }
 
 /// The kernel of an op for `tm` tokens at most, or an error naming the op.
-FailureOr<KernelSpec> specFor(Operation *op, int64_t tm, int64_t maxBinding) {
+FailureOr<KernelSpec> specFor(Operation *op, int64_t tm, int64_t maxBinding,
+                              bool integerDot) {
   MLIRContext *ctx = op->getContext();
   KernelSpec k;
   if (auto e = dyn_cast<EmbedOp>(op)) {
@@ -1033,7 +1154,7 @@ FailureOr<KernelSpec> specFor(Operation *op, int64_t tm, int64_t maxBinding) {
             ? ternaryMatmulTiledKernel(w.getOutFeatures(), w.getInFeatures(),
                                        tm, ctx)
             : ternaryMatmulKernel({w.getOutFeatures()}, w.getInFeatures(), tm,
-                                  ctx);
+                                  ctx, integerDot);
   } else if (auto d = dyn_cast<DenseOp>(op)) {
     Type et = d.getWeight().getType().getElementType();
     if (!et.isF32() && !et.isBF16())
@@ -1061,6 +1182,14 @@ struct FormGPUDispatchesPass
     ModuleOp top = getOperation();
     gpu::GPUModuleOp kernels = getOrCreateKernels(top);
     SymbolTable symbols(kernels);
+    if (integerDot && !symbols.lookup(kDot4Intrinsic)) {
+      OpBuilder b = OpBuilder::atBlockBegin(kernels.getBody());
+      Type i32 = b.getI32Type();
+      auto fn = func::FuncOp::create(b, top.getLoc(), kDot4Intrinsic,
+                                     b.getFunctionType({i32, i32}, {i32}));
+      fn.setPrivate();
+      symbols.insert(fn);
+    }
     for (auto func : top.getOps<func::FuncOp>()) {
       auto maxTokens =
           func->getAttrOfType<IntegerAttr>(mlir::tlora::attr::kMaxTokens);
@@ -1114,7 +1243,8 @@ struct FormGPUDispatchesPass
             return signalPassFailure();
           continue;
         }
-        FailureOr<KernelSpec> spec = specFor(&op, tm, maxBindingBytes);
+        FailureOr<KernelSpec> spec =
+            specFor(&op, tm, maxBindingBytes, integerDot);
         if (failed(spec))
           return signalPassFailure();
         SmallVector<Value> buffers;
@@ -1139,7 +1269,9 @@ struct FormGPUDispatchesPass
              func.getBody().front().getOps<RMSNormOp>())) {
       // Each workgroup recomputes the normalized row for its absolute
       // maximum. On the H200 that won at 2560 (fused 8 us, apart 9.7) and
-      // lost at 6912 (16 against 13.4): rows over 4096 stay two kernels.
+      // not at 6912 (16 against 13.4; with the row in registers 13.9
+      // against 15.3, but decode 275.8 against 278.5 tok/s): rows over
+      // 4096 stay two kernels.
       int64_t D = dim(n.getInput(), 1);
       if (!n->hasOneUse() || D % 4 != 0 || D > 4096)
         continue;
@@ -1181,16 +1313,17 @@ struct FormGPUDispatchesPass
       if (failed(checkTernaryShape(gate)))
         return failure();
       auto w = gate.getWeight().getType();
+      SmallVector<Value> operands{gate.getInput(), gate.getWeight(),
+                                  up.getWeight()};
       OpBuilder b(m);
       DispatchOp d =
           dispatch(b, symbols,
                    withTokens(ternaryMatmulKernel(
                                   {w.getOutFeatures(), w.getOutFeatures()},
                                   w.getInFeatures(), tm, &getContext(),
-                                  ProductEpilogue::SquaredReluMul),
+                                  integerDot, ProductEpilogue::SquaredReluMul),
                               tm),
-                   {gate.getInput(), gate.getWeight(), up.getWeight()},
-                   {m.getType()}, tm);
+                   operands, {m.getType()}, tm);
       if (!d)
         return failure();
       m->replaceAllUsesWith(d.getResults());
@@ -1221,14 +1354,16 @@ struct FormGPUDispatchesPass
       if (failed(checkTernaryShape(m)))
         return failure();
       auto w = m.getWeight().getType();
+      SmallVector<Value> operands{m.getInput(), m.getWeight(), residual};
       OpBuilder b(add);
-      DispatchOp d = dispatch(
-          b, symbols,
-          withTokens(ternaryMatmulKernel({w.getOutFeatures()},
-                                         w.getInFeatures(), tm, &getContext(),
-                                         ProductEpilogue::AddResidual),
-                     tm),
-          {m.getInput(), m.getWeight(), residual}, {add.getType()}, tm);
+      DispatchOp d =
+          dispatch(b, symbols,
+                   withTokens(ternaryMatmulKernel({w.getOutFeatures()},
+                                                  w.getInFeatures(), tm,
+                                                  &getContext(), integerDot,
+                                                  ProductEpilogue::AddResidual),
+                              tm),
+                   operands, {add.getType()}, tm);
       if (!d)
         return failure();
       add->replaceAllUsesWith(d.getResults());
@@ -1331,7 +1466,8 @@ struct FormGPUDispatchesPass
       OpBuilder b(last);
       DispatchOp d = dispatch(
           b, symbols,
-          withTokens(ternaryMatmulKernel(sizes, K, tm, &getContext()), tm),
+          withTokens(
+              ternaryMatmulKernel(sizes, K, tm, &getContext(), integerDot), tm),
           operands, results, tm);
       if (!d)
         return failure();

@@ -470,8 +470,9 @@ void forOutputTile(
 }
 
 Value ternaryAt(OpBuilder &b, Location loc, Value word, int64_t i) {
+  int64_t shift = 8 * (i % 4) + 2 * (i / 4);
   Value code = arith::AndIOp::create(
-      b, loc, arith::ShRUIOp::create(b, loc, word, i32Const(b, loc, 2 * i)),
+      b, loc, arith::ShRUIOp::create(b, loc, word, i32Const(b, loc, shift)),
       i32Const(b, loc, 3));
   return arith::SubIOp::create(b, loc, code, i32Const(b, loc, 1));
 }
@@ -633,6 +634,32 @@ Value constantAt(OpBuilder &b, Location loc, ArrayRef<float> table, Value i) {
 }
 
 /// Sign-extended byte `i` (0..3) of a 32-bit word.
+Value ternaryShift(OpBuilder &b, Location loc, Value i) {
+  Value byte = arith::RemUIOp::create(b, loc, i, indexConst(b, loc, 4));
+  Value pair = arith::DivUIOp::create(b, loc, i, indexConst(b, loc, 4));
+  Value bits = arith::AddIOp::create(
+      b, loc, arith::MulIOp::create(b, loc, byte, indexConst(b, loc, 8)),
+      arith::MulIOp::create(b, loc, pair, indexConst(b, loc, 2)));
+  return arith::IndexCastOp::create(b, loc, b.getI32Type(), bits);
+}
+
+Value ternaryBytes(OpBuilder &b, Location loc, Value word, int64_t a) {
+  Value codes = arith::AndIOp::create(
+      b, loc, arith::ShRUIOp::create(b, loc, word, i32Const(b, loc, 2 * a)),
+      i32Const(b, loc, 0x03030303));
+  // 0x7F + code per byte (no carries), then the top bit flipped: code - 1.
+  return arith::XOrIOp::create(
+      b, loc,
+      arith::AddIOp::create(b, loc, codes, i32Const(b, loc, 0x7F7F7F7F)),
+      i32Const(b, loc, (int32_t)0x80808080u));
+}
+
+Value dot4(OpBuilder &b, Location loc, Value x, Value y) {
+  return func::CallOp::create(b, loc, kDot4Intrinsic, TypeRange{b.getI32Type()},
+                              ValueRange{x, y})
+      .getResult(0);
+}
+
 Value byteOf(OpBuilder &b, Location loc, Value word, int i) {
   Value up = arith::ShLIOp::create(b, loc, word, i32Const(b, loc, 24 - 8 * i));
   return arith::ShRSIOp::create(b, loc, up, i32Const(b, loc, 24));

@@ -215,6 +215,18 @@ void forOutputTile(
 /// as i32 -1, 0 or 1.
 Value ternaryAt(OpBuilder &b, Location loc, Value word, int64_t i);
 
+/// The bit offset (i32) of code `i` (an index, 0-15) in a t2-rows word.
+Value ternaryShift(OpBuilder &b, Location loc, Value i);
+
+/// Weights 4a .. 4a + 3 of a t2-rows code word as four packed int8 (-1, 0,
+/// 1), in the byte order of packed activations.
+Value ternaryBytes(OpBuilder &b, Location loc, Value word, int64_t a);
+
+/// The dot product of two words of four packed int8: a call of
+/// kDot4Intrinsic (declared by FormGPUDispatches with integer-dot; the
+/// backend lowers it to its instruction).
+Value dot4(OpBuilder &b, Location loc, Value x, Value y);
+
 Value addF(OpBuilder &b, Location loc, Value x, Value y);
 
 Value maxF(OpBuilder &b, Location loc, Value x, Value y);

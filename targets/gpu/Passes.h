@@ -19,9 +19,19 @@ struct TernaryEncoding;
 namespace tlc::gpu {
 
 /// The ternary weight layout the GPU kernels read ("t2-rows"): a 64-byte
-/// header holding gamma, then per output row its 2-bit codes (value + 1),
-/// four per byte along in_features. Every GPU backend stores this.
+/// header holding gamma, then per output row its 2-bit codes (value + 1) in
+/// 32-bit words of sixteen: element 4a + b of a word's sixteen at bits
+/// 8b + 2a, so that (word >> 2a) & 0x03030303 holds the codes of elements
+/// 4a .. 4a + 3 in its bytes, in the order of four packed int8 activations
+/// (what a 4 x 8-bit dot product takes). Every GPU backend stores this.
 const tlc::TernaryEncoding &ternaryEncoding();
+
+/// The symbol of the kernels' packed 4 x int8 dot product (a private
+/// func.func (i32, i32) -> i32 in the gpu.module, called where the target
+/// has one: FormGPUDispatches' integer-dot option). Each backend replaces
+/// the calls by its instruction (SPIR-V OpSDot with PackedVectorFormat4x8Bit;
+/// NVVM dp4a, ROCDL sdot4 next) and erases the declaration.
+inline constexpr llvm::StringLiteral kDot4Intrinsic = "tlc_sdot4_i8";
 
 /// Invocations per workgroup of every kernel (x; y and z are 1). A multiple
 /// of every GPU's subgroup size (32 NVIDIA, 64 AMD and Adreno, 4-16 Mali).

@@ -20,12 +20,16 @@ def FormGPUDispatchesPass : Pass<"tlc-gpu-form-dispatches", "::mlir::ModuleOp"> 
     Option<"maxBindingBytes", "max-binding-bytes", "int64_t", "0",
            "largest storage buffer range one binding may cover (0: no "
            "limit); LM head and embedding weights over it are bound as row "
-           "ranges, anything else over it is an error">
+           "ranges, anything else over it is an error">,
+    Option<"integerDot", "integer-dot", "bool", "false",
+           "the target has a packed 4 x int8 dot product: decode ternary "
+           "products call kDot4Intrinsic, which the backend lowers">
   ];
   let dependentDialects = [
     "::mlir::tlora::TloraDialect", "::mlir::gpu::GPUDialect",
     "::mlir::scf::SCFDialect", "::mlir::memref::MemRefDialect",
-    "::mlir::math::MathDialect", "::mlir::arith::ArithDialect"];
+    "::mlir::math::MathDialect", "::mlir::arith::ArithDialect",
+    "::mlir::func::FuncDialect"];
 }
 
 #endif // TLC_GPU_PASSES_TD

@@ -141,11 +141,7 @@ KernelSpec ternaryMatmulTransposedKernel(int64_t N, int64_t K, int64_t tm,
     when(b, loc, e.ult(col, e.c(K)), [&](OpBuilder &b, Location loc) {
       TLC_E(b, loc);
       Value word = e.iadd(e.c(16), e.idiv(col, e.c(16)));
-      Value shift = arith::MulIOp::create(
-          b, loc,
-          arith::IndexCastOp::create(b, loc, b.getI32Type(),
-                                     e.irem(col, e.c(16))),
-          i32Const(b, loc, 2));
+      Value shift = ternaryShift(b, loc, e.irem(col, e.c(16)));
       Value sum = foldRange(
           b, loc, e.c(0), e.c(N), e.f(0),
           [&](OpBuilder &b, Location loc, Value n, Value acc) {

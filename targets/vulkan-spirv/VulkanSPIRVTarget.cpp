@@ -37,11 +37,11 @@ void packScalars(gpu::GPUFuncOp fn) {
   unsigned n = fn.getFunctionType().getNumInputs(),
            first = n - tlc::gpu::kKernelScalars;
   auto type = MemRefType::get({4}, IntegerType::get(ctx, 32));
-  fn.insertArgument(n, type,
-                    DictionaryAttr::get(ctx, {NamedAttribute(
-                                                 mlir::tlora::attr::kScalars,
-                                                 UnitAttr::get(ctx))}),
-                    fn.getLoc());
+  fn.insertArgument(
+      n, type,
+      DictionaryAttr::get(ctx, {NamedAttribute(mlir::tlora::attr::kScalars,
+                                               UnitAttr::get(ctx))}),
+      fn.getLoc());
   Value block = fn.getArgument(n);
   OpBuilder b = OpBuilder::atBlockBegin(&fn.getBody().front());
   llvm::BitVector erase(n + 1);
@@ -59,8 +59,8 @@ void packScalars(gpu::GPUFuncOp fn) {
 /// derived from it follow.
 void scalarsToPushConstants(spirv::ModuleOp module,
                             const llvm::StringMap<unsigned> &scalarBinding) {
-  for (auto var : llvm::make_early_inc_range(
-           module.getOps<spirv::GlobalVariableOp>())) {
+  for (auto var :
+       llvm::make_early_inc_range(module.getOps<spirv::GlobalVariableOp>())) {
     auto binding = var.getBinding();
     StringRef name = var.getSymName();
     size_t at = name.rfind("_arg_");
@@ -108,6 +108,31 @@ void exactFloatMath(spirv::ModuleOp module) {
   });
 }
 
+/// Calls of the kernels' dot product (tlc::gpu::kDot4Intrinsic) ->
+/// OpSDot on packed 4 x 8-bit vectors.
+void lowerDot4(ModuleOp top) {
+  top.walk([](func::CallOp call) {
+    if (call.getCallee() != tlc::gpu::kDot4Intrinsic)
+      return;
+    OpBuilder b(call);
+    auto dot = spirv::SDotOp::create(
+        b, call.getLoc(), b.getI32Type(), call.getOperand(0),
+        call.getOperand(1),
+        spirv::PackedVectorFormatAttr::get(
+            b.getContext(),
+            spirv::PackedVectorFormat::PackedVectorFormat4x8Bit));
+    call.replaceAllUsesWith(dot->getResults());
+    call.erase();
+  });
+  SmallVector<func::FuncOp> declarations;
+  top.walk([&](func::FuncOp f) {
+    if (f.getName() == tlc::gpu::kDot4Intrinsic)
+      declarations.push_back(f);
+  });
+  for (func::FuncOp f : declarations)
+    f.erase();
+}
+
 struct LowerGPUKernelsToSPIRVPass
     : tlc::vulkan::impl::LowerGPUKernelsToSPIRVPassBase<
           LowerGPUKernelsToSPIRVPass> {
@@ -126,14 +151,29 @@ struct LowerGPUKernelsToSPIRVPass
       fn->setAttr(spirv::getEntryPointABIAttrName(),
                   spirv::getEntryPointABIAttr(ctx, size));
     });
+    // SPIR-V 1.3 (Vulkan 1.1); 1.6 (Vulkan 1.3) where kernels take the
+    // integer dot product: MLIR has its capability only from 1.6, not
+    // through SPV_KHR_integer_dot_product.
+    bool dot = llvm::any_of(top.getOps<gpu::GPUModuleOp>(), [](auto m) {
+      return (bool)m.lookupSymbol(tlc::gpu::kDot4Intrinsic);
+    });
     OpPassManager pm("builtin.module");
     GpuSPIRVAttachTargetOptions target;
-    target.spirvVersion = "v1.3";
+    target.spirvVersion = dot ? "v1.6" : "v1.3";
     target.spirvCapabilities = {"Shader"};
+    if (dot)
+      target.spirvCapabilities.append(
+          {"DotProduct", "DotProductInput4x8BitPacked"});
     target.spirvExtensions = {"SPV_KHR_storage_buffer_storage_class"};
     target.clientApi = "Vulkan";
     pm.addPass(createGpuSPIRVAttachTarget(target));
     pm.addPass(createConvertMathToSPIRVPass());
+    if (failed(runPipeline(pm, top)))
+      return signalPassFailure();
+    // After the math conversion: it checks SPIR-V ops against a default
+    // environment, not the gpu.module's.
+    lowerDot4(top);
+    pm.clear();
     pm.addPass(createConvertGPUToSPIRVPass());
     OpPassManager &spv = pm.nest<spirv::ModuleOp>();
     spv.addPass(spirv::createSPIRVLowerABIAttributesPass());
@@ -156,9 +196,9 @@ constexpr int64_t kVulkanMinStorageBufferRange = int64_t(1) << 27;
 class VulkanSPIRVTargetBackend final : public tlc::TargetBackend {
 public:
   VulkanSPIRVTargetBackend(std::string spec, std::string profile,
-                           int64_t maxBufferRange)
+                           int64_t maxBufferRange, bool integerDot)
       : spec_(std::move(spec)), profile_(std::move(profile)),
-        maxBufferRange_(maxBufferRange) {}
+        maxBufferRange_(maxBufferRange), integerDot_(integerDot) {}
   std::string spec() const override { return spec_; }
   const tlc::TernaryEncoding &ternaryEncoding() const override {
     return tlc::gpu::ternaryEncoding();
@@ -167,7 +207,8 @@ public:
     return nullptr;
   }
   void buildLoweringPipeline(OpPassManager &pm) const override {
-    pm.addPass(tlc::gpu::createFormGPUDispatchesPass({maxBufferRange_}));
+    pm.addPass(
+        tlc::gpu::createFormGPUDispatchesPass({maxBufferRange_, integerDot_}));
     pm.addPass(mlir::tlora::createPlanMemoryPass());
   }
   void buildKernelPipeline(OpPassManager &pm) const override {
@@ -195,7 +236,8 @@ public:
             if (live.insert(d).second)
               work.push_back(d);
     }
-    for (Operation &op : llvm::make_early_inc_range(one->getBody()->getOperations())) {
+    for (Operation &op :
+         llvm::make_early_inc_range(one->getBody()->getOperations())) {
       if (auto e = dyn_cast<spirv::EntryPointOp>(op)) {
         if (e.getFn() != fn)
           op.erase();
@@ -208,11 +250,13 @@ public:
     }
     return one;
   }
-  LogicalResult serialize(ModuleOp program, const tlc::SerializeOptions &options,
+  LogicalResult serialize(ModuleOp program,
+                          const tlc::SerializeOptions &options,
                           std::vector<tlc::ExecutableImage> *out,
                           std::string *error) const override {
     if (!options.staticPrefix.empty()) {
-      *error = "target " + spec_ + ": SPIR-V executables are not static "
+      *error = "target " + spec_ +
+               ": SPIR-V executables are not static "
                "libraries; --output-format=static-lib is for CPU targets";
       return failure();
     }
@@ -252,6 +296,7 @@ public:
 private:
   std::string spec_, profile_;
   int64_t maxBufferRange_;
+  bool integerDot_;
 };
 } // namespace
 
@@ -263,38 +308,46 @@ void registerVulkanSPIRVTargetBackend() {
   f.matches = [](llvm::StringRef name) { return name == "vulkan-spirv"; };
   f.create = [](llvm::StringRef spec,
                 std::string *error) -> std::unique_ptr<tlc::TargetBackend> {
-    // vulkan-spirv[:PROFILE][,max-buffer-range=BYTES]: the GPU a device
-    // profile names, and the largest storage buffer range one binding may
-    // cover (default 128 MiB: Vulkan's guaranteed minimum, Adreno's value;
-    // smaller values emulate tighter limits in tests).
+    // vulkan-spirv[:PROFILE][,max-buffer-range=BYTES][,no-integer-dot]:
+    // the GPU a device profile names, the largest storage buffer range one
+    // binding may cover (default 128 MiB: Vulkan's guaranteed minimum,
+    // Adreno's value; smaller values emulate tighter limits in tests), and
+    // whether kernels may use the packed int8 dot product
+    // (VK_KHR_shader_integer_dot_product, core in Vulkan 1.3: every profile
+    // here has it; no-integer-dot is for older devices).
     auto [name, features] = spec.split(':');
     static const char *const kProfiles[] = {"generic", "adreno-830",
                                             "adreno-750", "mali-g715"};
     std::string profile = "generic";
     int64_t maxBufferRange = kVulkanMinStorageBufferRange;
+    bool integerDot = true;
     SmallVector<StringRef> items;
     if (!features.empty())
       features.split(items, ',');
     for (StringRef item : items) {
       if (item.consume_front("max-buffer-range=")) {
         if (item.getAsInteger(10, maxBufferRange) || maxBufferRange < 256) {
-          *error = "target " + spec.str() + ": max-buffer-range must be a "
-                   "byte count >= 256, got '" + item.str() + "'";
+          *error = "target " + spec.str() +
+                   ": max-buffer-range must be a "
+                   "byte count >= 256, got '" +
+                   item.str() + "'";
           return nullptr;
         }
+      } else if (item == "no-integer-dot") {
+        integerDot = false;
       } else if (llvm::find(kProfiles, item) != std::end(kProfiles)) {
         profile = item.str();
       } else {
         *error = "unknown Vulkan profile '" + item.str() +
                  "' (known: generic, adreno-830, adreno-750, mali-g715; "
-                 "option: max-buffer-range=BYTES)";
+                 "options: max-buffer-range=BYTES, no-integer-dot)";
         return nullptr;
       }
     }
-    return std::make_unique<VulkanSPIRVTargetBackend>(spec.str(), profile,
-                                                      maxBufferRange);
+    return std::make_unique<VulkanSPIRVTargetBackend>(
+        spec.str(), profile, maxBufferRange, integerDot);
   };
-  f.help = "vulkan-spirv[:PROFILE][,max-buffer-range=BYTES]";
+  f.help = "vulkan-spirv[:PROFILE][,max-buffer-range=BYTES][,no-integer-dot]";
   tlc::registerTargetBackend(std::move(f));
 }
 } // namespace tlc::vulkan

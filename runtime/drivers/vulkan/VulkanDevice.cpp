@@ -59,7 +59,8 @@ struct Api {
   X(CreateInstance)                                                            \
   X(DestroyInstance) X(EnumeratePhysicalDevices)                               \
   X(GetPhysicalDeviceProperties) X(GetPhysicalDeviceQueueFamilyProperties)     \
-  X(GetPhysicalDeviceMemoryProperties) X(CreateDevice) X(GetDeviceProcAddr)    \
+  X(GetPhysicalDeviceMemoryProperties) X(GetPhysicalDeviceFeatures2)          \
+  X(CreateDevice) X(GetDeviceProcAddr)                                         \
   X(DestroyDevice) X(GetDeviceQueue) X(CreateBuffer) X(DestroyBuffer)          \
   X(GetBufferMemoryRequirements) X(AllocateMemory) X(FreeMemory)               \
   X(BindBufferMemory) X(MapMemory) X(CreateShaderModule)                       \
@@ -137,6 +138,7 @@ struct Context {
   uint32_t timestampBits = 0; // of the queue family; 0: no timestamps
   uint64_t maxBufferRange = 0; // maxStorageBufferRange, or the env cap
   uint32_t maxStorageBuffers = 0; // per kernel, or the env cap
+  bool integerDot = false;        // Vulkan 1.3 with shaderIntegerDotProduct
   uint64_t memoryBudget = 0;   // the largest device-local heap, or the cap
   uint64_t allocated = 0;      // bytes of live allocations
   std::string why;             // why there is no usable device
@@ -148,7 +150,7 @@ struct Context {
       return false;
     VkApplicationInfo app{VK_STRUCTURE_TYPE_APPLICATION_INFO};
     app.pApplicationName = "tlc";
-    app.apiVersion = VK_API_VERSION_1_1;
+    app.apiVersion = VK_API_VERSION_1_3; // the most tlc uses; 1.1 suffices
     VkInstanceCreateInfo ici{VK_STRUCTURE_TYPE_INSTANCE_CREATE_INFO};
     ici.pApplicationInfo = &app;
     VkResult r = vk.CreateInstance(&ici, nullptr, &instance);
@@ -227,6 +229,21 @@ struct Context {
     VkDeviceCreateInfo dci{VK_STRUCTURE_TYPE_DEVICE_CREATE_INFO};
     dci.queueCreateInfoCount = 1;
     dci.pQueueCreateInfos = &qci;
+    // Kernels of SPIR-V 1.6 take the packed int8 dot product: Vulkan 1.3's
+    // shaderIntegerDotProduct, enabled where the device has it.
+    VkPhysicalDeviceVulkan13Features v13{
+        VK_STRUCTURE_TYPE_PHYSICAL_DEVICE_VULKAN_1_3_FEATURES};
+    if (properties.apiVersion >= VK_API_VERSION_1_3) {
+      VkPhysicalDeviceFeatures2 f2{VK_STRUCTURE_TYPE_PHYSICAL_DEVICE_FEATURES_2};
+      f2.pNext = &v13;
+      vk.GetPhysicalDeviceFeatures2(physical, &f2);
+      // $TLC_VULKAN_NO_INTEGER_DOT=1 emulates a device without it.
+      const char *off = std::getenv("TLC_VULKAN_NO_INTEGER_DOT");
+      integerDot = v13.shaderIntegerDotProduct && !(off && *off == '1');
+      v13 = {VK_STRUCTURE_TYPE_PHYSICAL_DEVICE_VULKAN_1_3_FEATURES};
+      v13.shaderIntegerDotProduct = integerDot;
+      dci.pNext = &v13;
+    }
     r = vk.CreateDevice(physical, &dci, nullptr, &device);
     if (r != VK_SUCCESS) {
       why = "vkCreateDevice failed (VkResult " + std::to_string(r) + ")";
@@ -707,6 +724,7 @@ public:
                       KernelProfile *profile,
                       std::unique_ptr<Fence> *out) override {
     auto &recorded = static_cast<VulkanCommandBuffer &>(cb);
+    auto entered = std::chrono::steady_clock::now();
     // Per-call spaces move with the call: rewrite those descriptors.
     std::vector<std::vector<BufferRange>> resolved;
     for (RecordedDispatch &r : recorded.recorded()) {
@@ -819,6 +837,12 @@ public:
     }
     if (tlc_status_t s = finish())
       return s;
+    if (profile && !each) {
+      profile->recordSeconds += std::chrono::duration<double>(
+                                    std::chrono::steady_clock::now() - entered)
+                                    .count();
+      profile->submissions += 1;
+    }
     if (stamps && !stamped.empty()) {
       if (tlc_status_t s = check(c_.vk.WaitForFences(c_.device, 1, &fence_,
                                                       VK_TRUE, UINT64_MAX),
@@ -1048,8 +1072,39 @@ public:
     }
     return fits(c, e, why);
   }
+  /// Whether `e`'s SPIR-V declares the packed int8 dot product (an
+  /// OpCapability among each module's first instructions).
+  static bool usesIntegerDot(const fb::Executable &e) {
+    if (!e.image())
+      return false;
+    const uint8_t *image = e.image()->data();
+    size_t size = e.image()->size();
+    std::vector<size_t> starts{0};
+    if (const auto *offsets = e.kernel_offsets())
+      starts.assign(offsets->begin(), offsets->end());
+    constexpr uint32_t kOpCapability = 17, kDotProductInput4x8BitPacked = 6018;
+    for (size_t start : starts)
+      for (size_t at = start + 20; at + 8 <= size; at += 8) {
+        uint32_t op, capability;
+        std::memcpy(&op, image + at, 4);
+        std::memcpy(&capability, image + at + 4, 4);
+        if (op != (2u << 16 | kOpCapability))
+          break;
+        if (capability == kDotProductInput4x8BitPacked)
+          return true;
+      }
+    return false;
+  }
   /// Whether the device's limits allow every dispatch of `e`; else `why`.
   static bool fits(const Context &c, const fb::Executable &e, std::string *why) {
+    if (!c.integerDot && usesIntegerDot(e)) {
+      *why = std::string("Vulkan: the kernels use the packed int8 dot "
+                         "product (SPIR-V 1.6), which ") +
+             c.properties.deviceName +
+             " lacks (Vulkan 1.3 shaderIntegerDotProduct); compile with "
+             "--target vulkan-spirv:no-integer-dot for it";
+      return false;
+    }
     uint32_t maxGroups = c.properties.limits.maxComputeWorkGroupCount[0];
     if (!e.entry_points())
       return true;

@@ -103,6 +103,10 @@ public:
 struct KernelProfile {
   std::vector<double> seconds;
   std::vector<uint64_t> calls;
+  /// Host time spent recording and submitting (drivers that record per
+  /// submission), and the number of submissions.
+  double recordSeconds = 0;
+  uint64_t submissions = 0;
 };
 
 class Queue {
