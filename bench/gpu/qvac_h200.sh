@@ -39,6 +39,8 @@ run_model() {
   # aborts in ggml_build_backward_expand); its README's examples pass it.
   # Each training step is one window of -c tokens: -c 2048 -b 2048 is the
   # closest to our 4 x 512 (it has no batch of several sequences).
+  # QVAC_BENCH_ONLY=1: llama-bench alone (a decode side by side).
+  [ "${QVAC_BENCH_ONLY:-0}" = 1 ] && return 0
   for ctx in 512 2048; do
     echo "== $name $*: llama-finetune-lora -c $ctx -b $ctx -ub 512 -fa off, r=16, all 7 projections"
     peak timeout 150 python3 bench/gpu/stamp.py "$tmp/bin/llama-finetune-lora" -m "$tmp/m.gguf" "$@" \

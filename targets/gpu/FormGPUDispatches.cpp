@@ -360,12 +360,50 @@ KernelSpec rmsNormQuantizeKernel(RMSNormOp n, int64_t tm) {
   return k;
 }
 
+/// inv_freq of a rotary embedding as transformers computes it in float32.
+SmallVector<float> ropeInvFreq(RopeOp r) {
+  int64_t hd = r.getHeadDim();
+  float theta = (float)r.getTheta().convertToDouble();
+  SmallVector<float> invFreq;
+  for (int64_t i = 0; i < hd / 2; ++i)
+    invFreq.push_back(1.0f / std::pow(theta, (float)(2 * i) / (float)hd));
+  return invFreq;
+}
+
+/// Elements (x1, x2) = (i, i + head_dim / 2) of a head rotated to
+/// position p (an index): x1 cos - x2 sin, x2 cos + x1 sin, the angle
+/// p * invFreq[i] (i an index), sin times `sign`.
+std::pair<Value, Value> rotatePair(OpBuilder &b, Location loc, Value x1,
+                                   Value x2, Value p, Value i,
+                                   ArrayRef<float> invFreq, float sign) {
+  TLC_E(b, loc);
+  Value pf = arith::SIToFPOp::create(
+      b, loc, b.getF32Type(),
+      arith::IndexCastOp::create(b, loc, b.getI32Type(), p));
+  auto [sin0, cos] = sinCos(b, loc, e.mul(pf, constantAt(b, loc, invFreq, i)));
+  Value sin = e.mul(sin0, e.f(sign));
+  return {e.sub(e.mul(x1, cos), e.mul(x2, sin)),
+          e.add(e.mul(x2, cos), e.mul(x1, sin))};
+}
+
+/// The rotations and cache appends after an attention's q, k and v
+/// products (ProductEpilogue::AttentionInputs).
+struct AttentionInputs {
+  int64_t headDim, cacheRows, theta;
+  SmallVector<float> invFreq;
+};
+
 /// What a decode ternary product does with its outputs (fused epilogues
 /// save the launch of the elementwise op that would follow).
 enum class ProductEpilogue {
   Store,          ///< y_i[t, n] for each weight i
   AddResidual,    ///< y[t, n] = r[t, n] + product (one weight; r its operand)
   SquaredReluMul, ///< y[t, n] = max(gate, 0)^2 * up (weights gate, up)
+  /// Weights q, k, v: q and k rotated (rotatePair; a workgroup computes two
+  /// pairs (i, i + head_dim / 2), first elements in its first two slots),
+  /// k and v stored at row pos + t of the caches (operands after the
+  /// weights), rotated q the result.
+  AttentionInputs,
 };
 
 /// y[t, n] = (x_q[t] . W_t[n]) * gamma / s[t], exact in int32. The weights
@@ -383,11 +421,15 @@ enum class ProductEpilogue {
 KernelSpec
 ternaryMatmulKernel(ArrayRef<int64_t> Ns, int64_t K, int64_t tm,
                     MLIRContext *ctx, bool integerDot,
-                    ProductEpilogue epilogue = ProductEpilogue::Store) {
+                    ProductEpilogue epilogue = ProductEpilogue::Store,
+                    std::optional<AttentionInputs> attn = std::nullopt) {
   constexpr int64_t kLanesPerOutput = 16;
   constexpr int64_t kOutputsPerGroup = kWorkgroupSize / kLanesPerOutput;
   bool gated = epilogue == ProductEpilogue::SquaredReluMul;
   bool residual = epilogue == ProductEpilogue::AddResidual;
+  assert((epilogue == ProductEpilogue::AttentionInputs) == attn.has_value() &&
+         (!attn || (Ns.size() == 3 && attn->headDim % 4 == 0)) &&
+         "attention inputs need q, k, v and an even number of pairs");
   assert((!gated || (Ns.size() == 2 && Ns[0] == Ns[1])) &&
          (!residual || Ns.size() == 1) && "epilogue of the wrong products");
   KernelSpec k;
@@ -396,13 +438,19 @@ ternaryMatmulKernel(ArrayRef<int64_t> Ns, int64_t K, int64_t tm,
     k.name += "_n" + std::to_string(N);
   k.name += "_k" + std::to_string(K);
   k.name += gated ? "_squared_relu_mul" : residual ? "_add" : "";
+  if (attn)
+    k.name += llvm::formatv("_rope_hd{0}_theta{1}_append_s{2}", attn->headDim,
+                            attn->theta, attn->cacheRows);
   Type i32 = IntegerType::get(ctx, 32), f32 = Float32Type::get(ctx);
   k.buffers = {qactBuffer(tm, K, ctx)};
   for (int64_t N : Ns)
     k.buffers.push_back(MemRefType::get({16 + N * K / 16}, i32));
   if (residual)
     k.buffers.push_back(rowsOf(tm, Ns[0], f32));
-  for (int64_t N : gated ? Ns.take_front() : Ns)
+  if (attn)
+    k.buffers.append({rowsOf(attn->cacheRows, Ns[1], f32),
+                      rowsOf(attn->cacheRows, Ns[2], f32)});
+  for (int64_t N : gated || attn ? Ns.take_front() : Ns)
     k.buffers.push_back(rowsOf(tm, N, f32));
   // Workgroups [ends[i-1], ends[i]) of a token compute weight i's outputs
   // (gated: one range, two outputs of each weight per workgroup).
@@ -423,7 +471,8 @@ ternaryMatmulKernel(ArrayRef<int64_t> Ns, int64_t K, int64_t tm,
     Value q = a.buffers[0];
     ValueRange weights = a.buffers.slice(1, count);
     Value residualIn = residual ? a.buffers[1 + count] : Value();
-    ValueRange outputs = a.buffers.drop_front(1 + count + (residual ? 1 : 0));
+    ValueRange outputs =
+        a.buffers.drop_front(1 + count + (residual ? 1 : 0) + (attn ? 2 : 0));
     Value scratch = allocWorkgroup(b, loc, kWorkgroupSize, b.getI32Type());
     Value sub = e.irem(a.lane, e.c(kLanesPerOutput));
     Value slot = e.idiv(a.lane, e.c(kLanesPerOutput));
@@ -483,8 +532,51 @@ ternaryMatmulKernel(ArrayRef<int64_t> Ns, int64_t K, int64_t tm,
       return std::make_pair(valid, e.sel(valid, n, e.c(0)));
     };
     // Weight i's group g (< its group count) of token t.
+    // Weight i's group g of token t with AttentionInputs: v's outputs go
+    // to its cache; q's and k's are two pairs (slots 0, 1 the first
+    // elements, 2, 3 the second), rotated by the first two slots' leaders.
+    auto attentionProduct = [&](OpBuilder &b, Location loc, int64_t i, Value t,
+                                Value g) {
+      TLC_E(b, loc);
+      int64_t hd = attn->headDim, half = hd / 2;
+      Value kCache = a.buffers[1 + count], vCache = a.buffers[2 + count];
+      Value cacheRow = e.iadd(a.pos, t);
+      bool rotated = i < 2;
+      Value n;
+      if (rotated) {
+        Value pair = e.iadd(e.imul(g, e.c(2)), e.irem(slot, e.c(2)));
+        n = e.iadd(e.iadd(e.imul(e.idiv(pair, e.c(half)), e.c(hd)),
+                          e.irem(pair, e.c(half))),
+                   e.sel(e.ult(slot, e.c(2)), e.c(0), e.c(half)));
+      } else {
+        n = e.iadd(e.imul(g, e.c(kOutputsPerGroup)), slot);
+      }
+      auto [valid, row] = rowOf(b, loc, n, sizes[i]);
+      e.st(partial(b, loc, weights[i], t, row), scratch, a.lane);
+      mlir::gpu::BarrierOp::create(b, loc);
+      Value leader = arith::AndIOp::create(b, loc, valid, e.ieq(sub, e.c(0)));
+      if (rotated)
+        leader = arith::AndIOp::create(b, loc, leader, e.ult(slot, e.c(2)));
+      when(b, loc, leader, [&](OpBuilder &b, Location loc) {
+        TLC_E(b, loc);
+        Value x1 = output(b, loc, weights[i], t, a.lane);
+        if (!rotated)
+          return e.st(x1, vCache, {cacheRow, n});
+        Value x2 = output(b, loc, weights[i], t,
+                          e.iadd(a.lane, e.c(2 * kLanesPerOutput)));
+        auto [o1, o2] = rotatePair(b, loc, x1, x2, cacheRow, e.irem(n, e.c(hd)),
+                                   attn->invFreq, 1.0f);
+        Value dest = i == 0 ? outputs[0] : kCache;
+        Value destRow = i == 0 ? t : cacheRow;
+        e.st(o1, dest, {destRow, n});
+        e.st(o2, dest, {destRow, e.iadd(n, e.c(half))});
+      });
+      mlir::gpu::BarrierOp::create(b, loc);
+    };
     auto product = [&](OpBuilder &b, Location loc, int64_t i, Value t,
                        Value g) {
+      if (attn)
+        return attentionProduct(b, loc, i, t, g);
       TLC_E(b, loc);
       Value n = e.iadd(e.imul(g, e.c(kOutputsPerGroup)), slot);
       auto [valid, row] = rowOf(b, loc, n, sizes[i]);
@@ -726,10 +818,7 @@ KernelSpec denseKernel(DenseOp d, int64_t tm, int64_t maxBinding) {
 KernelSpec ropeKernel(RopeOp r, int64_t tm, int64_t cacheRows = 0) {
   int64_t D = dim(r.getInput(), 1), hd = r.getHeadDim(), half = hd / 2;
   double theta = r.getTheta().convertToDouble();
-  SmallVector<float> invFreq;
-  for (int64_t i = 0; i < half; ++i)
-    invFreq.push_back(1.0f /
-                      std::pow((float)theta, (float)(2 * i) / (float)hd));
+  SmallVector<float> invFreq = ropeInvFreq(r);
   int64_t period = r.getPeriod() ? (int64_t)*r.getPeriod() : (int64_t)1 << 30;
   float sign = r.getInverse() ? -1.0f : 1.0f;
   Type f32 = Float32Type::get(r.getContext());
@@ -750,18 +839,10 @@ KernelSpec ropeKernel(RopeOp r, int64_t tm, int64_t cacheRows = 0) {
           Value p = arith::AddIOp::create(
               b, loc, a.pos,
               arith::RemUIOp::create(b, loc, t, indexConst(b, loc, period)));
-          Value pf = arith::SIToFPOp::create(
-              b, loc, b.getF32Type(),
-              arith::IndexCastOp::create(b, loc, b.getI32Type(), p));
           Value head =
               arith::DivUIOp::create(b, loc, idx, indexConst(b, loc, half));
           Value i =
               arith::RemUIOp::create(b, loc, idx, indexConst(b, loc, half));
-          Value angle =
-              arith::MulFOp::create(b, loc, pf, constantAt(b, loc, invFreq, i));
-          auto [sin0, cos] = sinCos(b, loc, angle);
-          Value sin =
-              arith::MulFOp::create(b, loc, sin0, f32Const(b, loc, sign));
           Value i1 = arith::AddIOp::create(
               b, loc,
               arith::MulIOp::create(b, loc, head, indexConst(b, loc, hd)), i);
@@ -769,12 +850,7 @@ KernelSpec ropeKernel(RopeOp r, int64_t tm, int64_t cacheRows = 0) {
               arith::AddIOp::create(b, loc, i1, indexConst(b, loc, half));
           Value x1 = memref::LoadOp::create(b, loc, a.buffers[0], {t, i1});
           Value x2 = memref::LoadOp::create(b, loc, a.buffers[0], {t, i2});
-          Value o1 = arith::SubFOp::create(
-              b, loc, arith::MulFOp::create(b, loc, x1, cos),
-              arith::MulFOp::create(b, loc, x2, sin));
-          Value o2 = arith::AddFOp::create(
-              b, loc, arith::MulFOp::create(b, loc, x2, cos),
-              arith::MulFOp::create(b, loc, x1, sin));
+          auto [o1, o2] = rotatePair(b, loc, x1, x2, p, i, invFreq, sign);
           Value row = cacheRows ? arith::AddIOp::create(b, loc, a.pos, t) : t;
           memref::StoreOp::create(b, loc, o1, a.buffers[1], {row, i1});
           memref::StoreOp::create(b, loc, o2, a.buffers[1], {row, i2});
@@ -881,34 +957,67 @@ FailureOr<KernelSpec> attentionKernel(AttentionOp op, int64_t tm) {
           return stridedFold(b, loc, a.lane, len, init, fn);
         };
     Value ninf = f32Const(b, loc, -std::numeric_limits<float>::infinity());
-    Value localMax = strided(
-        b, ninf, [&](OpBuilder &b, Location loc, Value j, Value m) -> Value {
-          // q . k over the head, d ascending. For a few tokens unrolled:
-          // its loads are straight-line (all in flight; decode attention 20
-          // -> 13 us on the H200). Prefill keeps the loop: unrolled, its
-          // many workgroups ran slower (52 -> 63 ms for 512 tokens).
-          auto term = [&](OpBuilder &b, Location loc, Value d,
-                          Value acc) -> Value {
-            Value qv = memref::LoadOp::create(
-                b, loc, q, {t, arith::AddIOp::create(b, loc, qBase, d)});
-            Value kv = memref::LoadOp::create(
-                b, loc, kc, {j, arith::AddIOp::create(b, loc, kBase, d)});
-            return arith::AddFOp::create(b, loc, acc,
-                                         arith::MulFOp::create(b, loc, qv, kv));
-          };
-          Value dot = f32Const(b, loc, 0);
-          if (tm < kTiledMinTokens) {
-            for (int64_t d = 0; d < HD; ++d)
-              dot = term(b, loc, indexConst(b, loc, d), dot);
-          } else {
-            dot = foldRange(b, loc, indexConst(b, loc, 0),
-                            indexConst(b, loc, HD), dot, term);
-          }
-          Value sc =
-              arith::MulFOp::create(b, loc, dot, f32Const(b, loc, scale));
-          memref::StoreOp::create(b, loc, sc, scores, j);
-          return maxF(b, loc, m, sc);
+    // Decode: kPositions positions per step, j = lane + 64 (kPositions i +
+    // u), their dots interleaved d by d (independent chains, each in d
+    // order as below: the same scores); positions past the row read row 0
+    // and store nothing.
+    constexpr int64_t kPositions = 4;
+    auto decodeScores = [&](OpBuilder &b, Location loc, Value j0,
+                            Value m) -> Value {
+      TLC_E(b, loc);
+      SmallVector<Value> rows, valid, dots;
+      for (int64_t u = 0; u < kPositions; ++u) {
+        Value j = e.iadd(j0, e.c(u * kWorkgroupSize));
+        valid.push_back(e.ult(j, len));
+        rows.push_back(e.sel(valid.back(), j, e.c(0)));
+        dots.push_back(e.f(0));
+      }
+      for (int64_t d = 0; d < HD; ++d) {
+        Value qv = e.ld(q, {t, e.iadd(qBase, e.c(d))});
+        for (int64_t u = 0; u < kPositions; ++u)
+          dots[u] = e.add(
+              dots[u], e.mul(qv, e.ld(kc, {rows[u], e.iadd(kBase, e.c(d))})));
+      }
+      for (int64_t u = 0; u < kPositions; ++u) {
+        Value sc = e.mul(dots[u], e.f(scale));
+        when(b, loc, valid[u], [&](OpBuilder &b, Location loc) {
+          memref::StoreOp::create(b, loc, sc, scores,
+                                  e.iadd(j0, e.c(u * kWorkgroupSize)));
         });
+        m = e.sel(valid[u], maxF(b, loc, m, sc), m);
+      }
+      return m;
+    };
+    Value localMax =
+        tm < kTiledMinTokens
+            ? foldStep(b, loc, a.lane, len, kWorkgroupSize * kPositions, ninf,
+                       decodeScores)
+            : strided(
+                  b, ninf,
+                  [&](OpBuilder &b, Location loc, Value j, Value m) -> Value {
+                    // q . k over the head, d ascending. Prefill keeps the loop:
+                    // unrolled, its many workgroups ran slower (52 -> 63 ms for
+                    // 512 tokens); decode unrolls it (decodeScores: 20 -> 13
+                    // us).
+                    auto term = [&](OpBuilder &b, Location loc, Value d,
+                                    Value acc) -> Value {
+                      Value qv = memref::LoadOp::create(
+                          b, loc, q,
+                          {t, arith::AddIOp::create(b, loc, qBase, d)});
+                      Value kv = memref::LoadOp::create(
+                          b, loc, kc,
+                          {j, arith::AddIOp::create(b, loc, kBase, d)});
+                      return arith::AddFOp::create(
+                          b, loc, acc, arith::MulFOp::create(b, loc, qv, kv));
+                    };
+                    Value dot = foldRange(b, loc, indexConst(b, loc, 0),
+                                          indexConst(b, loc, HD),
+                                          f32Const(b, loc, 0), term);
+                    Value sc = arith::MulFOp::create(b, loc, dot,
+                                                     f32Const(b, loc, scale));
+                    memref::StoreOp::create(b, loc, sc, scores, j);
+                    return maxF(b, loc, m, sc);
+                  });
     Value m = workgroupReduce(b, loc, scratch, a.lane, localMax, maxF);
     Value localSum = strided(
         b, f32Const(b, loc, 0),
@@ -1206,6 +1315,7 @@ struct FormGPUDispatchesPass
         if (failed(fuseNormQuantize(func, symbols, tm)) ||
             failed(fuseGatedProducts(func, symbols, tm)) ||
             failed(fuseResidualProducts(func, symbols, tm)) ||
+            failed(fuseAttentionProjections(func, symbols, tm)) ||
             failed(fuseSharedInputProducts(func, symbols, tm)) ||
             failed(fuseAttentionInputs(func, symbols, tm)))
           return signalPassFailure();
@@ -1268,12 +1378,11 @@ struct FormGPUDispatchesPass
     for (auto n : llvm::make_early_inc_range(
              func.getBody().front().getOps<RMSNormOp>())) {
       // Each workgroup recomputes the normalized row for its absolute
-      // maximum. On the H200 that won at 2560 (fused 8 us, apart 9.7) and
-      // not at 6912 (16 against 13.4; with the row in registers 13.9
-      // against 15.3, but decode 275.8 against 278.5 tok/s): rows over
-      // 4096 stay two kernels.
+      // maximum, from registers up to kFlatFoldMax (normQuantizeRow). On
+      // the H200: at 2560 fused 8 us, apart 9.7; at 6912 13.9 against 15.3
+      // (before the registers: 16 against 13.4).
       int64_t D = dim(n.getInput(), 1);
-      if (!n->hasOneUse() || D % 4 != 0 || D > 4096)
+      if (!n->hasOneUse() || D % 4 != 0 || D > kFlatFoldMax)
         continue;
       auto q = dyn_cast<QuantizeOp>(*n->getUsers().begin());
       if (!q)
@@ -1373,6 +1482,95 @@ struct FormGPUDispatchesPass
     return success();
   }
 
+  /// The q, k and v products of an attention (one quantized input, nothing
+  /// else using them) with the rotations and appends after them are one
+  /// dispatch for a few tokens (ProductEpilogue::AttentionInputs): one
+  /// launch instead of two.
+  LogicalResult fuseAttentionProjections(func::FuncOp func,
+                                         SymbolTable &symbols, int64_t tm) {
+    Block &body = func.getBody().front();
+    for (auto att : llvm::make_early_inc_range(body.getOps<AttentionOp>())) {
+      KVAppendOp keys = soleAppend(att, att.getKeys()),
+                 values = soleAppend(att, att.getValues());
+      auto qRope = att.getQuery().getDefiningOp<RopeOp>();
+      auto kRope = keys ? keys.getInput().getDefiningOp<RopeOp>() : nullptr;
+      if (!values || !qRope || !kRope || att.getKeys() == att.getValues() ||
+          !plainRopes(att, qRope, kRope, keys, values))
+        continue;
+      auto product = [](Value v) {
+        auto m = v.getDefiningOp<TernaryMatmulOp>();
+        return m && m->hasOneUse() ? m : nullptr;
+      };
+      TernaryMatmulOp mq = product(qRope.getInput()),
+                      mk = product(kRope.getInput()),
+                      mv = product(values.getInput());
+      if (!mq || !mk || !mv || mk.getInput() != mq.getInput() ||
+          mv.getInput() != mq.getInput() ||
+          !llvm::hasNItems(mq.getInput().getUses(), 3))
+        continue;
+      auto kc = cast<KVCacheType>(att.getKeys().getType());
+      if (kc.getHeadDim() % 4 != 0)
+        continue;
+      if (failed(checkTernaryShape(mq)))
+        return failure();
+      SmallVector<int64_t> sizes;
+      for (TernaryMatmulOp m : {mq, mk, mv})
+        sizes.push_back(m.getWeight().getType().getOutFeatures());
+      AttentionInputs spec{kc.getHeadDim(), kc.getMaxSeq(),
+                           (int64_t)qRope.getTheta().convertToDouble(),
+                           ropeInvFreq(qRope)};
+      OpBuilder b(att);
+      DispatchOp d = dispatch(
+          b, symbols,
+          withTokens(ternaryMatmulKernel(
+                         sizes, mq.getWeight().getType().getInFeatures(), tm,
+                         &getContext(), integerDot,
+                         ProductEpilogue::AttentionInputs, spec),
+                     tm),
+          {mq.getInput(), mq.getWeight(), mk.getWeight(), mv.getWeight(),
+           att.getKeys(), att.getValues()},
+          {qRope.getType()}, tm);
+      if (!d)
+        return failure();
+      att.getQueryMutable().assign(d.getResult(0));
+      for (Operation *op :
+           {keys.getOperation(), values.getOperation(), kRope.getOperation(),
+            qRope.getOperation(), mq.getOperation(), mk.getOperation(),
+            mv.getOperation()})
+        op->erase();
+    }
+    return success();
+  }
+
+  /// The one append to `cache` before `att` when nothing but `att` and it
+  /// use the cache.
+  static KVAppendOp soleAppend(AttentionOp att, Value cache) {
+    KVAppendOp found;
+    for (Operation *u : cache.getUsers())
+      if (auto a = dyn_cast<KVAppendOp>(u);
+          a && a->isBeforeInBlock(att) && !found)
+        found = a;
+      else if (u != att.getOperation())
+        return nullptr;
+    return found;
+  }
+
+  /// Whether q and k are rotated as one decode kernel can: each used once,
+  /// at the attention's position, no period or inverse, one theta, the
+  /// cache's head size; the appends at that position too.
+  static bool plainRopes(AttentionOp att, RopeOp qRope, RopeOp kRope,
+                         KVAppendOp keys, KVAppendOp values) {
+    auto kc = cast<KVCacheType>(att.getKeys().getType());
+    return qRope->hasOneUse() && kRope->hasOneUse() &&
+           kRope.getPosition() == keys.getPosition() &&
+           qRope.getPosition() == att.getPosition() &&
+           values.getPosition() == keys.getPosition() && !kRope.getPeriod() &&
+           !qRope.getPeriod() && !kRope.getInverse() && !qRope.getInverse() &&
+           kRope.getTheta() == qRope.getTheta() &&
+           (int64_t)qRope.getHeadDim() == kc.getHeadDim() &&
+           (int64_t)kRope.getHeadDim() == kc.getHeadDim();
+  }
+
   /// The rotary embeddings of queries and keys and the key and value
   /// appends before an attention are one dispatch for a few tokens
   /// (sideBySide; the rotated keys go straight into the cache).
@@ -1380,34 +1578,14 @@ struct FormGPUDispatchesPass
                                     int64_t tm) {
     Block &body = func.getBody().front();
     for (auto att : llvm::make_early_inc_range(body.getOps<AttentionOp>())) {
-      auto appendTo = [&](Value cache) -> KVAppendOp {
-        KVAppendOp found;
-        for (Operation *u : cache.getUsers())
-          if (auto a = dyn_cast<KVAppendOp>(u);
-              a && a->isBeforeInBlock(att) && !found)
-            found = a;
-          else if (u != att.getOperation())
-            return nullptr; // another reader or writer of the cache
-        return found;
-      };
+      KVAppendOp keys = soleAppend(att, att.getKeys()),
+                 values = soleAppend(att, att.getValues());
       auto qRope = att.getQuery().getDefiningOp<RopeOp>();
-      KVAppendOp keys = appendTo(att.getKeys()),
-                 values = appendTo(att.getValues());
-      if (!qRope || !qRope->hasOneUse() || !keys || !values ||
-          att.getKeys() == att.getValues())
-        continue;
-      auto kRope = keys.getInput().getDefiningOp<RopeOp>();
-      if (!kRope || !kRope->hasOneUse() ||
-          kRope.getPosition() != keys.getPosition() || kRope.getPeriod() ||
-          qRope.getPeriod() || kRope.getInverse() || qRope.getInverse() ||
-          kRope.getTheta() != qRope.getTheta() ||
-          qRope.getPosition() != att.getPosition() ||
-          values.getPosition() != keys.getPosition())
+      auto kRope = keys ? keys.getInput().getDefiningOp<RopeOp>() : nullptr;
+      if (!values || !qRope || !kRope || att.getKeys() == att.getValues() ||
+          !plainRopes(att, qRope, kRope, keys, values))
         continue;
       auto kc = cast<KVCacheType>(att.getKeys().getType());
-      if ((int64_t)qRope.getHeadDim() != kc.getHeadDim() ||
-          (int64_t)kRope.getHeadDim() != kc.getHeadDim())
-        continue;
       int64_t S = kc.getMaxSeq(), D = kc.getKvHeads() * kc.getHeadDim();
       KernelSpec spec = sideBySide(
           llvm::formatv("attention_inputs_q{0}_kv{1}_s{2}_hd{3}_theta{4}",

@@ -347,3 +347,36 @@ func.func @attention_inputs(%q: tensor<?x128xf32>, %k: tensor<?x32xf32>, %v: ten
   %o = tlora.attention %qr, %kc, %vc at %pos scale(0.25) : tensor<?x128xf32>, !tlora.kv_cache<maxSeq = 64, kvHeads = 2, headDim = 16> -> tensor<?x128xf32>
   return %o : tensor<?x128xf32>
 }
+
+// -----
+
+// Decode: when q, k and v are products of one quantized input used by
+// nothing else, the rotations and appends are their kernel's epilogue: one
+// dispatch (q: 128 / 4, k and v: 32 / 4 workgroups). The leaders of the
+// first two slots rotate a pair (i, i + 8) and store the rotated q, or k at
+// row pos + t of the cache; v goes to its cache as it is.
+// CHECK-LABEL: func.func @attention_projections
+// CHECK: %[[Q:.*]] = tlora.dispatch @kernels::@ternary_matmul_n128_n32_n32_k64_rope_hd16_theta10000_append_s64_t1(%{{.*}}, %{{.*}}, %{{.*}}, %{{.*}}, %[[KC:.*]], %[[VC:.*]]) workload(48 * T + 0) : {{.*}} -> tensor<?x128xf32>
+// CHECK-NOT: tlora.dispatch @kernels::@attention_inputs
+// CHECK: tlora.dispatch @kernels::@attention_s64_h8_kv2_hd16_t1(%[[Q]], %[[KC]], %[[VC]])
+// CHECK: gpu.func @ternary_matmul_n128_n32_n32_k64_rope_hd16_theta10000_append_s64_t1(%{{.*}}: memref<17xi32>, %{{.*}}: memref<528xi32>, %{{.*}}: memref<144xi32>, %{{.*}}: memref<144xi32>, %{{.*}}: memref<64x32xf32>, %{{.*}}: memref<64x32xf32>, %{{.*}}: memref<1x128xf32>
+// CHECK: gpu.barrier
+// CHECK: arith.subf
+// CHECK: arith.addf
+func.func @attention_projections(%x: tensor<?x64xf32>, %pos: index) -> tensor<?x128xf32> attributes {tlora.max_tokens = 1 : i64} {
+  %wq = tlora.ternary_weight "q" scale(1.0) source(packed) : !tlora.ternary<outFeatures = 128, inFeatures = 64>
+  %wk = tlora.ternary_weight "k" scale(1.0) source(packed) : !tlora.ternary<outFeatures = 32, inFeatures = 64>
+  %wv = tlora.ternary_weight "v" scale(1.0) source(packed) : !tlora.ternary<outFeatures = 32, inFeatures = 64>
+  %qx = tlora.quantize %x : tensor<?x64xf32> -> !tlora.qact<features = 64>
+  %q = tlora.ternary_matmul %qx, %wq : !tlora.qact<features = 64>, !tlora.ternary<outFeatures = 128, inFeatures = 64> -> tensor<?x128xf32>
+  %k = tlora.ternary_matmul %qx, %wk : !tlora.qact<features = 64>, !tlora.ternary<outFeatures = 32, inFeatures = 64> -> tensor<?x32xf32>
+  %v = tlora.ternary_matmul %qx, %wv : !tlora.qact<features = 64>, !tlora.ternary<outFeatures = 32, inFeatures = 64> -> tensor<?x32xf32>
+  %qr = tlora.rope %q at %pos head_dim(16) theta(10000.0) : tensor<?x128xf32> -> tensor<?x128xf32>
+  %kr = tlora.rope %k at %pos head_dim(16) theta(10000.0) : tensor<?x32xf32> -> tensor<?x32xf32>
+  %kc = tlora.kv_cache "layers.0.keys" : !tlora.kv_cache<maxSeq = 64, kvHeads = 2, headDim = 16>
+  %vc = tlora.kv_cache "layers.0.values" : !tlora.kv_cache<maxSeq = 64, kvHeads = 2, headDim = 16>
+  tlora.kv_append %kr into %kc at %pos : tensor<?x32xf32>, !tlora.kv_cache<maxSeq = 64, kvHeads = 2, headDim = 16>
+  tlora.kv_append %v into %vc at %pos : tensor<?x32xf32>, !tlora.kv_cache<maxSeq = 64, kvHeads = 2, headDim = 16>
+  %o = tlora.attention %qr, %kc, %vc at %pos scale(0.25) : tensor<?x128xf32>, !tlora.kv_cache<maxSeq = 64, kvHeads = 2, headDim = 16> -> tensor<?x128xf32>
+  return %o : tensor<?x128xf32>
+}
