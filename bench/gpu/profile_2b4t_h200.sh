@@ -21,7 +21,9 @@ done
     for gen in 1 25; do
       echo "== $m, prompt 512, $gen generated"
       TLC_PROFILE=1 timeout 150 build/bin/tlc-run bench /tmp/$m.tlm --device gpu \
-        --prompt-len 512 --gen-len $gen 2>&1 | sort -k1,1 -rn | head -24
+        --prompt-len 512 --gen-len $gen > /tmp/profile.log 2>&1 || true
+      grep -E "host:|decode_tok_s" /tmp/profile.log || true
+      sort -k1,1 -rn /tmp/profile.log | head -24
     done
   done
   [ -f /tmp/train1.tlm ] || exit 0

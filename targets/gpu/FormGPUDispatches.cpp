@@ -957,67 +957,35 @@ FailureOr<KernelSpec> attentionKernel(AttentionOp op, int64_t tm) {
           return stridedFold(b, loc, a.lane, len, init, fn);
         };
     Value ninf = f32Const(b, loc, -std::numeric_limits<float>::infinity());
-    // Decode: kPositions positions per step, j = lane + 64 (kPositions i +
-    // u), their dots interleaved d by d (independent chains, each in d
-    // order as below: the same scores); positions past the row read row 0
-    // and store nothing.
-    constexpr int64_t kPositions = 4;
-    auto decodeScores = [&](OpBuilder &b, Location loc, Value j0,
-                            Value m) -> Value {
-      TLC_E(b, loc);
-      SmallVector<Value> rows, valid, dots;
-      for (int64_t u = 0; u < kPositions; ++u) {
-        Value j = e.iadd(j0, e.c(u * kWorkgroupSize));
-        valid.push_back(e.ult(j, len));
-        rows.push_back(e.sel(valid.back(), j, e.c(0)));
-        dots.push_back(e.f(0));
-      }
-      for (int64_t d = 0; d < HD; ++d) {
-        Value qv = e.ld(q, {t, e.iadd(qBase, e.c(d))});
-        for (int64_t u = 0; u < kPositions; ++u)
-          dots[u] = e.add(
-              dots[u], e.mul(qv, e.ld(kc, {rows[u], e.iadd(kBase, e.c(d))})));
-      }
-      for (int64_t u = 0; u < kPositions; ++u) {
-        Value sc = e.mul(dots[u], e.f(scale));
-        when(b, loc, valid[u], [&](OpBuilder &b, Location loc) {
-          memref::StoreOp::create(b, loc, sc, scores,
-                                  e.iadd(j0, e.c(u * kWorkgroupSize)));
+    Value localMax = strided(
+        b, ninf, [&](OpBuilder &b, Location loc, Value j, Value m) -> Value {
+          // q . k over the head, d ascending. For a few tokens unrolled:
+          // its loads are straight-line (all in flight; decode attention 20
+          // -> 13 us on the H200; four positions' dots interleaved were
+          // slower, 12 -> 21 us). Prefill keeps the loop: unrolled, its
+          // many workgroups ran slower (52 -> 63 ms for 512 tokens).
+          auto term = [&](OpBuilder &b, Location loc, Value d,
+                          Value acc) -> Value {
+            Value qv = memref::LoadOp::create(
+                b, loc, q, {t, arith::AddIOp::create(b, loc, qBase, d)});
+            Value kv = memref::LoadOp::create(
+                b, loc, kc, {j, arith::AddIOp::create(b, loc, kBase, d)});
+            return arith::AddFOp::create(b, loc, acc,
+                                         arith::MulFOp::create(b, loc, qv, kv));
+          };
+          Value dot = f32Const(b, loc, 0);
+          if (tm < kTiledMinTokens) {
+            for (int64_t d = 0; d < HD; ++d)
+              dot = term(b, loc, indexConst(b, loc, d), dot);
+          } else {
+            dot = foldRange(b, loc, indexConst(b, loc, 0),
+                            indexConst(b, loc, HD), dot, term);
+          }
+          Value sc =
+              arith::MulFOp::create(b, loc, dot, f32Const(b, loc, scale));
+          memref::StoreOp::create(b, loc, sc, scores, j);
+          return maxF(b, loc, m, sc);
         });
-        m = e.sel(valid[u], maxF(b, loc, m, sc), m);
-      }
-      return m;
-    };
-    Value localMax =
-        tm < kTiledMinTokens
-            ? foldStep(b, loc, a.lane, len, kWorkgroupSize * kPositions, ninf,
-                       decodeScores)
-            : strided(
-                  b, ninf,
-                  [&](OpBuilder &b, Location loc, Value j, Value m) -> Value {
-                    // q . k over the head, d ascending. Prefill keeps the loop:
-                    // unrolled, its many workgroups ran slower (52 -> 63 ms for
-                    // 512 tokens); decode unrolls it (decodeScores: 20 -> 13
-                    // us).
-                    auto term = [&](OpBuilder &b, Location loc, Value d,
-                                    Value acc) -> Value {
-                      Value qv = memref::LoadOp::create(
-                          b, loc, q,
-                          {t, arith::AddIOp::create(b, loc, qBase, d)});
-                      Value kv = memref::LoadOp::create(
-                          b, loc, kc,
-                          {j, arith::AddIOp::create(b, loc, kBase, d)});
-                      return arith::AddFOp::create(
-                          b, loc, acc, arith::MulFOp::create(b, loc, qv, kv));
-                    };
-                    Value dot = foldRange(b, loc, indexConst(b, loc, 0),
-                                          indexConst(b, loc, HD),
-                                          f32Const(b, loc, 0), term);
-                    Value sc = arith::MulFOp::create(b, loc, dot,
-                                                     f32Const(b, loc, scale));
-                    memref::StoreOp::create(b, loc, sc, scores, j);
-                    return maxF(b, loc, m, sc);
-                  });
     Value m = workgroupReduce(b, loc, scratch, a.lane, localMax, maxF);
     Value localSum = strided(
         b, f32Const(b, loc, 0),

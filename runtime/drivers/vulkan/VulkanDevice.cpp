@@ -557,6 +557,7 @@ struct RecordedDispatch {
   uint32_t groupsY, groupsZ;
   std::vector<BufferRange> bindings;
   std::vector<DynamicSpace> dynamic;
+  std::vector<BufferRange> written; // per-call ranges its set holds now
 };
 
 class VulkanCommandBuffer final : public CommandBuffer {
@@ -716,6 +717,11 @@ public:
             c_.vk.AllocateCommandBuffers(c_.device, &ai, &commands_),
             "vkAllocateCommandBuffers"))
       return s;
+    ai.commandBufferCount = 2;
+    if (tlc_status_t s = check(
+            c_.vk.AllocateCommandBuffers(c_.device, &ai, calls_),
+            "vkAllocateCommandBuffers"))
+      return s;
     VkFenceCreateInfo fci{VK_STRUCTURE_TYPE_FENCE_CREATE_INFO};
     return check(c_.vk.CreateFence(c_.device, &fci, nullptr, &fence_),
                  "vkCreateFence");
@@ -724,6 +730,9 @@ public:
                       KernelProfile *profile,
                       std::unique_ptr<Fence> *out) override {
     auto &recorded = static_cast<VulkanCommandBuffer &>(cb);
+    if (!profile && !syncEach)
+      return submitCall(recorded, args, out);
+    speculated_.cb = nullptr;
     auto entered = std::chrono::steady_clock::now();
     // Per-call spaces move with the call: rewrite those descriptors.
     std::vector<std::vector<BufferRange>> resolved;
@@ -745,8 +754,10 @@ public:
         ranges[i] = b;
         any = true;
       }
-      if (any)
+      if (any) {
         recorded.write(r, ranges);
+        r.written = ranges;
+      }
       for (size_t i = 0; i < ranges.size(); ++i)
         if (!ranges[i].buffer)
           ranges[i] = r.bindings[i];
@@ -877,6 +888,140 @@ public:
     }
     return nullptr;
   }
+  /// The descriptor sets of `recorded` pointed at the call's per-call
+  /// spaces, written only where they change (never while a submission that
+  /// reads them is pending: the caller waits for each).
+  static tlc_status_t bindCall(VulkanCommandBuffer &recorded,
+                               const CallArgs &args) {
+    for (RecordedDispatch &r : recorded.recorded()) {
+      std::vector<BufferRange> ranges(r.bindings.size());
+      bool changed = false;
+      for (size_t i = 0; i < r.bindings.size(); ++i) {
+        const BufferRange *call = callSpace(r.dynamic[i], args);
+        if (!call)
+          continue;
+        BufferRange b = *call;
+        b.offset += r.bindings[i].offset;
+        b.length = r.bindings[i].length;
+        if (tlc_status_t s = recorded.checkRange(b))
+          return s;
+        ranges[i] = b;
+        r.written.resize(r.bindings.size());
+        changed |= b.buffer != r.written[i].buffer ||
+                   b.offset != r.written[i].offset ||
+                   b.length != r.written[i].length;
+      }
+      if (changed) {
+        recorded.write(r, ranges);
+        r.written = ranges;
+      }
+    }
+    return nullptr;
+  }
+  static const BufferRange *callSpace(DynamicSpace d, const CallArgs &args) {
+    return d == DynamicSpace::Input    ? &args.input
+           : d == DynamicSpace::Output ? &args.output
+           : d == DynamicSpace::Labels ? &args.labels
+                                       : nullptr;
+  }
+  /// Records every dispatch of `recorded` for `args` into `cmd`, ended.
+  tlc_status_t record(VkCommandBuffer cmd, VulkanCommandBuffer &recorded,
+                      const CallArgs &args) {
+    if (tlc_status_t s =
+            check(c_.vk.ResetCommandBuffer(cmd, 0), "vkResetCommandBuffer"))
+      return s;
+    VkCommandBufferBeginInfo bi{VK_STRUCTURE_TYPE_COMMAND_BUFFER_BEGIN_INFO};
+    bi.flags = VK_COMMAND_BUFFER_USAGE_ONE_TIME_SUBMIT_BIT;
+    if (tlc_status_t s =
+            check(c_.vk.BeginCommandBuffer(cmd, &bi), "vkBeginCommandBuffer"))
+      return s;
+    const int32_t push[4] = {(int32_t)args.T, (int32_t)args.pos,
+                             (int32_t)args.rows, 0};
+    VkMemoryBarrier barrier{VK_STRUCTURE_TYPE_MEMORY_BARRIER};
+    barrier.srcAccessMask = VK_ACCESS_SHADER_WRITE_BIT;
+    barrier.dstAccessMask =
+        VK_ACCESS_SHADER_READ_BIT | VK_ACCESS_SHADER_WRITE_BIT;
+    for (const RecordedDispatch &r : recorded.recorded()) {
+      int64_t groups = r.tokensFactor * args.T + r.constant;
+      if (groups <= 0)
+        continue;
+      c_.vk.CmdBindPipeline(cmd, VK_PIPELINE_BIND_POINT_COMPUTE,
+                            r.pipeline->pipeline);
+      c_.vk.CmdBindDescriptorSets(cmd, VK_PIPELINE_BIND_POINT_COMPUTE,
+                                  r.pipeline->layout, 0, 1, &r.set, 0,
+                                  nullptr);
+      c_.vk.CmdPushConstants(cmd, r.pipeline->layout,
+                             VK_SHADER_STAGE_COMPUTE_BIT, 0, sizeof push, push);
+      c_.vk.CmdDispatch(cmd, (uint32_t)groups, r.groupsY, r.groupsZ);
+      c_.vk.CmdPipelineBarrier(cmd, VK_PIPELINE_STAGE_COMPUTE_SHADER_BIT,
+                               VK_PIPELINE_STAGE_COMPUTE_SHADER_BIT, 0, 1,
+                               &barrier, 0, nullptr, 0, nullptr);
+    }
+    VkMemoryBarrier toHost{VK_STRUCTURE_TYPE_MEMORY_BARRIER};
+    toHost.srcAccessMask = VK_ACCESS_SHADER_WRITE_BIT;
+    toHost.dstAccessMask = VK_ACCESS_HOST_READ_BIT;
+    c_.vk.CmdPipelineBarrier(cmd, VK_PIPELINE_STAGE_COMPUTE_SHADER_BIT,
+                             VK_PIPELINE_STAGE_HOST_BIT, 0, 1, &toHost, 0,
+                             nullptr, 0, nullptr);
+    return check(c_.vk.EndCommandBuffer(cmd), "vkEndCommandBuffer");
+  }
+  /// One call without profiling: its commands come recorded where the
+  /// previous call foresaw it (a decode step's successor is the same entry
+  /// at the next position, recorded while the GPU ran this one), else are
+  /// recorded now; the host's recording (~0.5 ms for a 2B model's ~270
+  /// dispatches on NVIDIA's driver) leaves the critical path.
+  tlc_status_t submitCall(VulkanCommandBuffer &recorded, const CallArgs &args,
+                          std::unique_ptr<Fence> *out) {
+    if (tlc_status_t s = bindCall(recorded, args))
+      return s;
+    auto same = [](const BufferRange &x, const BufferRange &y) {
+      return x.buffer == y.buffer && x.offset == y.offset &&
+             x.length == y.length;
+    };
+    const Speculated &sp = speculated_;
+    bool foreseen = sp.cb == &recorded && sp.args.T == args.T &&
+                    sp.args.pos == args.pos && sp.args.rows == args.rows &&
+                    same(sp.args.input, args.input) &&
+                    same(sp.args.output, args.output) &&
+                    same(sp.args.labels, args.labels);
+    int use = foreseen ? sp.index : 1 - sp.index;
+    speculated_.cb = nullptr;
+    if (!foreseen)
+      if (tlc_status_t s = record(calls_[use], recorded, args))
+        return s;
+    if (tlc_status_t s = check(c_.vk.ResetFences(c_.device, 1, &fence_),
+                               "vkResetFences"))
+      return s;
+    VkSubmitInfo si{VK_STRUCTURE_TYPE_SUBMIT_INFO};
+    si.commandBufferCount = 1;
+    si.pCommandBuffers = &calls_[use];
+    if (tlc_status_t s = check(c_.vk.QueueSubmit(c_.queue, 1, &si, fence_),
+                               "vkQueueSubmit"))
+      return s;
+    if (args.T == 1) { // decode: foresee the next position
+      CallArgs next = args;
+      next.pos += 1;
+      if (!record(calls_[1 - use], recorded, next))
+        speculated_ = {&recorded, next, 1 - use};
+    }
+    out->reset(new (std::nothrow) VulkanFence(c_, fence_));
+    if (!*out) {
+      (void)check(c_.vk.WaitForFences(c_.device, 1, &fence_, VK_TRUE,
+                                      UINT64_MAX),
+                  "vkWaitForFences");
+      return tlc_status_create(TLC_STATUS_OUT_OF_MEMORY, "out of memory");
+    }
+    return nullptr;
+  }
+  /// The call recorded ahead into calls_[index] (cb null: none).
+  struct Speculated {
+    const VulkanCommandBuffer *cb = nullptr;
+    CallArgs args;
+    int index = 0;
+  };
+  Speculated speculated_;
+  VkCommandBuffer calls_[2] = {VK_NULL_HANDLE, VK_NULL_HANDLE};
+
   /// A timestamp query pool of at least n queries.
   tlc_status_t ensureQueries(size_t n) {
     if (queries_ && queryCount_ >= n)
