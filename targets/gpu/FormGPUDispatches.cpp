@@ -1458,13 +1458,10 @@ struct FormGPUDispatchesPass
                                          SymbolTable &symbols, int64_t tm) {
     Block &body = func.getBody().front();
     for (auto att : llvm::make_early_inc_range(body.getOps<AttentionOp>())) {
-      KVAppendOp keys = soleAppend(att, att.getKeys()),
-                 values = soleAppend(att, att.getValues());
-      auto qRope = att.getQuery().getDefiningOp<RopeOp>();
-      auto kRope = keys ? keys.getInput().getDefiningOp<RopeOp>() : nullptr;
-      if (!values || !qRope || !kRope || att.getKeys() == att.getValues() ||
-          !plainRopes(att, qRope, kRope, keys, values))
+      std::optional<AttentionFeed> feed = attentionFeed(att);
+      if (!feed)
         continue;
+      auto [keys, values, qRope, kRope] = *feed;
       auto product = [](Value v) {
         auto m = v.getDefiningOp<TernaryMatmulOp>();
         return m && m->hasOneUse() ? m : nullptr;
@@ -1523,20 +1520,36 @@ struct FormGPUDispatchesPass
     return found;
   }
 
-  /// Whether q and k are rotated as one decode kernel can: each used once,
-  /// at the attention's position, no period or inverse, one theta, the
-  /// cache's head size; the appends at that position too.
-  static bool plainRopes(AttentionOp att, RopeOp qRope, RopeOp kRope,
-                         KVAppendOp keys, KVAppendOp values) {
+  /// What feeds an attention in decode: the appends of its keys (rotated)
+  /// and values, and the rotations of q and k.
+  struct AttentionFeed {
+    KVAppendOp keys, values;
+    RopeOp qRope, kRope;
+  };
+  /// The attention's feed where one decode kernel can take it over: each
+  /// cache written once, by its append; q and k rotated and used once, at
+  /// the attention's position, no period or inverse, one theta, the cache's
+  /// head size; the appends at that position too.
+  static std::optional<AttentionFeed> attentionFeed(AttentionOp att) {
+    KVAppendOp keys = soleAppend(att, att.getKeys()),
+               values = soleAppend(att, att.getValues());
+    auto qRope = att.getQuery().getDefiningOp<RopeOp>();
+    auto kRope = keys ? keys.getInput().getDefiningOp<RopeOp>() : nullptr;
+    if (!values || !qRope || !kRope || att.getKeys() == att.getValues())
+      return std::nullopt;
     auto kc = cast<KVCacheType>(att.getKeys().getType());
-    return qRope->hasOneUse() && kRope->hasOneUse() &&
-           kRope.getPosition() == keys.getPosition() &&
-           qRope.getPosition() == att.getPosition() &&
-           values.getPosition() == keys.getPosition() && !kRope.getPeriod() &&
-           !qRope.getPeriod() && !kRope.getInverse() && !qRope.getInverse() &&
-           kRope.getTheta() == qRope.getTheta() &&
-           (int64_t)qRope.getHeadDim() == kc.getHeadDim() &&
-           (int64_t)kRope.getHeadDim() == kc.getHeadDim();
+    bool plain = qRope->hasOneUse() && kRope->hasOneUse() &&
+                 kRope.getPosition() == keys.getPosition() &&
+                 qRope.getPosition() == att.getPosition() &&
+                 values.getPosition() == keys.getPosition() &&
+                 !kRope.getPeriod() && !qRope.getPeriod() &&
+                 !kRope.getInverse() && !qRope.getInverse() &&
+                 kRope.getTheta() == qRope.getTheta() &&
+                 (int64_t)qRope.getHeadDim() == kc.getHeadDim() &&
+                 (int64_t)kRope.getHeadDim() == kc.getHeadDim();
+    if (!plain)
+      return std::nullopt;
+    return AttentionFeed{keys, values, qRope, kRope};
   }
 
   /// The rotary embeddings of queries and keys and the key and value
@@ -1546,13 +1559,10 @@ struct FormGPUDispatchesPass
                                     int64_t tm) {
     Block &body = func.getBody().front();
     for (auto att : llvm::make_early_inc_range(body.getOps<AttentionOp>())) {
-      KVAppendOp keys = soleAppend(att, att.getKeys()),
-                 values = soleAppend(att, att.getValues());
-      auto qRope = att.getQuery().getDefiningOp<RopeOp>();
-      auto kRope = keys ? keys.getInput().getDefiningOp<RopeOp>() : nullptr;
-      if (!values || !qRope || !kRope || att.getKeys() == att.getValues() ||
-          !plainRopes(att, qRope, kRope, keys, values))
+      std::optional<AttentionFeed> feed = attentionFeed(att);
+      if (!feed)
         continue;
+      auto [keys, values, qRope, kRope] = *feed;
       auto kc = cast<KVCacheType>(att.getKeys().getType());
       int64_t S = kc.getMaxSeq(), D = kc.getKvHeads() * kc.getHeadDim();
       KernelSpec spec = sideBySide(

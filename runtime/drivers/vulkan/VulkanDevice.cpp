@@ -735,34 +735,8 @@ public:
     speculated_.cb = nullptr;
     auto entered = std::chrono::steady_clock::now();
     // Per-call spaces move with the call: rewrite those descriptors.
-    std::vector<std::vector<BufferRange>> resolved;
-    for (RecordedDispatch &r : recorded.recorded()) {
-      std::vector<BufferRange> ranges(r.bindings.size());
-      bool any = false;
-      for (size_t i = 0; i < r.bindings.size(); ++i) {
-        const BufferRange *call = r.dynamic[i] == DynamicSpace::Input    ? &args.input
-                                  : r.dynamic[i] == DynamicSpace::Output ? &args.output
-                                  : r.dynamic[i] == DynamicSpace::Labels ? &args.labels
-                                                                         : nullptr;
-        if (!call)
-          continue;
-        BufferRange b = *call;
-        b.offset += r.bindings[i].offset;
-        b.length = r.bindings[i].length;
-        if (tlc_status_t s = recorded.checkRange(b))
-          return s;
-        ranges[i] = b;
-        any = true;
-      }
-      if (any) {
-        recorded.write(r, ranges);
-        r.written = ranges;
-      }
-      for (size_t i = 0; i < ranges.size(); ++i)
-        if (!ranges[i].buffer)
-          ranges[i] = r.bindings[i];
-      resolved.push_back(std::move(ranges));
-    }
+    if (tlc_status_t s = bindCall(recorded, args))
+      return s;
     if (tlc_status_t s = check(c_.vk.ResetCommandBuffer(commands_, 0),
                                "vkResetCommandBuffer"))
       return s;
@@ -773,9 +747,6 @@ public:
       return s;
     const int32_t push[4] = {(int32_t)args.T, (int32_t)args.pos,
                              (int32_t)args.rows, 0};
-    VkMemoryBarrier barrier{VK_STRUCTURE_TYPE_MEMORY_BARRIER};
-    barrier.srcAccessMask = VK_ACCESS_SHADER_WRITE_BIT;
-    barrier.dstAccessMask = VK_ACCESS_SHADER_READ_BIT | VK_ACCESS_SHADER_WRITE_BIT;
     // $TLC_VULKAN_SYNC_EACH=1 (debugging) and profiling (TLC_PROFILE=1):
     // one submission per dispatch; a profile gets each one's wall time
     // (submission and wait included).
@@ -791,20 +762,11 @@ public:
       c_.vk.CmdResetQueryPool(commands_, queries_, 0, queryCount_);
     }
     auto started = std::chrono::steady_clock::now();
-    size_t index = 0;
     for (const RecordedDispatch &r : recorded.recorded()) {
-      const std::vector<BufferRange> &ranges = resolved[index++];
       int64_t groups = r.tokensFactor * args.T + r.constant;
       if (groups <= 0)
         continue;
-      c_.vk.CmdBindPipeline(commands_, VK_PIPELINE_BIND_POINT_COMPUTE,
-                            r.pipeline->pipeline);
-      c_.vk.CmdBindDescriptorSets(commands_, VK_PIPELINE_BIND_POINT_COMPUTE,
-                                  r.pipeline->layout, 0, 1, &r.set, 0,
-                                  nullptr);
-      c_.vk.CmdPushConstants(commands_, r.pipeline->layout,
-                             VK_SHADER_STAGE_COMPUTE_BIT, 0, sizeof push,
-                             push);
+      bindDispatch(commands_, r, push);
       if (stamps)
         c_.vk.CmdWriteTimestamp(commands_, VK_PIPELINE_STAGE_TOP_OF_PIPE_BIT,
                                 queries_, 2 * stamped.size());
@@ -815,10 +777,7 @@ public:
                                 2 * stamped.size() + 1);
         stamped.push_back(r.kernel);
       }
-      // Each dispatch sees the writes of the ones before it.
-      c_.vk.CmdPipelineBarrier(commands_, VK_PIPELINE_STAGE_COMPUTE_SHADER_BIT,
-                               VK_PIPELINE_STAGE_COMPUTE_SHADER_BIT, 0, 1,
-                               &barrier, 0, nullptr, 0, nullptr);
+      afterDispatch(commands_);
       if (each) {
         if (tlc_status_t s = finish())
           return s;
@@ -836,8 +795,13 @@ public:
           profile->calls[r.kernel] += 1;
           started = now;
         }
-        if (dumpDir)
+        if (dumpDir) {
+          std::vector<BufferRange> ranges = r.bindings;
+          for (size_t i = 0; i < r.written.size(); ++i)
+            if (r.written[i].buffer)
+              ranges[i] = r.written[i];
           dump(dumpDir, recorded.kernelName(r.kernel), ranges);
+        }
         if (tlc_status_t s = check(c_.vk.ResetCommandBuffer(commands_, 0),
                                    "vkResetCommandBuffer"))
           return s;
@@ -879,6 +843,10 @@ public:
           profile->calls[stamped[i]] += 1;
         }
     }
+    return fenceFor(out);
+  }
+  /// The fence of the submission just made, in *out.
+  tlc_status_t fenceFor(std::unique_ptr<Fence> *out) {
     out->reset(new (std::nothrow) VulkanFence(c_, fence_));
     if (!*out) {
       (void)check(c_.vk.WaitForFences(c_.device, 1, &fence_, VK_TRUE,
@@ -888,12 +856,34 @@ public:
     }
     return nullptr;
   }
+  /// Binds dispatch r's pipeline, descriptor set and the call's scalars.
+  void bindDispatch(VkCommandBuffer cmd, const RecordedDispatch &r,
+                    const int32_t (&push)[4]) {
+    c_.vk.CmdBindPipeline(cmd, VK_PIPELINE_BIND_POINT_COMPUTE,
+                          r.pipeline->pipeline);
+    c_.vk.CmdBindDescriptorSets(cmd, VK_PIPELINE_BIND_POINT_COMPUTE,
+                                r.pipeline->layout, 0, 1, &r.set, 0, nullptr);
+    c_.vk.CmdPushConstants(cmd, r.pipeline->layout, VK_SHADER_STAGE_COMPUTE_BIT,
+                           0, sizeof push, push);
+  }
+  /// Each dispatch sees the writes of the ones before it.
+  void afterDispatch(VkCommandBuffer cmd) {
+    VkMemoryBarrier barrier{VK_STRUCTURE_TYPE_MEMORY_BARRIER};
+    barrier.srcAccessMask = VK_ACCESS_SHADER_WRITE_BIT;
+    barrier.dstAccessMask =
+        VK_ACCESS_SHADER_READ_BIT | VK_ACCESS_SHADER_WRITE_BIT;
+    c_.vk.CmdPipelineBarrier(cmd, VK_PIPELINE_STAGE_COMPUTE_SHADER_BIT,
+                             VK_PIPELINE_STAGE_COMPUTE_SHADER_BIT, 0, 1,
+                             &barrier, 0, nullptr, 0, nullptr);
+  }
   /// The descriptor sets of `recorded` pointed at the call's per-call
   /// spaces, written only where they change (never while a submission that
   /// reads them is pending: the caller waits for each).
   static tlc_status_t bindCall(VulkanCommandBuffer &recorded,
                                const CallArgs &args) {
     for (RecordedDispatch &r : recorded.recorded()) {
+      if (fixedBindings(r))
+        continue;
       std::vector<BufferRange> ranges(r.bindings.size());
       bool changed = false;
       for (size_t i = 0; i < r.bindings.size(); ++i) {
@@ -918,6 +908,10 @@ public:
     }
     return nullptr;
   }
+  static bool fixedBindings(const RecordedDispatch &r) {
+    return std::all_of(r.dynamic.begin(), r.dynamic.end(),
+                       [](DynamicSpace d) { return d == DynamicSpace::None; });
+  }
   static const BufferRange *callSpace(DynamicSpace d, const CallArgs &args) {
     return d == DynamicSpace::Input    ? &args.input
            : d == DynamicSpace::Output ? &args.output
@@ -937,25 +931,13 @@ public:
       return s;
     const int32_t push[4] = {(int32_t)args.T, (int32_t)args.pos,
                              (int32_t)args.rows, 0};
-    VkMemoryBarrier barrier{VK_STRUCTURE_TYPE_MEMORY_BARRIER};
-    barrier.srcAccessMask = VK_ACCESS_SHADER_WRITE_BIT;
-    barrier.dstAccessMask =
-        VK_ACCESS_SHADER_READ_BIT | VK_ACCESS_SHADER_WRITE_BIT;
     for (const RecordedDispatch &r : recorded.recorded()) {
       int64_t groups = r.tokensFactor * args.T + r.constant;
       if (groups <= 0)
         continue;
-      c_.vk.CmdBindPipeline(cmd, VK_PIPELINE_BIND_POINT_COMPUTE,
-                            r.pipeline->pipeline);
-      c_.vk.CmdBindDescriptorSets(cmd, VK_PIPELINE_BIND_POINT_COMPUTE,
-                                  r.pipeline->layout, 0, 1, &r.set, 0,
-                                  nullptr);
-      c_.vk.CmdPushConstants(cmd, r.pipeline->layout,
-                             VK_SHADER_STAGE_COMPUTE_BIT, 0, sizeof push, push);
+      bindDispatch(cmd, r, push);
       c_.vk.CmdDispatch(cmd, (uint32_t)groups, r.groupsY, r.groupsZ);
-      c_.vk.CmdPipelineBarrier(cmd, VK_PIPELINE_STAGE_COMPUTE_SHADER_BIT,
-                               VK_PIPELINE_STAGE_COMPUTE_SHADER_BIT, 0, 1,
-                               &barrier, 0, nullptr, 0, nullptr);
+      afterDispatch(cmd);
     }
     VkMemoryBarrier toHost{VK_STRUCTURE_TYPE_MEMORY_BARRIER};
     toHost.srcAccessMask = VK_ACCESS_SHADER_WRITE_BIT;
@@ -1004,14 +986,7 @@ public:
       if (!record(calls_[1 - use], recorded, next))
         speculated_ = {&recorded, next, 1 - use};
     }
-    out->reset(new (std::nothrow) VulkanFence(c_, fence_));
-    if (!*out) {
-      (void)check(c_.vk.WaitForFences(c_.device, 1, &fence_, VK_TRUE,
-                                      UINT64_MAX),
-                  "vkWaitForFences");
-      return tlc_status_create(TLC_STATUS_OUT_OF_MEMORY, "out of memory");
-    }
-    return nullptr;
+    return fenceFor(out);
   }
   /// The call recorded ahead into calls_[index] (cb null: none).
   struct Speculated {
