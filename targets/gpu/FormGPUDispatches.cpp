@@ -631,26 +631,10 @@ ternaryMatmulKernel(ArrayRef<int64_t> Ns, int64_t K, int64_t tm,
       Value g = e.irem(item, e.c(perToken));
       if (gated)
         return gatedProduct(b, loc, t, g);
-      std::function<void(OpBuilder &, Location, int64_t)> from =
-          [&](OpBuilder &b, Location loc, int64_t i) {
-            TLC_E(b, loc);
-            Value local = i ? e.isub(g, e.c(ends[i - 1])) : g;
-            if (i + 1 == count) {
-              product(b, loc, i, t, local);
-              return;
-            }
-            scf::IfOp::create(
-                b, loc, e.ult(g, e.c(ends[i])),
-                [&](OpBuilder &b, Location loc) {
-                  product(b, loc, i, t, local);
-                  scf::YieldOp::create(b, loc);
-                },
-                [&](OpBuilder &b, Location loc) {
-                  from(b, loc, i + 1);
-                  scf::YieldOp::create(b, loc);
-                });
-          };
-      from(b, loc, 0);
+      inRange(b, loc, g, ends,
+              [&](OpBuilder &b, Location loc, int64_t i, Value local) {
+                product(b, loc, i, t, local);
+              });
     };
     if (direct) {
       group(b, loc, a.unit);
@@ -1137,36 +1121,20 @@ KernelSpec sideBySide(std::string name, ArrayRef<KernelPart> parts) {
     TLC_E(b, loc);
     Value t = e.idiv(a.unit, e.c(ends.back()));
     Value g = e.irem(a.unit, e.c(ends.back()));
-    std::function<void(OpBuilder &, Location, size_t)> from =
-        [&](OpBuilder &b, Location loc, size_t i) {
-          auto run = [&](OpBuilder &b, Location loc) {
-            TLC_E(b, loc);
-            const KernelPart &p = copies[i];
-            SmallVector<Value> buffers;
-            for (unsigned j = 0; j < p.operands; ++j)
-              buffers.push_back(a.buffers[firstOperand[i] + j]);
-            for (size_t j = 0; j < p.spec.buffers.size() - p.operands; ++j)
-              buffers.push_back(a.buffers[firstResult[i] + j]);
-            KernelArgs own = a;
-            own.buffers = buffers;
-            own.unit = e.iadd(e.imul(t, e.c(p.spec.tokensFactor)),
-                              i ? e.isub(g, e.c(ends[i - 1])) : g);
-            p.spec.body(b, loc, own);
-          };
-          if (i + 1 == copies.size())
-            return run(b, loc);
-          scf::IfOp::create(
-              b, loc, e.ult(g, e.c(ends[i])),
-              [&](OpBuilder &b, Location loc) {
-                run(b, loc);
-                scf::YieldOp::create(b, loc);
-              },
-              [&](OpBuilder &b, Location loc) {
-                from(b, loc, i + 1);
-                scf::YieldOp::create(b, loc);
-              });
-        };
-    from(b, loc, 0);
+    inRange(b, loc, g, ends,
+            [&](OpBuilder &b, Location loc, int64_t i, Value local) {
+              TLC_E(b, loc);
+              const KernelPart &p = copies[i];
+              SmallVector<Value> buffers;
+              for (unsigned j = 0; j < p.operands; ++j)
+                buffers.push_back(a.buffers[firstOperand[i] + j]);
+              for (size_t j = 0; j < p.spec.buffers.size() - p.operands; ++j)
+                buffers.push_back(a.buffers[firstResult[i] + j]);
+              KernelArgs own = a;
+              own.buffers = buffers;
+              own.unit = e.iadd(e.imul(t, e.c(p.spec.tokensFactor)), local);
+              p.spec.body(b, loc, own);
+            });
   };
   return k;
 }

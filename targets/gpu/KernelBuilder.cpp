@@ -634,6 +634,32 @@ Value constantAt(OpBuilder &b, Location loc, ArrayRef<float> table, Value i) {
 }
 
 /// Sign-extended byte `i` (0..3) of a 32-bit word.
+void inRange(OpBuilder &b, Location loc, Value g, ArrayRef<int64_t> ends,
+             function_ref<void(OpBuilder &, Location, int64_t, Value)> fn) {
+  std::function<void(OpBuilder &, Location, size_t)> from =
+      [&](OpBuilder &b, Location loc, size_t i) {
+        Value local = i ? arith::SubIOp::create(b, loc, g,
+                                                indexConst(b, loc, ends[i - 1]))
+                              .getResult()
+                        : g;
+        if (i + 1 == ends.size())
+          return fn(b, loc, (int64_t)i, local);
+        scf::IfOp::create(
+            b, loc,
+            arith::CmpIOp::create(b, loc, arith::CmpIPredicate::ult, g,
+                                  indexConst(b, loc, ends[i])),
+            [&](OpBuilder &b, Location loc) {
+              fn(b, loc, (int64_t)i, local);
+              scf::YieldOp::create(b, loc);
+            },
+            [&](OpBuilder &b, Location loc) {
+              from(b, loc, i + 1);
+              scf::YieldOp::create(b, loc);
+            });
+      };
+  from(b, loc, 0);
+}
+
 Value ternaryShift(OpBuilder &b, Location loc, Value i) {
   Value byte = arith::RemUIOp::create(b, loc, i, indexConst(b, loc, 4));
   Value pair = arith::DivUIOp::create(b, loc, i, indexConst(b, loc, 4));

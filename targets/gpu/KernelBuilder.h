@@ -68,6 +68,12 @@ Value withRowChunk(OpBuilder &b, Location loc, ValueRange chunks,
                    const RowChunks &c, Value row,
                    function_ref<Value(OpBuilder &, Location, Value, Value)> fn);
 
+/// fn(i, g - ends[i - 1]) for the range [ends[i - 1], ends[i]) holding g
+/// (the last range takes any g past it): a chain of branches on g, uniform
+/// when g is (a workgroup's work unit), so fn may have barriers.
+void inRange(OpBuilder &b, Location loc, Value g, ArrayRef<int64_t> ends,
+             function_ref<void(OpBuilder &, Location, int64_t, Value)> fn);
+
 /// weight[row, col] as f32 from its chunk buffers (one: loadWeight).
 Value loadWeightAt(OpBuilder &b, Location loc, ValueRange chunks,
                    const RowChunks &c, Type element, Value row, Value col);
