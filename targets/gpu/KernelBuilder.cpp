@@ -300,11 +300,23 @@ RowChunks rowChunks(ShapedType weight, int64_t maxBindingBytes) {
   return c;
 }
 
+VectorType wideWeightVector(Type element) {
+  return VectorType::get({4}, element.isBF16()
+                                  ? IntegerType::get(element.getContext(), 32)
+                                  : element);
+}
+
 void addWeightChunks(KernelSpec &k, unsigned operand, ShapedType weight,
-                     const RowChunks &chunks) {
+                     const RowChunks &chunks, bool wide) {
+  Type et = weight.getElementType();
+  int64_t bytes = et.isBF16() ? 2 : 4;
+  assert((!wide || chunks.cols * bytes % 16 == 0) && "rows of 16-byte vectors");
   for (int64_t i = 0; i < chunks.count(); ++i)
-    k.buffers.push_back(weightBuffer(RankedTensorType::get(
-        {chunks.rowsIn(i), chunks.cols}, weight.getElementType())));
+    k.buffers.push_back(wide ? Type(MemRefType::get({chunks.rowsIn(i) *
+                                                     chunks.cols * bytes / 16},
+                                                    wideWeightVector(et)))
+                             : weightBuffer(RankedTensorType::get(
+                                   {chunks.rowsIn(i), chunks.cols}, et)));
   k.rowChunked.push_back({operand, chunks});
   if (chunks.count() > 1)
     k.name += "_rows" + std::to_string(chunks.perChunk);
@@ -633,7 +645,6 @@ Value constantAt(OpBuilder &b, Location loc, ArrayRef<float> table, Value i) {
   return r;
 }
 
-/// Sign-extended byte `i` (0..3) of a 32-bit word.
 void inRange(OpBuilder &b, Location loc, Value g, ArrayRef<int64_t> ends,
              function_ref<void(OpBuilder &, Location, int64_t, Value)> fn) {
   std::function<void(OpBuilder &, Location, size_t)> from =
@@ -686,6 +697,7 @@ Value dot4(OpBuilder &b, Location loc, Value x, Value y) {
       .getResult(0);
 }
 
+/// Sign-extended byte `i` (0..3) of a 32-bit word.
 Value byteOf(OpBuilder &b, Location loc, Value word, int i) {
   Value up = arith::ShLIOp::create(b, loc, word, i32Const(b, loc, 24 - 8 * i));
   return arith::ShRSIOp::create(b, loc, up, i32Const(b, loc, 24));

@@ -56,9 +56,15 @@ struct KernelSpec {
 };
 
 /// Declares operand `operand` of `k` a row-chunked weight: appends its chunk
-/// buffers to k.buffers, records it and names the kernel after it.
+/// buffers to k.buffers, records it and names the kernel after it. With
+/// `wide`, the chunks are arrays of 16-byte vectors (vector<4xi32> holding
+/// eight bf16, or vector<4xf32>) for loads of 16 bytes; rows must be a
+/// multiple of 16 bytes.
 void addWeightChunks(KernelSpec &k, unsigned operand, ShapedType weight,
-                     const RowChunks &chunks);
+                     const RowChunks &chunks, bool wide = false);
+
+/// The 16-byte vector type of wide weight chunks of element type `element`.
+VectorType wideWeightVector(Type element);
 
 /// fn(chunk buffer, row within it) for the chunk holding `row`, chosen once
 /// (a branch per chunk around fn) rather than per element as loadWeightAt

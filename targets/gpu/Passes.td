@@ -29,7 +29,7 @@ def FormGPUDispatchesPass : Pass<"tlc-gpu-form-dispatches", "::mlir::ModuleOp"> 
     "::mlir::tlora::TloraDialect", "::mlir::gpu::GPUDialect",
     "::mlir::scf::SCFDialect", "::mlir::memref::MemRefDialect",
     "::mlir::math::MathDialect", "::mlir::arith::ArithDialect",
-    "::mlir::func::FuncDialect"];
+    "::mlir::func::FuncDialect", "::mlir::vector::VectorDialect"];
 }
 
 #endif // TLC_GPU_PASSES_TD

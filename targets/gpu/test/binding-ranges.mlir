@@ -11,25 +11,26 @@
 // CHECK: %[[R2:.*]] = tlora.weight_rows %[[W]][64] : tensor<100x8xf32> -> tensor<32x8xf32>
 // CHECK: %[[R3:.*]] = tlora.weight_rows %[[W]][96] : tensor<100x8xf32> -> tensor<4x8xf32>
 // CHECK: tlora.dispatch @kernels::@embed_v100_d8_f32_rows32_t2(%[[R0]], %[[R1]], %[[R2]], %[[R3]], %arg0)
-// CHECK: tlora.dispatch @kernels::@dense_n100_k8_f32_rows32_t2(%{{.*}}, %{{.*}}, %{{.*}}, %{{.*}}, %{{.*}})
+// CHECK: tlora.dispatch @kernels::@dense_n100_k8_f32_v16_rows32_t2(%{{.*}}, %{{.*}}, %{{.*}}, %{{.*}}, %{{.*}})
 // CHECK: gpu.func @embed_v100_d8_f32_rows32_t2(%{{.*}}: memref<32x8xf32>, %{{.*}}: memref<32x8xf32>, %{{.*}}: memref<32x8xf32>, %{{.*}}: memref<4x8xf32>, %{{.*}}: memref<2xi32>, %{{.*}}: memref<2x8xf32>
 // CHECK: arith.cmpi ult
 // CHECK: scf.if
 // The LM head picks a row's range once, around the whole row's product (a
 // branch per element would serialize the loads): range 0's loads sit in the
-// first branch with the row's activations, range 1's in the next.
-// CHECK: gpu.func @dense_n100_k8_f32_rows32_t2(%[[X:[^:]*]]: memref<2x8xf32>, %[[D0:[^:]*]]: memref<32x8xf32>, %[[D1:[^:]*]]: memref<32x8xf32>
+// first branch with the row's activations, range 1's in the next. Rows of 32
+// bytes are read as 16-byte vectors.
+// CHECK: gpu.func @dense_n100_k8_f32_v16_rows32_t2(%[[X:[^:]*]]: memref<4xvector<4xf32>>, %[[D0:[^:]*]]: memref<64xvector<4xf32>>, %[[D1:[^:]*]]: memref<64xvector<4xf32>>
 // CHECK: %[[IN0:.*]] = arith.cmpi ult, %{{.*}}, %c32
 // CHECK-NEXT: scf.if %[[IN0]] -> (f32)
 // CHECK-NOT: } else {
-// CHECK: memref.load %[[X]]
-// CHECK-NOT: } else {
 // CHECK: memref.load %[[D0]]
+// CHECK-NOT: } else {
+// CHECK: memref.load %[[X]]
 // CHECK: } else {
 // CHECK: arith.cmpi ult, %{{.*}}, %c64
 // CHECK-NOT: } else {
 // CHECK: memref.load %[[D1]]
-// OVER: error: kernel dense_n100_k8_f32_rows8_t2 would bind 800 bytes ('tensor<?x100xf32>'), over the target's 256-byte storage buffer range (only weights and the training state are split into ranges)
+// OVER: error: kernel dense_n100_k8_f32_v16_rows8_t2 would bind 800 bytes ('tensor<?x100xf32>'), over the target's 256-byte storage buffer range (only weights and the training state are split into ranges)
 func.func @prefill(%ids: tensor<?xi32>, %rows: index) -> tensor<?x100xf32> attributes {tlora.max_tokens = 2 : i64} {
   %w = tlora.weight "embed" : tensor<100x8xf32>
   %x = tlora.embed %w[%ids] : tensor<100x8xf32>, tensor<?xi32> -> tensor<?x8xf32>

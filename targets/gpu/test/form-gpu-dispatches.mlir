@@ -124,7 +124,7 @@ func.func @norm_decode(%x: tensor<?x80xf32>) -> tensor<?x80xf32> attributes {tlo
 // CHECK: tlora.dispatch @kernels::@ternary_matmul_n128_k64_t1({{.*}}) workload(32 * T + 0)
 // CHECK: tlora.dispatch @kernels::@rope_d128_hd16_theta10000_t1({{.*}}) workload(1 * T + 0)
 // CHECK: tlora.dispatch @kernels::@attention_s32_h8_kv8_hd16_t1({{.*}}) workload(8 * T + 0)
-// CHECK: tlora.dispatch @kernels::@dense_n100_k128_f32_t1({{.*}}) workload(0 * T + 100)
+// CHECK: tlora.dispatch @kernels::@dense_n100_k128_f32_v16_t1({{.*}}) workload(0 * T + 100)
 // CHECK: gpu.func @quantize_k64_t1
 // CHECK: math.roundeven
 // CHECK: gpu.func @ternary_matmul_n128_k64_t1
@@ -137,14 +137,27 @@ func.func @norm_decode(%x: tensor<?x80xf32>) -> tensor<?x80xf32> attributes {tlo
 // CHECK: gpu.barrier
 // CHECK: gpu.func @rope_d128_hd16_theta10000_t1
 // CHECK: math.roundeven
-// CHECK: gpu.func @attention_s32_h8_kv8_hd16_t1
+// Decode attention reads q and the keys 16 bytes per load, adding the
+// head's products in order (d ascending).
+// CHECK: gpu.func @attention_s32_h8_kv8_hd16_t1(%[[AQ:[^:]*]]: memref<32xvector<4xf32>>, %[[AK:[^:]*]]: memref<1024xvector<4xf32>>, %{{.*}}: memref<32x128xf32>
 // CHECK: memref.alloc() : memref<32xf32, 3>
+// CHECK: %[[Q4:.*]] = memref.load %[[AQ]]
+// CHECK: %[[K4:.*]] = memref.load %[[AK]]
+// CHECK: vector.extract %[[Q4]][0]
+// CHECK: vector.extract %[[K4]][0]
 // exp is the CPU kernels' (2^n from the exponent bits times a polynomial),
 // not the device's looser one.
 // CHECK-NOT: math.exp
 // CHECK: arith.fptosi
 // CHECK: arith.shli
 // CHECK: arith.bitcast
+// The LM head reads weights and activations 16 bytes per load; each
+// invocation adds its vectors' four products in order.
+// CHECK: gpu.func @dense_n100_k128_f32_v16_t1(%[[X:[^:]*]]: memref<32xvector<4xf32>>, %[[W:[^:]*]]: memref<3200xvector<4xf32>>
+// CHECK: %[[WV:.*]] = memref.load %[[W]][%{{.*}}] : memref<3200xvector<4xf32>>
+// CHECK: %[[XV:.*]] = memref.load %[[X]][%{{.*}}] : memref<32xvector<4xf32>>
+// CHECK-COUNT-4: vector.extract %[[WV]][{{[0-3]}}] : f32 from vector<4xf32>
+// CHECK: gpu.barrier
 func.func @decode(%x: tensor<?x64xf32>, %pos: index, %rows: index) -> tensor<?x100xf32> attributes {tlora.max_tokens = 1 : i64} {
   %w = tlora.ternary_weight "w" scale(1.0) source(packed) : !tlora.ternary<outFeatures = 128, inFeatures = 64>
   %q = tlora.quantize %x : tensor<?x64xf32> -> !tlora.qact<features = 64>
