@@ -81,6 +81,25 @@ KernelSpec embedKernel(EmbedOp e, int64_t tm, int64_t maxBinding) {
     Value id = arith::IndexCastOp::create(
         b, loc, b.getIndexType(),
         memref::LoadOp::create(b, loc, a.buffers[n], a.unit));
+    if (tm < kTiledMinTokens && D % kWorkgroupSize == 0 && D <= kFlatFoldMax) {
+      // A few tokens: the row's range chosen once, then every load of the
+      // invocation's elements before its stores (all in flight).
+      withRowChunk(
+          b, loc, w, chunks, id,
+          [&](OpBuilder &b, Location loc, Value wc, Value local) -> Value {
+            TLC_E(b, loc);
+            SmallVector<std::pair<Value, Value>> row;
+            for (int64_t j = 0; j < D / kWorkgroupSize; ++j) {
+              Value d = e.iadd(a.lane, e.c(j * kWorkgroupSize));
+              row.push_back({d, loadWeight(b, loc, wc, et, {local, d},
+                                           e.iadd(e.imul(local, e.c(D)), d))});
+            }
+            for (auto [d, v] : row)
+              e.st(v, a.buffers[n + 1], {a.unit, d});
+            return e.f(0);
+          });
+      return;
+    }
     forLanes(b, loc, a.lane, D, [&](OpBuilder &b, Value d) {
       Value v = loadWeightAt(b, loc, w, chunks, et, id, d);
       memref::StoreOp::create(b, loc, v, a.buffers[n + 1], {a.unit, d});

@@ -64,3 +64,22 @@ func.func @train_step(%labels: tensor<?xi32>) -> tensor<1xf32> attributes {tlora
   %l = arith.constant dense<0.0> : tensor<1xf32>
   return %l : tensor<1xf32>
 }
+
+// -----
+
+// Decode: a row of 64 f32 (256 bytes) per range of 4 rows. The token's
+// range is chosen once; each invocation loads its element of the row, then
+// stores it (every load before the stores).
+// CHECK-LABEL: func.func @decode_embed
+// CHECK: gpu.func @embed_v10_d64_f32_rows4_t1(%[[E0:[^:]*]]: memref<4x64xf32>, %[[E1:[^:]*]]: memref<4x64xf32>, %[[E2:[^:]*]]: memref<2x64xf32>, %{{.*}}: memref<1xi32>, %[[OUT:[^:]*]]: memref<1x64xf32>
+// CHECK: arith.cmpi ult, %{{.*}}, %c4
+// CHECK-NEXT: scf.if
+// CHECK: %[[V:.*]] = memref.load %[[E0]]
+// CHECK-NEXT: memref.store %[[V]], %[[OUT]]
+// CHECK: } else {
+// CHECK: memref.load %[[E1]]
+func.func @decode_embed(%ids: tensor<?xi32>) -> tensor<?x64xf32> attributes {tlora.max_tokens = 1 : i64} {
+  %w = tlora.weight "embed" : tensor<10x64xf32>
+  %x = tlora.embed %w[%ids] : tensor<10x64xf32>, tensor<?xi32> -> tensor<?x64xf32>
+  return %x : tensor<?x64xf32>
+}
