@@ -876,6 +876,15 @@ public:
                              VK_PIPELINE_STAGE_COMPUTE_SHADER_BIT, 0, 1,
                              &barrier, 0, nullptr, 0, nullptr);
   }
+  /// The host sees the dispatches' writes once the submission is done.
+  void beforeHost(VkCommandBuffer cmd) {
+    VkMemoryBarrier toHost{VK_STRUCTURE_TYPE_MEMORY_BARRIER};
+    toHost.srcAccessMask = VK_ACCESS_SHADER_WRITE_BIT;
+    toHost.dstAccessMask = VK_ACCESS_HOST_READ_BIT;
+    c_.vk.CmdPipelineBarrier(cmd, VK_PIPELINE_STAGE_COMPUTE_SHADER_BIT,
+                             VK_PIPELINE_STAGE_HOST_BIT, 0, 1, &toHost, 0,
+                             nullptr, 0, nullptr);
+  }
   /// The descriptor sets of `recorded` pointed at the call's per-call
   /// spaces, written only where they change (never while a submission that
   /// reads them is pending: the caller waits for each).
@@ -939,12 +948,7 @@ public:
       c_.vk.CmdDispatch(cmd, (uint32_t)groups, r.groupsY, r.groupsZ);
       afterDispatch(cmd);
     }
-    VkMemoryBarrier toHost{VK_STRUCTURE_TYPE_MEMORY_BARRIER};
-    toHost.srcAccessMask = VK_ACCESS_SHADER_WRITE_BIT;
-    toHost.dstAccessMask = VK_ACCESS_HOST_READ_BIT;
-    c_.vk.CmdPipelineBarrier(cmd, VK_PIPELINE_STAGE_COMPUTE_SHADER_BIT,
-                             VK_PIPELINE_STAGE_HOST_BIT, 0, 1, &toHost, 0,
-                             nullptr, 0, nullptr);
+    beforeHost(cmd);
     return check(c_.vk.EndCommandBuffer(cmd), "vkEndCommandBuffer");
   }
   /// One call without profiling: its commands come recorded where the
@@ -1037,12 +1041,7 @@ public:
   /// Ends the command buffer with the host's view of the writes and
   /// submits it, signalling fence_.
   tlc_status_t finish() {
-    VkMemoryBarrier toHost{VK_STRUCTURE_TYPE_MEMORY_BARRIER};
-    toHost.srcAccessMask = VK_ACCESS_SHADER_WRITE_BIT;
-    toHost.dstAccessMask = VK_ACCESS_HOST_READ_BIT;
-    c_.vk.CmdPipelineBarrier(commands_, VK_PIPELINE_STAGE_COMPUTE_SHADER_BIT,
-                             VK_PIPELINE_STAGE_HOST_BIT, 0, 1, &toHost, 0,
-                             nullptr, 0, nullptr);
+    beforeHost(commands_);
     if (tlc_status_t s = check(c_.vk.EndCommandBuffer(commands_),
                                "vkEndCommandBuffer"))
       return s;
