@@ -300,7 +300,8 @@ RowChunks rowChunks(ShapedType weight, int64_t maxBindingBytes) {
   return c;
 }
 
-VectorType wideWeightVector(Type element) {
+/// The 16-byte vector type of wide weight chunks of element type `element`.
+static VectorType wideWeightVector(Type element) {
   return VectorType::get({4}, element.isBF16()
                                   ? IntegerType::get(element.getContext(), 32)
                                   : element);

@@ -63,9 +63,6 @@ struct KernelSpec {
 void addWeightChunks(KernelSpec &k, unsigned operand, ShapedType weight,
                      const RowChunks &chunks, bool wide = false);
 
-/// The 16-byte vector type of wide weight chunks of element type `element`.
-VectorType wideWeightVector(Type element);
-
 /// fn(chunk buffer, row within it) for the chunk holding `row`, chosen once
 /// (a branch per chunk around fn) rather than per element as loadWeightAt
 /// does: a row's loads in fn are then straight-line, all in flight at once.
