@@ -4,7 +4,9 @@
 // ROCDL next) and chooses nothing here but its weight encodings.
 //
 // A workgroup of kWorkgroupSize invocations handles one work unit (a token
-// row for the kernels below); its invocations stride over the row.
+// row for the kernels below); its invocations stride over the row. Decode
+// kernels that gain from more invocations declare their own workgroup size
+// (KernelSpec::workgroupSize: the RMSNorm + quantize and the products).
 #include "targets/gpu/KernelBuilder.h"
 #include "targets/gpu/Passes.h"
 
@@ -18,6 +20,7 @@
 #include "llvm/Support/FormatVariadic.h"
 
 #include <cmath>
+#include <cstdlib>
 #include <cstring>
 #include <functional>
 #include <limits>
@@ -236,18 +239,16 @@ Type qactBuffer(int64_t tm, int64_t K, MLIRContext *ctx) {
 void quantizeRow(
     OpBuilder &b, Location loc, const KernelArgs &a, int64_t K, int64_t tm,
     bool sliced, Value t, Value q,
-    function_ref<Value(OpBuilder &, Location, Value, Value)> elementAt,
-    Value partial = nullptr) {
+    function_ref<Value(OpBuilder &, Location, Value, Value)> elementAt) {
   auto absMax = [&](OpBuilder &b, Location loc, Value i, Value acc) -> Value {
     return maxF(b, loc, acc,
                 math::AbsFOp::create(b, loc, elementAt(b, loc, t, i)));
   };
-  if (!partial)
-    partial =
-        sliced && K <= kFlatFoldMax
-            ? stridedFoldFlat(b, loc, a.lane, K, f32Const(b, loc, 0), absMax)
-            : stridedFold(b, loc, a.lane, indexConst(b, loc, K),
-                          f32Const(b, loc, 0), absMax);
+  Value partial =
+      sliced && K <= kFlatFoldMax
+          ? stridedFoldFlat(b, loc, a.lane, K, f32Const(b, loc, 0), absMax)
+          : stridedFold(b, loc, a.lane, indexConst(b, loc, K),
+                        f32Const(b, loc, 0), absMax);
   Value amax =
       workgroupReduce(b, loc, reduceScratch(b, loc), a.lane, partial, maxF);
   Value scale =
@@ -270,28 +271,13 @@ void quantizeRow(
     memref::StoreOp::create(
         b, loc, arith::BitcastOp::create(b, loc, b.getI32Type(), inv), q, at);
   });
-  Value lo = f32Const(b, loc, -128.0f), hi = f32Const(b, loc, 127.0f);
   forRowElements(b, loc, a, K / 4, sliced, [&](OpBuilder &b, Value t, Value w) {
-    Value word = i32Const(b, loc, 0);
-    for (int i = 0; i < 4; ++i) {
-      Value at = arith::AddIOp::create(
-          b, loc, arith::MulIOp::create(b, loc, w, indexConst(b, loc, 4)),
-          indexConst(b, loc, i));
-      Value v = arith::MulFOp::create(b, loc, elementAt(b, loc, t, at), scale);
-      Value r = maxF(b, loc,
-                     arith::MinimumFOp::create(
-                         b, loc, math::RoundEvenOp::create(b, loc, v), hi),
-                     lo);
-      Value byte = arith::AndIOp::create(
-          b, loc, arith::FPToSIOp::create(b, loc, b.getI32Type(), r),
-          i32Const(b, loc, 255));
-      word = arith::OrIOp::create(
-          b, loc, word,
-          arith::ShLIOp::create(b, loc, byte, i32Const(b, loc, 8 * i)));
-    }
-    Value at = arith::AddIOp::create(
-        b, loc, arith::MulIOp::create(b, loc, t, indexConst(b, loc, K / 4)), w);
-    memref::StoreOp::create(b, loc, word, q, at);
+    TLC_E(b, loc);
+    SmallVector<Value> four;
+    for (int i = 0; i < 4; ++i)
+      four.push_back(elementAt(b, loc, t, e.iadd(e.imul(w, e.c(4)), e.c(i))));
+    e.st(quantizeWord(b, loc, four, scale), q,
+         e.iadd(e.imul(t, e.c(K / 4)), w));
   });
 }
 
@@ -314,68 +300,104 @@ KernelSpec quantizeKernel(int64_t K, int64_t tm, MLIRContext *ctx) {
 }
 
 /// RMSNorm then quantization of a few tokens' rows when the norm feeds
-/// nothing else (decode): each of a row's workgroups computes the norm's
-/// scale as rmsNormKernel does, then quantizes the normalized row (each
-/// element computed as rmsNormKernel stores it), its slice of words: the
-/// same codes and scale as the two kernels, in one launch.
-/// Quantizes row t of w * x / rms(x) (RMSNorm of D elements, eps, weight
-/// type et) into q as quantizeRow does, this workgroup's slice. Rows of a
-/// multiple of 64 up to kFlatFoldMax keep each invocation's elements d = lane +
-/// 64 j in registers: the sum of squares, then the normalized row's absolute
-/// maximum, with one load of each (stridedFoldFlat's order and values).
-void normQuantizeRow(OpBuilder &b, Location loc, const KernelArgs &a, int64_t D,
-                     int64_t tm, float eps, Type et, Value x, Value w, Value t,
-                     Value q) {
-  TLC_E(b, loc);
-  auto normalized = [&](OpBuilder &b, Location loc, Value v, Value wf,
-                        Value r) {
-    return arith::MulFOp::create(b, loc, wf,
-                                 arith::MulFOp::create(b, loc, v, r));
-  };
-  Value r, partial;
-  if (D % kWorkgroupSize == 0 && D <= kFlatFoldMax) {
-    SmallVector<Value> xs, ws;
-    for (int64_t j = 0; j < D / kWorkgroupSize; ++j) {
-      Value d = e.iadd(a.lane, e.c(j * kWorkgroupSize));
-      xs.push_back(e.ld(x, {t, d}));
-      ws.push_back(loadWeight(b, loc, w, et, {d}, d));
-    }
-    Value sum = e.f(0);
-    for (Value v : xs)
-      sum = e.add(sum, e.mul(v, v));
-    r = rmsScaleOf(b, loc, a, sum, D, eps);
-    partial = e.f(0);
-    for (auto [v, wf] : llvm::zip(xs, ws))
-      partial =
-          maxF(b, loc, partial,
-               math::AbsFOp::create(b, loc, normalized(b, loc, v, wf, r)));
-  } else {
-    r = rmsScale(b, loc, a, x, t, D, eps, true);
-  }
-  quantizeRow(
-      b, loc, a, D, tm, true, t, q,
-      [&](OpBuilder &b, Location loc, Value t, Value d) -> Value {
-        return normalized(b, loc, memref::LoadOp::create(b, loc, x, {t, d}),
-                          loadWeight(b, loc, w, et, {d}, d), r);
-      },
-      partial);
-}
+/// nothing else (decode), one workgroup of kNormLanes invocations per token.
+/// Invocation l holds vectors v = l, l + kNormLanes, ... of the row (four
+/// elements each, the weights beside them) in registers: its sum of
+/// squares, vector after vector, then wideReduce; the normalized elements
+/// w * (x * r) as rmsNormKernel computes them, their absolute maximum, and
+/// word v of the quantized row (quantizeRow's codes) from the same
+/// registers. Each invocation has few loads in flight: with 64 invocations
+/// and one element a load, the 2560 row took 7.3 us and 6912 13.5 us on
+/// the H200.
+inline constexpr int64_t kNormLanes = 256;
+/// Rows up to this many elements (32 vectors an invocation).
+inline constexpr int64_t kNormQuantizeMax = 4 * kNormLanes * 32;
 
 KernelSpec rmsNormQuantizeKernel(RMSNormOp n, int64_t tm) {
-  int64_t D = dim(n.getInput(), 1);
+  int64_t D = dim(n.getInput(), 1), V = D / 4;
   auto wt = cast<ShapedType>(n.getWeight().getType());
   Type et = wt.getElementType();
   float eps = n.getEpsilon().convertToFloat();
   MLIRContext *ctx = n.getContext();
+  Type f32 = Float32Type::get(ctx);
+  auto x4 = VectorType::get({4}, f32);
+  auto w4 = et.isBF16() ? VectorType::get({2}, IntegerType::get(ctx, 32)) : x4;
   KernelSpec k;
   k.name = normName("rms_norm_quantize", n);
-  k.buffers = {rowsOf(tm, D, Float32Type::get(ctx)), weightBuffer(wt),
+  k.buffers = {MemRefType::get({tm * V}, x4), MemRefType::get({V}, w4),
                qactBuffer(tm, D, ctx)};
-  k.tokensFactor = rowSliceGroups(D / 4);
+  k.workgroupSize = kNormLanes;
   k.body = [=](OpBuilder &b, Location loc, const KernelArgs &a) {
-    Value x = a.buffers[0], w = a.buffers[1];
-    Value t = rowToken(b, loc, a, D / 4, true);
-    normQuantizeRow(b, loc, a, D, tm, eps, et, x, w, t, a.buffers[2]);
+    TLC_E(b, loc);
+    Value x = a.buffers[0], w = a.buffers[1], q = a.buffers[2];
+    Value t = a.unit, row = e.imul(t, e.c(V));
+    // The invocation's vectors v < V: x[t, 4v...] and w[4v...] (zeros past
+    // the row add nothing below).
+    SmallVector<Value> at;
+    SmallVector<SmallVector<Value>> xs, ws;
+    for (int64_t j = 0; j * kNormLanes < V; ++j) {
+      Value v = e.iadd(a.lane, e.c(j * kNormLanes));
+      auto load = [&](OpBuilder &b, Location loc) {
+        TLC_E(b, loc);
+        return SmallVector<Value>{e.ld(x, e.iadd(row, v)), e.ld(w, v)};
+      };
+      SmallVector<Value> xw;
+      if ((j + 1) * kNormLanes <= V) {
+        xw = load(b, loc);
+      } else {
+        auto inside = scf::IfOp::create(
+            b, loc, e.ult(v, e.c(V)),
+            [&](OpBuilder &b, Location loc) {
+              scf::YieldOp::create(b, loc, load(b, loc));
+            },
+            [&](OpBuilder &b, Location loc) {
+              SmallVector<Value> zeros;
+              for (VectorType type : {x4, w4})
+                zeros.push_back(arith::ConstantOp::create(b, loc, type,
+                                                          b.getZeroAttr(type)));
+              scf::YieldOp::create(b, loc, zeros);
+            });
+        xw.assign(inside.getResults().begin(), inside.getResults().end());
+      }
+      at.push_back(v);
+      SmallVector<Value> four;
+      for (int64_t i = 0; i < 4; ++i)
+        four.push_back(vector::ExtractOp::create(b, loc, xw[0], i));
+      xs.push_back(four);
+      ws.push_back(weightElements(b, loc, xw[1]));
+    }
+    Value scratch = wideReduceScratch(b, loc, kNormLanes);
+    Value sum = e.f(0);
+    for (ArrayRef<Value> four : xs)
+      for (Value v : four)
+        sum = e.add(sum, e.mul(v, v));
+    Value total = wideReduce(b, loc, scratch, a.lane, kNormLanes, sum, addF);
+    Value r =
+        e.div(e.f(1.0f), e.sqrt(e.add(e.div(total, e.f((float)D)), e.f(eps))));
+    Value amax = e.f(0);
+    for (size_t j = 0; j < xs.size(); ++j)
+      for (int64_t i = 0; i < 4; ++i) {
+        xs[j][i] = e.mul(ws[j][i], e.mul(xs[j][i], r));
+        amax = e.max(amax, math::AbsFOp::create(b, loc, xs[j][i]));
+      }
+    amax = wideReduce(b, loc, scratch, a.lane, kNormLanes, amax, maxF);
+    Value scale = e.div(e.f(127.0f), e.max(amax, e.f(1e-5f)));
+    when(b, loc, e.ieq(a.lane, e.c(0)), [&](OpBuilder &b, Location loc) {
+      TLC_E(b, loc);
+      e.st(arith::BitcastOp::create(b, loc, b.getI32Type(),
+                                    e.div(e.f(1.0f), scale)),
+           q, e.iadd(e.c(tm * V), t));
+    });
+    for (size_t j = 0; j < xs.size(); ++j) {
+      auto store = [&](OpBuilder &b, Location loc) {
+        TLC_E(b, loc);
+        e.st(quantizeWord(b, loc, xs[j], scale), q, e.iadd(row, at[j]));
+      };
+      if ((int64_t)(j + 1) * kNormLanes > V)
+        when(b, loc, e.ult(at[j], e.c(V)), store);
+      else
+        store(b, loc);
+    }
   };
   return k;
 }
@@ -426,25 +448,45 @@ enum class ProductEpilogue {
   AttentionInputs,
 };
 
+/// Invocations per output of a decode product (`outputs` in all, rows of
+/// K/16 code words): the most, from 16 to 64, that leave each invocation at
+/// least 4 words of its row and the grid within 2^18 invocations (about what
+/// the H200's 132 SMs hold at once). Fewer words an invocation shorten its
+/// chain of loads. On the H200 (us; 16 lanes in workgroups of 64 before):
+/// down 2560 x 6912 8.5 -> 6.0 (64 lanes), q/k/v 6.2 -> 5.8 and o_proj
+/// 5.2 -> 4.6 (32), gate/up 7.8 -> 7.4 (16 in workgroups of 128).
+int64_t productLanes(int64_t outputs, int64_t K) {
+  int64_t lanes = 16;
+  while (lanes < 64 && K / 16 / (2 * lanes) >= 4 &&
+         outputs * 2 * lanes <= (int64_t(1) << 18))
+    lanes *= 2;
+  return lanes;
+}
+
 /// y[t, n] = (x_q[t] . W_t[n]) * gamma / s[t], exact in int32. The weights
 /// are the backend's t2-rows encoding: 16 words of header (gamma first),
 /// then per row K/16 words of sixteen 2-bit codes (value + 1), code k%16 at
 /// bits 2 (k%16). Several weights that share the input (q, k, v; gate, up)
 /// are one kernel, a range of workgroups each. For a few tokens (decode): a
-/// workgroup computes kOutputsPerGroup outputs of one token, kLanesPerOutput
-/// invocations each, which read consecutive code words of their row
-/// (coalesced) and add their int32 partial sums in workgroup memory (exact,
-/// so in any order). Up to 65535 workgroups; beyond, each loops over groups
-/// of outputs. `epilogue` may add a residual to the one product, or combine
-/// gate and up (SquaredReluMul: a workgroup computes two outputs of each,
-/// gate in its first two slots, up in the last two).
+/// workgroup computes `slots` outputs of one token, `lanes` invocations
+/// each (productLanes; workgroups of max(128, 4 lanes)), which read
+/// consecutive code words of their row (coalesced) with the 16 activations
+/// of each word as one 16-byte vector, and add their int32 partial sums in
+/// workgroup memory (exact, so in any order). Up to 65535 workgroups;
+/// beyond, each loops over groups of outputs. `epilogue` may add a residual
+/// to the one product, or combine gate and up (SquaredReluMul: gate in the
+/// first half of the slots, up in the second).
 KernelSpec
 ternaryMatmulKernel(ArrayRef<int64_t> Ns, int64_t K, int64_t tm,
                     MLIRContext *ctx, bool integerDot,
                     ProductEpilogue epilogue = ProductEpilogue::Store,
                     std::optional<AttentionInputs> attn = std::nullopt) {
-  constexpr int64_t kLanesPerOutput = 16;
-  constexpr int64_t kOutputsPerGroup = kWorkgroupSize / kLanesPerOutput;
+  int64_t outputs = 0;
+  for (int64_t N : Ns)
+    outputs += N * tm;
+  const int64_t lanes = productLanes(outputs, K);
+  const int64_t groupSize = std::max<int64_t>(128, 4 * lanes);
+  const int64_t slots = groupSize / lanes;
   bool gated = epilogue == ProductEpilogue::SquaredReluMul;
   bool residual = epilogue == ProductEpilogue::AddResidual;
   assert((epilogue == ProductEpilogue::AttentionInputs) == attn.has_value() &&
@@ -462,7 +504,9 @@ ternaryMatmulKernel(ArrayRef<int64_t> Ns, int64_t K, int64_t tm,
     k.name += llvm::formatv("_rope_hd{0}_theta{1}_append_s{2}", attn->headDim,
                             attn->theta, attn->cacheRows);
   Type i32 = IntegerType::get(ctx, 32), f32 = Float32Type::get(ctx);
-  k.buffers = {qactBuffer(tm, K, ctx)};
+  k.workgroupSize = groupSize;
+  k.buffers = {
+      MemRefType::get({tm * K / 16 + (tm + 3) / 4}, VectorType::get({4}, i32))};
   for (int64_t N : Ns)
     k.buffers.push_back(MemRefType::get({16 + N * K / 16}, i32));
   if (residual)
@@ -474,7 +518,7 @@ ternaryMatmulKernel(ArrayRef<int64_t> Ns, int64_t K, int64_t tm,
     k.buffers.push_back(rowsOf(tm, N, f32));
   // Workgroups [ends[i-1], ends[i]) of a token compute weight i's outputs
   // (gated: one range, two outputs of each weight per workgroup).
-  int64_t perGroup = gated ? kOutputsPerGroup / 2 : kOutputsPerGroup;
+  int64_t perGroup = gated ? slots / 2 : slots;
   SmallVector<int64_t> ends;
   for (int64_t N : gated ? Ns.take_front() : Ns)
     ends.push_back((ends.empty() ? 0 : ends.back()) +
@@ -493,23 +537,23 @@ ternaryMatmulKernel(ArrayRef<int64_t> Ns, int64_t K, int64_t tm,
     Value residualIn = residual ? a.buffers[1 + count] : Value();
     ValueRange outputs =
         a.buffers.drop_front(1 + count + (residual ? 1 : 0) + (attn ? 2 : 0));
-    Value scratch = allocWorkgroup(b, loc, kWorkgroupSize, b.getI32Type());
-    Value sub = e.irem(a.lane, e.c(kLanesPerOutput));
-    Value slot = e.idiv(a.lane, e.c(kLanesPerOutput));
+    Value scratch = allocWorkgroup(b, loc, groupSize, b.getI32Type());
+    Value sub = e.irem(a.lane, e.c(lanes));
+    Value slot = e.idiv(a.lane, e.c(lanes));
     // This invocation's int32 partial of x_q[t] . W[row] (its words of the
-    // row, strided by kLanesPerOutput).
+    // row, strided by lanes).
     auto partial = [&](OpBuilder &b, Location loc, Value w, Value t,
                        Value row) -> Value {
       TLC_E(b, loc);
       Value wRow = e.iadd(e.c(16), e.imul(row, e.c(K / 16)));
-      Value qRow = e.imul(t, e.c(K / 4));
+      Value qRow = e.imul(t, e.c(K / 16));
       auto words = [&](OpBuilder &b, Location loc, Value j,
                        Value sum) -> Value {
         TLC_E(b, loc);
         Value codes = e.ld(w, e.iadd(wRow, j));
+        Value x16 = e.ld(q, e.iadd(qRow, j));
         for (int quarter = 0; quarter < 4; ++quarter) {
-          Value xs =
-              e.ld(q, e.iadd(qRow, e.iadd(e.imul(j, e.c(4)), e.c(quarter))));
+          Value xs = vector::ExtractOp::create(b, loc, x16, quarter);
           if (integerDot) { // four weights in one instruction
             sum = e.iadd(
                 sum, dot4(b, loc, ternaryBytes(b, loc, codes, quarter), xs));
@@ -524,24 +568,27 @@ ternaryMatmulKernel(ArrayRef<int64_t> Ns, int64_t K, int64_t tm,
       };
       // A row's words unrolled (all loads in flight) up to the flat limit.
       Value zero = i32Const(b, loc, 0);
-      return K / 16 <= kFlatFoldMax / kWorkgroupSize * kLanesPerOutput
-                 ? stridedFoldFlat(b, loc, sub, K / 16, zero, words,
-                                   kLanesPerOutput)
-                 : foldStep(b, loc, sub, e.c(K / 16), kLanesPerOutput, zero,
-                            words);
+      return K / 16 <= kFlatFoldMax / kWorkgroupSize * lanes
+                 ? stridedFoldFlat(b, loc, sub, K / 16, zero, words, lanes)
+                 : foldStep(b, loc, sub, e.c(K / 16), lanes, zero, words);
     };
-    // The float output of the kLanesPerOutput partials in scratch from
+    // The float output of the lanes partials in scratch from
     // `first` on: their exact sum times gamma / s[t].
     auto output = [&](OpBuilder &b, Location loc, Value w, Value t,
                       Value first) -> Value {
       TLC_E(b, loc);
       Value total = e.ld(scratch, first);
-      for (int64_t i = 1; i < kLanesPerOutput; ++i)
+      for (int64_t i = 1; i < lanes; ++i)
         total = e.iadd(total, e.ld(scratch, e.iadd(first, e.c(i))));
       Value gamma =
           arith::BitcastOp::create(b, loc, b.getF32Type(), e.ld(w, e.c(0)));
-      Value inv = arith::BitcastOp::create(b, loc, b.getF32Type(),
-                                           e.ld(q, e.iadd(e.c(tm * K / 4), t)));
+      // 1/s[t]: word t % 4 of vector tm * K / 16 + t / 4.
+      Value inv4 = e.ld(q, e.iadd(e.c(tm * K / 16), e.idiv(t, e.c(4))));
+      Value invBits = vector::ExtractOp::create(b, loc, inv4, 0);
+      for (int64_t i = 1; i < 4; ++i)
+        invBits = e.sel(e.ieq(e.irem(t, e.c(4)), e.c(i)),
+                        vector::ExtractOp::create(b, loc, inv4, i), invBits);
+      Value inv = arith::BitcastOp::create(b, loc, b.getF32Type(), invBits);
       return e.mul(arith::SIToFPOp::create(b, loc, b.getF32Type(), total),
                    e.mul(gamma, inv));
     };
@@ -563,27 +610,28 @@ ternaryMatmulKernel(ArrayRef<int64_t> Ns, int64_t K, int64_t tm,
       Value cacheRow = e.iadd(a.pos, t);
       bool rotated = i < 2;
       Value n;
+      int64_t pairs = slots / 2;
       if (rotated) {
-        Value pair = e.iadd(e.imul(g, e.c(2)), e.irem(slot, e.c(2)));
+        Value pair = e.iadd(e.imul(g, e.c(pairs)), e.irem(slot, e.c(pairs)));
         n = e.iadd(e.iadd(e.imul(e.idiv(pair, e.c(half)), e.c(hd)),
                           e.irem(pair, e.c(half))),
-                   e.sel(e.ult(slot, e.c(2)), e.c(0), e.c(half)));
+                   e.sel(e.ult(slot, e.c(pairs)), e.c(0), e.c(half)));
       } else {
-        n = e.iadd(e.imul(g, e.c(kOutputsPerGroup)), slot);
+        n = e.iadd(e.imul(g, e.c(slots)), slot);
       }
       auto [valid, row] = rowOf(b, loc, n, sizes[i]);
       e.st(partial(b, loc, weights[i], t, row), scratch, a.lane);
       mlir::gpu::BarrierOp::create(b, loc);
       Value leader = arith::AndIOp::create(b, loc, valid, e.ieq(sub, e.c(0)));
       if (rotated)
-        leader = arith::AndIOp::create(b, loc, leader, e.ult(slot, e.c(2)));
+        leader = arith::AndIOp::create(b, loc, leader, e.ult(slot, e.c(pairs)));
       when(b, loc, leader, [&](OpBuilder &b, Location loc) {
         TLC_E(b, loc);
         Value x1 = output(b, loc, weights[i], t, a.lane);
         if (!rotated)
           return e.st(x1, vCache, {cacheRow, n});
-        Value x2 = output(b, loc, weights[i], t,
-                          e.iadd(a.lane, e.c(2 * kLanesPerOutput)));
+        Value x2 =
+            output(b, loc, weights[i], t, e.iadd(a.lane, e.c(pairs * lanes)));
         auto [o1, o2] = rotatePair(b, loc, x1, x2, cacheRow, e.irem(n, e.c(hd)),
                                    attn->invFreq, 1.0f);
         Value dest = i == 0 ? outputs[0] : kCache;
@@ -598,7 +646,7 @@ ternaryMatmulKernel(ArrayRef<int64_t> Ns, int64_t K, int64_t tm,
       if (attn)
         return attentionProduct(b, loc, i, t, g);
       TLC_E(b, loc);
-      Value n = e.iadd(e.imul(g, e.c(kOutputsPerGroup)), slot);
+      Value n = e.iadd(e.imul(g, e.c(slots)), slot);
       auto [valid, row] = rowOf(b, loc, n, sizes[i]);
       e.st(partial(b, loc, weights[i], t, row), scratch, a.lane);
       mlir::gpu::BarrierOp::create(b, loc);
@@ -617,11 +665,11 @@ ternaryMatmulKernel(ArrayRef<int64_t> Ns, int64_t K, int64_t tm,
     // slots 2, 3 up's (a branch uniform over each 32 invocations).
     auto gatedProduct = [&](OpBuilder &b, Location loc, Value t, Value g) {
       TLC_E(b, loc);
-      Value half = e.irem(slot, e.c(2));
-      Value n = e.iadd(e.imul(g, e.c(2)), half);
+      int64_t each = slots / 2;
+      Value n = e.iadd(e.imul(g, e.c(each)), e.irem(slot, e.c(each)));
       auto [valid, row] = rowOf(b, loc, n, sizes[0]);
       auto ifOp = scf::IfOp::create(
-          b, loc, e.ult(slot, e.c(2)),
+          b, loc, e.ult(slot, e.c(each)),
           [&](OpBuilder &b, Location loc) {
             scf::YieldOp::create(b, loc, partial(b, loc, weights[0], t, row));
           },
@@ -633,12 +681,12 @@ ternaryMatmulKernel(ArrayRef<int64_t> Ns, int64_t K, int64_t tm,
       Value leader = arith::AndIOp::create(
           b, loc, valid,
           arith::AndIOp::create(b, loc, e.ieq(sub, e.c(0)),
-                                e.ult(slot, e.c(2))));
+                                e.ult(slot, e.c(each))));
       when(b, loc, leader, [&](OpBuilder &b, Location loc) {
         TLC_E(b, loc);
         Value gate = output(b, loc, weights[0], t, a.lane);
-        Value up = output(b, loc, weights[1], t,
-                          e.iadd(a.lane, e.c(2 * kLanesPerOutput)));
+        Value up =
+            output(b, loc, weights[1], t, e.iadd(a.lane, e.c(each * lanes)));
         Value r = e.max(gate, e.f(0));
         e.st(e.mul(e.mul(r, r), up), outputs[0], {t, n});
       });
@@ -806,28 +854,15 @@ KernelSpec denseKernel(DenseOp d, int64_t tm, int64_t maxBinding) {
       auto product = [&](OpBuilder &b, Location loc, Value v,
                          Value acc) -> Value {
         TLC_E(b, loc);
-        Value wv = e.ld(wc, e.iadd(rowStart, v));
+        SmallVector<Value> ws =
+            weightElements(b, loc, e.ld(wc, e.iadd(rowStart, v)));
         Value xs;
         for (int64_t i = 0; i < perVector; ++i) {
           if (i % 4 == 0)
             xs = e.ld(x, e.iadd(xRow, e.iadd(e.imul(v, e.c(perVector / 4)),
                                              e.c(i / 4))));
           Value xv = vector::ExtractOp::create(b, loc, xs, i % 4);
-          Value wi;
-          if (perVector == 4) {
-            wi = vector::ExtractOp::create(b, loc, wv, i);
-          } else { // bf16 2j in the low half of word j, 2j + 1 the high
-            Value word = vector::ExtractOp::create(b, loc, wv, i / 2);
-            Value bits =
-                i % 2
-                    ? arith::AndIOp::create(
-                          b, loc, word, i32Const(b, loc, (int32_t)0xFFFF0000u))
-                          .getResult()
-                    : arith::ShLIOp::create(b, loc, word, i32Const(b, loc, 16))
-                          .getResult();
-            wi = arith::BitcastOp::create(b, loc, b.getF32Type(), bits);
-          }
-          acc = e.add(acc, e.mul(xv, wi));
+          acc = e.add(acc, e.mul(xv, ws[i]));
         }
         return acc;
       };
@@ -1404,12 +1439,8 @@ struct FormGPUDispatchesPass
                                  int64_t tm) {
     for (auto n : llvm::make_early_inc_range(
              func.getBody().front().getOps<RMSNormOp>())) {
-      // Each workgroup recomputes the normalized row for its absolute
-      // maximum, from registers up to kFlatFoldMax (normQuantizeRow). On
-      // the H200: at 2560 fused 8 us, apart 9.7; at 6912 13.9 against 15.3
-      // (before the registers: 16 against 13.4).
       int64_t D = dim(n.getInput(), 1);
-      if (!n->hasOneUse() || D % 4 != 0 || D > kFlatFoldMax)
+      if (!n->hasOneUse() || D % 4 != 0 || D > kNormQuantizeMax)
         continue;
       auto q = dyn_cast<QuantizeOp>(*n->getUsers().begin());
       if (!q)
@@ -1770,7 +1801,7 @@ struct FormGPUDispatchesPass
   }
 
   /// gpu.func @name(buffers..., T, pos, rows: i32) kernel, with
-  /// known_block_size = [kWorkgroupSize, 1, 1].
+  /// known_block_size = [spec.workgroupSize, 1, 1].
   void build(SymbolTable &symbols, const KernelSpec &spec, Location loc) {
     MLIRContext *ctx = &getContext();
     SmallVector<Type> args(spec.buffers.begin(), spec.buffers.end());
@@ -1780,7 +1811,7 @@ struct FormGPUDispatchesPass
                                      FunctionType::get(ctx, args, {}));
     fn->setAttr(gpu::GPUDialect::getKernelFuncAttrName(), UnitAttr::get(ctx));
     fn.setKnownBlockSizeAttr(
-        DenseI32ArrayAttr::get(ctx, {(int32_t)kWorkgroupSize, 1, 1}));
+        DenseI32ArrayAttr::get(ctx, {(int32_t)spec.workgroupSize, 1, 1}));
     fn->setAttr(mlir::tlora::attr::kKernel, UnitAttr::get(ctx));
     symbols.insert(fn);
     Block &entry = fn.getBody().front();

@@ -2,6 +2,7 @@
 #include "targets/gpu/KernelBuilder.h"
 
 #include "mlir/Dialect/Utils/StaticValueUtils.h"
+#include "mlir/Dialect/Vector/IR/VectorOps.h"
 
 #include <algorithm>
 #include <limits>
@@ -420,6 +421,69 @@ Value workgroupReduce(
   });
   mlir::gpu::BarrierOp::create(b, loc);
   return memref::LoadOp::create(b, loc, scratch, result);
+}
+
+Value wideReduceScratch(OpBuilder &b, Location loc, int64_t lanes) {
+  return allocWorkgroup(b, loc, lanes + 16, b.getF32Type());
+}
+
+Value wideReduce(
+    OpBuilder &b, Location loc, Value scratch, Value lane, int64_t lanes,
+    Value v, function_ref<Value(OpBuilder &, Location, Value, Value)> combine) {
+  assert(lanes % 16 == 0 && "16 groups of lanes");
+  TLC_E(b, loc);
+  int64_t per = lanes / 16;
+  e.st(v, scratch, lane);
+  mlir::gpu::BarrierOp::create(b, loc);
+  when(b, loc, e.ult(lane, e.c(16)), [&](OpBuilder &b, Location loc) {
+    TLC_E(b, loc);
+    Value first = e.imul(lane, e.c(per));
+    Value acc = e.ld(scratch, first);
+    for (int64_t i = 1; i < per; ++i)
+      acc = combine(b, loc, acc, e.ld(scratch, e.iadd(first, e.c(i))));
+    e.st(acc, scratch, e.iadd(lane, e.c(lanes)));
+  });
+  mlir::gpu::BarrierOp::create(b, loc);
+  Value acc = e.ld(scratch, e.c(lanes));
+  for (int64_t i = 1; i < 16; ++i)
+    acc = combine(b, loc, acc, e.ld(scratch, e.c(lanes + i)));
+  return acc;
+}
+
+SmallVector<Value> weightElements(OpBuilder &b, Location loc, Value vector) {
+  auto type = cast<VectorType>(vector.getType());
+  SmallVector<Value> out;
+  for (int64_t i = 0; i < type.getNumElements(); ++i) {
+    Value word = vector::ExtractOp::create(b, loc, vector, i);
+    if (type.getElementType().isF32()) {
+      out.push_back(word);
+      continue;
+    }
+    Value low = arith::ShLIOp::create(b, loc, word, i32Const(b, loc, 16));
+    Value high = arith::AndIOp::create(b, loc, word,
+                                       i32Const(b, loc, (int32_t)0xFFFF0000u));
+    for (Value bits : {low, high})
+      out.push_back(arith::BitcastOp::create(b, loc, b.getF32Type(), bits));
+  }
+  return out;
+}
+
+Value quantizeWord(OpBuilder &b, Location loc, ArrayRef<Value> four,
+                   Value scale) {
+  TLC_E(b, loc);
+  Value word = i32Const(b, loc, 0);
+  for (auto [i, v] : llvm::enumerate(four)) {
+    Value r = e.max(
+        e.min(math::RoundEvenOp::create(b, loc, e.mul(v, scale)), e.f(127.0f)),
+        e.f(-128.0f));
+    Value byte = arith::AndIOp::create(
+        b, loc, arith::FPToSIOp::create(b, loc, b.getI32Type(), r),
+        i32Const(b, loc, 255));
+    word = arith::OrIOp::create(
+        b, loc, word,
+        arith::ShLIOp::create(b, loc, byte, i32Const(b, loc, 8 * (int)i)));
+  }
+  return word;
 }
 
 TileResult tiledProduct(OpBuilder &b, Location loc, Value lane, int64_t kBlocks,

@@ -44,14 +44,16 @@ struct RowChunks {
 RowChunks rowChunks(ShapedType weight, int64_t maxBindingBytes);
 
 /// A kernel to build once per shape and the workload of its dispatches
-/// (workgroups = tokensFactor * T + constant). `rowChunked` maps an operand
-/// (by its index among the op's buffer operands) that the kernel reads as
-/// several row-chunk buffers, in place of one, to its chunks.
+/// (workgroups = tokensFactor * T + constant) of `workgroupSize`
+/// invocations. `rowChunked` maps an operand (by its index among the op's
+/// buffer operands) that the kernel reads as several row-chunk buffers, in
+/// place of one, to its chunks.
 struct KernelSpec {
   std::string name;
   SmallVector<Type> buffers;
   KernelBody body;
   int64_t tokensFactor = 1, constant = 0;
+  int64_t workgroupSize = kWorkgroupSize;
   SmallVector<std::pair<unsigned, RowChunks>> rowChunked;
 };
 
@@ -180,6 +182,24 @@ Value reduceScratch(OpBuilder &b, Location loc);
 Value workgroupReduce(
     OpBuilder &b, Location loc, Value scratch, Value lane, Value v,
     function_ref<Value(OpBuilder &, Location, Value, Value)> combine);
+
+/// workgroupReduce for workgroups of `lanes` invocations, a multiple of 16
+/// (scratch: wideReduceScratch(lanes)): 16 invocations each fold lanes / 16
+/// consecutive values in lane order, then every invocation folds those 16 in
+/// order. A fixed order, two short chains instead of one long one.
+Value wideReduceScratch(OpBuilder &b, Location loc, int64_t lanes);
+Value wideReduce(
+    OpBuilder &b, Location loc, Value scratch, Value lane, int64_t lanes,
+    Value v, function_ref<Value(OpBuilder &, Location, Value, Value)> combine);
+
+/// The f32 elements of a loaded weight vector: vector<n x f32> as they are,
+/// vector<n x i32> as 2n bf16 (2j the low half of word j, 2j + 1 the high).
+SmallVector<Value> weightElements(OpBuilder &b, Location loc, Value vector);
+
+/// Four values quantized as the CPU kernels do (clamp(roundeven(v * scale),
+/// -128, 127)) and packed into an i32 word, value i in byte i.
+Value quantizeWord(OpBuilder &b, Location loc, ArrayRef<Value> four,
+                   Value scale);
 
 /// Tiled products C[i][j] = sum_k A[i][k] B[j][k] (k ascending, f32 fma):
 /// a workgroup computes a kTile x kTile tile of C, each invocation

@@ -33,8 +33,9 @@ const tlc::TernaryEncoding &ternaryEncoding();
 /// NVVM dp4a, ROCDL sdot4 next) and erases the declaration.
 inline constexpr llvm::StringLiteral kDot4Intrinsic = "tlc_sdot4_i8";
 
-/// Invocations per workgroup of every kernel (x; y and z are 1). A multiple
-/// of every GPU's subgroup size (32 NVIDIA, 64 AMD and Adreno, 4-16 Mali).
+/// Invocations per workgroup of a kernel unless its KernelSpec says (x; y
+/// and z are 1). A multiple of every GPU's subgroup size (32 NVIDIA, 64 AMD
+/// and Adreno, 4-16 Mali).
 inline constexpr int64_t kWorkgroupSize = 64;
 
 /// Scalars every kernel takes after its buffers, as i32: T (tokens in this

@@ -23,7 +23,9 @@ using namespace mlir::tlora;
 
 int64_t mlir::tlora::bufferBytes(Type type, int64_t maxTokens) {
   if (auto q = dyn_cast<QuantizedActType>(type))
-    return maxTokens * q.getFeatures() + 8 * maxTokens; // int8 + 1/s + sum
+    // int8 codes, then 1/s and the sum per token, padded to 16 bytes (GPU
+    // kernels read the whole buffer as 16-byte vectors).
+    return maxTokens * q.getFeatures() + llvm::alignTo(8 * maxTokens, 16);
   auto tensor = dyn_cast<RankedTensorType>(type);
   if (!tensor)
     return 0;

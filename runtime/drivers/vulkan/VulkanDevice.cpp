@@ -3,7 +3,8 @@
 // libvulkan.so, or $TLC_VULKAN_LOADER), so the runtime links no Vulkan
 // library and starts without one. $TLC_VULKAN_DEVICE picks a device by
 // index; $TLC_VULKAN_MAX_BUFFER_RANGE caps the storage buffer range (to
-// emulate Adreno's 128 MiB on any driver). Buffers are storage buffers bound as (buffer, offset, range);
+// emulate Adreno's 128 MiB on any driver), and other $TLC_VULKAN_MAX_*
+// variables other limits. Buffers are storage buffers bound as (buffer, offset, range);
 // the scalars T, pos, rows are push constants.
 //
 // This first version keeps every buffer host-visible (lavapipe, integrated
@@ -138,6 +139,7 @@ struct Context {
   uint32_t timestampBits = 0; // of the queue family; 0: no timestamps
   uint64_t maxBufferRange = 0; // maxStorageBufferRange, or the env cap
   uint32_t maxStorageBuffers = 0; // per kernel, or the env cap
+  uint32_t maxWorkgroupInvocations = 0; // or the env cap
   bool integerDot = false;        // Vulkan 1.3 with shaderIntegerDotProduct
   uint64_t memoryBudget = 0;   // the largest device-local heap, or the cap
   uint64_t allocated = 0;      // bytes of live allocations
@@ -217,6 +219,9 @@ struct Context {
         "TLC_VULKAN_MAX_STORAGE_BUFFERS",
         std::min(properties.limits.maxPerStageDescriptorStorageBuffers,
                  properties.limits.maxDescriptorSetStorageBuffers));
+    maxWorkgroupInvocations =
+        (uint32_t)capped("TLC_VULKAN_MAX_WORKGROUP_INVOCATIONS",
+                         properties.limits.maxComputeWorkGroupInvocations);
     for (uint32_t h = 0; h < memory.memoryHeapCount; ++h)
       if (memory.memoryHeaps[h].flags & VK_MEMORY_HEAP_DEVICE_LOCAL_BIT)
         memoryBudget = std::max<uint64_t>(memoryBudget, memory.memoryHeaps[h].size);
@@ -1191,32 +1196,52 @@ public:
     }
     return fits(c, e, why);
   }
-  /// Whether `e`'s SPIR-V declares the packed int8 dot product (an
-  /// OpCapability among each module's first instructions).
-  static bool usesIntegerDot(const fb::Executable &e) {
+  /// What `e`'s SPIR-V modules need of a device, read off each module's
+  /// instructions before its first function: the packed int8 dot product
+  /// (OpCapability), and the largest workgroup (OpExecutionMode LocalSize)
+  /// with the kernel that declares it.
+  struct SpirvNeeds {
+    bool integerDot = false;
+    uint32_t localSize[3] = {1, 1, 1}, invocations = 1;
+    size_t widestKernel = 0;
+  };
+  static SpirvNeeds spirvNeeds(const fb::Executable &e) {
+    SpirvNeeds needs;
     if (!e.image())
-      return false;
+      return needs;
     const uint8_t *image = e.image()->data();
     size_t size = e.image()->size();
     std::vector<size_t> starts{0};
     if (const auto *offsets = e.kernel_offsets())
       starts.assign(offsets->begin(), offsets->end());
-    constexpr uint32_t kOpCapability = 17, kDotProductInput4x8BitPacked = 6018;
-    for (size_t start : starts)
-      for (size_t at = start + 20; at + 8 <= size; at += 8) {
-        uint32_t op, capability;
-        std::memcpy(&op, image + at, 4);
-        std::memcpy(&capability, image + at + 4, 4);
-        if (op != (2u << 16 | kOpCapability))
+    constexpr uint32_t kOpExecutionMode = 16, kOpCapability = 17,
+                       kOpFunction = 54, kLocalSize = 17,
+                       kDotProductInput4x8BitPacked = 6018;
+    for (size_t k = 0; k < starts.size(); ++k) {
+      size_t end = std::min(k + 1 < starts.size() ? starts[k + 1] : size, size);
+      for (size_t at = starts[k] + 20; at + 4 <= end;) {
+        uint32_t words[6] = {};
+        std::memcpy(words, image + at, std::min<size_t>(24, end - at));
+        uint32_t count = words[0] >> 16, op = words[0] & 0xFFFF;
+        if (count == 0 || op == kOpFunction)
           break;
-        if (capability == kDotProductInput4x8BitPacked)
-          return true;
+        if (op == kOpCapability && words[1] == kDotProductInput4x8BitPacked)
+          needs.integerDot = true;
+        if (op == kOpExecutionMode && count == 6 && words[2] == kLocalSize &&
+            words[3] * words[4] * words[5] > needs.invocations) {
+          std::memcpy(needs.localSize, words + 3, sizeof needs.localSize);
+          needs.invocations = words[3] * words[4] * words[5];
+          needs.widestKernel = k;
+        }
+        at += 4 * (size_t)count;
       }
-    return false;
+    }
+    return needs;
   }
   /// Whether the device's limits allow every dispatch of `e`; else `why`.
   static bool fits(const Context &c, const fb::Executable &e, std::string *why) {
-    if (!c.integerDot && usesIntegerDot(e)) {
+    SpirvNeeds needs = spirvNeeds(e);
+    if (!c.integerDot && needs.integerDot) {
       *why = std::string("Vulkan: the kernels use the packed int8 dot "
                          "product (SPIR-V 1.6), which ") +
              c.properties.deviceName +
@@ -1224,7 +1249,24 @@ public:
              "--target vulkan-spirv:no-integer-dot for it";
       return false;
     }
-    uint32_t maxGroups = c.properties.limits.maxComputeWorkGroupCount[0];
+    const VkPhysicalDeviceLimits &limits = c.properties.limits;
+    if (needs.invocations > c.maxWorkgroupInvocations ||
+        needs.localSize[0] > limits.maxComputeWorkGroupSize[0] ||
+        needs.localSize[1] > limits.maxComputeWorkGroupSize[1] ||
+        needs.localSize[2] > limits.maxComputeWorkGroupSize[2]) {
+      size_t k = needs.widestKernel;
+      *why = std::string("Vulkan: kernel ") +
+             (e.kernels() && k < e.kernels()->size()
+                  ? e.kernels()->Get(k)->c_str()
+                  : "?") +
+             " runs workgroups of " + std::to_string(needs.invocations) +
+             " invocations; " + c.properties.deviceName + " allows " +
+             std::to_string(c.maxWorkgroupInvocations) +
+             " (maxComputeWorkGroupInvocations, maxComputeWorkGroupSize " +
+             std::to_string(limits.maxComputeWorkGroupSize[0]) + ")";
+      return false;
+    }
+    uint32_t maxGroups = limits.maxComputeWorkGroupCount[0];
     if (!e.entry_points())
       return true;
     for (const auto *ep : *e.entry_points()) {

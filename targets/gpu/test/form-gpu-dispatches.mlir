@@ -115,20 +115,21 @@ func.func @norm_decode(%x: tensor<?x80xf32>) -> tensor<?x80xf32> attributes {tlo
 // -----
 
 // A decode step's ops and their workloads: quantize one workgroup per 64
-// words of a token's row, rope one per token; the ternary product four
-// outputs per workgroup, 16 invocations each, whose int32 sums of
-// sign-extended bytes times code - 1 meet in workgroup memory; attention one
+// words of a token's row, rope one per token; the ternary product eight
+// outputs per workgroup of 128, 16 invocations each (a short row keeps the
+// fewest), whose int32 sums of sign-extended bytes times code - 1 meet in
+// workgroup memory; attention one
 // per (token, head); the LM head one per vocabulary row, for the rows wanted.
 // CHECK-LABEL: func.func @decode
 // CHECK: tlora.dispatch @kernels::@quantize_k64_t1({{.*}}) workload(1 * T + 0)
-// CHECK: tlora.dispatch @kernels::@ternary_matmul_n128_k64_t1({{.*}}) workload(32 * T + 0)
+// CHECK: tlora.dispatch @kernels::@ternary_matmul_n128_k64_t1({{.*}}) workload(16 * T + 0)
 // CHECK: tlora.dispatch @kernels::@rope_d128_hd16_theta10000_t1({{.*}}) workload(1 * T + 0)
 // CHECK: tlora.dispatch @kernels::@attention_s32_h8_kv8_hd16_t1({{.*}}) workload(8 * T + 0)
 // CHECK: tlora.dispatch @kernels::@dense_n100_k128_f32_v16_t1({{.*}}) workload(0 * T + 100)
 // CHECK: gpu.func @quantize_k64_t1
 // CHECK: math.roundeven
 // CHECK: gpu.func @ternary_matmul_n128_k64_t1
-// CHECK: memref.alloc() : memref<64xi32, 3>
+// CHECK: memref.alloc() : memref<128xi32, 3>
 // CHECK: arith.shrsi
 // CHECK: arith.muli
 // CHECK: gpu.barrier
@@ -155,8 +156,8 @@ func.func @norm_decode(%x: tensor<?x80xf32>) -> tensor<?x80xf32> attributes {tlo
 // invocation adds its vectors' four products in order.
 // CHECK: gpu.func @dense_n100_k128_f32_v16_t1(%[[X:[^:]*]]: memref<32xvector<4xf32>>, %[[W:[^:]*]]: memref<3200xvector<4xf32>>
 // CHECK: %[[WV:.*]] = memref.load %[[W]][%{{.*}}] : memref<3200xvector<4xf32>>
-// CHECK: %[[XV:.*]] = memref.load %[[X]][%{{.*}}] : memref<32xvector<4xf32>>
 // CHECK-COUNT-4: vector.extract %[[WV]][{{[0-3]}}] : f32 from vector<4xf32>
+// CHECK: %[[XV:.*]] = memref.load %[[X]][%{{.*}}] : memref<32xvector<4xf32>>
 // CHECK: gpu.barrier
 func.func @decode(%x: tensor<?x64xf32>, %pos: index, %rows: index) -> tensor<?x100xf32> attributes {tlora.max_tokens = 1 : i64} {
   %w = tlora.ternary_weight "w" scale(1.0) source(packed) : !tlora.ternary<outFeatures = 128, inFeatures = 64>
@@ -234,20 +235,20 @@ func.func @prefill(%x: tensor<?x64xf32>) -> tensor<?x132xf32> attributes {tlora.
 
 // Decode: the products of one quantized input (q, k, v) are one dispatch
 // with a result each, their workgroup ranges laid end to end
-// (ceil(64/4) + ceil(16/4) + ceil(16/4) = 24 a token); the kernel picks the
+// (ceil(64/8) + ceil(16/8) + ceil(16/8) = 12 a token); the kernel picks the
 // weight per workgroup with a uniform branch. A product of another input
 // stays its own dispatch, and so does one whose result is used before the
 // last product of its input.
 // CHECK-LABEL: func.func @fused_qkv
-// CHECK: %[[QKV:.*]]:3 = tlora.dispatch @kernels::@ternary_matmul_n64_n16_n16_k64_t1(%{{.*}}, %{{.*}}, %{{.*}}, %{{.*}}) workload(24 * T + 0)
+// CHECK: %[[QKV:.*]]:3 = tlora.dispatch @kernels::@ternary_matmul_n64_n16_n16_k64_t1(%{{.*}}, %{{.*}}, %{{.*}}, %{{.*}}) workload(12 * T + 0)
 // CHECK: tlora.dispatch @kernels::@add_d16_t1(%[[QKV]]#1, %[[QKV]]#2)
 // CHECK: tlora.dispatch @kernels::@ternary_matmul_n32_k64_t1
 // CHECK: tlora.dispatch @kernels::@add_d32_t1
 // CHECK: tlora.dispatch @kernels::@ternary_matmul_n32_k64_t1
-// CHECK: gpu.func @ternary_matmul_n64_n16_n16_k64_t1(%{{.*}}: memref<17xi32>, %{{.*}}: memref<272xi32>, %{{.*}}: memref<80xi32>, %{{.*}}: memref<80xi32>, %{{.*}}: memref<1x64xf32>, %{{.*}}: memref<1x16xf32>, %{{.*}}: memref<1x16xf32>
-// CHECK: arith.cmpi ult, %{{.*}}, %c16
+// CHECK: gpu.func @ternary_matmul_n64_n16_n16_k64_t1(%{{.*}}: memref<5xvector<4xi32>>, %{{.*}}: memref<272xi32>, %{{.*}}: memref<80xi32>, %{{.*}}: memref<80xi32>, %{{.*}}: memref<1x64xf32>, %{{.*}}: memref<1x16xf32>, %{{.*}}: memref<1x16xf32>
+// CHECK: arith.cmpi ult, %{{.*}}, %c8
 // CHECK: scf.if
-// CHECK: arith.cmpi ult, %{{.*}}, %c20
+// CHECK: arith.cmpi ult, %{{.*}}, %c10
 // CHECK: scf.if
 func.func @fused_qkv(%x: tensor<?x64xf32>, %z: tensor<?x64xf32>) -> (tensor<?x64xf32>, tensor<?x16xf32>, tensor<?x32xf32>, tensor<?x32xf32>) attributes {tlora.max_tokens = 1 : i64} {
   %wq = tlora.ternary_weight "q" scale(1.0) source(packed) : !tlora.ternary<outFeatures = 64, inFeatures = 64>
@@ -270,17 +271,25 @@ func.func @fused_qkv(%x: tensor<?x64xf32>, %z: tensor<?x64xf32>) -> (tensor<?x64
 // -----
 
 // Decode: an RMSNorm that only feeds a quantization is one dispatch that
-// writes the quantized row (a workgroup per 64 words: ceil(80 / 4 / 64));
-// an RMSNorm with another user stays its own kernel.
+// writes the quantized row, a workgroup of 256 invocations per token, each
+// holding 16-byte vectors of the row (here 20: one each for the first 20
+// invocations, so the loads and the store are guarded); an RMSNorm with
+// another user stays its own kernel.
 // CHECK-LABEL: func.func @norm_quantize
 // CHECK: tlora.dispatch @kernels::@rms_norm_quantize_d80_f32_eps{{[0-9A-F]+}}_t1(%{{.*}}, %{{.*}}) workload(1 * T + 0) : (tensor<?x80xf32>, tensor<80xf32>) -> !tlora.qact<features = 80>
 // CHECK: tlora.dispatch @kernels::@rms_norm_d80_f32_eps{{[0-9A-F]+}}_t1
 // CHECK: tlora.dispatch @kernels::@quantize_k80_t1
-// CHECK: gpu.func @rms_norm_quantize_d80_f32_eps{{[0-9A-F]+}}_t1
+// CHECK: gpu.func @rms_norm_quantize_d80_f32_eps{{[0-9A-F]+}}_t1(%[[X:[^:]*]]: memref<20xvector<4xf32>>, %[[W:[^:]*]]: memref<20xvector<4xf32>>, %[[Q:[^:]*]]: memref<21xi32>
+// CHECK-SAME: known_block_size = array<i32: 256, 1, 1>
+// CHECK: scf.if
+// CHECK: memref.load %[[X]]
+// CHECK: memref.load %[[W]]
+// CHECK: gpu.barrier
 // CHECK: math.sqrt
 // CHECK: math.absf
 // CHECK: gpu.barrier
 // CHECK: math.roundeven
+// CHECK: memref.store %{{.*}}, %[[Q]]
 func.func @norm_quantize(%x: tensor<?x80xf32>) -> (!tlora.qact<features = 80>, !tlora.qact<features = 80>, tensor<?x80xf32>) attributes {tlora.max_tokens = 1 : i64} {
   %w = tlora.weight "n" : tensor<80xf32>
   %h = tlora.rms_norm %x, %w eps(1.0e-5) : tensor<?x80xf32>, tensor<80xf32> -> tensor<?x80xf32>
@@ -293,24 +302,24 @@ func.func @norm_quantize(%x: tensor<?x80xf32>) -> (!tlora.qact<features = 80>, !
 // -----
 
 // Decode epilogues: squared_relu_mul of a gate and an up product of one
-// input is one dispatch (two outputs of each per workgroup: 32 / 2
-// workgroups; gate in the first 32 invocations, up in the last 32, exact
+// input is one dispatch (four outputs of each per workgroup: 32 / 4
+// workgroups; gate in the first 64 invocations, up in the last 64, exact
 // int32 sums, then max(gate, 0)^2 * up); the residual add after a product
 // is the product's epilogue. A product whose input has another user keeps
 // its add.
 // CHECK-LABEL: func.func @epilogues
-// CHECK: %[[H:.*]] = tlora.dispatch @kernels::@ternary_matmul_n32_n32_k64_squared_relu_mul_t1(%{{.*}}, %{{.*}}, %{{.*}}) workload(16 * T + 0) : {{.*}} -> tensor<?x32xf32>
-// CHECK: %[[Y:.*]] = tlora.dispatch @kernels::@ternary_matmul_n64_k32_add_t1(%{{.*}}, %{{.*}}, %arg0) workload(16 * T + 0) : {{.*}} -> tensor<?x64xf32>
+// CHECK: %[[H:.*]] = tlora.dispatch @kernels::@ternary_matmul_n32_n32_k64_squared_relu_mul_t1(%{{.*}}, %{{.*}}, %{{.*}}) workload(8 * T + 0) : {{.*}} -> tensor<?x32xf32>
+// CHECK: %[[Y:.*]] = tlora.dispatch @kernels::@ternary_matmul_n64_k32_add_t1(%{{.*}}, %{{.*}}, %arg0) workload(8 * T + 0) : {{.*}} -> tensor<?x64xf32>
 // CHECK: tlora.dispatch @kernels::@ternary_matmul_n32_n64_k64_t1
 // CHECK: tlora.dispatch @kernels::@add_d64_t1
-// CHECK: gpu.func @ternary_matmul_n32_n32_k64_squared_relu_mul_t1(%{{.*}}: memref<17xi32>, %{{.*}}: memref<144xi32>, %{{.*}}: memref<144xi32>, %{{.*}}: memref<1x32xf32>
-// CHECK: arith.cmpi ult, %{{.*}}, %c2
+// CHECK: gpu.func @ternary_matmul_n32_n32_k64_squared_relu_mul_t1(%{{.*}}: memref<5xvector<4xi32>>, %{{.*}}: memref<144xi32>, %{{.*}}: memref<144xi32>, %{{.*}}: memref<1x32xf32>
+// CHECK: arith.cmpi ult, %{{.*}}, %c4
 // CHECK: scf.if
 // CHECK: gpu.barrier
 // CHECK: arith.maximumf
 // CHECK: arith.mulf
 // CHECK: arith.mulf
-// CHECK: gpu.func @ternary_matmul_n64_k32_add_t1(%{{.*}}: memref<9xi32>, %{{.*}}: memref<144xi32>, %[[R:.*]]: memref<1x64xf32>, %[[OUT:.*]]: memref<1x64xf32>
+// CHECK: gpu.func @ternary_matmul_n64_k32_add_t1(%{{.*}}: memref<3xvector<4xi32>>, %{{.*}}: memref<144xi32>, %[[R:.*]]: memref<1x64xf32>, %[[OUT:.*]]: memref<1x64xf32>
 // CHECK: arith.sitofp
 // CHECK: %[[X:.*]] = memref.load %[[R]]
 // CHECK: %[[S:.*]] = arith.addf %[[X]], %{{.*}} : f32
@@ -365,14 +374,14 @@ func.func @attention_inputs(%q: tensor<?x128xf32>, %k: tensor<?x32xf32>, %v: ten
 
 // Decode: when q, k and v are products of one quantized input used by
 // nothing else, the rotations and appends are their kernel's epilogue: one
-// dispatch (q: 128 / 4, k and v: 32 / 4 workgroups). The leaders of the
-// first two slots rotate a pair (i, i + 8) and store the rotated q, or k at
+// dispatch (q: 128 / 8, k and v: 32 / 8 workgroups). The leaders of the
+// first four slots rotate a pair (i, i + 8) and store the rotated q, or k at
 // row pos + t of the cache; v goes to its cache as it is.
 // CHECK-LABEL: func.func @attention_projections
-// CHECK: %[[Q:.*]] = tlora.dispatch @kernels::@ternary_matmul_n128_n32_n32_k64_rope_hd16_theta10000_append_s64_t1(%{{.*}}, %{{.*}}, %{{.*}}, %{{.*}}, %[[KC:.*]], %[[VC:.*]]) workload(48 * T + 0) : {{.*}} -> tensor<?x128xf32>
+// CHECK: %[[Q:.*]] = tlora.dispatch @kernels::@ternary_matmul_n128_n32_n32_k64_rope_hd16_theta10000_append_s64_t1(%{{.*}}, %{{.*}}, %{{.*}}, %{{.*}}, %[[KC:.*]], %[[VC:.*]]) workload(24 * T + 0) : {{.*}} -> tensor<?x128xf32>
 // CHECK-NOT: tlora.dispatch @kernels::@attention_inputs
 // CHECK: tlora.dispatch @kernels::@attention_s64_h8_kv2_hd16_t1(%[[Q]], %[[KC]], %[[VC]])
-// CHECK: gpu.func @ternary_matmul_n128_n32_n32_k64_rope_hd16_theta10000_append_s64_t1(%{{.*}}: memref<17xi32>, %{{.*}}: memref<528xi32>, %{{.*}}: memref<144xi32>, %{{.*}}: memref<144xi32>, %{{.*}}: memref<64x32xf32>, %{{.*}}: memref<64x32xf32>, %{{.*}}: memref<1x128xf32>
+// CHECK: gpu.func @ternary_matmul_n128_n32_n32_k64_rope_hd16_theta10000_append_s64_t1(%{{.*}}: memref<5xvector<4xi32>>, %{{.*}}: memref<528xi32>, %{{.*}}: memref<144xi32>, %{{.*}}: memref<144xi32>, %{{.*}}: memref<64x32xf32>, %{{.*}}: memref<64x32xf32>, %{{.*}}: memref<1x128xf32>
 // CHECK: gpu.barrier
 // CHECK: arith.subf
 // CHECK: arith.addf
@@ -392,4 +401,29 @@ func.func @attention_projections(%x: tensor<?x64xf32>, %pos: index) -> tensor<?x
   tlora.kv_append %v into %vc at %pos : tensor<?x32xf32>, !tlora.kv_cache<maxSeq = 64, kvHeads = 2, headDim = 16>
   %o = tlora.attention %qr, %kc, %vc at %pos scale(0.25) : tensor<?x128xf32>, !tlora.kv_cache<maxSeq = 64, kvHeads = 2, headDim = 16> -> tensor<?x128xf32>
   return %o : tensor<?x128xf32>
+}
+
+// -----
+
+// Decode products of longer rows spread each output over more invocations
+// (productLanes: at least 4 code words each): 2048 inputs (128 words) 32
+// invocations per output in workgroups of 128, 4096 inputs 64 in workgroups
+// of 256, four outputs per workgroup either way. Each code word's 16
+// activations are one 16-byte load.
+// CHECK-LABEL: func.func @long_rows
+// CHECK: tlora.dispatch @kernels::@ternary_matmul_n64_k2048_t1({{.*}}) workload(16 * T + 0)
+// CHECK: tlora.dispatch @kernels::@ternary_matmul_n64_k4096_t1({{.*}}) workload(16 * T + 0)
+// CHECK: gpu.func @ternary_matmul_n64_k2048_t1(%[[Q:[^:]*]]: memref<129xvector<4xi32>>
+// CHECK-SAME: known_block_size = array<i32: 128, 1, 1>
+// CHECK: memref.load %[[Q]]{{.*}} : memref<129xvector<4xi32>>
+// CHECK: gpu.func @ternary_matmul_n64_k4096_t1(%{{[^:]*}}: memref<257xvector<4xi32>>
+// CHECK-SAME: known_block_size = array<i32: 256, 1, 1>
+func.func @long_rows(%x: tensor<?x2048xf32>, %z: tensor<?x4096xf32>) -> (tensor<?x64xf32>, tensor<?x64xf32>) attributes {tlora.max_tokens = 1 : i64} {
+  %w1 = tlora.ternary_weight "w1" scale(1.0) source(packed) : !tlora.ternary<outFeatures = 64, inFeatures = 2048>
+  %w2 = tlora.ternary_weight "w2" scale(1.0) source(packed) : !tlora.ternary<outFeatures = 64, inFeatures = 4096>
+  %qx = tlora.quantize %x : tensor<?x2048xf32> -> !tlora.qact<features = 2048>
+  %y1 = tlora.ternary_matmul %qx, %w1 : !tlora.qact<features = 2048>, !tlora.ternary<outFeatures = 64, inFeatures = 2048> -> tensor<?x64xf32>
+  %qz = tlora.quantize %z : tensor<?x4096xf32> -> !tlora.qact<features = 4096>
+  %y2 = tlora.ternary_matmul %qz, %w2 : !tlora.qact<features = 4096>, !tlora.ternary<outFeatures = 64, inFeatures = 4096> -> tensor<?x64xf32>
+  return %y1, %y2 : tensor<?x64xf32>, tensor<?x64xf32>
 }
