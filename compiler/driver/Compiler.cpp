@@ -509,9 +509,6 @@ struct Driver {
         if ((x.kernelOffsets.empty() && !write(stem + "." + x.fileExt, x.image)) ||
             (!x.source.empty() && !write(stem + "." + x.sourceExt, x.source)))
           return false;
-        for (const auto &[kernel, text] : x.kernelSources)
-          if (!write(stem + "-" + kernel + "." + x.fileExt, text))
-            return false;
       }
     return true;
   }

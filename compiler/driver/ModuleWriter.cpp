@@ -299,7 +299,8 @@ bool writeModule(const ModuleContents &c, const std::string &path,
             fbb.CreateVector((const uint8_t *)x.image.data(), x.image.size()),
             fnv1a64((const uint8_t *)x.image.data(), x.image.size()),
             fbb.CreateVector(*entries), kvSize,
-            x.kernelOffsets.empty() ? 0 : fbb.CreateVector(x.kernelOffsets)));
+            x.kernelOffsets.empty() ? 0 : fbb.CreateVector(x.kernelOffsets),
+            x.workgroupSizes.empty() ? 0 : fbb.CreateVector(x.workgroupSizes)));
       }
     }
     std::vector<flatbuffers::Offset<Parameter>> paramDefs;

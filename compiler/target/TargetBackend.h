@@ -51,12 +51,13 @@ struct ExecutableImage {
   std::string source;   // a text form where one exists (LLVM IR here)
   std::string fileExt;  // extension of the binary for --dump-executables
   std::string sourceExt = "ll"; // extension of `source` ("mlir" for SPIR-V)
-  /// Text forms per kernel where a target has them (MSL), as (name, text):
-  /// --dump-executables writes each as <stem>-<name>.<fileExt>.
-  std::vector<std::pair<std::string, std::string>> kernelSources;
   /// Where each kernel's own image starts in `image` (SPIR-V: a module per
-  /// kernel); empty when the image holds all kernels as one.
+  /// kernel; MSL: a source per kernel); empty when the image holds all
+  /// kernels as one. --dump-executables writes each as
+  /// <stem>-<kernel>.<fileExt>.
   std::vector<uint32_t> kernelOffsets;
+  /// GPU kernels: invocations per workgroup of each (x).
+  std::vector<uint32_t> workgroupSizes;
 };
 
 struct SerializeOptions {

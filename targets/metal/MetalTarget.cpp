@@ -107,24 +107,28 @@ public:
                           std::vector<tlc::ExecutableImage> *out,
                           std::string *error) const override {
     // Metal compiles MSL at run time through its own API, which iOS allows:
-    // static-lib builds keep the sources too.
+    // static-lib builds keep the sources too. Each kernel is translated from
+    // a module of its own (only its threadgroup memory: Metal allows 32 KiB);
+    // the image is their sources end to end, each kernel's start in
+    // kernelOffsets.
     for (auto m : program.getOps<spirv::ModuleOp>()) {
-      SmallVector<uint32_t> words;
-      if (failed(spirv::serialize(m, words))) {
-        *error = "internal error: SPIR-V serialization failed";
-        return failure();
-      }
       tlc::ExecutableImage exe;
       for (auto ep : m.getOps<spirv::EntryPointOp>()) {
         std::string name = ep.getFn().str();
+        OwningOpRef<spirv::ModuleOp> one = tlc::vulkan::kernelModule(m, name);
+        SmallVector<uint32_t> words;
+        if (failed(spirv::serialize(*one, words))) {
+          *error = "internal error: SPIR-V serialization failed";
+          return failure();
+        }
         auto msl = translate(words, name, family_.rfind("apple", 0) == 0,
                              error);
         if (failed(msl))
           return failure();
-        // The image: per kernel a "// tlc kernel NAME" line, then its MSL.
-        exe.image += "// tlc kernel " + name + "\n" + *msl;
         exe.kernels.push_back(name);
-        exe.kernelSources.push_back({name, std::move(*msl)});
+        exe.workgroupSizes.push_back(tlc::vulkan::workgroupSize(m, name));
+        exe.kernelOffsets.push_back((uint32_t)exe.image.size());
+        exe.image += *msl;
       }
       exe.target = "metal";
       exe.cpu = family_;

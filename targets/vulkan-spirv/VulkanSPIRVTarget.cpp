@@ -214,42 +214,6 @@ public:
   void buildKernelPipeline(OpPassManager &pm) const override {
     pm.addPass(tlc::vulkan::createLowerGPUKernelsToSPIRVPass());
   }
-  /// A copy of `m` with kernel `fn` alone: its entry point, execution
-  /// modes, and the functions and variables it reaches.
-  static OwningOpRef<spirv::ModuleOp> kernelModule(spirv::ModuleOp m,
-                                                   StringRef fn) {
-    OwningOpRef<spirv::ModuleOp> one(cast<spirv::ModuleOp>(m->clone()));
-    SymbolTable symbols(*one);
-    llvm::DenseSet<Operation *> live;
-    SmallVector<Operation *> work;
-    if (Operation *f = symbols.lookup(fn))
-      live.insert(f), work.push_back(f);
-    for (auto e : one->getOps<spirv::EntryPointOp>())
-      if (e.getFn() == fn)
-        work.push_back(e); // its interface variables
-    while (!work.empty()) {
-      Operation *op = work.pop_back_val();
-      if (auto uses = SymbolTable::getSymbolUses(op))
-        for (const SymbolTable::SymbolUse &use : *uses)
-          if (Operation *d = symbols.lookup(
-                  use.getSymbolRef().getRootReference().getValue()))
-            if (live.insert(d).second)
-              work.push_back(d);
-    }
-    for (Operation &op :
-         llvm::make_early_inc_range(one->getBody()->getOperations())) {
-      if (auto e = dyn_cast<spirv::EntryPointOp>(op)) {
-        if (e.getFn() != fn)
-          op.erase();
-      } else if (auto x = dyn_cast<spirv::ExecutionModeOp>(op)) {
-        if (x.getFn() != fn)
-          op.erase();
-      } else if (isa<SymbolOpInterface>(op) && !live.contains(&op)) {
-        op.erase();
-      }
-    }
-    return one;
-  }
   LogicalResult serialize(ModuleOp program,
                           const tlc::SerializeOptions &options,
                           std::vector<tlc::ExecutableImage> *out,
@@ -265,13 +229,15 @@ public:
       // A module per kernel: drivers (NVIDIA's among them) reserve all of a
       // module's workgroup variables for each of its entry points.
       for (auto ep : m.getOps<spirv::EntryPointOp>()) {
-        OwningOpRef<spirv::ModuleOp> one = kernelModule(m, ep.getFn());
+        OwningOpRef<spirv::ModuleOp> one =
+            tlc::vulkan::kernelModule(m, ep.getFn());
         SmallVector<uint32_t> words;
         if (failed(spirv::serialize(*one, words))) {
           *error = "internal error: SPIR-V serialization failed";
           return failure();
         }
         exe.kernels.push_back(ep.getFn().str());
+        exe.workgroupSizes.push_back(tlc::vulkan::workgroupSize(m, ep.getFn()));
         exe.kernelOffsets.push_back((uint32_t)exe.image.size());
         exe.image.append((const char *)words.data(), words.size() * 4);
       }
@@ -301,6 +267,48 @@ private:
 } // namespace
 
 namespace tlc::vulkan {
+uint32_t workgroupSize(spirv::ModuleOp m, StringRef fn) {
+  for (auto x : m.getOps<spirv::ExecutionModeOp>())
+    if (x.getFn() == fn &&
+        x.getExecutionMode() == spirv::ExecutionMode::LocalSize)
+      return (uint32_t)cast<IntegerAttr>(x.getValues()[0]).getInt();
+  return 1;
+}
+
+OwningOpRef<spirv::ModuleOp> kernelModule(spirv::ModuleOp m, StringRef fn) {
+  OwningOpRef<spirv::ModuleOp> one(cast<spirv::ModuleOp>(m->clone()));
+  SymbolTable symbols(*one);
+  llvm::DenseSet<Operation *> live;
+  SmallVector<Operation *> work;
+  if (Operation *f = symbols.lookup(fn))
+    live.insert(f), work.push_back(f);
+  for (auto e : one->getOps<spirv::EntryPointOp>())
+    if (e.getFn() == fn)
+      work.push_back(e); // its interface variables
+  while (!work.empty()) {
+    Operation *op = work.pop_back_val();
+    if (auto uses = SymbolTable::getSymbolUses(op))
+      for (const SymbolTable::SymbolUse &use : *uses)
+        if (Operation *d = symbols.lookup(
+                use.getSymbolRef().getRootReference().getValue()))
+          if (live.insert(d).second)
+            work.push_back(d);
+  }
+  for (Operation &op :
+       llvm::make_early_inc_range(one->getBody()->getOperations())) {
+    if (auto e = dyn_cast<spirv::EntryPointOp>(op)) {
+      if (e.getFn() != fn)
+        op.erase();
+    } else if (auto x = dyn_cast<spirv::ExecutionModeOp>(op)) {
+      if (x.getFn() != fn)
+        op.erase();
+    } else if (isa<SymbolOpInterface>(op) && !live.contains(&op)) {
+      op.erase();
+    }
+  }
+  return one;
+}
+
 void registerVulkanSPIRVTargetBackend() {
   tlc::gpu::registerTlcGPUPasses();
   registerTlcVulkanPasses();

@@ -10,6 +10,9 @@
 #if defined(TLC_HAVE_VULKAN_DRIVER)
 #include "runtime/drivers/vulkan/VulkanDevice.h"
 #endif
+#if defined(TLC_HAVE_METAL_DRIVER)
+#include "runtime/drivers/metal/MetalDevice.h"
+#endif
 
 #include <cstdlib>
 #include <map>
@@ -320,8 +323,11 @@ std::vector<Driver *> &drivers() {
   static LocalDriver local;
   static std::vector<Driver *> list = [] {
     std::vector<Driver *> l;
+#if defined(TLC_HAVE_METAL_DRIVER)
+    l.push_back(&metalDriver()); // a GPU executable first, when one runs
+#endif
 #if defined(TLC_HAVE_VULKAN_DRIVER)
-    l.push_back(&vulkanDriver()); // a GPU executable first, when one runs
+    l.push_back(&vulkanDriver());
 #endif
     l.push_back(&local);
     return l;

@@ -1204,6 +1204,7 @@ public:
     bool integerDot = false;
     uint32_t localSize[3] = {1, 1, 1}, invocations = 1;
     size_t widestKernel = 0;
+    std::vector<uint32_t> widths; // LocalSize x of each kernel
   };
   static SpirvNeeds spirvNeeds(const fb::Executable &e) {
     SpirvNeeds needs;
@@ -1217,6 +1218,7 @@ public:
     constexpr uint32_t kOpExecutionMode = 16, kOpCapability = 17,
                        kOpFunction = 54, kLocalSize = 17,
                        kDotProductInput4x8BitPacked = 6018;
+    needs.widths.assign(starts.size(), 1);
     for (size_t k = 0; k < starts.size(); ++k) {
       size_t end = std::min(k + 1 < starts.size() ? starts[k + 1] : size, size);
       for (size_t at = starts[k] + 20; at + 4 <= end;) {
@@ -1227,6 +1229,8 @@ public:
           break;
         if (op == kOpCapability && words[1] == kDotProductInput4x8BitPacked)
           needs.integerDot = true;
+        if (op == kOpExecutionMode && count == 6 && words[2] == kLocalSize)
+          needs.widths[k] = words[3];
         if (op == kOpExecutionMode && count == 6 && words[2] == kLocalSize &&
             words[3] * words[4] * words[5] > needs.invocations) {
           std::memcpy(needs.localSize, words + 3, sizeof needs.localSize);
@@ -1249,6 +1253,15 @@ public:
              "--target vulkan-spirv:no-integer-dot for it";
       return false;
     }
+    // workgroup_sizes (read by drivers that dispatch with it, Metal's)
+    // must say what the SPIR-V declares.
+    if (const auto *widths = e.workgroup_sizes())
+      for (uint32_t k = 0; k < widths->size(); ++k)
+        if (k >= needs.widths.size() || widths->Get(k) != needs.widths[k]) {
+          *why = "Vulkan: the executable's workgroup_sizes disagree with its "
+                 "SPIR-V (kernel " + std::to_string(k) + ")";
+          return false;
+        }
     const VkPhysicalDeviceLimits &limits = c.properties.limits;
     if (needs.invocations > c.maxWorkgroupInvocations ||
         needs.localSize[0] > limits.maxComputeWorkGroupSize[0] ||
