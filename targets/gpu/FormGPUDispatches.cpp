@@ -464,10 +464,10 @@ int64_t productLanes(int64_t outputs, int64_t K) {
 }
 
 /// y[t, n] = (x_q[t] . W_t[n]) * gamma / s[t], exact in int32. The weights
-/// are the backend's t2-rows encoding: 16 words of header (gamma first),
-/// then per row K/16 words of sixteen 2-bit codes (value + 1), code k%16 at
-/// bits 2 (k%16). Several weights that share the input (q, k, v; gate, up)
-/// are one kernel, a range of workgroups each. For a few tokens (decode): a
+/// are the t2-rows encoding (ternaryEncoding, Passes.h): 16 words of header
+/// (gamma first), then per row K/16 words of sixteen 2-bit codes. Several
+/// weights that share the input (q, k, v; gate, up) are one kernel, a range
+/// of workgroups each. For a few tokens (decode): a
 /// workgroup computes `slots` outputs of one token, `lanes` invocations
 /// each (productLanes; workgroups of max(128, 4 lanes)), which read
 /// consecutive code words of their row (coalesced) with the 16 activations
