@@ -300,6 +300,141 @@ func.func @f(%ids: tensor<?xi32>, %pos: index, %rows: index) -> tensor<?x{V}xf32
                 want=[tol(want, 1e-5, 1e-5 * np.sqrt(D))], flags=flags)
 
 
+
+def lora_grads(x, A, B, dy, scaling):
+    """Adjoints of y = scaling * (x A^T) B^T: dx, dA, dB."""
+    x, A, B, dy = (np.asarray(v, np.float64) for v in (x, A, B, dy))
+    g = scaling * dy @ B  # [T x r]
+    return g @ A, g.T @ x, scaling * dy.T @ (x @ A.T)
+
+
+def causal_attention(q, k, v, hd, seq, scale):
+    """Attention within each sequence of `seq` tokens, its lse and the
+    probabilities [heads][T x T] (zero outside a token's causal window)."""
+    T = q.shape[0]
+    H, KVH = q.shape[1] // hd, k.shape[1] // hd
+    out, lse, probs = np.zeros(q.shape), np.zeros((T, H)), []
+    seq_of = np.arange(T) // seq
+    mask = (seq_of[:, None] == seq_of[None, :]) & (np.arange(T)[:, None] >= np.arange(T)[None, :])
+    for h in range(H):
+        g = h // (H // KVH)
+        qh, kh, vh = (a[:, j * hd:(j + 1) * hd].astype(np.float64) for a, j in ((q, h), (k, g), (v, g)))
+        s = np.where(mask, qh @ kh.T * scale, -np.inf)
+        m = s.max(axis=1, keepdims=True)
+        e = np.exp(s - m)
+        lse[:, h] = (m + np.log(e.sum(axis=1, keepdims=True)))[:, 0]
+        p = e / e.sum(axis=1, keepdims=True)
+        out[:, h * hd:(h + 1) * hd] = p @ vh
+        probs.append(p)
+    return out, lse, probs
+
+
+def causal_attention_grads(q, k, v, out, probs, dout, hd, scale):
+    H, KVH = q.shape[1] // hd, k.shape[1] // hd
+    dq, dk, dv = np.zeros(q.shape), np.zeros(k.shape), np.zeros(v.shape)
+    for h in range(H):
+        g, p = h // (H // KVH), probs[h]
+        sl, gl = slice(h * hd, (h + 1) * hd), slice(g * hd, (g + 1) * hd)
+        do = dout[:, sl].astype(np.float64)
+        dv[:, gl] += p.T @ do
+        dp = do @ v[:, gl].astype(np.float64).T
+        ds = p * (dp - (do * out[:, sl]).sum(axis=1, keepdims=True))
+        dq[:, sl] = scale * ds @ k[:, gl].astype(np.float64)
+        dk[:, gl] += scale * ds.T @ q[:, sl].astype(np.float64)
+    return dq, dk, dv
+
+
+def case_lora(tm, T, name):
+    """A LoRA branch and its adjoints (x, A, B)."""
+    K, N, R, scaling = 64, 96, 4, 2.0
+    x, dy = acts(T, K), acts(T, N, 1.0)
+    A = rng.uniform(-0.5, 0.5, (R, K)).astype(np.float32)
+    B = rng.uniform(-0.5, 0.5, (N, R)).astype(np.float32)
+    y = scaling * (x.astype(np.float64) @ A.T) @ B.T
+    dx, dA, dB = lora_grads(x, A, B, dy, scaling)
+    mlir = f"""
+func.func @f(%x: tensor<?x{K}xf32>, %dy: tensor<?x{N}xf32>, %pos: index, %rows: index) -> (tensor<?x{N}xf32>, tensor<?x{K}xf32>, tensor<{R}x{K}xf32>, tensor<{N}x{R}xf32>) attributes {{tlora.max_tokens = {tm} : i64}} {{
+  %a = tlora.trainable "lora_A" : tensor<{R}x{K}xf32>
+  %b = tlora.trainable "lora_B" : tensor<{N}x{R}xf32>
+  %y = tlora.lora %x, %a, %b scaling({scaling}) : tensor<?x{K}xf32>, tensor<{R}x{K}xf32>, tensor<{N}x{R}xf32> -> tensor<?x{N}xf32>
+  %dx, %da, %db = tlora.lora_grad %x, %a, %b, %dy scaling({scaling}) : (tensor<?x{K}xf32>, tensor<{R}x{K}xf32>, tensor<{N}x{R}xf32>, tensor<?x{N}xf32>) -> (tensor<?x{K}xf32>, tensor<{R}x{K}xf32>, tensor<{N}x{R}xf32>)
+  return %y, %dx, %da, %db : tensor<?x{N}xf32>, tensor<?x{K}xf32>, tensor<{R}x{K}xf32>, tensor<{N}x{R}xf32>
+}}"""
+    return Case(name, mlir, T, args=[x, dy], weights={"lora_A": A, "lora_B": B},
+                want=[tol(y), tol(dx), tol(dA, abs_=1e-4), tol(dB, abs_=1e-4)])
+
+
+def case_backward(tm, T, name):
+    """The frozen layers' backward: dY . W * gamma on the packed ternary
+    weights, RMSNorm's and relu(gate)^2 * up's adjoints."""
+    D, F = 64, 160
+    dy, x, g, u, dm = acts(T, D, 1.0), acts(T, D), acts(T, F), acts(T, F), acts(T, F, 1.0)
+    w, w_bytes = bf16(rng.uniform(0.5, 1.5, D))
+    codes = ternary_codes(D, F)
+    dxt = dy.astype(np.float64) @ codes.astype(np.float64) * 1.5
+    x64, dy64 = x.astype(np.float64), dy.astype(np.float64)
+    r = np.sqrt((x64 * x64).mean(axis=1, keepdims=True) + 1e-5)
+    dxn = w * dy64 / r - x64 * (w * dy64 * x64).sum(axis=1, keepdims=True) / (D * r ** 3)
+    relu = np.maximum(g.astype(np.float64), 0)
+    dg, du = 2 * relu * u * dm, relu ** 2 * dm
+    mlir = f"""
+func.func @f(%dy: tensor<?x{D}xf32>, %x: tensor<?x{D}xf32>, %g: tensor<?x{F}xf32>, %u: tensor<?x{F}xf32>, %dm: tensor<?x{F}xf32>, %pos: index, %rows: index) -> (tensor<?x{F}xf32>, tensor<?x{D}xf32>, tensor<?x{F}xf32>, tensor<?x{F}xf32>) attributes {{tlora.max_tokens = {tm} : i64}} {{
+  %w = tlora.ternary_weight "w" scale(1.5) source(packed) : !tlora.ternary<outFeatures = {D}, inFeatures = {F}>
+  %dxt = tlora.ternary_matmul_transposed %dy, %w : tensor<?x{D}xf32>, !tlora.ternary<outFeatures = {D}, inFeatures = {F}> -> tensor<?x{F}xf32>
+  %nw = tlora.weight "norm" : tensor<{D}xbf16>
+  %dxn = tlora.rms_norm_grad %x, %nw, %dy eps(1.0e-5) : (tensor<?x{D}xf32>, tensor<{D}xbf16>, tensor<?x{D}xf32>) -> tensor<?x{D}xf32>
+  %dg, %du = tlora.squared_relu_mul_grad %g, %u, %dm : (tensor<?x{F}xf32>, tensor<?x{F}xf32>, tensor<?x{F}xf32>) -> (tensor<?x{F}xf32>, tensor<?x{F}xf32>)
+  return %dxt, %dxn, %dg, %du : tensor<?x{F}xf32>, tensor<?x{D}xf32>, tensor<?x{F}xf32>, tensor<?x{F}xf32>
+}}"""
+    return Case(name, mlir, T, args=[dy, x, g, u, dm], weights={"w": codes, "norm": w_bytes},
+                want=[tol(dxt), tol(dxn), tol(dg), tol(du)])
+
+
+def case_causal_attention(tm, T, seq, name):
+    """Training attention over sequences of `seq` tokens (GQA), its lse, and
+    the adjoints of q, k and v."""
+    H, KVH, hd, scale = 4, 2, 16, 0.25
+    q, k, v, do = acts(T, H * hd), acts(T, KVH * hd), acts(T, KVH * hd), acts(T, H * hd, 1.0)
+    out, lse, probs = causal_attention(q, k, v, hd, seq, scale)
+    dq, dk, dv = causal_attention_grads(q, k, v, out, probs, do, hd, scale)
+    DQ, DKV = H * hd, KVH * hd
+    mlir = f"""
+func.func @f(%q: tensor<?x{DQ}xf32>, %k: tensor<?x{DKV}xf32>, %v: tensor<?x{DKV}xf32>, %do: tensor<?x{DQ}xf32>, %pos: index, %rows: index) -> (tensor<?x{DQ}xf32>, tensor<?x{H}xf32>, tensor<?x{DQ}xf32>, tensor<?x{DKV}xf32>, tensor<?x{DKV}xf32>) attributes {{tlora.max_tokens = {tm} : i64}} {{
+  %o, %lse = tlora.causal_attention %q, %k, %v head_dim({hd}) seq_len({seq}) scale({scale}) : tensor<?x{DQ}xf32>, tensor<?x{DKV}xf32> -> tensor<?x{DQ}xf32>, tensor<?x{H}xf32>
+  %dq, %dk, %dv = tlora.causal_attention_grad %q, %k, %v, %o, %lse, %do head_dim({hd}) seq_len({seq}) scale({scale}) : (tensor<?x{DQ}xf32>, tensor<?x{DKV}xf32>, tensor<?x{DKV}xf32>, tensor<?x{DQ}xf32>, tensor<?x{H}xf32>, tensor<?x{DQ}xf32>) -> (tensor<?x{DQ}xf32>, tensor<?x{DKV}xf32>, tensor<?x{DKV}xf32>)
+  return %o, %lse, %dq, %dk, %dv : tensor<?x{DQ}xf32>, tensor<?x{H}xf32>, tensor<?x{DQ}xf32>, tensor<?x{DKV}xf32>, tensor<?x{DKV}xf32>
+}}"""
+    return Case(name, mlir, T, args=[q, k, v, do],
+                want=[tol(out), tol(lse), tol(dq), tol(dk), tol(dv)])
+
+
+def case_cross_entropy(tm, T, V, name):
+    """Cross entropy fused with the LM head (bf16), its lse and the input's
+    adjoint; the last token has no label (-1)."""
+    D = 64
+    x, dloss = acts(T, D), rng.uniform(0.1, 1.0, T).astype(np.float32)
+    W, W_bytes = bf16(rng.uniform(-1, 1, (V, D)))
+    labels = rng.integers(0, V, size=T).astype(np.int32)
+    labels[-1] = -1
+    logits = x.astype(np.float64) @ W.T.astype(np.float64)
+    m = logits.max(axis=1, keepdims=True)
+    lse = (m + np.log(np.exp(logits - m).sum(axis=1, keepdims=True)))[:, 0]
+    valid = labels >= 0
+    loss = np.where(valid, lse - logits[np.arange(T), np.maximum(labels, 0)], 0.0)
+    p = np.exp(logits - lse[:, None])
+    p[np.arange(T), np.maximum(labels, 0)] -= 1.0
+    dx = np.where(valid[:, None], dloss[:, None] * (p @ W.astype(np.float64)), 0.0)
+    mlir = f"""
+func.func @f(%x: tensor<?x{D}xf32>, %labels: tensor<?xi32>, %dloss: tensor<?xf32>, %pos: index, %rows: index) -> (tensor<?xf32>, tensor<?xf32>, tensor<?x{D}xf32>) attributes {{tlora.max_tokens = {tm} : i64}} {{
+  %w = tlora.weight "head" : tensor<{V}x{D}xbf16>
+  %loss, %lse = tlora.cross_entropy %x, %w, %labels : (tensor<?x{D}xf32>, tensor<{V}x{D}xbf16>, tensor<?xi32>) -> (tensor<?xf32>, tensor<?xf32>)
+  %dx = tlora.cross_entropy_grad %x, %w, %labels, %lse, %dloss : (tensor<?x{D}xf32>, tensor<{V}x{D}xbf16>, tensor<?xi32>, tensor<?xf32>, tensor<?xf32>) -> tensor<?x{D}xf32>
+  return %loss, %lse, %dx : tensor<?xf32>, tensor<?xf32>, tensor<?x{D}xf32>
+}}"""
+    # lse is compared on the labelled tokens (the first T - 1)
+    return Case(name, mlir, T, args=[x, labels, dloss], weights={"head": W_bytes},
+                want=[tol(loss), tol(lse[:-1]), tol(dx)])
+
 def cases():
     dot, nodot = "integer-dot=true", "integer-dot=false"
     out = []
@@ -322,6 +457,15 @@ def cases():
         case_embed_head(16, 9, 9, 300, 64, "bf16", "prefill-embed-head-bf16", dot),
         case_embed_head(8, 7, 2, 300, 64, "f32", "embed-head-row-ranges",
                         dot + " max-binding-bytes=16384"),
+        # training: fewer than 16 tokens take the untiled kernels
+        case_lora(12, 12, "train-lora-untiled"),
+        case_lora(48, 48, "train-lora-tiled"),
+        case_backward(12, 12, "train-backward-untiled"),
+        case_backward(48, 48, "train-backward-tiled"),
+        case_causal_attention(12, 12, 6, "train-attention-untiled"),
+        case_causal_attention(48, 48, 24, "train-attention-tiled"),
+        case_cross_entropy(12, 12, 512, "train-cross-entropy-untiled"),
+        case_cross_entropy(48, 48, 700, "train-cross-entropy-tiled"),
     ]
     return out
 
@@ -366,7 +510,7 @@ def plan(case, formed, work):
 
     tm = int(re.search(r"tlora.max_tokens = (\d+)", formed).group(1))
     for i, (name, ty) in enumerate(re.findall(r"(%\w+): ([^,]+)", func.group(1))):
-        if ty.startswith("tensor"):
+        if ty.startswith("tensor<?"):  # token rows: tm of them
             a = np.asarray(case.args[i])
             pad = np.zeros((tm,) + a.shape[1:], a.dtype)
             pad[: a.shape[0]] = a
@@ -376,7 +520,7 @@ def plan(case, formed, work):
         line = line.strip()
         if m := re.match(r'(%\w+) = tlora\.ternary_weight "(\w+)" scale\(([^)]*)\)', line):
             put(m.group(1), pack_t2_rows(case.weights[m.group(2)], float(m.group(3))))
-        elif m := re.match(r'(%\w+) = tlora\.weight "(\w+)"', line):
+        elif m := re.match(r'(%\w+) = tlora\.(?:weight|trainable) "(\w+)"', line):
             w = case.weights[m.group(2)]
             put(m.group(1), w if isinstance(w, bytes) else np.asarray(w, np.float32).tobytes())
         elif m := re.match(r'(%\w+) = tlora\.kv_cache "(\w+)"', line):
