@@ -718,15 +718,19 @@ ternaryMatmulKernel(ArrayRef<int64_t> Ns, int64_t K, int64_t tm,
   return k;
 }
 
-/// The same product for many tokens, tiled (tiledProduct): a workgroup
-/// per 64 tokens x 64 outputs; per block of 16 inputs its invocations
-/// stage 64 rows of activations (4 words each) and 64 rows' code words,
-/// decoded to floats. Sums of int8 x ternary products below 2^24 are exact
-/// in f32, so the result equals ternaryMatmulKernel's bit for bit.
+/// The same product for many tokens, tiled: a workgroup per 64 tokens x
+/// 64 outputs. With the integer dot product (tiledDotProduct), per block of
+/// 64 inputs (16 where K is not a multiple of 64) its invocations stage 64
+/// rows of activations as they are (packed int8, coalesced: 16 consecutive
+/// invocations per row) and 64 rows' code words as packed int8 -1/0/1, and
+/// sum exactly in i32. Without (tiledProduct), per block of 16 inputs, both
+/// decoded to floats: sums of int8 x ternary products below 2^24 are exact
+/// in f32. Either way the result equals ternaryMatmulKernel's bit for bit.
 KernelSpec ternaryMatmulTiledKernel(int64_t N, int64_t K, int64_t tm,
-                                    MLIRContext *ctx) {
+                                    MLIRContext *ctx, bool integerDot) {
   KernelSpec k;
-  k.name = llvm::formatv("ternary_matmul_tiled_n{0}_k{1}", N, K);
+  k.name = llvm::formatv("ternary_matmul_tiled_n{0}_k{1}{2}", N, K,
+                         integerDot ? "_dot" : "");
   Type i32 = IntegerType::get(ctx, 32);
   k.buffers = {qactBuffer(tm, K, ctx), MemRefType::get({16 + N * K / 16}, i32),
                rowsOf(tm, N, Float32Type::get(ctx))};
@@ -740,6 +744,40 @@ KernelSpec ternaryMatmulTiledKernel(int64_t N, int64_t K, int64_t tm,
     forOutputTile(
         b, loc, a, N, [&](OpBuilder &b, Location loc, Value row0, Value col0) {
           TLC_E(b, loc);
+          // Words of activations (4 values) per staged block.
+          const int64_t words = K % 64 == 0 ? 16 : 4;
+          auto fillWords = [&](OpBuilder &b, Location loc, Value kb,
+                               Value aWords, Value bWords) {
+            TLC_E(b, loc);
+            // Activations: word i of the tile's 64 x words, row i / words.
+            for (int64_t r = 0; r < words; ++r) {
+              Value i = e.iadd(e.c(r * kTile), a.lane);
+              Value row = e.idiv(i, e.c(words)), word = e.irem(i, e.c(words));
+              Value t = arith::MinUIOp::create(b, loc, e.iadd(row0, row),
+                                               e.c(tm - 1));
+              Value v = e.ld(q, e.iadd(e.imul(t, e.c(K / 4)),
+                                       e.iadd(e.imul(kb, e.c(words)), word)));
+              e.st(v, aWords, e.iadd(e.imul(word, e.c(kDotTileStride)), row));
+            }
+            // Weights: code word c (16 values: activation words 4c .. 4c + 3)
+            // of the tile's 64 x words / 4, row c / (words / 4).
+            const int64_t codeWords = words / 4;
+            for (int64_t r = 0; r < codeWords; ++r) {
+              Value i = e.iadd(e.c(r * kTile), a.lane);
+              Value col = e.idiv(i, e.c(codeWords));
+              Value c = e.irem(i, e.c(codeWords));
+              Value n = arith::MinUIOp::create(b, loc, e.iadd(col0, col),
+                                               e.c(N - 1));
+              Value codes = e.ld(
+                  w, e.iadd(e.iadd(e.c(16), e.imul(n, e.c(K / 16))),
+                            e.iadd(e.imul(kb, e.c(codeWords)), c)));
+              for (int64_t quarter = 0; quarter < 4; ++quarter) {
+                Value word = e.iadd(e.imul(c, e.c(4)), e.c(quarter));
+                e.st(ternaryBytes(b, loc, codes, quarter), bWords,
+                     e.iadd(e.imul(word, e.c(kDotTileStride)), col));
+              }
+            }
+          };
           auto fill = [&](OpBuilder &b, Location loc, Value kb, Value aTile,
                           Value bTile) {
             TLC_E(b, loc);
@@ -765,7 +803,14 @@ KernelSpec ternaryMatmulTiledKernel(int64_t N, int64_t K, int64_t tm,
               e.st(toF32(b, loc, ternaryAt(b, loc, codes, kk)), bTile,
                    e.iadd(e.c(kk * kTile), a.lane));
           };
-          TileResult r = tiledProduct(b, loc, a.lane, K / 16, fill);
+          TileResult r =
+              integerDot
+                  ? tiledDotProduct(b, loc, a.lane, K / 4 / words, words,
+                                    fillWords)
+                  : tiledProduct(b, loc, a.lane, K / 16, fill);
+          if (integerDot)
+            for (Value &v : r.acc)
+              v = toF32(b, loc, v);
           Value gamma =
               arith::BitcastOp::create(b, loc, b.getF32Type(), e.ld(w, e.c(0)));
           for (int64_t i = 0; i < kMicro; ++i) {
@@ -1323,7 +1368,7 @@ FailureOr<KernelSpec> specFor(Operation *op, int64_t tm, int64_t maxBinding,
     // outputs per workgroup.
     k = tm >= kTiledMinTokens
             ? ternaryMatmulTiledKernel(w.getOutFeatures(), w.getInFeatures(),
-                                       tm, ctx)
+                                       tm, ctx, integerDot)
             : ternaryMatmulKernel({w.getOutFeatures()}, w.getInFeatures(), tm,
                                   ctx, integerDot);
   } else if (auto d = dyn_cast<DenseOp>(op)) {

@@ -526,6 +526,44 @@ TileResult tiledProduct(OpBuilder &b, Location loc, Value lane, int64_t kBlocks,
   return r;
 }
 
+TileResult tiledDotProduct(OpBuilder &b, Location loc, Value lane,
+                           int64_t kBlocks, int64_t words,
+                           const DotTileFill &fill) {
+  static_assert(kTile == kMicro * kMicro && kTile == kWorkgroupSize);
+  TLC_E(b, loc);
+  Type i32 = b.getI32Type();
+  Value aWords = allocWorkgroup(b, loc, words * kDotTileStride, i32);
+  Value bWords = allocWorkgroup(b, loc, words * kDotTileStride, i32);
+  TileResult r;
+  r.ty = e.idiv(lane, e.c(kMicro));
+  r.tx = e.irem(lane, e.c(kMicro));
+  SmallVector<Value> init(kMicro * kMicro, i32Const(b, loc, 0));
+  auto loop = scf::ForOp::create(
+      b, loc, e.c(0), e.c(kBlocks), e.c(1), init,
+      [&](OpBuilder &b, Location loc, Value kb, ValueRange acc) {
+        TLC_E(b, loc);
+        mlir::gpu::BarrierOp::create(b, loc);
+        fill(b, loc, kb, aWords, bWords);
+        mlir::gpu::BarrierOp::create(b, loc);
+        SmallVector<Value> sum(acc.begin(), acc.end());
+        for (int64_t w = 0; w < words; ++w) {
+          Value as[kMicro], bs[kMicro];
+          for (int64_t i = 0; i < kMicro; ++i) {
+            Value off = e.c(w * kDotTileStride + i * kMicro);
+            as[i] = e.ld(aWords, e.iadd(r.ty, off));
+            bs[i] = e.ld(bWords, e.iadd(r.tx, off));
+          }
+          for (int64_t i = 0; i < kMicro; ++i)
+            for (int64_t j = 0; j < kMicro; ++j)
+              sum[i * kMicro + j] =
+                  e.iadd(sum[i * kMicro + j], dot4(b, loc, as[i], bs[j]));
+        }
+        scf::YieldOp::create(b, loc, sum);
+      });
+  r.acc.assign(loop.getResults().begin(), loop.getResults().end());
+  return r;
+}
+
 void tileWorkload(KernelSpec &k, int64_t tm, int64_t cols) {
   k.tokensFactor = 0;
   k.constant = (tm + kTile - 1) / kTile * ((cols + kTile - 1) / kTile);

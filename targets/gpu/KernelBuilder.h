@@ -229,6 +229,19 @@ struct TileResult {
 TileResult tiledProduct(OpBuilder &b, Location loc, Value lane, int64_t kBlocks,
                         const TileFill &fill);
 
+/// Tiled int8 products with the packed 4 x int8 dot product (dot4):
+/// C[i][j] = sum over words w of dot4(A[i][w], B[j][w]), exact in i32, over
+/// blocks of `words` words (4 values each) staged as packed int8. The fill
+/// stores word w of tile row i at aWords[w * kDotTileStride + i] (and B's
+/// likewise); the stride is padded so that a row's consecutive words fall
+/// in different banks.
+inline constexpr int64_t kDotTileStride = kTile + 1;
+using DotTileFill = function_ref<void(OpBuilder &, Location, Value kBlock,
+                                      Value aWords, Value bWords)>;
+TileResult tiledDotProduct(OpBuilder &b, Location loc, Value lane,
+                           int64_t kBlocks, int64_t words,
+                           const DotTileFill &fill);
+
 /// Kernels of tiled products over a [tm x cols] output: one workgroup per
 /// kTile x kTile tile (sets k's workload).
 void tileWorkload(KernelSpec &k, int64_t tm, int64_t cols);

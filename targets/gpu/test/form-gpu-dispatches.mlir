@@ -1,4 +1,5 @@
 // RUN: tlc-opt %s -split-input-file -tlc-gpu-form-dispatches | FileCheck %s
+// RUN: tlc-opt %s -split-input-file -tlc-gpu-form-dispatches=integer-dot=true | FileCheck %s --check-prefix=DOT
 
 // Many tokens: one workgroup of 64 invocations per token row; a kernel takes
 // its buffers, then T, pos and rows as i32. Two additions of one shape share
@@ -224,6 +225,19 @@ func.func @train_step(%x: tensor<?x64xf32>, %dy: tensor<?x32xf32>, %labels: tens
 // CHECK-COUNT-2: gpu.barrier
 // CHECK: math.fma
 // CHECK: arith.cmpi ult, %{{.*}}, %c132
+// With the integer dot product: the tiles are packed int8 words (16 words
+// of a row per block of 64 inputs, rows 65 words apart), summed in i32 by
+// the dot product, 8 x 8 per word, then scaled as f32.
+// DOT-LABEL: func.func @prefill
+// DOT: tlora.dispatch @kernels::@ternary_matmul_tiled_n132_k64_dot_t100({{.*}}) workload(0 * T + 6)
+// DOT: gpu.func @ternary_matmul_tiled_n132_k64_dot_t100
+// DOT-COUNT-2: memref.alloc() : memref<1040xi32, 3>
+// DOT: scf.for {{.*}} iter_args
+// DOT-COUNT-2: gpu.barrier
+// DOT-COUNT-64: func.call @tlc_sdot4_i8
+// DOT-NOT: math.fma
+// DOT: arith.sitofp
+// DOT: arith.cmpi ult, %{{.*}}, %c132
 func.func @prefill(%x: tensor<?x64xf32>) -> tensor<?x132xf32> attributes {tlora.max_tokens = 100 : i64} {
   %w = tlora.ternary_weight "w" scale(1.0) source(packed) : !tlora.ternary<outFeatures = 132, inFeatures = 64>
   %q = tlora.quantize %x : tensor<?x64xf32> -> !tlora.qact<features = 64>

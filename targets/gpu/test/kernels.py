@@ -450,6 +450,7 @@ def cases():
         case_products(4, 3, 80, 40, "few-tokens-product", dot),
         case_products(100, 37, 64, 132, "prefill-product-tiled", dot),
         case_products(64, 64, 192, 96, "prefill-product-tiled-full", dot),
+        case_products(100, 70, 160, 132, "prefill-product-tiled-nodot", nodot),
         case_attention_layer(16, 11, 5, "prefill-attention-layer", dot),
         case_mlp(16, 13, "prefill-mlp", dot),
         case_embed_head(1, 1, 1, 300, 64, "f32", "decode-embed-head-f32", dot),
