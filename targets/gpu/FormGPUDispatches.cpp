@@ -720,21 +720,32 @@ ternaryMatmulKernel(ArrayRef<int64_t> Ns, int64_t K, int64_t tm,
 
 /// The same product for many tokens, tiled: a workgroup per 64 tokens x
 /// 64 outputs. With the integer dot product (tiledDotProduct), per block of
-/// 64 inputs (16 where K is not a multiple of 64) its invocations stage 64
-/// rows of activations as they are (packed int8, coalesced: 16 consecutive
-/// invocations per row) and 64 rows' code words as packed int8 -1/0/1, and
-/// sum exactly in i32. Without (tiledProduct), per block of 16 inputs, both
-/// decoded to floats: sums of int8 x ternary products below 2^24 are exact
-/// in f32. Either way the result equals ternaryMatmulKernel's bit for bit.
+/// 64 inputs (16 where K is not a multiple of 64) its invocations stage the
+/// tile's rows of activations as they are (packed int8, coalesced:
+/// consecutive invocations read consecutive words of a row) and its rows'
+/// code words as packed int8 -1/0/1, and sum exactly in i32; where 64 x 64
+/// tiles would leave fewer than kFewTiles workgroups (short outputs such as
+/// k/v, o_proj), tiles of 32 x 32, four times as many. Without
+/// (tiledProduct), 64 x 64 tiles per block of 16 inputs, both decoded to
+/// floats: sums of int8 x ternary products below 2^24 are exact in f32.
+/// Either way the result equals ternaryMatmulKernel's bit for bit.
+constexpr int64_t kFewTiles = 256;
 KernelSpec ternaryMatmulTiledKernel(int64_t N, int64_t K, int64_t tm,
                                     MLIRContext *ctx, bool integerDot) {
+  auto tiles = [&](int64_t tile) {
+    return (tm + tile - 1) / tile * ((N + tile - 1) / tile);
+  };
+  const int64_t micro = integerDot && tiles(kTile) < kFewTiles ? 4 : kMicro;
+  const int64_t tile = kMicro * micro;
   KernelSpec k;
   k.name = llvm::formatv("ternary_matmul_tiled_n{0}_k{1}{2}", N, K,
-                         integerDot ? "_dot" : "");
+                         !integerDot         ? ""
+                         : micro == kMicro ? "_dot"
+                                           : "_dot32");
   Type i32 = IntegerType::get(ctx, 32);
   k.buffers = {qactBuffer(tm, K, ctx), MemRefType::get({16 + N * K / 16}, i32),
                rowsOf(tm, N, Float32Type::get(ctx))};
-  tileWorkload(k, tm, N);
+  tileWorkload(k, tm, N, tile);
   k.body = [=](OpBuilder &b, Location loc, const KernelArgs &a) {
     TLC_E(b, loc);
     Value q = a.buffers[0], w = a.buffers[1], y = a.buffers[2];
@@ -745,25 +756,40 @@ KernelSpec ternaryMatmulTiledKernel(int64_t N, int64_t K, int64_t tm,
         b, loc, a, N, [&](OpBuilder &b, Location loc, Value row0, Value col0) {
           TLC_E(b, loc);
           // Words of activations (4 values) per staged block.
-          const int64_t words = K % 64 == 0 ? 16 : 4;
+          const int64_t words = K % 64 == 0 ? 16 : 4, stride = tile + 1;
+          // fn(i) for i < n, spread over the workgroup's invocations.
+          using IndexFn = function_ref<void(OpBuilder &, Location, Value)>;
+          auto spread = [&](OpBuilder &b, Location loc, int64_t n,
+                            IndexFn fn) {
+            TLC_E(b, loc);
+            for (int64_t r = 0; r * kWorkgroupSize < n; ++r) {
+              Value i = e.iadd(e.c(r * kWorkgroupSize), a.lane);
+              if ((r + 1) * kWorkgroupSize <= n)
+                fn(b, loc, i);
+              else
+                when(b, loc, e.ult(i, e.c(n)),
+                     [&](OpBuilder &b, Location loc) { fn(b, loc, i); });
+            }
+          };
           auto fillWords = [&](OpBuilder &b, Location loc, Value kb,
                                Value aWords, Value bWords) {
-            TLC_E(b, loc);
-            // Activations: word i of the tile's 64 x words, row i / words.
-            for (int64_t r = 0; r < words; ++r) {
-              Value i = e.iadd(e.c(r * kTile), a.lane);
+            // Activations: word i of the tile's rows x words, row i / words.
+            spread(b, loc, tile * words, [&](OpBuilder &b, Location loc,
+                                             Value i) {
+              TLC_E(b, loc);
               Value row = e.idiv(i, e.c(words)), word = e.irem(i, e.c(words));
               Value t = arith::MinUIOp::create(b, loc, e.iadd(row0, row),
                                                e.c(tm - 1));
               Value v = e.ld(q, e.iadd(e.imul(t, e.c(K / 4)),
                                        e.iadd(e.imul(kb, e.c(words)), word)));
-              e.st(v, aWords, e.iadd(e.imul(word, e.c(kDotTileStride)), row));
-            }
+              e.st(v, aWords, e.iadd(e.imul(word, e.c(stride)), row));
+            });
             // Weights: code word c (16 values: activation words 4c .. 4c + 3)
-            // of the tile's 64 x words / 4, row c / (words / 4).
+            // of the tile's columns x words / 4, column i / (words / 4).
             const int64_t codeWords = words / 4;
-            for (int64_t r = 0; r < codeWords; ++r) {
-              Value i = e.iadd(e.c(r * kTile), a.lane);
+            spread(b, loc, tile * codeWords, [&](OpBuilder &b, Location loc,
+                                                 Value i) {
+              TLC_E(b, loc);
               Value col = e.idiv(i, e.c(codeWords));
               Value c = e.irem(i, e.c(codeWords));
               Value n = arith::MinUIOp::create(b, loc, e.iadd(col0, col),
@@ -774,9 +800,9 @@ KernelSpec ternaryMatmulTiledKernel(int64_t N, int64_t K, int64_t tm,
               for (int64_t quarter = 0; quarter < 4; ++quarter) {
                 Value word = e.iadd(e.imul(c, e.c(4)), e.c(quarter));
                 e.st(ternaryBytes(b, loc, codes, quarter), bWords,
-                     e.iadd(e.imul(word, e.c(kDotTileStride)), col));
+                     e.iadd(e.imul(word, e.c(stride)), col));
               }
-            }
+            });
           };
           auto fill = [&](OpBuilder &b, Location loc, Value kb, Value aTile,
                           Value bTile) {
@@ -806,30 +832,31 @@ KernelSpec ternaryMatmulTiledKernel(int64_t N, int64_t K, int64_t tm,
           TileResult r =
               integerDot
                   ? tiledDotProduct(b, loc, a.lane, K / 4 / words, words,
-                                    fillWords)
+                                    micro, fillWords)
                   : tiledProduct(b, loc, a.lane, K / 16, fill);
           if (integerDot)
             for (Value &v : r.acc)
               v = toF32(b, loc, v);
           Value gamma =
               arith::BitcastOp::create(b, loc, b.getF32Type(), e.ld(w, e.c(0)));
-          for (int64_t i = 0; i < kMicro; ++i) {
+          for (int64_t i = 0; i < micro; ++i) {
             Value t = e.iadd(row0, r.row(b, loc, i));
             when(b, loc, e.ult(t, a.T), [&](OpBuilder &b, Location loc) {
               TLC_E(b, loc);
               Value inv = arith::BitcastOp::create(
                   b, loc, b.getF32Type(), e.ld(q, e.iadd(e.c(tm * K / 4), t)));
               Value scale = e.mul(gamma, inv);
-              for (int64_t j = 0; j < kMicro; ++j) {
+              for (int64_t j = 0; j < micro; ++j) {
                 Value n = e.iadd(col0, r.col(b, loc, j));
                 when(b, loc, e.ult(n, e.c(N)), [&](OpBuilder &b, Location loc) {
                   TLC_E(b, loc);
-                  e.st(e.mul(r.acc[i * kMicro + j], scale), y, {t, n});
+                  e.st(e.mul(r.acc[i * micro + j], scale), y, {t, n});
                 });
               }
             });
           }
-        });
+        },
+        tile);
   };
   return k;
 }

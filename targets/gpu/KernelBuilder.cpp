@@ -527,17 +527,19 @@ TileResult tiledProduct(OpBuilder &b, Location loc, Value lane, int64_t kBlocks,
 }
 
 TileResult tiledDotProduct(OpBuilder &b, Location loc, Value lane,
-                           int64_t kBlocks, int64_t words,
+                           int64_t kBlocks, int64_t words, int64_t micro,
                            const DotTileFill &fill) {
-  static_assert(kTile == kMicro * kMicro && kTile == kWorkgroupSize);
+  static_assert(kMicro * kMicro == kWorkgroupSize);
+  assert(micro <= kMicro && "at most 8 x 8 per invocation");
   TLC_E(b, loc);
   Type i32 = b.getI32Type();
-  Value aWords = allocWorkgroup(b, loc, words * kDotTileStride, i32);
-  Value bWords = allocWorkgroup(b, loc, words * kDotTileStride, i32);
+  const int64_t stride = kMicro * micro + 1;
+  Value aWords = allocWorkgroup(b, loc, words * stride, i32);
+  Value bWords = allocWorkgroup(b, loc, words * stride, i32);
   TileResult r;
   r.ty = e.idiv(lane, e.c(kMicro));
   r.tx = e.irem(lane, e.c(kMicro));
-  SmallVector<Value> init(kMicro * kMicro, i32Const(b, loc, 0));
+  SmallVector<Value> init(micro * micro, i32Const(b, loc, 0));
   auto loop = scf::ForOp::create(
       b, loc, e.c(0), e.c(kBlocks), e.c(1), init,
       [&](OpBuilder &b, Location loc, Value kb, ValueRange acc) {
@@ -547,16 +549,16 @@ TileResult tiledDotProduct(OpBuilder &b, Location loc, Value lane,
         mlir::gpu::BarrierOp::create(b, loc);
         SmallVector<Value> sum(acc.begin(), acc.end());
         for (int64_t w = 0; w < words; ++w) {
-          Value as[kMicro], bs[kMicro];
-          for (int64_t i = 0; i < kMicro; ++i) {
-            Value off = e.c(w * kDotTileStride + i * kMicro);
-            as[i] = e.ld(aWords, e.iadd(r.ty, off));
-            bs[i] = e.ld(bWords, e.iadd(r.tx, off));
+          SmallVector<Value> as, bs;
+          for (int64_t i = 0; i < micro; ++i) {
+            Value off = e.c(w * stride + i * kMicro);
+            as.push_back(e.ld(aWords, e.iadd(r.ty, off)));
+            bs.push_back(e.ld(bWords, e.iadd(r.tx, off)));
           }
-          for (int64_t i = 0; i < kMicro; ++i)
-            for (int64_t j = 0; j < kMicro; ++j)
-              sum[i * kMicro + j] =
-                  e.iadd(sum[i * kMicro + j], dot4(b, loc, as[i], bs[j]));
+          for (int64_t i = 0; i < micro; ++i)
+            for (int64_t j = 0; j < micro; ++j)
+              sum[i * micro + j] =
+                  e.iadd(sum[i * micro + j], dot4(b, loc, as[i], bs[j]));
         }
         scf::YieldOp::create(b, loc, sum);
       });
@@ -564,16 +566,17 @@ TileResult tiledDotProduct(OpBuilder &b, Location loc, Value lane,
   return r;
 }
 
-void tileWorkload(KernelSpec &k, int64_t tm, int64_t cols) {
+void tileWorkload(KernelSpec &k, int64_t tm, int64_t cols, int64_t tile) {
   k.tokensFactor = 0;
-  k.constant = (tm + kTile - 1) / kTile * ((cols + kTile - 1) / kTile);
+  k.constant = (tm + tile - 1) / tile * ((cols + tile - 1) / tile);
 }
 
 void forOutputTile(
     OpBuilder &b, Location loc, const KernelArgs &a, int64_t cols,
-    function_ref<void(OpBuilder &, Location, Value row0, Value col0)> fn) {
-  Value colTiles = indexConst(b, loc, (cols + kTile - 1) / kTile);
-  Value tile = indexConst(b, loc, kTile);
+    function_ref<void(OpBuilder &, Location, Value row0, Value col0)> fn,
+    int64_t tileSize) {
+  Value colTiles = indexConst(b, loc, (cols + tileSize - 1) / tileSize);
+  Value tile = indexConst(b, loc, tileSize);
   Value row0 = arith::MulIOp::create(
       b, loc, arith::DivUIOp::create(b, loc, a.unit, colTiles), tile);
   Value col0 = arith::MulIOp::create(

@@ -231,27 +231,30 @@ TileResult tiledProduct(OpBuilder &b, Location loc, Value lane, int64_t kBlocks,
 
 /// Tiled int8 products with the packed 4 x int8 dot product (dot4):
 /// C[i][j] = sum over words w of dot4(A[i][w], B[j][w]), exact in i32, over
-/// blocks of `words` words (4 values each) staged as packed int8. The fill
-/// stores word w of tile row i at aWords[w * kDotTileStride + i] (and B's
-/// likewise); the stride is padded so that a row's consecutive words fall
-/// in different banks.
-inline constexpr int64_t kDotTileStride = kTile + 1;
+/// blocks of `words` words (4 values each) staged as packed int8. Tiles are
+/// 8 * micro square (64 or 32: each invocation micro x micro of it; rows
+/// and columns row(i), col(j) as TileResult says). The fill stores word w
+/// of tile row i at aWords[w * (tile + 1) + i] (and B's likewise); the
+/// stride is padded so that a row's consecutive words fall in different
+/// banks.
 using DotTileFill = function_ref<void(OpBuilder &, Location, Value kBlock,
                                       Value aWords, Value bWords)>;
 TileResult tiledDotProduct(OpBuilder &b, Location loc, Value lane,
-                           int64_t kBlocks, int64_t words,
+                           int64_t kBlocks, int64_t words, int64_t micro,
                            const DotTileFill &fill);
 
 /// Kernels of tiled products over a [tm x cols] output: one workgroup per
 /// kTile x kTile tile (sets k's workload).
-void tileWorkload(KernelSpec &k, int64_t tm, int64_t cols);
+void tileWorkload(KernelSpec &k, int64_t tm, int64_t cols,
+                  int64_t tile = kTile);
 
 /// The workgroup's output tile (first row, first column) of a [T x cols]
 /// output; `fn` runs only where the tile starts below T (a uniform branch:
 /// barriers inside it are safe).
 void forOutputTile(
     OpBuilder &b, Location loc, const KernelArgs &a, int64_t cols,
-    function_ref<void(OpBuilder &, Location, Value row0, Value col0)> fn);
+    function_ref<void(OpBuilder &, Location, Value row0, Value col0)> fn,
+    int64_t tile = kTile);
 
 /// Weight `i` (0-15) of a t2-rows code word (sixteen 2-bit codes, value + 1)
 /// as i32 -1, 0 or 1.

@@ -226,15 +226,17 @@ func.func @train_step(%x: tensor<?x64xf32>, %dy: tensor<?x32xf32>, %labels: tens
 // CHECK: math.fma
 // CHECK: arith.cmpi ult, %{{.*}}, %c132
 // With the integer dot product: the tiles are packed int8 words (16 words
-// of a row per block of 64 inputs, rows 65 words apart), summed in i32 by
-// the dot product, 8 x 8 per word, then scaled as f32.
+// of a row per block of 64 inputs, rows 33 words apart), summed in i32 by
+// the dot product, then scaled as f32; 6 tiles of 64 x 64 are too few
+// workgroups, so the tiles are 32 x 32 (4 x 13 of them), 4 x 4 per
+// invocation.
 // DOT-LABEL: func.func @prefill
-// DOT: tlora.dispatch @kernels::@ternary_matmul_tiled_n132_k64_dot_t100({{.*}}) workload(0 * T + 6)
-// DOT: gpu.func @ternary_matmul_tiled_n132_k64_dot_t100
-// DOT-COUNT-2: memref.alloc() : memref<1040xi32, 3>
+// DOT: tlora.dispatch @kernels::@ternary_matmul_tiled_n132_k64_dot32_t100({{.*}}) workload(0 * T + 20)
+// DOT: gpu.func @ternary_matmul_tiled_n132_k64_dot32_t100
+// DOT-COUNT-2: memref.alloc() : memref<528xi32, 3>
 // DOT: scf.for {{.*}} iter_args
 // DOT-COUNT-2: gpu.barrier
-// DOT-COUNT-64: func.call @tlc_sdot4_i8
+// DOT-COUNT-16: func.call @tlc_sdot4_i8
 // DOT-NOT: math.fma
 // DOT: arith.sitofp
 // DOT: arith.cmpi ult, %{{.*}}, %c132

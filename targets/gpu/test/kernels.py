@@ -147,10 +147,13 @@ def case_products(tm, T, K, N, name, flags):
     """quantize + ternary_matmul: decode (16-64 invocations per output by row
     length) or tiled prefill."""
     codes = ternary_codes(N, K)
+    x = acts(T, K)
     for _ in range(1000):  # no value near a rounding tie: see case_attention_layer
-        xq = quantize(x := acts(T, K))
-        if xq[2].sum() == 0:
+        xq = quantize(x)
+        tied = xq[2] > 0
+        if not tied.any():
             break
+        x[tied] = acts(int(tied.sum()), K)  # draw those rows again
     else:
         raise RuntimeError("no input without rounding ties")
     y = ternary(xq, (codes, 1.25))
@@ -451,6 +454,8 @@ def cases():
         case_products(100, 37, 64, 132, "prefill-product-tiled", dot),
         case_products(64, 64, 192, 96, "prefill-product-tiled-full", dot),
         case_products(100, 70, 160, 132, "prefill-product-tiled-nodot", nodot),
+        case_products(512, 500, 128, 2048, "prefill-product-tiled-64", dot),
+        case_products(100, 90, 160, 40, "prefill-product-tiled-32-short", dot),
         case_attention_layer(16, 11, 5, "prefill-attention-layer", dot),
         case_mlp(16, 13, "prefill-mlp", dot),
         case_embed_head(1, 1, 1, 300, 64, "f32", "decode-embed-head-f32", dot),
