@@ -1026,15 +1026,14 @@ KernelSpec ropeKernel(RopeOp r, int64_t tm, int64_t cacheRows = 0) {
 /// head h); scores of positions 0 .. pos + t in workgroup memory; softmax
 /// as transformers' eager attention (scale, subtract the max, exp,
 /// normalize); sums in fixed orders.
-/// out[t, qBase + d] = inv * sum_j p[j] v[j, kBase + d] (j ascending) for a
-/// decode attention row: each invocation's HD / 64 dims d = lane + 64 i in
+/// out[t, qBase + d] = inv * sum_j p[j] v[j, kBase + d] (j ascending) for
+/// an attention row: each invocation's HD / 64 dims d = lane + 64 i in
 /// one loop over positions, kUnroll at a time with their loads issued first
 /// (the sums as a plain loop adds them: same order, same result; the loop
 /// was a chain of dependent loads).
-void decodeWeightedValues(OpBuilder &b, Location loc, const KernelArgs &a,
-                          Value scores, Value vc, Value out, Value t,
-                          Value qBase, Value kBase, Value len, Value inv,
-                          int64_t HD) {
+void weightedValues(OpBuilder &b, Location loc, const KernelArgs &a,
+                    Value scores, Value vc, Value out, Value t, Value qBase,
+                    Value kBase, Value len, Value inv, int64_t HD) {
   constexpr int64_t kUnroll = 8;
   TLC_E(b, loc);
   int64_t dims = HD / kWorkgroupSize;
@@ -1099,8 +1098,10 @@ FailureOr<KernelSpec> attentionKernel(AttentionOp op, int64_t tm) {
   Type f32 = Float32Type::get(op.getContext());
   KernelSpec k;
   k.name = llvm::formatv("attention_s{0}_h{1}_kv{2}_hd{3}", S, H, KVH, HD);
-  // A few tokens read q and the keys 16 bytes per load (the same sums).
-  bool wide = tm < kTiledMinTokens && HD % 4 == 0;
+  // q and the keys are read 16 bytes per load (the same sums): unrolled
+  // for a few tokens, in a loop for many (prefill 512 on the H200: 581 ->
+  // 226 us per call of 256 tokens; with weightedValues, 182 us).
+  bool wide = HD % 4 == 0, wideLoop = wide && tm >= kTiledMinTokens;
   auto rows4 = [&](int64_t rows, int64_t d) -> Type {
     return wide ? Type(MemRefType::get({rows * d / 4},
                                        VectorType::get({4}, f32)))
@@ -1132,8 +1133,8 @@ FailureOr<KernelSpec> attentionKernel(AttentionOp op, int64_t tm) {
           // q . k over the head, d ascending. For a few tokens unrolled:
           // its loads are straight-line (all in flight; decode attention 20
           // -> 13 us on the H200; four positions' dots interleaved were
-          // slower, 12 -> 21 us). Prefill keeps the loop: unrolled, its
-          // many workgroups ran slower (52 -> 63 ms for 512 tokens).
+          // slower, 12 -> 21 us). Prefill keeps a loop: unrolled, its many
+          // workgroups ran slower (52 -> 63 ms for 512 tokens).
           auto term = [&](OpBuilder &b, Location loc, Value d,
                           Value acc) -> Value {
             Value qv = memref::LoadOp::create(
@@ -1144,7 +1145,23 @@ FailureOr<KernelSpec> attentionKernel(AttentionOp op, int64_t tm) {
                                          arith::MulFOp::create(b, loc, qv, kv));
           };
           Value dot = f32Const(b, loc, 0);
-          if (wide) {
+          if (wideLoop) {
+            TLC_E(b, loc);
+            Value qRow = e.idiv(e.iadd(e.imul(t, e.c(DQ)), qBase), e.c(4));
+            Value kRow = e.idiv(e.iadd(e.imul(j, e.c(DKV)), kBase), e.c(4));
+            dot = foldRange(
+                b, loc, e.c(0), e.c(HD / 4), dot,
+                [&](OpBuilder &b, Location loc, Value d4, Value acc) -> Value {
+                  TLC_E(b, loc);
+                  Value qv = e.ld(q, e.iadd(qRow, d4));
+                  Value kv = e.ld(kc, e.iadd(kRow, d4));
+                  for (int64_t i = 0; i < 4; ++i)
+                    acc = e.add(
+                        acc, e.mul(vector::ExtractOp::create(b, loc, qv, i),
+                                   vector::ExtractOp::create(b, loc, kv, i)));
+                  return acc;
+                });
+          } else if (wide) {
             TLC_E(b, loc);
             Value qRow = e.idiv(e.iadd(e.imul(t, e.c(DQ)), qBase), e.c(4));
             Value kRow = e.idiv(e.iadd(e.imul(j, e.c(DKV)), kBase), e.c(4));
@@ -1181,9 +1198,9 @@ FailureOr<KernelSpec> attentionKernel(AttentionOp op, int64_t tm) {
         });
     Value sum = workgroupReduce(b, loc, scratch, a.lane, localSum, addF);
     Value inv = arith::DivFOp::create(b, loc, f32Const(b, loc, 1.0f), sum);
-    if (tm < kTiledMinTokens && HD % kWorkgroupSize == 0) {
-      decodeWeightedValues(b, loc, a, scores, vc, out, t, qBase, kBase, len,
-                           inv, HD);
+    if (HD % kWorkgroupSize == 0) {
+      weightedValues(b, loc, a, scores, vc, out, t, qBase, kBase, len, inv,
+                     HD);
       return;
     }
     forLanes(b, loc, a.lane, HD, [&](OpBuilder &b, Value d) {

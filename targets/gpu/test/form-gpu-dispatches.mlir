@@ -443,3 +443,23 @@ func.func @long_rows(%x: tensor<?x2048xf32>, %z: tensor<?x4096xf32>) -> (tensor<
   %y2 = tlora.ternary_matmul %qz, %w2 : !tlora.qact<features = 4096>, !tlora.ternary<outFeatures = 64, inFeatures = 4096> -> tensor<?x64xf32>
   return %y1, %y2 : tensor<?x64xf32>, tensor<?x64xf32>
 }
+
+// -----
+
+// Prefill attention reads q and the keys 16 bytes per load in a loop over
+// the head (d ascending, as decode's unrolled sums); heads of 64 or more
+// add the weighted values kUnroll positions at a time, loads first.
+// CHECK-LABEL: func.func @prefill_attention
+// CHECK: gpu.func @attention_s64_h4_kv2_hd64_t32(%{{.*}}: memref<2048xvector<4xf32>>, %{{.*}}: memref<2048xvector<4xf32>>, %{{.*}}: memref<64x128xf32>
+// CHECK: scf.for
+// CHECK: memref.load %{{.*}} : memref<2048xvector<4xf32>>
+// CHECK: memref.load %{{.*}} : memref<2048xvector<4xf32>>
+// CHECK-COUNT-4: vector.extract
+// CHECK: scf.for {{.*}} step %c8
+// CHECK-COUNT-8: memref.load %{{.*}} : memref<64x128xf32>
+func.func @prefill_attention(%q: tensor<?x256xf32>, %pos: index) -> tensor<?x256xf32> attributes {tlora.max_tokens = 32 : i64} {
+  %kc = tlora.kv_cache "keys" : !tlora.kv_cache<maxSeq = 64, kvHeads = 2, headDim = 64>
+  %vc = tlora.kv_cache "values" : !tlora.kv_cache<maxSeq = 64, kvHeads = 2, headDim = 64>
+  %o = tlora.attention %q, %kc, %vc at %pos scale(0.125) : tensor<?x256xf32>, !tlora.kv_cache<maxSeq = 64, kvHeads = 2, headDim = 64> -> tensor<?x256xf32>
+  return %o : tensor<?x256xf32>
+}

@@ -168,14 +168,14 @@ func.func @f(%x: tensor<?x{K}xf32>, %pos: index, %rows: index) -> tensor<?x{N}xf
                 want=[tol(y)], flags=flags)
 
 
-def case_attention_layer(tm, T, pos, name, flags):
+def case_attention_layer(tm, T, pos, name, flags, hd=16):
     """A decoder layer's attention half: RMSNorm + quantize, q/k/v products
     (one kernel), rope of q and k, KV append, GQA attention, attn sub-norm,
     o_proj with the residual added; caches hold random rows before pos.
     Inputs are drawn again until no quantized value lies near a rounding
     tie, so every stage holds to float32 rounding (no slack)."""
-    D, H, KVH, hd, S, theta = 64, 4, 2, 16, 32, 500000.0
-    DKV = KVH * hd
+    H, KVH, S, theta = 4, 2, 32, 500000.0
+    D, DKV = H * hd, KVH * hd
     nw, nw_bytes = bf16(rng.uniform(0.5, 1.5, D))
     sw, sw_bytes = bf16(rng.uniform(0.5, 1.5, D))
     wq, wk, wv, wo = (ternary_codes(n, D) for n in (D, DKV, DKV, D))
@@ -457,6 +457,7 @@ def cases():
         case_products(512, 500, 128, 2048, "prefill-product-tiled-64", dot),
         case_products(100, 90, 160, 40, "prefill-product-tiled-32-short", dot),
         case_attention_layer(16, 11, 5, "prefill-attention-layer", dot),
+        case_attention_layer(16, 14, 9, "prefill-attention-layer-hd64", dot, hd=64),
         case_mlp(16, 13, "prefill-mlp", dot),
         case_embed_head(1, 1, 1, 300, 64, "f32", "decode-embed-head-f32", dot),
         case_embed_head(4, 3, 1, 300, 64, "bf16", "decode-embed-head-bf16", dot),
