@@ -87,9 +87,9 @@ KernelSpec embedKernel(EmbedOp e, int64_t tm, int64_t maxBinding) {
     if (tm < kTiledMinTokens && D % kWorkgroupSize == 0 && D <= kFlatFoldMax) {
       // A few tokens: the row's range chosen once, then every load of the
       // invocation's elements before its stores (all in flight).
-      withRowChunk(
+      forRowChunk(
           b, loc, w, chunks, id,
-          [&](OpBuilder &b, Location loc, Value wc, Value local) -> Value {
+          [&](OpBuilder &b, Location loc, Value wc, Value local) {
             TLC_E(b, loc);
             SmallVector<std::pair<Value, Value>> row;
             for (int64_t j = 0; j < D / kWorkgroupSize; ++j) {
@@ -99,7 +99,6 @@ KernelSpec embedKernel(EmbedOp e, int64_t tm, int64_t maxBinding) {
             }
             for (auto [d, v] : row)
               e.st(v, a.buffers[n + 1], {a.unit, d});
-            return e.f(0);
           });
       return;
     }

@@ -365,6 +365,32 @@ Value withRowChunk(
   return from(b, loc, 0);
 }
 
+void forRowChunk(OpBuilder &b, Location loc, ValueRange chunks,
+                 const RowChunks &c, Value row,
+                 function_ref<void(OpBuilder &, Location, Value, Value)> fn) {
+  std::function<void(OpBuilder &, Location, int64_t)> from =
+      [&](OpBuilder &b, Location loc, int64_t i) {
+        Value local =
+            arith::SubIOp::create(b, loc, row, indexConst(b, loc, c.first(i)));
+        if (i + 1 == (int64_t)chunks.size())
+          return fn(b, loc, chunks[i], local);
+        Value inside =
+            arith::CmpIOp::create(b, loc, arith::CmpIPredicate::ult, row,
+                                  indexConst(b, loc, c.first(i) + c.rowsIn(i)));
+        scf::IfOp::create(
+            b, loc, inside,
+            [&](OpBuilder &b, Location loc) {
+              fn(b, loc, chunks[i], local);
+              scf::YieldOp::create(b, loc);
+            },
+            [&](OpBuilder &b, Location loc) {
+              from(b, loc, i + 1);
+              scf::YieldOp::create(b, loc);
+            });
+      };
+  from(b, loc, 0);
+}
+
 Value i32Const(OpBuilder &b, Location loc, int32_t v) {
   return arith::ConstantIntOp::create(b, loc, v, 32);
 }

@@ -73,6 +73,11 @@ Value withRowChunk(OpBuilder &b, Location loc, ValueRange chunks,
                    const RowChunks &c, Value row,
                    function_ref<Value(OpBuilder &, Location, Value, Value)> fn);
 
+/// withRowChunk for an fn with no result.
+void forRowChunk(OpBuilder &b, Location loc, ValueRange chunks,
+                 const RowChunks &c, Value row,
+                 function_ref<void(OpBuilder &, Location, Value, Value)> fn);
+
 /// fn(i, g - ends[i - 1]) for the range [ends[i - 1], ends[i]) holding g
 /// (the last range takes any g past it): a chain of branches on g, uniform
 /// when g is (a workgroup's work unit), so fn may have barriers.
