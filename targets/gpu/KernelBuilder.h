@@ -220,8 +220,9 @@ inline constexpr int64_t kTiledMinTokens = 16;
 using TileFill = function_ref<void(OpBuilder &, Location, Value kBlock,
                                    Value aTile, Value bTile)>;
 
-/// An invocation's part of a tile: acc[i * kMicro + j] is C at tile row
-/// row(i) and tile column col(j).
+/// An invocation's part of a tile: acc[i * micro + j] is C at tile row
+/// row(i) and tile column col(j) (micro = kMicro but for tiledDotProduct's
+/// smaller tiles; rows and columns are kMicro apart either way).
 struct TileResult {
   SmallVector<Value> acc;
   Value ty, tx;
@@ -249,7 +250,7 @@ TileResult tiledDotProduct(OpBuilder &b, Location loc, Value lane,
                            const DotTileFill &fill);
 
 /// Kernels of tiled products over a [tm x cols] output: one workgroup per
-/// kTile x kTile tile (sets k's workload).
+/// tile x tile tile (sets k's workload).
 void tileWorkload(KernelSpec &k, int64_t tm, int64_t cols,
                   int64_t tile = kTile);
 

@@ -7,7 +7,7 @@
 // PLAN, one directive a line, in this order:
 //   kernel NAME FILE.spv        kernels, numbered in order (one image each)
 //   buffer NAME BYTES [FILE]    device buffers: FILE's bytes, else zeros
-//   dispatch KERNEL FACTOR CONSTANT BUFFER...   workgroups FACTOR * T + CONSTANT
+//   dispatch KERNEL FACTOR CONSTANT BUFFER...  FACTOR * T + CONSTANT groups
 //   args T POS ROWS             the push constants of every kernel
 //   read BUFFER FILE            written after the run
 #include "runtime/drivers/vulkan/VulkanDevice.h"
@@ -59,52 +59,80 @@ int main(int argc, char **argv) {
     std::string file;
   };
   std::vector<BufferInit> buffers;
+  std::map<std::string, uint64_t> sizes;
   struct Dispatch {
-    uint32_t kernel;
-    int64_t factor, constant;
+    uint32_t kernel = 0;
+    int64_t factor = 0, constant = 0;
     std::vector<std::string> bindings;
   };
   std::vector<Dispatch> dispatches;
   std::vector<std::pair<std::string, std::string>> reads;
   CallArgs args;
+  bool haveArgs = false;
+  // Every line is checked before a device is touched: one error naming the
+  // plan's line, no run.
   std::string line;
   for (int lineNo = 1; std::getline(plan, line); ++lineNo) {
     std::istringstream words(line);
-    std::string op;
+    std::string op, extra;
     words >> op;
     std::string where = std::string(argv[1]) + ":" + std::to_string(lineNo);
+    auto done = [&] { return !(words >> extra); }; // nothing left on the line
     if (op == "kernel") {
       std::string name, path, spv;
-      words >> name >> path;
-      if (!readFile(path, spv) || spv.size() % 4)
+      if (!(words >> name >> path) || !done())
+        return fail(where + ": kernel NAME FILE.spv");
+      if (!readFile(path, spv) || spv.empty() || spv.size() % 4)
         return fail(where + ": cannot read SPIR-V " + path);
       names.push_back(name);
       offsets.push_back((uint32_t)image.size());
       image += spv;
     } else if (op == "buffer") {
       BufferInit b;
-      words >> b.name >> b.bytes >> b.file;
-      if (b.name.empty() || !b.bytes)
-        return fail(where + ": buffer NAME BYTES [FILE]");
+      int64_t bytes = 0;
+      if (!(words >> b.name >> bytes) || bytes <= 0 || bytes > (1ll << 32))
+        return fail(where + ": buffer NAME BYTES [FILE], 0 < BYTES <= 4 GiB");
+      words >> b.file;
+      if (!done() || sizes.count(b.name))
+        return fail(where + ": buffer NAME BYTES [FILE], each NAME once");
+      b.bytes = (uint64_t)bytes;
+      std::string contents;
+      if (!b.file.empty() &&
+          (!readFile(b.file, contents) || contents.size() != b.bytes))
+        return fail(where + ": " + b.file + " does not hold " +
+                    std::to_string(b.bytes) + " bytes");
       buffers.push_back(b);
+      sizes[b.name] = b.bytes;
     } else if (op == "dispatch") {
       Dispatch d;
-      words >> d.kernel >> d.factor >> d.constant;
-      for (std::string b; words >> b;)
+      if (!(words >> d.kernel >> d.factor >> d.constant) ||
+          d.kernel >= names.size() || d.factor < 0)
+        return fail(where + ": dispatch KERNEL FACTOR CONSTANT BUFFER..., "
+                            "KERNEL one of the kernels above");
+      for (std::string b; words >> b;) {
+        if (!sizes.count(b))
+          return fail(where + ": no buffer " + b + " above");
         d.bindings.push_back(b);
-      if (!words.eof() || d.kernel >= names.size())
-        return fail(where + ": dispatch KERNEL FACTOR CONSTANT BUFFER...");
+      }
+      if (d.bindings.empty())
+        return fail(where + ": a dispatch binds at least one buffer");
       dispatches.push_back(d);
     } else if (op == "args") {
-      words >> args.T >> args.pos >> args.rows;
+      if (!(words >> args.T >> args.pos >> args.rows) || !done() ||
+          args.T < 0 || args.pos < 0 || args.rows < 0)
+        return fail(where + ": args T POS ROWS, none negative");
+      haveArgs = true;
     } else if (op == "read") {
       std::string b, path;
-      words >> b >> path;
+      if (!(words >> b >> path) || !done() || !sizes.count(b))
+        return fail(where + ": read BUFFER FILE, BUFFER one of those above");
       reads.push_back({b, path});
     } else if (!op.empty()) {
       return fail(where + ": unknown directive '" + op + "'");
     }
   }
+  if (dispatches.empty() || !haveArgs)
+    return fail(std::string(argv[1]) + ": no dispatch or no args line");
 
   flatbuffers::FlatBufferBuilder fbb;
   auto exe = tlc::fb::CreateExecutable(
@@ -131,14 +159,10 @@ int main(int argc, char **argv) {
     return 1;
 
   std::map<std::string, std::unique_ptr<Buffer>> memory;
-  std::map<std::string, uint64_t> sizes;
   for (const BufferInit &b : buffers) {
     std::string bytes(b.bytes, '\0');
-    if (!b.file.empty()) {
-      if (!readFile(b.file, bytes) || bytes.size() != b.bytes)
-        return fail("buffer " + b.name + ": " + b.file + " does not hold " +
-                    std::to_string(b.bytes) + " bytes");
-    }
+    if (!b.file.empty() && !readFile(b.file, bytes))
+      return fail("cannot read " + b.file);
     std::unique_ptr<Buffer> buffer;
     if (!ok(device->allocator().allocate(MemoryKind::DeviceLocal, b.bytes,
                                          &buffer),
@@ -147,7 +171,6 @@ int main(int argc, char **argv) {
             "buffer " + b.name))
       return 1;
     memory[b.name] = std::move(buffer);
-    sizes[b.name] = b.bytes;
   }
   for (const Dispatch &d : dispatches) {
     DispatchDesc desc;
@@ -155,8 +178,6 @@ int main(int argc, char **argv) {
     desc.tokensFactor = d.factor;
     desc.constant = d.constant;
     for (const std::string &b : d.bindings) {
-      if (!memory.count(b))
-        return fail("dispatch of " + names[d.kernel] + ": no buffer " + b);
       desc.bindings.push_back({memory[b].get(), 0, sizes[b]});
       desc.dynamic.push_back(DynamicSpace::None);
     }
@@ -168,8 +189,6 @@ int main(int argc, char **argv) {
       !ok(fence->wait(), "wait"))
     return 1;
   for (const auto &[name, path] : reads) {
-    if (!memory.count(name))
-      return fail("read: no buffer " + name);
     std::string bytes(sizes[name], '\0');
     if (!ok(queue->read({memory[name].get(), 0, sizes[name]}, bytes.data()),
             "read " + name))

@@ -228,7 +228,7 @@ func.func @train_step(%x: tensor<?x64xf32>, %dy: tensor<?x32xf32>, %labels: tens
 // With the integer dot product: the tiles are packed int8 words (16 words
 // of a row per block of 64 inputs, rows 33 words apart), summed in i32 by
 // the dot product, then scaled as f32; 6 tiles of 64 x 64 are too few
-// workgroups, so the tiles are 32 x 32 (4 x 13 of them), 4 x 4 per
+// workgroups, so the tiles are 32 x 32 (4 x 5 of them), 4 x 4 per
 // invocation.
 // DOT-LABEL: func.func @prefill
 // DOT: tlora.dispatch @kernels::@ternary_matmul_tiled_n132_k64_dot32_t100({{.*}}) workload(0 * T + 20)
