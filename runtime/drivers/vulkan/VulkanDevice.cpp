@@ -21,6 +21,7 @@
 #include <dlfcn.h>
 
 #include <algorithm>
+#include <atomic>
 #include <chrono>
 #include <cstdio>
 #include <cstdlib>
@@ -612,6 +613,7 @@ public:
       return s;
     write(r, r.bindings);
     recorded_.push_back(std::move(r));
+    version_ = nextVersion();
     return nullptr;
   }
   /// Points the set's bindings at `ranges`.
@@ -656,6 +658,9 @@ public:
     return nullptr;
   }
   std::vector<RecordedDispatch> &recorded() { return recorded_; }
+  /// Unique to this command buffer's current dispatches, across every
+  /// command buffer ever made (an address may be reused; a count may not).
+  uint64_t version() const { return version_; }
   const std::string &kernelName(uint32_t k) const { return exe_.names[k]; }
 
 private:
@@ -663,6 +668,11 @@ private:
   VulkanExecutable &exe_;
   std::vector<VkDescriptorPool> pools_;
   std::vector<RecordedDispatch> recorded_;
+  static uint64_t nextVersion() {
+    static std::atomic<uint64_t> counter{0};
+    return ++counter;
+  }
+  uint64_t version_ = nextVersion();
 };
 
 class VulkanFence final : public Fence {
@@ -737,7 +747,7 @@ public:
     auto &recorded = static_cast<VulkanCommandBuffer &>(cb);
     if (!profile && !syncEach)
       return submitCall(recorded, args, out);
-    speculated_.cb = nullptr;
+    speculated_.version = 0;
     auto entered = std::chrono::steady_clock::now();
     // Per-call spaces move with the call: rewrite those descriptors.
     if (tlc_status_t s = bindCall(recorded, args))
@@ -970,13 +980,13 @@ public:
              x.length == y.length;
     };
     const Speculated &sp = speculated_;
-    bool foreseen = sp.cb == &recorded && sp.args.T == args.T &&
+    bool foreseen = sp.version == recorded.version() && sp.args.T == args.T &&
                     sp.args.pos == args.pos && sp.args.rows == args.rows &&
                     same(sp.args.input, args.input) &&
                     same(sp.args.output, args.output) &&
                     same(sp.args.labels, args.labels);
     int use = foreseen ? sp.index : 1 - sp.index;
-    speculated_.cb = nullptr;
+    speculated_.version = 0;
     if (!foreseen)
       if (tlc_status_t s = record(calls_[use], recorded, args))
         return s;
@@ -993,13 +1003,14 @@ public:
       CallArgs next = args;
       next.pos += 1;
       if (!record(calls_[1 - use], recorded, next))
-        speculated_ = {&recorded, next, 1 - use};
+        speculated_ = {recorded.version(), next, 1 - use};
     }
     return fenceFor(out);
   }
-  /// The call recorded ahead into calls_[index] (cb null: none).
+  /// The call recorded ahead into calls_[index], for the command buffer
+  /// of that version (0: none).
   struct Speculated {
-    const VulkanCommandBuffer *cb = nullptr;
+    uint64_t version = 0;
     CallArgs args;
     int index = 0;
   };
