@@ -512,84 +512,73 @@ Value quantizeWord(OpBuilder &b, Location loc, ArrayRef<Value> four,
   return word;
 }
 
-TileResult tiledProduct(OpBuilder &b, Location loc, Value lane, int64_t kBlocks,
-                        const TileFill &fill) {
-  static_assert(kTile == kMicro * kMicro && kTile == kWorkgroupSize);
-  Type f32 = b.getF32Type();
-  Value aTile = allocWorkgroup(b, loc, kTileK * kTile, f32);
-  Value bTile = allocWorkgroup(b, loc, kTileK * kTile, f32);
+namespace {
+/// The loop of tiledProduct and tiledDotProduct: per k-block, fill the two
+/// [depth x stride] tiles between barriers, then per depth step load
+/// `micro` values of each (rows ty + 8 i, columns tx + 8 j) and combine
+/// them into the micro x micro accumulators with madd(a, b, acc).
+TileResult tileLoop(
+    OpBuilder &b, Location loc, Value lane, int64_t kBlocks, int64_t depth,
+    int64_t stride, int64_t micro, Value zero,
+    function_ref<void(OpBuilder &, Location, Value, Value, Value)> fill,
+    function_ref<Value(OpBuilder &, Location, Value, Value, Value)> madd) {
+  static_assert(kMicro * kMicro == kWorkgroupSize);
+  assert(micro <= kMicro && "at most 8 x 8 per invocation");
+  TLC_E(b, loc);
+  Value aTile = allocWorkgroup(b, loc, depth * stride, zero.getType());
+  Value bTile = allocWorkgroup(b, loc, depth * stride, zero.getType());
   TileResult r;
-  r.ty = arith::DivUIOp::create(b, loc, lane, indexConst(b, loc, kMicro));
-  r.tx = arith::RemUIOp::create(b, loc, lane, indexConst(b, loc, kMicro));
-  SmallVector<Value> init(kMicro * kMicro, f32Const(b, loc, 0.0f));
+  r.ty = e.idiv(lane, e.c(kMicro));
+  r.tx = e.irem(lane, e.c(kMicro));
+  SmallVector<Value> init(micro * micro, zero);
   auto loop = scf::ForOp::create(
-      b, loc, indexConst(b, loc, 0), indexConst(b, loc, kBlocks),
-      indexConst(b, loc, 1), init,
+      b, loc, e.c(0), e.c(kBlocks), e.c(1), init,
       [&](OpBuilder &b, Location loc, Value kb, ValueRange acc) {
+        TLC_E(b, loc);
         mlir::gpu::BarrierOp::create(b, loc);
         fill(b, loc, kb, aTile, bTile);
         mlir::gpu::BarrierOp::create(b, loc);
         SmallVector<Value> sum(acc.begin(), acc.end());
-        for (int64_t kk = 0; kk < kTileK; ++kk) {
-          Value as[kMicro], bs[kMicro];
-          for (int64_t i = 0; i < kMicro; ++i) {
-            Value off = indexConst(b, loc, kk * kTile + i * kMicro);
-            as[i] = memref::LoadOp::create(
-                b, loc, aTile,
-                ValueRange{arith::AddIOp::create(b, loc, r.ty, off)});
-            bs[i] = memref::LoadOp::create(
-                b, loc, bTile,
-                ValueRange{arith::AddIOp::create(b, loc, r.tx, off)});
+        for (int64_t k = 0; k < depth; ++k) {
+          SmallVector<Value> as, bs;
+          for (int64_t i = 0; i < micro; ++i) {
+            Value off = e.c(k * stride + i * kMicro);
+            as.push_back(e.ld(aTile, e.iadd(r.ty, off)));
+            bs.push_back(e.ld(bTile, e.iadd(r.tx, off)));
           }
-          for (int64_t i = 0; i < kMicro; ++i)
-            for (int64_t j = 0; j < kMicro; ++j)
-              sum[i * kMicro + j] = math::FmaOp::create(b, loc, as[i], bs[j],
-                                                        sum[i * kMicro + j]);
+          for (int64_t i = 0; i < micro; ++i)
+            for (int64_t j = 0; j < micro; ++j) {
+              Value &c = sum[i * micro + j];
+              c = madd(b, loc, as[i], bs[j], c);
+            }
         }
         scf::YieldOp::create(b, loc, sum);
       });
   r.acc.assign(loop.getResults().begin(), loop.getResults().end());
   return r;
 }
+} // namespace
+
+TileResult tiledProduct(OpBuilder &b, Location loc, Value lane, int64_t kBlocks,
+                        const TileFill &fill) {
+  static_assert(kTile == kMicro * kMicro);
+  return tileLoop(b, loc, lane, kBlocks, kTileK, kTile, kMicro,
+                  f32Const(b, loc, 0.0f), fill,
+                  [](OpBuilder &b, Location loc, Value x, Value y, Value acc) {
+                    return math::FmaOp::create(b, loc, x, y, acc).getResult();
+                  });
+}
 
 TileResult tiledDotProduct(OpBuilder &b, Location loc, Value lane,
                            int64_t kBlocks, int64_t words, int64_t micro,
                            const DotTileFill &fill) {
-  static_assert(kMicro * kMicro == kWorkgroupSize);
-  assert(micro <= kMicro && "at most 8 x 8 per invocation");
-  TLC_E(b, loc);
-  Type i32 = b.getI32Type();
-  const int64_t stride = kMicro * micro + 1;
-  Value aWords = allocWorkgroup(b, loc, words * stride, i32);
-  Value bWords = allocWorkgroup(b, loc, words * stride, i32);
-  TileResult r;
-  r.ty = e.idiv(lane, e.c(kMicro));
-  r.tx = e.irem(lane, e.c(kMicro));
-  SmallVector<Value> init(micro * micro, i32Const(b, loc, 0));
-  auto loop = scf::ForOp::create(
-      b, loc, e.c(0), e.c(kBlocks), e.c(1), init,
-      [&](OpBuilder &b, Location loc, Value kb, ValueRange acc) {
-        TLC_E(b, loc);
-        mlir::gpu::BarrierOp::create(b, loc);
-        fill(b, loc, kb, aWords, bWords);
-        mlir::gpu::BarrierOp::create(b, loc);
-        SmallVector<Value> sum(acc.begin(), acc.end());
-        for (int64_t w = 0; w < words; ++w) {
-          SmallVector<Value> as, bs;
-          for (int64_t i = 0; i < micro; ++i) {
-            Value off = e.c(w * stride + i * kMicro);
-            as.push_back(e.ld(aWords, e.iadd(r.ty, off)));
-            bs.push_back(e.ld(bWords, e.iadd(r.tx, off)));
-          }
-          for (int64_t i = 0; i < micro; ++i)
-            for (int64_t j = 0; j < micro; ++j)
-              sum[i * micro + j] =
-                  e.iadd(sum[i * micro + j], dot4(b, loc, as[i], bs[j]));
-        }
-        scf::YieldOp::create(b, loc, sum);
-      });
-  r.acc.assign(loop.getResults().begin(), loop.getResults().end());
-  return r;
+  return tileLoop(b, loc, lane, kBlocks, words, kMicro * micro + 1, micro,
+                  i32Const(b, loc, 0), fill,
+                  [](OpBuilder &b, Location loc, Value x, Value y, Value acc) {
+                    return arith::AddIOp::create(b, loc, acc,
+                                                 dot4(b, loc, x, y))
+                        .getResult();
+                  });
 }
 
 void tileWorkload(KernelSpec &k, int64_t tm, int64_t cols, int64_t tile) {

@@ -122,8 +122,7 @@ public:
       uint8_t *base = b.buffer ? b.buffer->hostPointer() : nullptr;
       if (b.buffer && !base)
         return error("the CPU driver needs host-visible buffers");
-      if (b.buffer && (b.offset > b.buffer->size() ||
-                       b.length > b.buffer->size() - b.offset))
+      if (!insideBuffer(b))
         return error("binding outside its buffer");
       r.pointers.push_back(base ? base + b.offset : nullptr);
       DynamicSpace space =
@@ -175,9 +174,7 @@ public:
       if (!r.dynamic.empty()) { // the call's Input/Output/Labels buffers
         ptrs = r.pointers;
         for (auto [slot, space] : r.dynamic) {
-          const BufferRange &b = space == DynamicSpace::Input    ? args.input
-                                 : space == DynamicSpace::Output ? args.output
-                                                                 : args.labels;
+          const BufferRange &b = *callSpace(space, args);
           ptrs[slot] = b.buffer ? b.buffer->hostPointer() + b.offset : nullptr;
         }
         bindings = ptrs.data();

@@ -174,7 +174,7 @@ struct RecordedDispatch {
 tlc_status_t checkRange(const BufferRange &b) {
   if (!b.buffer)
     return nullptr;
-  if (b.offset > b.buffer->size() || b.length > b.buffer->size() - b.offset)
+  if (!insideBuffer(b))
     return error("binding outside its buffer", TLC_STATUS_INVALID_ARGUMENT);
   if (b.offset % 16)
     return error("binding offset " + std::to_string(b.offset) +
@@ -332,12 +332,6 @@ public:
   }
 
 private:
-  static const BufferRange *callSpace(DynamicSpace d, const CallArgs &args) {
-    return d == DynamicSpace::Input    ? &args.input
-           : d == DynamicSpace::Output ? &args.output
-           : d == DynamicSpace::Labels ? &args.labels
-                                       : nullptr;
-  }
   id<MTLCommandQueue> queue_;
 };
 

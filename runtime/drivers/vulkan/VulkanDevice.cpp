@@ -641,7 +641,7 @@ public:
   tlc_status_t checkRange(const BufferRange &b) {
     if (!b.buffer)
       return nullptr;
-    if (b.offset > b.buffer->size() || b.length > b.buffer->size() - b.offset)
+    if (!insideBuffer(b))
       return error("binding outside its buffer", TLC_STATUS_INVALID_ARGUMENT);
     if (b.offset % c_.properties.limits.minStorageBufferOffsetAlignment)
       return error("binding offset " + std::to_string(b.offset) +
@@ -935,12 +935,6 @@ public:
   static bool fixedBindings(const RecordedDispatch &r) {
     return std::all_of(r.dynamic.begin(), r.dynamic.end(),
                        [](DynamicSpace d) { return d == DynamicSpace::None; });
-  }
-  static const BufferRange *callSpace(DynamicSpace d, const CallArgs &args) {
-    return d == DynamicSpace::Input    ? &args.input
-           : d == DynamicSpace::Output ? &args.output
-           : d == DynamicSpace::Labels ? &args.labels
-                                       : nullptr;
   }
   /// Records every dispatch of `recorded` for `args` into `cmd`, ended.
   tlc_status_t record(VkCommandBuffer cmd, VulkanCommandBuffer &recorded,

@@ -78,6 +78,21 @@ struct CallArgs {
 /// Which per-call space a binding belongs to (its offset moves per call).
 enum class DynamicSpace : uint8_t { None, Input, Output, Labels };
 
+/// The call's range for a per-call space (null for None).
+inline const BufferRange *callSpace(DynamicSpace d, const CallArgs &args) {
+  return d == DynamicSpace::Input    ? &args.input
+         : d == DynamicSpace::Output ? &args.output
+         : d == DynamicSpace::Labels ? &args.labels
+                                     : nullptr;
+}
+
+/// Whether a binding lies inside its buffer (one without a buffer, a
+/// per-call space bound at submission, does).
+inline bool insideBuffer(const BufferRange &b) {
+  return !b.buffer || (b.offset <= b.buffer->size() &&
+                       b.length <= b.buffer->size() - b.offset);
+}
+
 struct DispatchDesc {
   uint32_t kernel = 0;
   int64_t tokensFactor = 0, constant = 0; // workgroups x = factor * T + constant

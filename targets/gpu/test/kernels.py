@@ -127,6 +127,20 @@ def acts(T, d, scale=2.0):
     return rng.uniform(-scale, scale, size=(T, d)).astype(np.float32)
 
 
+def untied(T, d, reference):
+    """Inputs x [T x d] whose quantized values all lie away from rounding
+    ties, so each stage's reference holds to float32 rounding: the rows
+    where reference(x) -> (result, tied rows) reports one are drawn again
+    (until none; later rows may read them). Returns (x, result)."""
+    x = acts(T, d)
+    for _ in range(1000):
+        result, tied = reference(x)
+        if not tied.any():
+            return x, result
+        x[tied] = acts(int(tied.sum()), d)
+    raise RuntimeError("no input without rounding ties")
+
+
 # ------------------------------------------------------------------ cases --
 # A case: MLIR text of one function (tensor inputs as arguments, `%pos` and
 # `%rows` the scalars), its inputs, and its expected outputs as
@@ -148,15 +162,7 @@ def case_products(tm, T, K, N, name, flags):
     """quantize + ternary_matmul: decode (16-64 invocations per output by row
     length) or tiled prefill."""
     codes = ternary_codes(N, K)
-    x = acts(T, K)
-    for _ in range(1000):  # no value near a rounding tie: see case_attention_layer
-        xq = quantize(x)
-        tied = xq[2] > 0
-        if not tied.any():
-            break
-        x[tied] = acts(int(tied.sum()), K)  # draw those rows again
-    else:
-        raise RuntimeError("no input without rounding ties")
+    x, xq = untied(T, K, lambda x: (q := quantize(x), q[2] > 0))
     y = ternary(xq, (codes, 1.25))  # exact sums: only the scaling rounds
     mlir = f"""
 func.func @f(%x: tensor<?x{K}xf32>, %pos: index, %rows: index) -> tensor<?x{N}xf32> attributes {{tlora.max_tokens = {tm} : i64}} {{
@@ -173,8 +179,7 @@ def case_attention_layer(tm, T, pos, name, flags, hd=16):
     """A decoder layer's attention half: RMSNorm + quantize, q/k/v products
     (one kernel), rope of q and k, KV append, GQA attention, attn sub-norm,
     o_proj with the residual added; caches hold random rows before pos.
-    Inputs are drawn again until no quantized value lies near a rounding
-    tie, so every stage holds to float32 rounding (no slack)."""
+    Inputs come from untied."""
     H, KVH, S, theta = 4, 2, 32, 500000.0
     D, DKV = H * hd, KVH * hd
     nw, nw_bytes = bf16(rng.uniform(0.5, 1.5, D))
@@ -182,21 +187,17 @@ def case_attention_layer(tm, T, pos, name, flags, hd=16):
     wq, wk, wv, wo = (ternary_codes(n, D) for n in (D, DKV, DKV, D))
     kc0 = rng.uniform(-1, 1, (S, DKV)).astype(np.float32)
     vc0 = rng.uniform(-1, 1, (S, DKV)).astype(np.float32)
-    x = acts(T, D)
-    for _ in range(1000):  # rows near a tie drawn again (later rows read them)
+    def reference(x):
         xq = quantize(rms_norm(x, nw).astype(np.float32))
         q, k, v = (ternary(xq, w) for w in ((wq, 1.5), (wk, 0.75), (wv, 2.0)))
         q, k = rope(q, pos, hd, theta), rope(k, pos, hd, theta)
         kc, vc = kc0.astype(np.float64), vc0.astype(np.float64)
         kc[pos:pos + T], vc[pos:pos + T] = k, v
-        a = attention(q, kc, vc, pos, hd, 0.25)
-        aq = quantize(rms_norm(a, sw).astype(np.float32), 1e-3)
-        tied = (xq[2] > 0) | (aq[2] > 0)
-        if not tied.any():
-            break
-        x[tied] = acts(int(tied.sum()), D)
-    else:
-        raise RuntimeError("no input without rounding ties")
+        # attention's float sums round differently: a wider margin
+        aq = quantize(rms_norm(attention(q, kc, vc, pos, hd, 0.25), sw).astype(np.float32), 1e-3)
+        return (kc, vc, aq), (xq[2] > 0) | (aq[2] > 0)
+
+    x, (kc, vc, aq) = untied(T, D, reference)
     y = x + ternary(aq, (wo, 1.0))
     mlir = f"""
 func.func @f(%x: tensor<?x{D}xf32>, %pos: index, %rows: index) -> tensor<?x{D}xf32> attributes {{tlora.max_tokens = {tm} : i64}} {{
@@ -236,22 +237,18 @@ func.func @f(%x: tensor<?x{D}xf32>, %pos: index, %rows: index) -> tensor<?x{D}xf
 def case_mlp(tm, T, name, flags):
     """The MLP half: RMSNorm + quantize, gate and up (one kernel) with
     relu(gate)^2 * up, the ffn sub-norm, down with the residual added;
-    inputs drawn as in case_attention_layer."""
+    inputs from untied."""
     D, F = 64, 160
     nw, nw_bytes = bf16(rng.uniform(0.5, 1.5, D))
     fw = rng.uniform(0.5, 1.5, F).astype(np.float32)
     wg, wu, wd = ternary_codes(F, D), ternary_codes(F, D), ternary_codes(D, F)
-    x = acts(T, D)
-    for _ in range(1000):  # rows near a tie drawn again
+    def reference(x):
         xq = quantize(rms_norm(x, nw).astype(np.float32))
         m = np.maximum(ternary(xq, (wg, 1.5)), 0) ** 2 * ternary(xq, (wu, 0.5))
         mq = quantize(rms_norm(m, fw).astype(np.float32), 1e-3)
-        tied = (xq[2] > 0) | (mq[2] > 0)
-        if not tied.any():
-            break
-        x[tied] = acts(int(tied.sum()), D)
-    else:
-        raise RuntimeError("no input without rounding ties")
+        return mq, (xq[2] > 0) | (mq[2] > 0)
+
+    x, mq = untied(T, D, reference)
     y = x + ternary(mq, (wd, 2.0))
     mlir = f"""
 func.func @f(%x: tensor<?x{D}xf32>, %pos: index, %rows: index) -> tensor<?x{D}xf32> attributes {{tlora.max_tokens = {tm} : i64}} {{
